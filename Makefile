@@ -1,0 +1,44 @@
+# The two set-up commands of the README: `make demo` and `make test`.
+# Both create .venv when it is missing and install the project with its dev extra.
+# torch is pinned in the same pip command so that pip takes the CPU wheel (see docs/operations.md).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+TORCH_PIN ?= torch==2.13.0
+DEMO_DIR ?= demo_out
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test test-fast check lint proto venv clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]" "$(TORCH_PIN)"
+	touch $@
+
+venv: $(VENV)/.installed
+
+demo: $(VENV)/.installed
+	$(BIN)/python -m index_builder.demo --out $(DEMO_DIR)
+
+# The full suite, slow tests included: this is what CI runs.
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -m "" -q -p no:cacheprovider
+
+# Unit tests only (slow ones skipped): the quick loop while developing.
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+check: lint test
+
+proto: $(VENV)/.installed
+	$(BIN)/python -m server.protogen
+
+clean:
+	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

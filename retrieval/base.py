@@ -1,0 +1,101 @@
+"""The one interface every candidate source honours.
+
+A source is fitted offline on a catalog and training interactions, saved into a bundle
+folder, loaded back, and asked for candidates with a :class:`RetrievalRequest`. The shared
+contract test (tests/retrieval/test_source_contract.py) runs every source through it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from retrieval.data import Catalog, Interactions
+
+__all__ = ["RetrievalRequest", "Candidates", "CandidateSource"]
+
+
+@dataclass(frozen=True)
+class RetrievalRequest:
+    """What a source may look at.
+
+    ``history`` int64 (h,): the user's item indices in time order (oldest first);
+    ``history_ts`` int64 (h,) epoch seconds and ``history_events`` int8 (h,) event codes,
+    both aligned with ``history`` (may be empty arrays). ``query`` is set for Search,
+    ``item`` (a catalog index) for SimilarItems. ``now`` is the request time in epoch
+    seconds (None: the latest time the source has seen).
+    """
+
+    history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    history_ts: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    history_events: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int8))
+    query: str | None = None
+    item: int | None = None
+    user_id: str | None = None
+    now: int | None = None
+
+
+@dataclass(frozen=True)
+class Candidates:
+    """A source's answer: ``items`` int64 (m,) catalog indices, best first, unique;
+    ``scores`` float32 (m,) non-increasing; ``source`` the source's name."""
+
+    items: np.ndarray
+    scores: np.ndarray
+    source: str
+
+    def __post_init__(self) -> None:
+        if self.items.shape != self.scores.shape or self.items.ndim != 1:
+            raise ValueError(f"Candidates: items {self.items.shape} and scores {self.scores.shape} differ")
+
+    def __len__(self) -> int:
+        return int(self.items.shape[0])
+
+    @classmethod
+    def empty(cls, source: str) -> Candidates:
+        return cls(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), source)
+
+    @classmethod
+    def top_k(cls, scores: np.ndarray, k: int, source: str, exclude: np.ndarray | None = None) -> Candidates:
+        """Best ``k`` of a dense score vector over the whole catalog (float, shape (n_items,)).
+
+        ``exclude`` item indices are never returned; -inf scores are never returned.
+        """
+        scores = np.asarray(scores, dtype=np.float32).copy()
+        if exclude is not None and len(exclude):
+            scores[np.asarray(exclude, dtype=np.int64)] = -np.inf
+        k = min(k, scores.shape[0])
+        if k <= 0:
+            return cls.empty(source)
+        part = np.argpartition(-scores, k - 1)[:k]
+        part = part[np.argsort(-scores[part], kind="stable")]
+        part = part[np.isfinite(scores[part])]
+        return cls(part.astype(np.int64), scores[part], source)
+
+
+@runtime_checkable
+class CandidateSource(Protocol):
+    """fit / retrieve / save / load, as every candidate source implements them."""
+
+    name: str
+
+    def fit(self, catalog: Catalog, interactions: Interactions) -> CandidateSource:
+        """Learn from a catalog and (training) interactions; returns self."""
+        ...
+
+    def retrieve(self, request: RetrievalRequest, k: int) -> Candidates:
+        """Up to ``k`` candidates for the request; empty when the source has nothing to say
+        (e.g. an item-CF source asked for a user with no history)."""
+        ...
+
+    def save(self, folder: Path) -> list[Path]:
+        """Write the fitted state into ``folder`` (safe formats only); returns the files written."""
+        ...
+
+    @classmethod
+    def load(cls, folder: Path, catalog: Catalog) -> CandidateSource:
+        """Read back what :meth:`save` wrote."""
+        ...

@@ -1,0 +1,65 @@
+"""The ``tandem`` console command.
+
+The server package sits at the top of the dependency graph, so the one console command lives
+here and gathers its subcommands from the packages below. Each command module exposes
+``register(subparsers)`` and keeps heavy imports (torch, faiss, grpc) inside its handler, so
+``tandem --help`` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+__all__ = ["main", "build_parser"]
+
+# Module paths; each registers one or more subcommands.
+COMMAND_MODULES: tuple[str, ...] = (
+    "index_builder.commands.generate",
+    "index_builder.commands.importers",
+    "index_builder.commands.clean",
+    "index_builder.commands.evaluate",
+)
+
+
+class CommandError(Exception):
+    """A user-facing failure: printed without a traceback, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tandem",
+        description="Tandem: retrieval and ranking for e-commerce search and recommendation.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.handler(args) or 0)
+    except (CommandError, FileNotFoundError, ValueError) as exc:
+        print(f"tandem {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
