@@ -206,7 +206,7 @@ def compute_features(
     n_src = ranks.shape[0]
     cols: list[np.ndarray] = []
     found = ranks > 0
-    rank_inv = np.where(found, 1.0 / np.log2(ranks.astype(np.float32) + 1.0), 0.0)
+    rank_inv = np.where(found, 1.0 / np.log2(np.maximum(ranks, 1).astype(np.float32) + 1.0), 0.0)
     scores = np.nan_to_num(source_scores, nan=0.0)
     for s in range(n_src):
         cols += [found[s].astype(np.float32), rank_inv[s], scores[s]]

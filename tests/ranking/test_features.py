@@ -1,0 +1,59 @@
+import numpy as np
+import scipy.sparse as sp
+
+from ranking.features import build_item_table, compute_features, feature_names, request_context
+from retrieval.data import Catalog, Interactions
+
+
+def _catalog():
+    return Catalog(
+        item_ids=["a", "b", "c", "d"],
+        titles=["red shoe", "blue shoe", "green hat", "phone"],
+        descriptions=[""] * 4,
+        categories=["Fashion > Shoes", "Fashion > Shoes", "Fashion > Hats", "Tech > Phones"],
+        brands=["acme", "acme", "hatco", ""],
+        prices=np.array([10.0, 20.0, np.nan, 400.0]),
+        tags=[("red",), ("blue",), ("green", "red"), ()],
+        in_stock=np.ones(4, bool),
+    )
+
+
+def test_feature_values_by_hand():
+    cat = _catalog()
+    inter = Interactions(["u"], [0, 0, 0], [0, 0, 1], [100, 200, 86400 * 2 + 100], [3, 3, 3], [np.nan] * 3)
+    cf = sp.csr_matrix(np.array([[0, 0.5, 0.2, 0], [0.1, 0, 0.9, 0], [0, 0, 0, 0], [0, 0, 0, 0]], np.float32))
+    table = build_item_table(cat, inter, cf=cf)
+    assert table.log_pop.tolist() == np.log1p([2, 1, 0, 0]).astype(np.float32).tolist()
+    assert table.first_seen.tolist() == [100, 86400 * 2 + 100, -1, -1]
+    ctx = request_context(table, np.array([0, 1]))
+    items = np.array([2, 3])
+    ranks = np.array([[1, 0], [0, 2]], np.int32)  # two sources
+    scores = np.array([[0.9, np.nan], [np.nan, 0.4]], np.float32)
+    x = compute_features(table, ctx, items, np.array([0.5, 0.3], np.float32), ranks, scores)
+    names = feature_names(["s1", "s2"])
+    assert x.shape == (2, len(names))
+    f = dict(zip(names, x[0], strict=True))
+    g = dict(zip(names, x[1], strict=True))
+    assert f["s1_found"] == 1 and f["s1_rank_inv"] == 1.0 and f["s2_found"] == 0 and f["s2_score"] == 0
+    assert g["s2_rank_inv"] == np.float32(1 / np.log2(3))
+    # cf: last item is b (1); cf[b, c] = 0.9, cf[c, b] = 0 (reverse)
+    assert f["cf_last"] == np.float32(0.9) and f["cf_reverse_last"] == 0
+    # leaf affinity of c (Fashion > Hats) to history [Shoes, Shoes] = 0; top-level Fashion = 1
+    assert f["leaf_affinity"] == 0 and f["top_affinity"] == 1 and g["top_affinity"] == 0
+    assert f["brand_affinity"] == 0  # hatco not in history
+    # tags of c: green, red; history tags red (a), blue (b): overlap 1 over 2 recent items
+    assert f["tag_overlap"] == 0.5
+    # c has no price: gap 0, has_price 0; d: log(400) - median(log 10, log 20)
+    assert f["has_price"] == 0 and g["has_price"] == 1
+    assert np.isclose(g["price_gap"], np.log(400) - np.median(np.log([10.0, 20.0])), atol=1e-5)
+    assert f["log_history_len"] == np.float32(np.log1p(2)) and f["is_search"] == 0
+
+
+def test_empty_history_gives_finite_features():
+    cat = _catalog()
+    table = build_item_table(cat, Interactions.empty(), text_vecs=np.eye(4, dtype=np.float32))
+    ctx = request_context(table, np.zeros(0, np.int64), query_vec=np.array([0, 0, 1, 0], np.float32), is_search=True)
+    x = compute_features(table, ctx, np.array([0, 2]), np.array([1.0, 0.5], np.float32),
+                         np.array([[1, 2]], np.int32), np.array([[1.0, 0.5]], np.float32))
+    f = dict(zip(feature_names(["lexical"]), x[1], strict=True))
+    assert np.isfinite(x).all() and f["text_query"] == 1.0 and f["is_search"] == 1
