@@ -1,0 +1,52 @@
+import numpy as np
+
+from ranking.api import Filters
+from ranking.filters import FilterIndex, apply_filters
+from ranking.history import HistoryStore
+from retrieval.data import Catalog, Event, Interactions
+
+
+def _catalog():
+    return Catalog(
+        item_ids=["a", "b", "c", "d", "e"],
+        titles=list("abcde"),
+        descriptions=[""] * 5,
+        categories=["Shoes > Run", "Shoes > Run", "Shoes", "Hats", "Shoes > Runner"],
+        brands=["x", "x", "y", "y", "z"],
+        prices=np.array([10, 20, np.nan, 5, 30], dtype=np.float32),
+        tags=[()] * 5,
+        in_stock=np.array([1, 0, 1, 1, 1], bool),
+    )
+
+
+def test_each_filter():
+    idx = FilterIndex(_catalog())
+    ranked = np.arange(5)
+    pick = lambda f, **kw: ranked[apply_filters(idx, ranked, f, 10, **kw)].tolist()  # noqa: E731
+    assert pick(Filters(in_stock_only=True)) == [0, 2, 3, 4]
+    assert pick(Filters(price_min=10, price_max=20)) == [0, 1]  # c has no price
+    assert pick(Filters(brands=("y",))) == [2, 3]
+    # "Shoes > Run" matches itself and children, not "Shoes > Runner"
+    assert pick(Filters(categories=("Shoes > Run",))) == [0, 1]
+    assert pick(Filters(categories=("Shoes",))) == [0, 1, 2, 4]
+    assert pick(Filters(exclude_item_ids=("a", "zz"))) == [1, 2, 3, 4]
+    assert pick(Filters(), exclude=np.array([1, 3])) == [0, 2, 4]
+    assert pick(Filters(max_per_brand=1)) == [0, 2, 4]
+    assert ranked[apply_filters(idx, ranked, Filters(), 2)].tolist() == [0, 1]
+
+
+def test_history_store_live_events_and_roundtrip(tmp_path):
+    cat = _catalog()
+    inter = Interactions(["u1", "u2"], [0, 0, 1], [1, 0, 3], [20, 10, 5], [3, 3, 0], [np.nan] * 3)
+    store = HistoryStore.from_interactions(inter, max_len=3)
+    assert store.get("u1").items.tolist() == [0, 1]
+    assert len(store.get("nobody")) == 0 and not store.knows("nobody")
+    assert store.record([Event("u1", "e", 30), Event("u1", "unknown", 31), Event("new", "c", 1)], cat) == 2
+    assert store.get("u1").items.tolist() == [0, 1, 4]
+    store.record([Event("u1", "d", 40, "view")], cat)
+    h = store.get("u1")
+    assert h.items.tolist() == [1, 4, 3] and h.events.tolist() == [3, 3, 0]  # max_len 3 keeps newest
+    assert store.knows("new") and store.n_users == 3
+    store.save(tmp_path)
+    again = HistoryStore.load(tmp_path)
+    assert again.get("u1").items.tolist() == [0, 1] and again.get("u2").items.tolist() == [3]
