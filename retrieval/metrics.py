@@ -244,8 +244,13 @@ def _top_k_rows(s: np.ndarray, k: int) -> np.ndarray:
         above = s > kth
         tied = s == kth
         # argpartition picks arbitrary members of a tie at the k-th score; take the lowest indices
-        room = k - above.sum(axis=1, keepdims=True)
-        chosen = above | (tied & (np.cumsum(tied, axis=1, dtype=np.int32) <= room))
+        room = k - above.sum(axis=1)
+        chosen = above | tied
+        straddle = np.flatnonzero(tied.sum(axis=1) > room)
+        if straddle.size:
+            t = tied[straddle]
+            chosen[straddle] = above[straddle] | (t & (np.cumsum(t, axis=1, dtype=np.int32)
+                                                       <= room[straddle, None]))
         idx = np.nonzero(chosen)[1].reshape(b, k)  # row-major: ascending item index in each row
         vals = np.take_along_axis(s, idx, axis=1)
         idx = np.take_along_axis(idx, np.argsort(-vals, axis=1, kind="stable"), axis=1)
