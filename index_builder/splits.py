@@ -54,6 +54,9 @@ class Targets:
     * history the model may see: ``history_items`` int64, ``history_ts`` int64 epoch seconds and
       ``history_events`` int8 event codes, rows ``history_indptr[i]:history_indptr[i + 1]``,
       oldest first; ``history_indptr`` int64 (u + 1,). A history never contains a target item.
+
+    ``now`` is the request time of the stage (the time cut of a temporal split; None when every
+    user is asked at their own time, as in leave-last-out).
     """
 
     user_ids: list[str]
@@ -64,6 +67,7 @@ class Targets:
     history_items: np.ndarray
     history_ts: np.ndarray
     history_events: np.ndarray
+    now: int | None = None
 
     def __post_init__(self) -> None:
         u = self.users.shape[0]
@@ -109,6 +113,7 @@ class Targets:
             history_ts=self.history_ts[lo:hi],
             history_events=self.history_events[lo:hi],
             user_id=self.user_ids[int(self.users[i])],
+            now=self.now,
         )
 
     def requests(self, start: int = 0, stop: int | None = None) -> list[RetrievalRequest]:
@@ -194,7 +199,7 @@ def _sorted_events(interactions: Interactions) -> tuple[np.ndarray, ...]:
 
 def _targets(user_ids: list[str], pair_user: np.ndarray, pair_item: np.ndarray, ev_users: np.ndarray,
              ev_items: np.ndarray, ev_ts: np.ndarray, ev_events: np.ndarray,
-             visible: np.ndarray) -> Targets:
+             visible: np.ndarray, now: int | None = None) -> Targets:
     """Build :class:`Targets` from target pairs (grouped by ascending user) and the visible events.
 
     ``visible`` is a bool mask over the chronologically sorted events ``ev_*``.
@@ -218,6 +223,7 @@ def _targets(user_ids: list[str], pair_user: np.ndarray, pair_item: np.ndarray, 
         history_items=ev_items[keep].astype(np.int64),
         history_ts=ev_ts[keep].astype(np.int64),
         history_events=ev_events[keep].astype(np.int8),
+        now=now,
     )
 
 
@@ -295,9 +301,9 @@ def temporal(interactions: Interactions, cut_ts: int | None = None, valid_fracti
             "valid_fraction": float(valid_fraction), "test_fraction": float(test_fraction)}},
         train=_select_sorted(interactions, order, period == 0),
         valid=_targets(uid, pairs.user[valid_pairs], pairs.item[valid_pairs], users, items, ts, events,
-                       period == 0),
+                       period == 0, now=int(valid_cut_ts)),
         test=_targets(uid, pairs.user[test_pairs], pairs.item[test_pairs], users, items, ts, events,
-                      period < 2),
+                      period < 2, now=int(cut_ts)),
         train_and_valid=_select_sorted(interactions, order, period < 2),
     )
 

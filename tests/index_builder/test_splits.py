@@ -48,7 +48,7 @@ def test_leave_last_out_hand_example():
     assert len(s.train_and_valid) == 12 - 2  # all but the test events (3@4 and 6@11)
     r = s.test.request(1)
     assert r.user_id == "c" and r.history.tolist() == [5, 4, 4] and r.history.dtype == np.int64
-    assert r.history_events.dtype == np.int8
+    assert r.history_events.dtype == np.int8 and r.now is None
     assert s.counts() == {"train_events": 6, "train_and_valid_events": 10, "valid_users": 2,
                           "valid_targets": 2, "test_users": 2, "test_targets": 2}
 
@@ -90,6 +90,7 @@ def test_temporal_explicit_cuts():
     assert s.test.items.tolist() == [2, 3, 4]
     assert _hist(s.test, 0)[:2] == ([0, 1, 0], [1, 5, 6]) and _hist(s.test, 1)[0] == []
     assert len(s.train_and_valid) == 3
+    assert s.valid.request(0).now == 5 and s.test.request(1).now == 8  # asked at the cut
 
 
 def test_temporal_default_cuts_from_fractions():
