@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import scipy.sparse as sp
@@ -24,6 +25,8 @@ __all__ = [
     "request_context",
     "feature_names",
     "compute_features",
+    "save_item_table",
+    "load_item_table",
 ]
 
 _DAY = 86400.0
@@ -282,3 +285,26 @@ def compute_features(
     cols.append(np.full(m, float(ctx.is_search), dtype=np.float32))
     out = np.stack([np.asarray(c, dtype=np.float32) for c in cols], axis=1)
     return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+
+
+def save_item_table(table: ItemTable, folder: Path) -> list[Path]:
+    """Write the catalog-derived arrays (vectors and the CF matrix belong to their sources)."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "item_table.npz"
+    tags = table.tag_sets.tocsr()
+    np.savez(path, log_pop=table.log_pop, log_trend=table.log_trend, leaf=table.leaf, top=table.top,
+             brand=table.brand, log_price=table.log_price, first_seen=table.first_seen,
+             tag_data=tags.data, tag_indices=tags.indices, tag_indptr=tags.indptr,
+             tag_shape=np.array(tags.shape, dtype=np.int64), now=np.array(table.now, dtype=np.int64))
+    return [path]
+
+
+def load_item_table(folder: Path, *, tt_vecs: np.ndarray | None = None, text_vecs: np.ndarray | None = None,
+                    cf: sp.csr_matrix | None = None) -> ItemTable:
+    with np.load(Path(folder) / "item_table.npz", allow_pickle=False) as z:
+        tag_sets = sp.csr_matrix((z["tag_data"], z["tag_indices"], z["tag_indptr"]), shape=tuple(z["tag_shape"]))
+        return ItemTable(tt_vecs=tt_vecs, text_vecs=text_vecs, cf=cf.tocsr() if cf is not None else None,
+                         log_pop=z["log_pop"], log_trend=z["log_trend"], leaf=z["leaf"], top=z["top"],
+                         brand=z["brand"], log_price=z["log_price"], first_seen=z["first_seen"],
+                         tag_sets=tag_sets, now=int(z["now"]))
