@@ -1,0 +1,158 @@
+"""Two-tower model on tiny generated data: learns a pattern, is deterministic, round-trips."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from index_builder.splits import leave_last_out
+from retrieval.base import Candidates, RetrievalRequest
+from retrieval.data import Catalog, Interactions, Item
+from retrieval.two_tower import TwoTower, TwoTowerConfig
+
+N_ITEMS = 40
+SMALL = TwoTowerConfig(dim=16, layers=1, heads=2, max_len=8, dropout=0.1, n_negatives=16, batch_size=32,
+                       epochs=12, lr=5e-3, seed=3)
+
+
+@pytest.fixture(autouse=True)
+def _threads() -> None:
+    torch.set_num_threads(2)
+
+
+def _catalog() -> Catalog:
+    return Catalog.from_items(
+        Item(f"i{i}", f"item {i}", category=f"C{i % 3} > S{i % 5}", brand=f"b{i % 4}",
+             price=float(1 + i) if i % 7 else None, tags=(f"t{i % 6}", f"t{i % 2 + 10}"))
+        for i in range(N_ITEMS)
+    )
+
+
+def _chain_interactions(n_users: int = 200, seed: int = 0) -> Interactions:
+    """Every user walks the catalog in steps of one: item i is followed by item i + 1."""
+    rng = np.random.default_rng(seed)
+    users, items, ts = [], [], []
+    for u in range(n_users):
+        start, length = int(rng.integers(0, N_ITEMS - 8)), int(rng.integers(4, 8))
+        for j in range(length):
+            users.append(u)
+            items.append(start + j)
+            ts.append(1_000_000 + 3600 * j)
+    n = len(users)
+    return Interactions([f"u{u}" for u in range(n_users)], np.array(users), np.array(items), np.array(ts),
+                        np.full(n, 3), np.full(n, np.nan))
+
+
+@pytest.fixture(scope="module")
+def fitted() -> tuple[Catalog, TwoTower]:
+    torch.set_num_threads(2)
+    catalog = _catalog()
+    text = np.random.default_rng(1).normal(size=(N_ITEMS, 8)).astype(np.float32)
+    return catalog, TwoTower(SMALL).fit(catalog, _chain_interactions(), text_vectors=text)
+
+
+def _next_item_accuracy(model: TwoTower) -> float:
+    reqs = [RetrievalRequest(history=np.arange(s, s + 3, dtype=np.int64)) for s in range(0, N_ITEMS - 4)]
+    scores = model.score_all(reqs)
+    for r, req in enumerate(reqs):
+        scores[r, req.history] = -np.inf
+    return float(np.mean(scores.argmax(1) == np.array([r.history[-1] + 1 for r in reqs])))
+
+
+def test_learns_the_successor_pattern(fitted) -> None:
+    _, model = fitted
+    assert _next_item_accuracy(model) > 0.6  # chance is 1/37
+    assert model.log is not None and model.log.losses[-1] < model.log.losses[0]
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [dict(user_encoder="gru", loss="full"), dict(similarity="cosine", use_item_features=False, use_text=False)],
+)
+def test_variants_learn_too(changes) -> None:
+    model = TwoTower(dataclasses.replace(SMALL, **changes)).fit(_catalog(), _chain_interactions())
+    assert _next_item_accuracy(model) > 0.5
+
+
+def test_same_seed_same_model() -> None:
+    cfg = dataclasses.replace(SMALL, epochs=2)
+    a = TwoTower(cfg).fit(_catalog(), _chain_interactions()).encode_items()
+    b = TwoTower(cfg).fit(_catalog(), _chain_interactions()).encode_items()
+    np.testing.assert_array_equal(a, b)
+    c = TwoTower(dataclasses.replace(cfg, seed=4)).fit(_catalog(), _chain_interactions()).encode_items()
+    assert not np.allclose(a, c)
+
+
+def test_save_load_gives_identical_scores(tmp_path, fitted) -> None:
+    catalog, model = fitted
+    files = model.save(tmp_path)
+    assert all(p.exists() for p in files)
+    loaded = TwoTower.load(tmp_path, catalog)
+    reqs = [RetrievalRequest(history=np.array([3, 4, 5]), history_ts=np.array([0, 60, 7200]),
+                             history_events=np.array([0, 2, 3], dtype=np.int8), now=90_000),
+            RetrievalRequest(history=np.array([20]))]
+    np.testing.assert_array_equal(model.score_all(reqs), loaded.score_all(reqs))
+    a, b = model.retrieve(reqs[0], 5), loaded.retrieve(reqs[0], 5)
+    np.testing.assert_array_equal(a.items, b.items)
+    assert loaded.log is not None and loaded.log.epochs_run == model.log.epochs_run
+    with pytest.raises(ValueError, match="fitted on 40 items"):
+        TwoTower.load(tmp_path, catalog.subset(np.arange(10)))
+
+
+def test_user_vector_follows_the_history(fitted) -> None:
+    _, model = fitted
+    base = RetrievalRequest(history=np.array([3, 4, 5]))
+    more = RetrievalRequest(history=np.array([3, 4, 5, 20]))
+    reordered = RetrievalRequest(history=np.array([5, 4, 3]))
+    u = model.encode_users([base, more, reordered])
+    assert u.shape == (3, SMALL.dim) and u.dtype == np.float32
+    assert not np.allclose(u[0], u[1]) and not np.allclose(u[0], u[2])
+    # a new event moves the recommendation at once: after 20 comes 21
+    assert model.retrieve(more, 1).items[0] == 21
+    # event type and request time are inputs too
+    typed = RetrievalRequest(history=np.array([3, 4, 5]), history_events=np.array([0, 0, 0], dtype=np.int8))
+    timed = RetrievalRequest(history=np.array([3, 4, 5]), history_ts=np.array([0, 60, 120]), now=10**7)
+    v = model.encode_users([typed, timed])
+    assert not np.allclose(u[0], v[0]) and not np.allclose(u[0], v[1])
+
+
+def test_ann_matches_brute_force(fitted) -> None:
+    _, model = fitted
+    for hist in ([1, 2], [10, 11, 12, 13], [33]):
+        req = RetrievalRequest(history=np.array(hist, dtype=np.int64))
+        got = model.retrieve(req, 10)
+        want = Candidates.top_k(model.score_all([req])[0], 10, "two_tower", exclude=req.history)
+        np.testing.assert_array_equal(got.items, want.items)
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-5)
+    similar = model.retrieve(RetrievalRequest(item=7), 5)
+    vecs = model.encode_items()
+    oracle = Candidates.top_k(vecs @ vecs[7], 5, "two_tower", exclude=np.array([7]))
+    np.testing.assert_array_equal(similar.items, oracle.items)
+    assert len(model.retrieve(RetrievalRequest(query="shoes"), 5)) == 0
+
+
+def test_early_stopping_keeps_the_best_epoch() -> None:
+    catalog, inter = _catalog(), _chain_interactions(n_users=240)
+    split = leave_last_out(inter)
+    cfg = dataclasses.replace(SMALL, epochs=40, patience=2, lr=2e-2)
+    model = TwoTower(cfg).fit(catalog, split.train, valid=split.valid)
+    log = model.log
+    assert log is not None and log.evals
+    best = max(log.evals, key=lambda e: e[1])
+    assert log.best_epoch == best[0]
+    assert model._evaluate(split.valid, 10)[0] == pytest.approx(best[1])
+    assert log.epochs_run < 40 or log.best_epoch == 40
+
+
+def test_config_validation_names_the_field() -> None:
+    with pytest.raises(ValueError, match="divisible by heads"):
+        TwoTowerConfig(dim=10, heads=3)
+    with pytest.raises(ValueError, match="user_encoder"):
+        TwoTowerConfig(user_encoder="lstm")
+    with pytest.raises(ValueError, match="dropout"):
+        TwoTowerConfig(dropout=1.0)
+    with pytest.raises(ValueError, match="one row per catalog item"):
+        TwoTower(SMALL).fit(_catalog(), _chain_interactions(), text_vectors=np.zeros((3, 8), np.float32))
