@@ -75,11 +75,17 @@ def _parse_override(text: str, config: TwoTowerConfig) -> tuple[str, object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("TANDEM_BEAUTY", "data/beauty")))
     parser.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE")
-    parser.add_argument("--text-cache", type=Path, default=None,
-                        help="a .npy file for the text vectors (written when missing)")
+    parser.add_argument(
+        "--text-cache",
+        type=Path,
+        default=None,
+        help="a .npy file for the text vectors (written when missing)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -90,8 +96,11 @@ def main() -> None:
     t0 = time.perf_counter()
     catalog, interactions = load_beauty(args.data)
     split = leave_last_out(interactions)
-    print(f"data: {len(catalog)} items, {interactions.n_users} users, {len(interactions)} events; "
-          f"split {split.counts()} ({time.perf_counter() - t0:.1f}s)", flush=True)
+    print(
+        f"data: {len(catalog)} items, {interactions.n_users} users, {len(interactions)} events; "
+        f"split {split.counts()} ({time.perf_counter() - t0:.1f}s)",
+        flush=True,
+    )
 
     config = TwoTowerConfig()
     config = dataclasses.replace(config, **dict(_parse_override(s, config) for s in args.set))
@@ -111,16 +120,18 @@ def main() -> None:
     model = TwoTower(config).fit(catalog, split.train, valid=split.valid, text_vectors=text, progress=True)
     train_s = time.perf_counter() - t2
     t3 = time.perf_counter()
-    v_recall, v_ndcg = model._evaluate(split.valid, 10)
+    v_recall, v_ndcg = model.evaluate(split.valid, 10)
     # the test histories hold the validation item too; the model is not refitted on it
-    t_recall, t_ndcg = model._evaluate(split.test, 10)
+    t_recall, t_ndcg = model.evaluate(split.test, 10)
     eval_s = time.perf_counter() - t3
     log = model.log
     assert log is not None
     print(f"valid Recall@10 {v_recall:.4f} NDCG@10 {v_ndcg:.4f}")
     print(f"test  Recall@10 {t_recall:.4f} NDCG@10 {t_ndcg:.4f}   (SASRec reference 0.0605 / 0.0318)")
-    print(f"epochs run {log.epochs_run}, best epoch {log.best_epoch}, train {train_s:.0f}s, "
-          f"final eval {eval_s:.0f}s, total {time.perf_counter() - t0:.0f}s, threads {args.threads}")
+    print(
+        f"epochs run {log.epochs_run}, best epoch {log.best_epoch}, train {train_s:.0f}s, "
+        f"final eval {eval_s:.0f}s, total {time.perf_counter() - t0:.0f}s, threads {args.threads}"
+    )
 
 
 if __name__ == "__main__":

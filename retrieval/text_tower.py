@@ -69,7 +69,9 @@ class TextEncoderConfig:
         if self.batch_size < 1:
             raise ValueError(f"TextEncoderConfig.batch_size must be >= 1, got {self.batch_size}")
         if not 1 <= self.max_seq_length <= 512:
-            raise ValueError(f"TextEncoderConfig.max_seq_length must be in [1, 512], got {self.max_seq_length}")
+            raise ValueError(
+                f"TextEncoderConfig.max_seq_length must be in [1, 512], got {self.max_seq_length}"
+            )
         if not self.device:
             raise ValueError("TextEncoderConfig.device must be a torch device string such as 'cpu' or 'cuda'")
 

@@ -27,6 +27,7 @@ from torch import nn
 
 from retrieval.base import Candidates, RetrievalRequest
 from retrieval.data import Catalog, Interactions
+from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from retrieval.text_tower import _build_index, _load_index
 from retrieval.two_tower_model import (
     EVENT_UNKNOWN,
@@ -83,7 +84,17 @@ class TwoTowerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        positive = ("dim", "layers", "heads", "max_len", "batch_size", "epochs", "patience", "eval_every", "eval_k")
+        positive = (
+            "dim",
+            "layers",
+            "heads",
+            "max_len",
+            "batch_size",
+            "epochs",
+            "patience",
+            "eval_every",
+            "eval_k",
+        )
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"TwoTowerConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -91,14 +102,20 @@ class TwoTowerConfig:
             raise ValueError(f"TwoTowerConfig.dim={self.dim} must be divisible by heads={self.heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"TwoTowerConfig.dropout must be in [0, 1), got {self.dropout}")
-        choices = {"user_encoder": ("sasrec", "gru"), "similarity": ("dot", "cosine"), "loss": ("sampled", "full")}
+        choices = {
+            "user_encoder": ("sasrec", "gru"),
+            "similarity": ("dot", "cosine"),
+            "loss": ("sampled", "full"),
+        }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TwoTowerConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
         if self.n_negatives < 0:
             raise ValueError(f"TwoTowerConfig.n_negatives must be >= 0, got {self.n_negatives}")
         if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(f"TwoTowerConfig: lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}")
+            raise ValueError(
+                f"TwoTowerConfig: lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}"
+            )
         if self.max_tags < 0 or self.category_levels < 0 or self.price_buckets < 0:
             raise ValueError("TwoTowerConfig.max_tags, category_levels and price_buckets must be >= 0")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
@@ -118,16 +135,25 @@ class TrainingLog:
 
 
 class _EvalTargets(Protocol):
-    """What fit() needs from validation targets (index_builder.splits.Targets fits)."""
+    """What evaluation needs from targets (``index_builder.splits.Targets`` fits): CSR target
+    items ``indptr``/``items``, the history CSR offsets, and one request per row."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+    history_indptr: np.ndarray
 
     def __len__(self) -> int: ...
     def request(self, i: int) -> RetrievalRequest: ...
-    def targets(self, i: int) -> np.ndarray: ...
 
 
 class _Net(nn.Module):
-    def __init__(self, config: TwoTowerConfig, n_items: int, features: ItemFeatures | None,
-                 text_vectors: np.ndarray | None) -> None:
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        n_items: int,
+        features: ItemFeatures | None,
+        text_vectors: np.ndarray | None,
+    ) -> None:
         super().__init__()
         c = config
         self.items = ItemTower(n_items, c.dim, features, text_vectors)
@@ -182,8 +208,9 @@ def _request_arrays(req: RetrievalRequest, n_items: int) -> tuple[np.ndarray, np
     return items, ts, ev, has_ts
 
 
-def _window(items: np.ndarray, ts: np.ndarray, ev: np.ndarray, has_ts: bool, now: int | None,
-            max_len: int) -> tuple[np.ndarray, ...]:
+def _window(
+    items: np.ndarray, ts: np.ndarray, ev: np.ndarray, has_ts: bool, now: int | None, max_len: int
+) -> tuple[np.ndarray, ...]:
     """Right-aligned model inputs of one distinct history (the last ``max_len`` items)."""
     n = items.shape[0]
     lo = max(0, n - max_len)
@@ -258,7 +285,9 @@ class TwoTower:
         self._index: Any = None
 
     # -- building ------------------------------------------------------------------------
-    def _make_net(self, catalog: Catalog, text_vectors: np.ndarray | None, features: ItemFeatures | None) -> _Net:
+    def _make_net(
+        self, catalog: Catalog, text_vectors: np.ndarray | None, features: ItemFeatures | None
+    ) -> _Net:
         self.n_items = len(catalog)
         self.features = features
         self.text_dim = None if text_vectors is None else int(text_vectors.shape[1])
@@ -296,7 +325,9 @@ class TwoTower:
         windows, lengths = _training_windows(interactions, self.n_items, c.max_len)
         if windows.items.shape[0] == 0:
             raise ValueError("TwoTower.fit: no user has 2 or more distinct training items; nothing to learn")
-        counts = np.bincount(windows.items[:, 1:][windows.items[:, :-1] > 0].ravel(), minlength=self.n_items + 1)
+        counts = np.bincount(
+            windows.items[:, 1:][windows.items[:, :-1] > 0].ravel(), minlength=self.n_items + 1
+        )
         log_pop = torch.from_numpy(np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))).float()
         opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
@@ -318,11 +349,14 @@ class TwoTower:
             losses.append(total / max(steps, 1))
             out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
             if valid is not None and len(valid) and (epoch % c.eval_every == 0 or out_of_time):
-                recall, ndcg = self._evaluate(valid, c.eval_k)
+                recall, ndcg = self.evaluate(valid, c.eval_k)
                 evals.append((epoch, recall, ndcg))
                 if progress:
-                    print(f"epoch {epoch} loss {losses[-1]:.4f} valid recall@{c.eval_k} {recall:.4f} "
-                          f"ndcg@{c.eval_k} {ndcg:.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
+                    print(
+                        f"epoch {epoch} loss {losses[-1]:.4f} valid recall@{c.eval_k} {recall:.4f} "
+                        f"ndcg@{c.eval_k} {ndcg:.4f} ({time.perf_counter() - start:.0f}s)",
+                        flush=True,
+                    )
                 if recall > best:
                     best, best_epoch, stale = recall, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
@@ -356,8 +390,9 @@ class TwoTower:
         order = rng.permutation(len(batches))
         return [batches[i] for i in order]
 
-    def _step(self, w: _Batch, lengths: np.ndarray, rows: np.ndarray, log_pop: torch.Tensor,
-              gen: torch.Generator) -> torch.Tensor:
+    def _step(
+        self, w: _Batch, lengths: np.ndarray, rows: np.ndarray, log_pop: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
         c, net = self.config, self.net
         assert net is not None
         width = int(lengths[rows].max())
@@ -382,7 +417,9 @@ class TwoTower:
             torch.from_numpy(w.gaps[rows, cut][:, :-1]),
             torch.from_numpy(w.lengths[rows, cut][:, :-1]),
             # the request time is unknown half of the time at serving: teach both cases
-            torch.where(torch.rand(inp.shape, generator=gen) < 0.5, 1, torch.from_numpy(w.recency[rows, cut][:, :-1])),
+            torch.where(
+                torch.rand(inp.shape, generator=gen) < 0.5, 1, torch.from_numpy(w.recency[rows, cut][:, :-1])
+            ),
         )
         users = net.user_out(h[pick])
         if c.loss == "full":
@@ -399,34 +436,28 @@ class TwoTower:
         return F.cross_entropy(logits, cand_inv[: targets.shape[0]])
 
     @torch.no_grad()
-    def _evaluate(self, valid: _EvalTargets, k: int) -> tuple[float, float]:
-        """Mean Recall@k and NDCG@k over the targets, full ranking, history excluded."""
+    def evaluate(self, targets: _EvalTargets, k: int = 10, batch_size: int = 1024) -> tuple[float, float]:
+        """Mean Recall@k and NDCG@k over ``targets`` (e.g. ``Split.valid``): full ranking
+        over the catalog with each user's visible history excluded."""
         table = self._table()
         items = torch.from_numpy(self.encode_items())
-        discount = 1.0 / np.log2(np.arange(2, k + 2))
-        recall = ndcg = 0.0
-        n = len(valid)
-        all_reqs = [valid.request(i) for i in range(n)]
+        n = len(targets)
+        reqs = [targets.request(i) for i in range(n)]
         # similar lengths together: less padding in the user tower
-        order = np.argsort([len(r.history) for r in all_reqs], kind="stable")
-        step = 1024
-        for lo in range(0, n, step):
-            idx = order[lo : lo + step]
-            reqs = [all_reqs[i] for i in idx]
-            scores = torch.from_numpy(self.encode_users(reqs, _table=table)) @ items.T
-            for r, req in enumerate(reqs):
-                hist = np.asarray(req.history, dtype=np.int64)
-                scores[r, torch.from_numpy(hist[(hist >= 0) & (hist < self.n_items)])] = -torch.inf
-            top = torch.topk(scores, min(k, self.n_items), dim=1).indices.numpy()
-            for r, i in enumerate(idx):
-                tgt = valid.targets(i)
-                if tgt.size == 0:
-                    continue
-                hit = np.isin(top[r], tgt)
-                m = min(tgt.size, k)
-                recall += hit.sum() / m
-                ndcg += (hit * discount[: hit.size]).sum() / discount[:m].sum()
-        return recall / max(n, 1), ndcg / max(n, 1)
+        order = np.argsort(np.diff(targets.history_indptr), kind="stable")
+        ranked = np.full((n, k), -1, dtype=np.int64)
+        for lo in range(0, n, batch_size):
+            idx = order[lo : lo + batch_size]
+            scores = torch.from_numpy(self.encode_users([reqs[i] for i in idx], _table=table)) @ items.T
+            hist = [np.asarray(reqs[i].history, dtype=np.int64) for i in idx]
+            counts = np.array([h.size for h in hist], dtype=np.int64)
+            exclude = (
+                np.concatenate([[0], np.cumsum(counts)]),
+                np.concatenate([np.zeros(0, np.int64), *hist]),
+            )
+            ranked[idx] = top_k_excluding(scores.numpy(), exclude, k)
+        csr = (targets.indptr, targets.items)
+        return float(recall_at_k(ranked, csr, k)), float(ndcg_at_k(ranked, csr, k))
 
     def _finish(self, index: bool = True) -> None:
         """Cache item vectors (and build the ANN index) from the current weights."""
@@ -456,7 +487,9 @@ class TwoTower:
         return np.ascontiguousarray(net.item_out(self._table()[1:]).numpy(), dtype=np.float32)
 
     @torch.no_grad()
-    def encode_users(self, requests: Sequence[RetrievalRequest], _table: torch.Tensor | None = None) -> np.ndarray:
+    def encode_users(
+        self, requests: Sequence[RetrievalRequest], _table: torch.Tensor | None = None
+    ) -> np.ndarray:
         """float32 (b, dim): the user vector of each request, computed from its history
         (timestamps, event types and ``now`` when present). An empty history gives the
         vector of an empty window (a popularity-like prior)."""
@@ -464,15 +497,17 @@ class TwoTower:
         table = self._table() if _table is None else _table
         was = net.training
         net.eval()
-        wins = [
-            _window(*_request_arrays(r, self.n_items), r.now, self.config.max_len) for r in requests
-        ]
+        wins = [_window(*_request_arrays(r, self.n_items), r.now, self.config.max_len) for r in requests]
         width = max([1] + [w[0].shape[0] for w in wins])
         b = _stack(wins, width)
         items = torch.from_numpy(b.items)
         h = net.user(
-            table[items], items > 0, torch.from_numpy(b.events), torch.from_numpy(b.gaps),
-            torch.from_numpy(np.maximum(b.lengths, 1)), torch.from_numpy(np.maximum(b.recency, 1)),
+            table[items],
+            items > 0,
+            torch.from_numpy(b.events),
+            torch.from_numpy(b.gaps),
+            torch.from_numpy(np.maximum(b.lengths, 1)),
+            torch.from_numpy(np.maximum(b.recency, 1)),
         )
         out = net.user_out(h[:, -1]).numpy().astype(np.float32)
         net.train(was)
@@ -506,7 +541,9 @@ class TwoTower:
         want = min(self.n_items, k + exclude.size)
         scores, ids = self._index.search(qvec[None, :].astype(np.float32), want)
         keep = (ids[0] >= 0) & ~np.isin(ids[0], exclude)
-        return Candidates(ids[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32), self.name)
+        return Candidates(
+            ids[0][keep][:k].astype(np.int64), scores[0][keep][:k].astype(np.float32), self.name
+        )
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, folder: Path) -> list[Path]:
@@ -556,14 +593,17 @@ class TwoTower:
             )
         model = cls(TwoTowerConfig(**meta["config"]))
         features = None if meta["vocab"] is None else ItemFeatures.from_vocab(catalog, meta["vocab"])
-        text = None if meta["text_dim"] is None else np.zeros((len(catalog), meta["text_dim"]), dtype=np.float32)
+        text = (
+            None if meta["text_dim"] is None else np.zeros((len(catalog), meta["text_dim"]), dtype=np.float32)
+        )
         model.net = model._make_net(catalog, text, features)
         model.net.load_state_dict(load_file(str(folder / _WEIGHTS)))
         model.net.eval()
         if meta.get("training"):
             t = meta["training"]
-            model.log = TrainingLog([tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"],
-                                    t["epochs_run"], t["seconds"])
+            model.log = TrainingLog(
+                [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"]
+            )
         model._item_vectors = np.load(folder / _ITEMS, allow_pickle=False)
         model._index = _load_index(folder / _INDEX_DIR)
         return model

@@ -78,7 +78,9 @@ class ItemFeatures:
         }
 
     @classmethod
-    def build(cls, catalog: Catalog, max_tags: int, category_levels: int, n_price_buckets: int) -> ItemFeatures:
+    def build(
+        cls, catalog: Catalog, max_tags: int, category_levels: int, n_price_buckets: int
+    ) -> ItemFeatures:
         """Fresh vocabularies from the catalog (sorted, so the same catalog gives the same ids)."""
         tags = sorted({t for row in catalog.tags for t in row})
         cats = sorted({p for c in catalog.categories for p in _category_prefixes(c, category_levels)})
@@ -202,10 +204,12 @@ class _Block(nn.Module):
         self.p = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        b, l, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, l, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0)
-        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, l, d)))
+        b, length, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=mask, dropout_p=self.p if self.training else 0.0
+        )
+        x = x + self.drop(self.out(att.transpose(1, 2).reshape(b, length, d)))
         return x + self.drop(self.ff(self.ln2(x)))
 
 
@@ -232,7 +236,9 @@ class UserTower(nn.Module):
         if kind == "sasrec":
             self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         else:
-            self.gru = nn.GRU(dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0)
+            self.gru = nn.GRU(
+                dim, dim, num_layers=layers, batch_first=True, dropout=dropout if layers > 1 else 0.0
+            )
         self.ln = nn.LayerNorm(dim)
 
     def forward(
@@ -248,14 +254,16 @@ class UserTower(nn.Module):
         events, gaps int64 (b, l); length_ids, recency_ids int64 (b, l) (the user-level
         features as they stand after each position). Returns float32 (b, l, d): the user
         vector after each position."""
-        b, l, _ = item_vecs.shape
-        pos = self.pos.weight[-l:]  # last column = the latest item
+        length = item_vecs.shape[1]
+        pos = self.pos.weight[-length:]  # last column = the latest item
         x = item_vecs + pos.unsqueeze(0) + self.events(events) + self.gaps(gaps)
         x = self.drop(x) * valid.unsqueeze(-1)
         if self.kind == "sasrec":
-            causal = torch.ones(l, l, dtype=torch.bool, device=x.device).tril()
+            causal = torch.ones(length, length, dtype=torch.bool, device=x.device).tril()
             # causal and not padding; every position may see itself (no empty rows)
-            mask = (causal.unsqueeze(0) & valid.unsqueeze(1)) | torch.eye(l, dtype=torch.bool, device=x.device)
+            mask = (causal.unsqueeze(0) & valid.unsqueeze(1)) | torch.eye(
+                length, dtype=torch.bool, device=x.device
+            )
             mask = mask.unsqueeze(1)
             for block in self.blocks:
                 x = block(x, mask)

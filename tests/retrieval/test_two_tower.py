@@ -14,8 +14,18 @@ from retrieval.data import Catalog, Interactions, Item
 from retrieval.two_tower import TwoTower, TwoTowerConfig
 
 N_ITEMS = 40
-SMALL = TwoTowerConfig(dim=16, layers=1, heads=2, max_len=8, dropout=0.1, n_negatives=16, batch_size=32,
-                       epochs=12, lr=5e-3, seed=3)
+SMALL = TwoTowerConfig(
+    dim=16,
+    layers=1,
+    heads=2,
+    max_len=8,
+    dropout=0.1,
+    n_negatives=16,
+    batch_size=32,
+    epochs=12,
+    lr=5e-3,
+    seed=3,
+)
 
 
 @pytest.fixture(autouse=True)
@@ -25,8 +35,14 @@ def _threads() -> None:
 
 def _catalog() -> Catalog:
     return Catalog.from_items(
-        Item(f"i{i}", f"item {i}", category=f"C{i % 3} > S{i % 5}", brand=f"b{i % 4}",
-             price=float(1 + i) if i % 7 else None, tags=(f"t{i % 6}", f"t{i % 2 + 10}"))
+        Item(
+            f"i{i}",
+            f"item {i}",
+            category=f"C{i % 3} > S{i % 5}",
+            brand=f"b{i % 4}",
+            price=float(1 + i) if i % 7 else None,
+            tags=(f"t{i % 6}", f"t{i % 2 + 10}"),
+        )
         for i in range(N_ITEMS)
     )
 
@@ -42,8 +58,14 @@ def _chain_interactions(n_users: int = 200, seed: int = 0) -> Interactions:
             items.append(start + j)
             ts.append(1_000_000 + 3600 * j)
     n = len(users)
-    return Interactions([f"u{u}" for u in range(n_users)], np.array(users), np.array(items), np.array(ts),
-                        np.full(n, 3), np.full(n, np.nan))
+    return Interactions(
+        [f"u{u}" for u in range(n_users)],
+        np.array(users),
+        np.array(items),
+        np.array(ts),
+        np.full(n, 3),
+        np.full(n, np.nan),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +92,10 @@ def test_learns_the_successor_pattern(fitted) -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [dict(user_encoder="gru", loss="full"), dict(similarity="cosine", use_item_features=False, use_text=False)],
+    [
+        dict(user_encoder="gru", loss="full"),
+        dict(similarity="cosine", use_item_features=False, use_text=False),
+    ],
 )
 def test_variants_learn_too(changes) -> None:
     model = TwoTower(dataclasses.replace(SMALL, **changes)).fit(_catalog(), _chain_interactions())
@@ -91,9 +116,15 @@ def test_save_load_gives_identical_scores(tmp_path, fitted) -> None:
     files = model.save(tmp_path)
     assert all(p.exists() for p in files)
     loaded = TwoTower.load(tmp_path, catalog)
-    reqs = [RetrievalRequest(history=np.array([3, 4, 5]), history_ts=np.array([0, 60, 7200]),
-                             history_events=np.array([0, 2, 3], dtype=np.int8), now=90_000),
-            RetrievalRequest(history=np.array([20]))]
+    reqs = [
+        RetrievalRequest(
+            history=np.array([3, 4, 5]),
+            history_ts=np.array([0, 60, 7200]),
+            history_events=np.array([0, 2, 3], dtype=np.int8),
+            now=90_000,
+        ),
+        RetrievalRequest(history=np.array([20])),
+    ]
     np.testing.assert_array_equal(model.score_all(reqs), loaded.score_all(reqs))
     a, b = model.retrieve(reqs[0], 5), loaded.retrieve(reqs[0], 5)
     np.testing.assert_array_equal(a.items, b.items)
@@ -143,7 +174,7 @@ def test_early_stopping_keeps_the_best_epoch() -> None:
     assert log is not None and log.evals
     best = max(log.evals, key=lambda e: e[1])
     assert log.best_epoch == best[0]
-    assert model._evaluate(split.valid, 10)[0] == pytest.approx(best[1])
+    assert model.evaluate(split.valid, 10)[0] == pytest.approx(best[1])
     assert log.epochs_run < 40 or log.best_epoch == 40
 
 
