@@ -8,7 +8,7 @@ set (docs/data.md, "Cleaning"):
   the item is dropped, unless events refer to it (then it stays with an empty title: its
   interactions are real, and benchmark data sets such as Amazon Beauty hold such items); missing prices imputed with the median of the deepest category level that
   has prices (global median otherwise) and flagged; price outliers flagged, never deleted;
-* events: rows on unknown or dropped items dropped; exact duplicates (same user, item, ts,
+* events: rows on items missing from the catalog dropped; exact duplicates (same user, item, ts,
   event, value) dropped, the first kept; bot-like users removed; optional k-core filtering.
 
 Events stay in file order (``extra_events`` after the file's), so ties in time keep file
@@ -51,7 +51,7 @@ __all__ = [
 
 _log = logging.getLogger(__name__)
 
-_DROP_REASONS = ("unknown_item", "dropped_item", "duplicate", "bot", "k_core")
+_DROP_REASONS = ("unknown_item", "duplicate", "bot", "k_core")
 _MAD_TO_SIGMA = 1.4826
 _MIN_PRICE = 0.01  # log of a zero price
 
@@ -245,8 +245,8 @@ def _read_catalog(path: Path, config: CleaningConfig, strict: bool, report: Clea
 
 
 def _build_catalog(items: list[Item], referenced: dict[str, int], config: CleaningConfig,
-                   report: CleaningReport) -> tuple[Catalog, set[str]]:
-    """The catalog without the items that have no text and no events; the dropped ids."""
+                   report: CleaningReport) -> Catalog:
+    """The catalog without the items that have neither text nor events."""
     dropped = {it.item_id for it in items if not it.title and it.item_id not in referenced}
     report.items_dropped["no_title"] = len(dropped)
     report.untitled_items_kept = sum(1 for it in items if not it.title) - len(dropped)
@@ -258,7 +258,7 @@ def _build_catalog(items: list[Item], referenced: dict[str, int], config: Cleani
     catalog = Catalog.from_items(it for it in items if it.item_id not in dropped)
     _clean_prices(catalog, config, report)
     report.items_kept = report.items = len(catalog)
-    return catalog, dropped
+    return catalog
 
 
 def _category_keys(category: str) -> list[str]:
@@ -469,8 +469,7 @@ def _k_core(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, co
     return keep
 
 
-def _clean_events(cols: _EventColumns, catalog: Catalog, dropped_items: set[str], config: CleaningConfig,
-                  report: CleaningReport) -> Interactions:
+def _clean_events(cols: _EventColumns, catalog: Catalog, config: CleaningConfig, report: CleaningReport) -> Interactions:
     users = np.frombuffer(cols.users, dtype=np.int32)
     vocab_items = np.frombuffer(cols.items, dtype=np.int32)
     ts = np.frombuffer(cols.ts, dtype=np.int64)
@@ -480,13 +479,12 @@ def _clean_events(cols: _EventColumns, catalog: Catalog, dropped_items: set[str]
     report.events_read = len(users)
     dropped = report.events_dropped
 
-    # item vocabulary of the events -> catalog rows (-1 unknown, -2 dropped by item cleaning)
-    to_catalog = np.fromiter(
-        (catalog.index.get(i, -2 if i in dropped_items else -1) for i in cols.item_index),
-        dtype=np.int32, count=len(cols.item_index))
+    # item vocabulary of the events -> catalog rows (-1: not in the catalog). Items dropped by the
+    # item rules have no events by construction (see _build_catalog).
+    to_catalog = np.fromiter((catalog.index.get(i, -1) for i in cols.item_index), dtype=np.int32,
+                             count=len(cols.item_index))
     items = to_catalog[vocab_items] if len(vocab_items) else np.zeros(0, dtype=np.int32)
     dropped["unknown_item"] = int(np.count_nonzero(items == -1))
-    dropped["dropped_item"] = int(np.count_nonzero(items == -2))
     if dropped["unknown_item"]:
         _log.warning("dropped %d events on item ids missing from the catalog", dropped["unknown_item"])
     keep = items >= 0
@@ -545,9 +543,9 @@ def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, str
         extra = ReadStats(file="extra_events")
         report.extra_events = cols.extend(_extra_rows(extra_events, strict, extra))
         report.read["extra_events"] = extra.to_dict()
-    catalog, dropped_items = _build_catalog(items, cols.item_index, config, report)
+    catalog = _build_catalog(items, cols.item_index, config, report)
     del items
-    interactions = _clean_events(cols, catalog, dropped_items, config, report)
+    interactions = _clean_events(cols, catalog, config, report)
     return CleanResult(catalog, interactions, report)
 
 
