@@ -109,6 +109,11 @@ def main() -> None:
         t1 = time.perf_counter()
         if args.text_cache is not None and args.text_cache.is_file():
             text = np.load(args.text_cache, allow_pickle=False)
+            if text.shape[0] != len(catalog):
+                raise SystemExit(
+                    f"{args.text_cache} holds {text.shape[0]} vectors, the catalog has "
+                    f"{len(catalog)} items; delete the cache file to re-encode"
+                )
         else:
             text = TextEncoder().encode([catalog.text(i) for i in range(len(catalog))])
             if args.text_cache is not None:
