@@ -345,6 +345,15 @@ class _EventColumns:
             va(v)
         return len(self.users) - n0
 
+    def take(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """The columns as numpy arrays (users, vocabulary items, ts, events, values); the object
+        lets go of them, so the first filtered copy can free the originals."""
+        out = (np.frombuffer(self.users, dtype=np.int32), np.frombuffer(self.items, dtype=np.int32),
+               np.frombuffer(self.ts, dtype=np.int64), np.frombuffer(self.events, dtype=np.int8),
+               np.frombuffer(self.values, dtype=np.float32))
+        del self.users, self.items, self.ts, self.events, self.values
+        return out
+
 
 def _extra_rows(events: Iterable[Event], strict: bool, stats: ReadStats) -> Iterator[EventRow]:
     """Rows of already-made Event objects, checked as the readers check file rows."""
@@ -385,9 +394,18 @@ def _active_hours(users: np.ndarray, ts: np.ndarray, n_users: int) -> np.ndarray
     h0 = int(hours.min())
     span = int(hours.max()) - h0 + 1
     if n_users * span < 2**62:
-        key = users.astype(np.int64) * span + (hours - h0)
-        uniq = np.unique(key)
-        return np.bincount(uniq // span, minlength=n_users)
+        hours -= h0  # in place: this becomes the (user, hour) key
+        base = users.astype(np.int64)
+        base *= span
+        hours += base
+        del base
+        hours.sort()  # in place; np.unique would allocate several times more
+        first = np.ones(len(hours), dtype=bool)
+        np.not_equal(hours[1:], hours[:-1], out=first[1:])
+        uniq = hours[first]
+        del hours, first
+        uniq //= span
+        return np.bincount(uniq, minlength=n_users)
     order = np.lexsort((hours, users))
     u, h = users[order], hours[order]
     new = np.ones(len(u), dtype=bool)
@@ -425,21 +443,52 @@ def _find_bots(users: np.ndarray, ts: np.ndarray, user_ids: list[str],
     return bots, entries
 
 
-def _duplicate_rows(users: np.ndarray, items: np.ndarray, ts: np.ndarray, events: np.ndarray,
-                    values: np.ndarray) -> np.ndarray:
-    """Bool (n,) marking rows equal in every field to an earlier row."""
-    n = len(users)
-    dup = np.zeros(n, dtype=bool)
-    if n < 2:
-        return dup
-    pair = (users.astype(np.int64) << 32) | items.astype(np.int64)
-    bits = values.view(np.uint32).astype(np.int64)
-    bits[np.isnan(values)] = 0x7FC00000  # one NaN pattern
-    ev_val = (events.astype(np.int64) << 32) | bits
+def _exact_duplicates(pair: np.ndarray, ts: np.ndarray, ev_val: np.ndarray) -> np.ndarray:
+    """Bool mask of rows equal (in all three int64 keys) to an earlier row."""
+    dup = np.zeros(len(pair), dtype=bool)
     order = np.lexsort((ev_val, ts, pair))  # stable: equal rows stay in file order
     p, t, e = pair[order], ts[order], ev_val[order]
     same = (p[1:] == p[:-1]) & (t[1:] == t[:-1]) & (e[1:] == e[:-1])
     dup[order[1:][same]] = True
+    return dup
+
+
+def _duplicate_rows(users: np.ndarray, items: np.ndarray, ts: np.ndarray, events: np.ndarray,
+                    values: np.ndarray) -> np.ndarray:
+    """Bool (n,) marking rows equal in every field to an earlier row.
+
+    Two passes keep the memory near 25 bytes a row: a 64-bit hash of each row is sorted to find
+    the rows that share a hash with another (a small share), and only those are compared exactly.
+    """
+    n = len(users)
+    dup = np.zeros(n, dtype=bool)
+    if n < 2:
+        return dup
+    bits = values.view(np.uint32).astype(np.uint64)
+    bits[np.isnan(values)] = 0x7FC00000  # one NaN pattern
+    ev_val = (events.astype(np.uint64) << np.uint64(32)) | bits
+    del bits
+    with np.errstate(over="ignore"):
+        h = users.astype(np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        h ^= items.astype(np.uint64) * np.uint64(0xC2B2AE3D27D4EB4F)
+        h ^= ts.view(np.uint64) * np.uint64(0x165667B19E3779F9)
+        h ^= ev_val * np.uint64(0xD6E8FEB86659FD93)
+        h ^= h >> np.uint64(31)
+        h *= np.uint64(0x94D049BB133111EB)
+        h ^= h >> np.uint64(29)
+    order = np.argsort(h)
+    h = h[order]
+    shared = np.zeros(n, dtype=bool)
+    same = h[1:] == h[:-1]
+    del h
+    shared[1:] |= same
+    shared[:-1] |= same
+    del same
+    cand = np.sort(order[shared])  # rows sharing a hash, in file order
+    del order, shared
+    if len(cand):
+        pair = (users[cand].astype(np.int64) << 32) | items[cand].astype(np.int64)
+        dup[cand[_exact_duplicates(pair, ts[cand], ev_val[cand].astype(np.int64))]] = True
     return dup
 
 
@@ -470,11 +519,7 @@ def _k_core(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, co
 
 
 def _clean_events(cols: _EventColumns, catalog: Catalog, config: CleaningConfig, report: CleaningReport) -> Interactions:
-    users = np.frombuffer(cols.users, dtype=np.int32)
-    vocab_items = np.frombuffer(cols.items, dtype=np.int32)
-    ts = np.frombuffer(cols.ts, dtype=np.int64)
-    events = np.frombuffer(cols.events, dtype=np.int8)
-    values = np.frombuffer(cols.values, dtype=np.float32)
+    users, vocab_items, ts, events, values = cols.take()
     user_ids = list(cols.user_index)
     report.events_read = len(users)
     dropped = report.events_dropped
@@ -484,6 +529,7 @@ def _clean_events(cols: _EventColumns, catalog: Catalog, config: CleaningConfig,
     to_catalog = np.fromiter((catalog.index.get(i, -1) for i in cols.item_index), dtype=np.int32,
                              count=len(cols.item_index))
     items = to_catalog[vocab_items] if len(vocab_items) else np.zeros(0, dtype=np.int32)
+    del vocab_items, to_catalog
     dropped["unknown_item"] = int(np.count_nonzero(items == -1))
     if dropped["unknown_item"]:
         _log.warning("dropped %d events on item ids missing from the catalog", dropped["unknown_item"])
