@@ -255,3 +255,14 @@ def test_beauty_loads_whole_and_clean():
     assert rep.bot_users == [] and rep.rows_skipped == 0
     assert rep.events_dropped == {"unknown_item": 0, "duplicate": 0, "bot": 0, "k_core": 0}
     assert rep.untitled_items_kept == 1  # item 10205 has no text but 17 purchases
+
+
+def test_empty_and_all_unknown_event_files(tmp_path):
+    _jsonl(tmp_path / "items.jsonl", [{"item_id": "a", "title": "A"}])
+    (tmp_path / "events.jsonl").write_text("")
+    res = load_dataset(tmp_path)
+    assert len(res.interactions) == 0 and res.interactions.user_ids == [] and len(res.catalog) == 1
+    _jsonl(tmp_path / "events.jsonl", [{"user_id": "u", "item_id": "zz", "ts": 1}] * 3)
+    res = load_dataset(tmp_path)
+    assert res.report.events_dropped["unknown_item"] == 3 and res.report.users == 0
+    assert res.interactions.users.dtype == np.int32 and len(res.interactions) == 0
