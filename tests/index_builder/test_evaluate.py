@@ -123,23 +123,36 @@ def test_score_all_shape_is_checked():
         evaluate_source(Bad(), split, 6)
 
 
+def _eval_cli(argv):
+    # the command's own parser: server.cli lists every command module, some owned by other packages
+    import argparse
+
+    from index_builder.commands.evaluate import register
+
+    parser = argparse.ArgumentParser(prog="tandem")
+    register(parser.add_subparsers(dest="command"))
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
 def test_cli_eval(tmp_path, capsys):
     pytest.importorskip("index_builder.cleaning")
     from index_builder.writers import write_events, write_items
-    from server.cli import main
 
     write_items(tmp_path / "items.jsonl.gz", (Item(str(i), f"item number {i}") for i in range(6)))
     write_events(tmp_path / "events.jsonl.gz",
                  (Event(f"u{u}", str(i), 1_700_000_000 + 60 * t, "purchase")
                   for u, seq in enumerate(SEQS) for t, i in enumerate(seq)))
     out = tmp_path / "report" / "eval.json"
-    assert main(["eval", "--data", str(tmp_path), "--json", str(out), "--k", "4,1,2"]) == 0
+    assert _eval_cli(["eval", "--data", str(tmp_path), "--json", str(out), "--k", "4,1,2"]) == 0
     rep = json.loads(out.read_text())
     assert rep["protocol"]["name"] == "leave-last-out" and rep["ks"] == [1, 2, 4]
     assert rep["data"]["users"] == 5 and rep["data"]["items"] == 6 and rep["data"]["events"] == 13
+    assert isinstance(rep["data"]["cleaning"], dict)
     assert rep["metrics"]["popularity"]["recall@4"] == pytest.approx(1.0)
     assert "popularity" in capsys.readouterr().out
-    assert main(["eval", "--data", str(tmp_path / "missing")]) == 2
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        _eval_cli(["eval", "--data", str(tmp_path / "missing")])
 
 
 def test_parse_ks():
