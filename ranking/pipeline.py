@@ -14,10 +14,10 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from retrieval.fusion import Fused, FusionConfig, fuse
 
 from ranking.api import (
     Explanation,
@@ -36,7 +36,6 @@ from ranking.history import HistoryStore, UserHistory
 from ranking.ranker import Ranker
 from retrieval.base import Candidates, CandidateSource, RetrievalRequest
 from retrieval.data import EVENT_CODE, Catalog, Event, Item
-from retrieval.fusion import Fused, FusionConfig, fuse
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
 
