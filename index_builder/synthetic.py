@@ -182,17 +182,18 @@ def _item_dirt(config: SyntheticConfig, n: int) -> dict[str, np.ndarray]:
 def _item_record(cat: SyntheticCatalog, k: int, price: float | None, in_stock: bool,
                  title: Any = True, description: bool = True) -> str:
     rec: dict[str, Any] = {"item_id": item_id(k)}
+    text, desc, tags = cat.text(k)
     if title is True:
-        rec["title"] = cat.titles[k]
+        rec["title"] = text
     elif title is not None:  # "" or JSON null: present but empty; the missing sentinel leaves it out
         rec["title"] = title if title != "null" else None
     if description:
-        rec["description"] = cat.descriptions[k]
-    rec["category"] = cat.categories[k]
+        rec["description"] = desc
+    rec["category"] = cat.vocab.leaves[cat.leaf[k]].path
     rec["brand"] = cat.brand_names[cat.brand[k]]
     if price is not None:
         rec["price"] = price
-    rec["tags"] = cat.tags[k]
+    rec["tags"] = tags
     rec["in_stock"] = in_stock
     return json.dumps(rec, ensure_ascii=False, separators=_SEP)
 
@@ -247,9 +248,9 @@ def _write_items(path: Path, cat: SyntheticCatalog, dirt: dict[str, np.ndarray],
 class _EventWriter:
     """Formats event rows as JSON lines from pre-built pieces (the hot loop of large runs)."""
 
-    def __init__(self, user_ids: list[str], item_ids: list[str]) -> None:
+    def __init__(self, user_ids: list[str], n_items: int) -> None:
         self.users = ['{"user_id": "' + u + '", "item_id": "' for u in user_ids]
-        self.items = [i + '", "ts": ' for i in item_ids]
+        self.items = [item_id(k) + '", "ts": ' for k in range(n_items)]
         # suffix by code; rate events carry their value (1..5): index 5 + value - 1
         self.suffix = [f', "event": "{e}"}}' for e in EVENT_TYPES]
         self.suffix += [f', "event": "rate", "value": {float(v)}}}' for v in range(1, 6)]
@@ -295,7 +296,6 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
     end = start + config.days * 86_400
     cat = make_catalog(_stream(config.seed, _CATALOG), config.items, vocab, start, end)
     n = len(cat)
-    item_ids = [item_id(k) for k in range(n)]
     n_ghosts = max(5, n // 200) if config.dirt else 0
     ghost_ids = [item_id(n + k) for k in range(n_ghosts)]
 
@@ -309,7 +309,7 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
     perm = _stream(config.seed, _IDS).permutation(n_users)
     user_ids = [f"u{k:0{width}d}" for k in perm.tolist()]
     sim = ShopSimulator(cat, vocab, start, end, config.events_per_user)
-    writer = _EventWriter(user_ids, item_ids + ghost_ids)
+    writer = _EventWriter(user_ids, n + n_ghosts)
     item_events = np.zeros(n + n_ghosts, dtype=np.int64)
     type_counts = np.zeros(len(EVENT_TYPES), dtype=np.int64)
     n_dup = n_ghost_rows = bot_events = ordinary_events = 0
@@ -339,8 +339,7 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
 
     judgeable = np.ones(n, dtype=bool)
     judgeable[dirt["title_dropped"]] = False  # cleaning may drop these
-    queries, query_truth = make_queries(_stream(config.seed, _QUERIES), cat, vocab, config.queries, judgeable,
-                                        item_ids)
+    queries, query_truth = make_queries(_stream(config.seed, _QUERIES), cat, vocab, config.queries, judgeable)
     with open_text_out(out / "queries.jsonl.gz", compresslevel=6) as f:
         for q in queries:
             f.write(json.dumps({"query_id": q.query_id, "query": q.query, "item_id": q.item_id, "grade": q.grade},
@@ -352,7 +351,7 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
     item_truth["events"] = item_events[:n]
     np.save(out / "truth_items.npy", item_truth, allow_pickle=False)
 
-    ids = {k: [item_ids[i] for i in v.tolist()] for k, v in dirt.items()}
+    ids = {k: [item_id(i) for i in v.tolist()] for k, v in dirt.items()}
     untitled_no_text = dirt["title_dropped"]
     with_events = untitled_no_text[item_events[untitled_no_text] > 0]
     truth = {
@@ -380,7 +379,7 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
             "redefined_prices": written_prices["redefined_price"],
             "missing_title_with_description": ids["title_filled"],
             "missing_title_without_description": ids["title_dropped"],
-            "missing_title_without_description_with_events": [item_ids[i] for i in with_events.tolist()],
+            "missing_title_without_description_with_events": [item_id(i) for i in with_events.tolist()],
             "missing_price": ids["missing_price"],
             "price_outliers_high": ids["outlier_high"],
             "price_outliers_low": ids["outlier_low"],
@@ -401,7 +400,7 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
             "events_dropped": {"unknown_item": n_ghost_rows, "duplicate": n_dup, "bot": bot_events},
             "bot_users": sorted(bot_counts),
         },
-        "queries": [t.to_dict(item_ids) for t in query_truth],
+        "queries": [t.to_dict() for t in query_truth],
     }
     (out / "truth.json").write_text(json.dumps(truth, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     seconds = time.perf_counter() - t_start

@@ -28,7 +28,7 @@ _PRICE_SIGMA = 0.25
 _PRICE_CLIP = 2.0
 _MIN_PER_LEAF = 5
 _BRAND_SHIFT = 0.1
-_POPULARITY_EXPONENT = 0.8
+_POPULARITY_EXPONENT = 1.0
 _SHARE_BEFORE_START = 0.7
 _IN_STOCK = 0.94
 _SERIES = ("Pro", "Air", "Max", "Lite", "One", "Flex", "Prime", "Go", "Neo", "Ultra", "Core", "Edge")
@@ -52,8 +52,9 @@ class SyntheticCatalog:
     ``brand_local`` int8, ``tier`` int8 (price tercile within the leaf), ``attrs`` int8 (n, 3)
     value index per attribute dimension (-1: the leaf has fewer), ``features`` int8 (n, 2),
     ``price`` float64 (true price, 2 decimals), ``release`` int64 epoch seconds, ``weight``
-    float64 popularity (sums to 1), ``in_stock`` bool. ``titles``, ``descriptions``, ``tags``,
-    ``brand_names`` and ``categories`` are the text fields as written (before any dirt).
+    float64 popularity (sums to 1), ``in_stock`` bool, ``words`` int8 (n, 5) the choices the
+    title and description are made of. :meth:`text` derives an item's text fields from them, so
+    a million items cost arrays, not strings.
     """
 
     leaf: np.ndarray
@@ -66,14 +67,32 @@ class SyntheticCatalog:
     release: np.ndarray
     weight: np.ndarray
     in_stock: np.ndarray
-    titles: list[str]
-    descriptions: list[str]
-    tags: list[list[str]]
-    brand_names: list[str]
-    categories: list[str]
+    words: np.ndarray
+    vocab: Vocabulary
+
+    def __post_init__(self) -> None:
+        self.brand_names = [b for top in self.vocab.brands for b in top]
 
     def __len__(self) -> int:
         return int(self.leaf.shape[0])
+
+    def text(self, k: int) -> tuple[str, str, list[str]]:
+        """(title, description, tags) of item ``k`` as written before any dirt."""
+        lf = self.vocab.leaves[self.leaf[k]]
+        values = [values[v] for (_, values), v in zip(lf.attributes, self.attrs[k].tolist(), strict=False)]
+        f0, f1 = self.features[k].tolist()
+        feats = [lf.features[f0], lf.features[f1]]
+        series, number, noun, with_feature, closer = self.words[k].tolist()
+        brand = self.brand_names[self.brand[k]]
+        title = f"{brand} {_SERIES[series]} {number} {_cap(lf.nouns[noun % len(lf.nouns)])}"
+        if with_feature:
+            title += f" with {_cap(feats[0])}"
+        canon = lf.nouns[0]  # descriptions use the leaf's own noun, titles vary it
+        description = " ".join(
+            [f"{canon[:1].upper()}{canon[1:]} by {brand} with {feats[0]} and {feats[1]}."]
+            + [f"{name.capitalize()}: {v}." for (name, _), v in zip(lf.attributes, values, strict=False)]
+            + [_CLOSERS[closer]])
+        return title + ", " + ", ".join(values), description, values + feats
 
 
 def _cap(phrase: str) -> str:
@@ -101,7 +120,6 @@ def make_catalog(rng: np.random.Generator, n: int, vocab: Vocabulary, start: int
                    % BRANDS_PER_TOP).astype(np.int8)
     brand = (tops[leaf] * BRANDS_PER_TOP + brand_local).astype(np.int16)
 
-    n_attr = np.array([len(lf.attributes) for lf in vocab.leaves])
     n_vals = np.zeros((n_leaves, MAX_ATTRIBUTES), dtype=np.int64)
     for lf in vocab.leaves:
         for d, (_, values) in enumerate(lf.attributes):
@@ -135,37 +153,11 @@ def make_catalog(rng: np.random.Generator, n: int, vocab: Vocabulary, start: int
     release[first_of_leaf] = np.minimum(release[first_of_leaf], start - _DAY)
     in_stock = rng.random(n) < _IN_STOCK
 
-    series = rng.integers(0, len(_SERIES), n)
-    number = rng.integers(1, 10, n)
-    noun = rng.integers(0, 3, n)
-    with_feature = rng.random(n) < 0.5
-    closer = rng.integers(0, len(_CLOSERS), n)
-    brand_names = [b for top in vocab.brands for b in top]
-    titles: list[str] = []
-    descriptions: list[str] = []
-    tags: list[list[str]] = []
-    categories: list[str] = []
-    leaves = vocab.leaves
-    for lf_i, b, a, f, s, num, nn, wf, c in zip(
-            leaf.tolist(), brand.tolist(), attrs.tolist(), features.tolist(), series.tolist(), number.tolist(),
-            noun.tolist(), with_feature.tolist(), closer.tolist(), strict=True):
-        lf = leaves[lf_i]
-        values = [lf.attributes[d][1][v] for d, v in enumerate(a[: n_attr[lf_i]])]
-        feats = [lf.features[f[0]], lf.features[f[1]]]
-        nouns = lf.nouns[nn % len(lf.nouns)]
-        bname = brand_names[b]
-        title = f"{bname} {_SERIES[s]} {num} {_cap(nouns)}"
-        if wf:
-            title += f" with {_cap(feats[0])}"
-        titles.append(title + ", " + ", ".join(values))
-        descriptions.append(
-            f"{nouns[:1].upper()}{nouns[1:]} by {bname} with {feats[0]} and {feats[1]}. "
-            f"{' '.join(f'{name.capitalize()}: {v}.' for (name, _), v in zip(lf.attributes, values, strict=False))} "
-            f"{_CLOSERS[c]}")
-        tags.append(values + feats)
-        categories.append(lf.path)
+    # the words of the title: model series and number, which of the leaf's nouns, a feature or not
+    words = np.stack([rng.integers(0, len(_SERIES), n), rng.integers(1, 10, n), rng.integers(0, 3, n),
+                      rng.random(n) < 0.5, rng.integers(0, len(_CLOSERS), n)], axis=1).astype(np.int8)
     return SyntheticCatalog(leaf, brand, brand_local, tier, attrs, features, price, release, weight, in_stock,
-                            titles, descriptions, tags, brand_names, categories)
+                            words, vocab)
 
 
 class ItemSampler:

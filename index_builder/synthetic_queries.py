@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index_builder.synthetic_catalog import SyntheticCatalog
+from index_builder.synthetic_catalog import SyntheticCatalog, item_id
 from index_builder.synthetic_vocab import Vocabulary
 from retrieval.data import Query
 
@@ -41,10 +41,9 @@ class QueryTruth:
     terms: tuple[str, ...]
     source: int
 
-    def to_dict(self, item_ids: list[str] | None = None) -> dict:
+    def to_dict(self) -> dict:
         return {"query_id": self.query_id, "query": self.query, "leaf": self.leaf, "brand": self.brand,
-                "terms": list(self.terms),
-                "source_item": item_ids[self.source] if item_ids is not None else self.source}
+                "terms": list(self.terms), "source_item": item_id(self.source)}
 
 
 def _pick(rng: np.random.Generator, rows: np.ndarray, k: int) -> np.ndarray:
@@ -66,7 +65,7 @@ def _pick_other(rng: np.random.Generator, rows: np.ndarray, leaf: np.ndarray, le
 
 
 def make_queries(rng: np.random.Generator, catalog: SyntheticCatalog, vocab: Vocabulary, n_queries: int,
-                 judgeable: np.ndarray, item_ids: list[str]) -> tuple[list[Query], list[QueryTruth]]:
+                 judgeable: np.ndarray) -> tuple[list[Query], list[QueryTruth]]:
     """``n_queries`` queries with their judgements (Query rows, grouped by query, grade descending).
 
     ``judgeable`` bool (n_items,) marks items that may be judged (the caller leaves out items that
@@ -118,7 +117,7 @@ def make_queries(rng: np.random.Generator, catalog: SyntheticCatalog, vocab: Voc
         for grade, cand, k in ((3, exact, JUDGED_PER_GRADE[0]), (2, subst, JUDGED_PER_GRADE[1]),
                                (1, comp, JUDGED_PER_GRADE[2]), (0, irr, len(irr))):
             judged += [(int(i), grade) for i in np.sort(_pick(rng, cand, k)).tolist()]
-        rows += [Query(qid, text, item_ids[i], g) for i, g in judged]
+        rows += [Query(qid, text, item_id(i), g) for i, g in judged]
         truths.append(QueryTruth(qid, text, lf.path, catalog.brand_names[catalog.brand[s]] if with_brand else None,
                                  tuple(terms), s))
     return rows, truths
