@@ -22,6 +22,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "index_builder.commands.importers",
     "index_builder.commands.clean",
     "index_builder.commands.evaluate",
+    "index_builder.commands.build",
+    "index_builder.commands.export",
 )
 
 

@@ -1,0 +1,46 @@
+"""``tandem build``: clean, train, index, evaluate and write one versioned bundle."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "build", help="clean data, train models, build indexes, evaluate, write a bundle",
+        description="Cleaning -> text encoding -> two-tower, item-CF, BM25, popularity -> ranker -> "
+                    "evaluation, written to BUNDLES/<version>/ and made current.")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with items.* and events.*")
+    p.add_argument("--out", type=Path, required=True, metavar="BUNDLES", help="bundle root folder")
+    p.add_argument("--split", choices=("none", "leave-last-out", "temporal"),
+                   help="evaluation split (default from config: none = train on everything)")
+    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config (see docs/config.example.toml)")
+    p.add_argument("--events-log", type=Path, metavar="FILE",
+                   help="the server's SQLite event log: its events are added to the data")
+    p.add_argument("--strict", action="store_true", help="fail on the first malformed row")
+    p.set_defaults(handler=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    import json
+
+    from index_builder.build import build
+    from index_builder.config import load_config
+    from index_builder.evaluate import format_table
+
+    overrides = {"split": args.split} if args.split else None
+    config = load_config(args.config, overrides=overrides)
+    extra = None
+    if args.events_log is not None:
+        from index_builder.event_log_reader import read_event_log
+
+        extra = read_event_log(args.events_log)
+    result = build(args.data, args.out, config, extra_events=extra, strict=args.strict)
+    print(f"bundle {result.folder} (split {config.split})")
+    print("stage seconds: " + json.dumps(result.timings))
+    if result.metrics:
+        print(format_table(result.metrics))
+    return 0
