@@ -179,23 +179,27 @@ def _item_dirt(config: SyntheticConfig, n: int) -> dict[str, np.ndarray]:
     return {k: np.sort(perm[cut[j]: cut[j + 1]]) for j, k in enumerate(kinds)}
 
 
-def _item_record(cat: SyntheticCatalog, k: int, price: float | None, in_stock: bool,
-                 title: Any = True, description: bool = True) -> str:
-    rec: dict[str, Any] = {"item_id": item_id(k)}
-    text, desc, tags = cat.text(k)
-    if title is True:
-        rec["title"] = text
-    elif title is not None:  # "" or JSON null: present but empty; the missing sentinel leaves it out
-        rec["title"] = title if title != "null" else None
-    if description:
-        rec["description"] = desc
-    rec["category"] = cat.vocab.leaves[cat.leaf[k]].path
-    rec["brand"] = cat.brand_names[cat.brand[k]]
+def _q(text: str) -> str:
+    """A JSON string literal. The shop's words are plain ASCII without quotes or backslashes
+    (checked by shop_vocabulary), so only the title forms of the dirt need json.dumps."""
+    return '"' + text + '"'
+
+
+def _item_line(item: str, title: str | None, description: str | None, category: str, brand: str,
+               price: float | None, tags: list[str], in_stock: bool) -> str:
+    """One items.jsonl row; ``title`` None leaves the key out, "null" writes JSON null."""
+    parts = ['{"item_id": ' + _q(item)]
+    if title is not None:
+        parts.append('"title": ' + ("null" if title == "null" else _q(title)))
+    if description is not None:
+        parts.append('"description": ' + _q(description))
+    parts.append('"category": ' + _q(category))
+    parts.append('"brand": ' + _q(brand))
     if price is not None:
-        rec["price"] = price
-    rec["tags"] = tags
-    rec["in_stock"] = in_stock
-    return json.dumps(rec, ensure_ascii=False, separators=_SEP)
+        parts.append('"price": ' + repr(float(price)))
+    parts.append('"tags": [' + ", ".join(map(_q, tags)) + "]")
+    parts.append('"in_stock": ' + ("true" if in_stock else "false") + "}")
+    return ", ".join(parts)
 
 
 def _write_items(path: Path, cat: SyntheticCatalog, dirt: dict[str, np.ndarray], seed: int) -> tuple[int, dict]:
@@ -209,32 +213,40 @@ def _write_items(path: Path, cat: SyntheticCatalog, dirt: dict[str, np.ndarray],
     title_forms = ("", "null", None)  # empty string, JSON null, key left out
     prices = cat.price.tolist()
     stock = cat.in_stock.tolist()
+    paths = [lf.path for lf in cat.vocab.leaves]
+    leaf = cat.leaf.tolist()
+    brand = [cat.brand_names[b] for b in cat.brand.tolist()]
     written: dict[str, dict[str, float]] = {"outlier_price": {}, "redefined_price": {}}
     rows = 0
+    block = 50_000
     with open_text_out(path, compresslevel=3) as out:
-        buf: list[str] = []
-        for k, kd in enumerate(kind.tolist()):
-            price: float | None = prices[k]
-            title: Any = True
-            description = True
-            if kd in (2, 3):
-                title = title_forms[int(rng.integers(0, 3))]
-                description = kd == 2
-            elif kd == 4:
-                price = None
-            elif kd in (5, 6):
-                price = max(0.01, round(prices[k] * (50.0 if kd == 5 else 0.01), 2))
-                written["outlier_price"][item_id(k)] = price
-            buf.append(_item_record(cat, k, price, stock[k], title, description))
-            if len(buf) >= 50_000:
-                out.write("\n".join(buf) + "\n")
-                rows += len(buf)
-                buf = []
+        for lo in range(0, n, block):
+            buf: list[str] = []
+            kinds = kind[lo: lo + block].tolist()
+            for k, kd, (title, description, tags) in zip(range(lo, lo + len(kinds)), kinds,
+                                                           cat.texts(lo, lo + block), strict=True):
+                price: float | None = prices[k]
+                if kd in (2, 3):
+                    title = title_forms[int(rng.integers(0, 3))]
+                    if kd == 3:
+                        description = None
+                elif kd == 4:
+                    price = None
+                elif kd in (5, 6):
+                    price = max(0.01, round(prices[k] * (50.0 if kd == 5 else 0.01), 2))
+                    written["outlier_price"][item_id(k)] = price
+                buf.append(_item_line(item_id(k), title, description, paths[leaf[k]], brand[k], price, tags,
+                                      stock[k]))
+            out.write("\n".join(buf) + "\n")
+            rows += len(buf)
         # re-definitions come later in the file: another price (within 15%), the stock flag flipped
+        buf = []
         for k in rng.permutation(dirt["duplicate_id"]).tolist():
             price = round(prices[k] * float(rng.uniform(0.85, 1.15)), 2)
             written["redefined_price"][item_id(k)] = price
-            buf.append(_item_record(cat, k, price, not stock[k]))
+            title, description, tags = cat.texts(k, k + 1)[0]
+            buf.append(_item_line(item_id(k), title, description, paths[leaf[k]], brand[k], price, tags,
+                                  not stock[k]))
         if buf:
             out.write("\n".join(buf) + "\n")
             rows += len(buf)

@@ -15,6 +15,7 @@ window opens and the rest during it.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -31,6 +32,7 @@ _BRAND_SHIFT = 0.1
 _POPULARITY_EXPONENT = 1.0
 _SHARE_BEFORE_START = 0.7
 _IN_STOCK = 0.94
+# _SERIES and _CLOSERS, like the vocabulary, are written into JSON unescaped: plain ASCII, no quotes
 _SERIES = ("Pro", "Air", "Max", "Lite", "One", "Flex", "Prime", "Go", "Neo", "Ultra", "Core", "Edge")
 _CLOSERS = (
     "Designed for everyday use.", "Backed by a two-year warranty.", "A customer favourite.",
@@ -76,25 +78,30 @@ class SyntheticCatalog:
     def __len__(self) -> int:
         return int(self.leaf.shape[0])
 
-    def text(self, k: int) -> tuple[str, str, list[str]]:
-        """(title, description, tags) of item ``k`` as written before any dirt."""
-        lf = self.vocab.leaves[self.leaf[k]]
-        values = [values[v] for (_, values), v in zip(lf.attributes, self.attrs[k].tolist(), strict=False)]
-        f0, f1 = self.features[k].tolist()
-        feats = [lf.features[f0], lf.features[f1]]
-        series, number, noun, with_feature, closer = self.words[k].tolist()
-        brand = self.brand_names[self.brand[k]]
-        title = f"{brand} {_SERIES[series]} {number} {_cap(lf.nouns[noun % len(lf.nouns)])}"
-        if with_feature:
-            title += f" with {_cap(feats[0])}"
-        canon = lf.nouns[0]  # descriptions use the leaf's own noun, titles vary it
-        description = " ".join(
-            [f"{canon[:1].upper()}{canon[1:]} by {brand} with {feats[0]} and {feats[1]}."]
-            + [f"{name.capitalize()}: {v}." for (name, _), v in zip(lf.attributes, values, strict=False)]
-            + [_CLOSERS[closer]])
-        return title + ", " + ", ".join(values), description, values + feats
+    def texts(self, lo: int, hi: int) -> list[tuple[str, str, list[str]]]:
+        """(title, description, tags) of items ``lo .. hi - 1`` as written before any dirt."""
+        leaves, brands = self.vocab.leaves, self.brand_names
+        out = []
+        for leaf, brand, attrs, (f0, f1), (series, number, noun, with_feature, closer) in zip(
+                self.leaf[lo:hi].tolist(), self.brand[lo:hi].tolist(), self.attrs[lo:hi].tolist(),
+                self.features[lo:hi].tolist(), self.words[lo:hi].tolist(), strict=True):
+            lf = leaves[leaf]
+            values = [vals[v] for (_, vals), v in zip(lf.attributes, attrs, strict=False)]
+            feats = [lf.features[f0], lf.features[f1]]
+            name = brands[brand]
+            title = f"{name} {_SERIES[series]} {number} {_cap(lf.nouns[noun % len(lf.nouns)])}"
+            if with_feature:
+                title += f" with {_cap(feats[0])}"
+            canon = lf.nouns[0]  # descriptions use the leaf's own noun, titles vary it
+            description = " ".join(
+                [f"{canon[:1].upper()}{canon[1:]} by {name} with {feats[0]} and {feats[1]}."]
+                + [f"{dim.capitalize()}: {v}." for (dim, _), v in zip(lf.attributes, values, strict=False)]
+                + [_CLOSERS[closer]])
+            out.append((title + ", " + ", ".join(values), description, values + feats))
+        return out
 
 
+@cache
 def _cap(phrase: str) -> str:
     return " ".join(w[:1].upper() + w[1:] for w in phrase.split())
 

@@ -392,6 +392,12 @@ def shop_vocabulary() -> Vocabulary:
         raise RuntimeError(f"_BRANDS needs {len(tops)} lines of {BRANDS_PER_TOP} names")
     if any(len(leaf.attributes) > MAX_ATTRIBUTES for leaf in leaves) or any(a == b for a, b in _COMPLEMENTS):
         raise RuntimeError(f"each leaf has at most {MAX_ATTRIBUTES} attributes; no leaf complements itself")
+    # the generator writes these words into JSON without escaping them
+    words = [b for top in brands for b in top]
+    for leaf in leaves:
+        words += [leaf.path, *leaf.nouns, *leaf.features] + [v for _, vs in leaf.attributes for v in vs]
+    if any(not (w.isascii() and w.isprintable()) or '"' in w or "\\" in w for w in words):
+        raise RuntimeError("vocabulary words must be printable ASCII without quotes or backslashes")
     for leaf in leaves:  # query grading matches words against tags: a word must name one thing
         words = [v for _, values in leaf.attributes for v in values] + list(leaf.features)
         if len(set(words)) != len(words):
