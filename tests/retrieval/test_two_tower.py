@@ -90,6 +90,7 @@ def test_learns_the_successor_pattern(fitted) -> None:
     assert model.log is not None and model.log.losses[-1] < model.log.losses[0]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "changes",
     [
