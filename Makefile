@@ -22,7 +22,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m index_builder.demo --out $(DEMO_DIR)
+	$(BIN)/python -m server.demo --out $(DEMO_DIR)
 
 # The full suite, slow tests included: this is what CI runs.
 test: $(VENV)/.installed
