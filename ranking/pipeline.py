@@ -17,7 +17,6 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
-from retrieval.fusion import Fused, FusionConfig, fuse
 
 from ranking.api import (
     Explanation,
@@ -36,6 +35,7 @@ from ranking.history import HistoryStore, UserHistory
 from ranking.ranker import Ranker
 from retrieval.base import Candidates, CandidateSource, RetrievalRequest
 from retrieval.data import EVENT_CODE, Catalog, Event, Item
+from retrieval.fusion import Fused, FusionConfig, fuse
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
 
@@ -263,8 +263,19 @@ class Pipeline:
         pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude)
         items = ranked.items[pos]
         scores = ranked.scores[pos]
+        backfill = np.zeros(0, dtype=np.int64)
+        if len(items) < k and filters != Filters():
+            # restrictive filters emptied the candidate list: fill up with the most popular items
+            # that pass them, ranked below everything retrieval found
+            by_pop = np.argsort(-self.table.log_pop, kind="stable")
+            taken = items if exclude is None else np.concatenate([items, exclude])
+            extra = apply_filters(self.filter_index, by_pop, filters, k - len(items), taken)
+            backfill = by_pop[extra]
+            floor = float(scores.min()) if len(scores) else 0.0
+            items = np.concatenate([items, backfill])
+            scores = np.concatenate([scores, (floor - 1.0 - np.arange(len(backfill))).astype(np.float32)])
         explanations: list[Explanation | None] = [None] * len(items)
-        if explain and len(items):
+        if explain and len(pos):
             fpos = ranked.order[pos]
             top: list[tuple] = [()] * len(items)
             ranker = self.rankers.get(kind)
@@ -282,6 +293,11 @@ class Pipeline:
                     ranker_score=None if ranked.ranker_scores is None else float(ranked.ranker_scores[p]),
                     top_features=tuple(top[j]),
                 )
+        if explain:
+            for j in range(len(pos), len(items)):
+                explanations[j] = Explanation(sources=(SourceHit("filter_backfill", j - len(pos) + 1,
+                                                                 float(self.table.log_pop[items[j]])),),
+                                              fused_score=0.0, ranker_score=None)
         out = tuple(
             ScoredItem(self.catalog.item_ids[int(i)], float(s), self.catalog.titles[int(i)], e)
             for i, s, e in zip(items, scores, explanations, strict=True)

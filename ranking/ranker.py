@@ -197,7 +197,7 @@ class Ranker:
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * rows.numel()
+                total += loss.item() * rows.numel()
             score = ndcg_of_lists(self.score_lists(valid), valid)
             self.history.append({"epoch": epoch + 1, "loss": total / order.size, "valid_ndcg@10": score,
                                  "seconds": time.perf_counter() - t0})

@@ -1,0 +1,119 @@
+"""The assembled pipeline on a small synthetic shop, with popularity, item-CF and a tiny
+two-tower model as sources and a trained ranker (the text tower is covered by the build test)."""
+
+
+import numpy as np
+import pytest
+
+from index_builder.cleaning import load_dataset
+from index_builder.splits import leave_last_out
+from index_builder.synthetic import SyntheticConfig, generate
+from ranking.api import Filters, RecommendRequest, SimilarRequest, UnknownItemError
+from ranking.features import build_item_table, compute_features, feature_names
+from ranking.history import HistoryStore
+from ranking.pipeline import Pipeline, PipelineConfig
+from ranking.ranker import Ranker, RankerConfig, RankingLists
+from retrieval.base import RetrievalRequest
+from retrieval.data import Event
+from retrieval.item_cf import ItemCF
+from retrieval.popularity import Popularity
+from retrieval.two_tower import TwoTower, TwoTowerConfig
+
+pytestmark = pytest.mark.slow  # the fixture trains a two-tower model and a ranker (~20 s)
+
+CONFIG = PipelineConfig(recommend_sources=("two_tower", "item_cf", "popularity"), search_sources=("popularity",),
+                        similar_sources=("item_cf", "two_tower"), per_source_k=50, fused_k=80)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    out = tmp_path_factory.mktemp("shop")
+    generate(out, SyntheticConfig(items=400, users=300, seed=3, queries=20, events_per_user=20))
+    clean = load_dataset(out)
+    split = leave_last_out(clean.interactions)
+    cat = clean.catalog
+    sources = {
+        "popularity": Popularity().fit(cat, split.train),
+        "item_cf": ItemCF().fit(cat, split.train),
+        "two_tower": TwoTower(TwoTowerConfig(dim=16, layers=1, max_len=10, epochs=3, n_negatives=64,
+                                             use_text=False)).fit(cat, split.train),
+    }
+    table = build_item_table(cat, split.train, tt_vecs=sources["two_tower"].encode_items(),
+                             cf=sources["item_cf"].similarity)
+    hist = HistoryStore.from_interactions(clean.interactions)
+    p = Pipeline(cat, sources, table, hist, None, CONFIG, version="t1")
+    feats, labels = [], []
+    for i in range(len(split.valid)):
+        req = split.valid.request(i)
+        fused = p.rank(req, "recommend", use_ranker=False).fused
+        feats.append(compute_features(table, p.context(req, "recommend"), fused.items, fused.scores,
+                                      fused.ranks, fused.source_scores))
+        labels.append(np.isin(fused.items, split.valid.targets(i)).astype(np.float32))
+    ranker = Ranker(feature_names(p.available("recommend")), RankerConfig(epochs=3, hidden=(16,)))
+    ranker.fit(RankingLists.from_lists(feats, labels, 80))
+    p = Pipeline(cat, sources, table, hist, {"recommend": ranker}, CONFIG, version="t1")
+    return p, clean, split
+
+
+def test_recommend_excludes_history_and_explains(shop):
+    p, clean, _ = shop
+    user = clean.interactions.user_ids[0]
+    seen = set(p.catalog.item_ids[i] for i in p.histories.get(user).items)
+    r = p.recommend(RecommendRequest(user_id=user, k=10, explain=True))
+    ids = [it.item_id for it in r.items]
+    assert len(ids) == 10 and len(set(ids)) == 10 and not seen & set(ids)
+    assert r.bundle_version == "t1" and not r.cold_start
+    assert [it.score for it in r.items] == sorted((it.score for it in r.items), reverse=True)
+    e = r.items[0].explanation
+    assert e is not None and e.sources and e.ranker_score == pytest.approx(r.items[0].score)
+    assert all(h.source in CONFIG.recommend_sources and h.rank >= 1 for h in e.sources)
+
+
+def test_recorded_purchase_changes_next_answer(shop):
+    p, clean, _ = shop
+    user = clean.interactions.user_ids[1]
+    before = [it.item_id for it in p.recommend(RecommendRequest(user_id=user, k=10)).items]
+    assert p.record_events([Event(user, before[0], int(p.table.now) + 60, "purchase")]) == 1
+    after = [it.item_id for it in p.recommend(RecommendRequest(user_id=user, k=10)).items]
+    assert before[0] not in after and before != after
+
+
+def test_unknown_user_gets_cold_start_popularity(shop):
+    p, _, _ = shop
+    r = p.recommend(RecommendRequest(user_id="nobody-at-all", k=5))
+    assert r.cold_start and len(r.items) == 5
+    top_pop = p.sources["popularity"].retrieve(RetrievalRequest(), 5).items
+    assert [it.item_id for it in r.items][0] == p.catalog.item_ids[int(top_pop[0])]
+
+
+def test_filters_apply_after_ranking(shop):
+    p, clean, _ = shop
+    user = clean.interactions.user_ids[2]
+    brand = next(b for b in p.catalog.brands if b)
+    r = p.recommend(RecommendRequest(user_id=user, k=5, filters=Filters(brands=(brand,), in_stock_only=True)))
+    assert r.items and all(p.get_item(it.item_id).brand == brand for it in r.items)
+    capped = p.recommend(RecommendRequest(user_id=user, k=10, filters=Filters(max_per_category=1)))
+    cats = [p.get_item(it.item_id).category for it in capped.items]
+    assert len(cats) == len(set(cats))
+
+
+def test_similar_items_and_unknown_item(shop):
+    p, _, _ = shop
+    item = p.catalog.item_ids[int(np.argmax(p.table.log_pop))]
+    r = p.similar_items(SimilarRequest(item_id=item, k=5))
+    assert r.items and item not in [it.item_id for it in r.items]
+    with pytest.raises(UnknownItemError):
+        p.similar_items(SimilarRequest(item_id="no-such-item"))
+    with pytest.raises(UnknownItemError):
+        p.get_item("no-such-item")
+
+
+def test_rank_requests_matches_recommend_path(shop):
+    p, _, split = shop
+    reqs = split.test.requests(0, 5)
+    top = p.rank_requests(reqs, 10)
+    assert top.shape == (5, 10)
+    for req, row in zip(reqs, top, strict=True):
+        assert not np.isin(row[row >= 0], req.history).any()
+        full = p.rank(req, "recommend").items
+        assert row[row >= 0].tolist() == full[~np.isin(full, req.history)][:10].tolist()
