@@ -1,11 +1,22 @@
-"""Candidate fusion: reciprocal-rank or weighted-score, with per-source quotas.
+"""Fusing the candidate lists of several sources into one list.
 
-Every fused candidate keeps where each source put it (rank and raw score), so the ranker can
-use them as features and the explanation can name the sources.
+Two methods:
+
+* ``rrf`` (reciprocal rank fusion): an item scores ``sum_s w_s / (rrf_k + rank_s)`` over the
+  sources that returned it (ranks 1-based). Needs no score calibration across sources.
+* ``weighted``: each list's scores are min-max normalised to [0, 1] (a list whose scores are all
+  equal gives 1), then ``sum_s w_s * norm_s``; a source that did not return the item adds 0.
+
+``w_s`` is ``weights.get(source, 1.0)``. Per-source ``quotas`` guarantee the top ``q`` items of a
+source a place in the fused top ``k`` (if the guaranteed items alone exceed ``k``, the best of them
+by fused score are kept); the rest of the list is filled by fused score. The answer is ordered by
+fused score (ties: better best rank, then lower item index) and keeps, per item, the rank and raw
+score it had in every source, which the ranker uses as features.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -13,14 +24,15 @@ import numpy as np
 
 from retrieval.base import Candidates
 
-__all__ = ["FusionConfig", "Fused", "fuse"]
+__all__ = ["FUSION_METHODS", "FusionConfig", "Fused", "fuse"]
+
+#: Methods :attr:`FusionConfig.method` accepts.
+FUSION_METHODS: tuple[str, ...] = ("rrf", "weighted")
 
 
 @dataclass(frozen=True)
 class FusionConfig:
-    """``method``: "rrf" (sum of w / (rrf_k + rank)) or "weighted" (sum of w x min-max
-    normalised score). ``weights`` per source name (default 1); ``quotas``: the top-q of a
-    source always make the fused top-k."""
+    """How :func:`fuse` combines lists; see the module docstring."""
 
     method: str = "rrf"
     rrf_k: float = 60.0
@@ -28,24 +40,29 @@ class FusionConfig:
     quotas: Mapping[str, int] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.method not in ("rrf", "weighted"):
-            raise ValueError(f"fusion.method must be 'rrf' or 'weighted', got {self.method!r}")
-        if self.rrf_k < 0:
-            raise ValueError(f"fusion.rrf_k must be >= 0, got {self.rrf_k}")
+        if self.method not in FUSION_METHODS:
+            raise ValueError(f"FusionConfig.method must be one of {', '.join(FUSION_METHODS)}; got {self.method!r}")
+        if not (math.isfinite(self.rrf_k) and self.rrf_k > 0):
+            raise ValueError(f"FusionConfig.rrf_k must be a positive number, got {self.rrf_k}")
         for name, w in self.weights.items():
-            if w < 0:
-                raise ValueError(f"fusion.weights.{name} must be >= 0, got {w}")
+            if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
+                raise ValueError(f"FusionConfig.weights[{name!r}] must be a non-negative number, got {w!r}")
         for name, q in self.quotas.items():
-            if q < 0:
-                raise ValueError(f"fusion.quotas.{name} must be >= 0, got {q}")
+            if isinstance(q, bool) or not isinstance(q, int) or q < 0:
+                raise ValueError(f"FusionConfig.quotas[{name!r}] must be a non-negative integer, got {q!r}")
+        object.__setattr__(self, "weights", {str(k): float(v) for k, v in self.weights.items()})
+        object.__setattr__(self, "quotas", {str(k): int(v) for k, v in self.quotas.items()})
 
 
-@dataclass
+@dataclass(frozen=True)
 class Fused:
-    """``items`` int64 (m,) best first; ``scores`` float32 (m,) fused scores; ``ranks`` int32
-    (n_sources, m) 1-based rank in each input list (0 = absent); ``source_scores`` float32
-    (n_sources, m) raw scores (NaN = absent); ``sources`` one name per input list, in input
-    order, empty lists included."""
+    """A fused list of ``m`` items, best first.
+
+    ``items`` int64 (m,) unique catalog indices; ``scores`` float32 (m,) non-increasing fused
+    scores; ``ranks`` int32 (n_sources, m): the item's 1-based rank in each source's list, 0 where
+    the source did not return it; ``source_scores`` float32 (n_sources, m): the source's own score,
+    NaN where not returned; ``sources`` the source names, in input order (row order of the two).
+    """
 
     items: np.ndarray
     scores: np.ndarray
@@ -57,60 +74,69 @@ class Fused:
         return int(self.items.shape[0])
 
 
+def _normalised(scores: np.ndarray) -> np.ndarray:
+    """Min-max to [0, 1] (float64); a constant list maps to 1, non-finite scores to 0."""
+    s = np.asarray(scores, dtype=np.float64)
+    finite = np.isfinite(s)
+    if not finite.any():
+        return np.zeros_like(s)
+    lo, hi = s[finite].min(), s[finite].max()
+    out = np.ones_like(s) if hi == lo else (s - lo) / (hi - lo)
+    return np.where(finite, out, 0.0)
+
+
 def fuse(lists: Sequence[Candidates], k: int, config: FusionConfig | None = None) -> Fused:
-    """Fuse candidate lists into at most ``k`` unique items."""
+    """Fuse the sources' candidate lists into at most ``k`` items (see the module docstring)."""
     config = config or FusionConfig()
     sources = tuple(c.source for c in lists)
     n_src = len(lists)
-    all_items = np.concatenate([c.items for c in lists]) if lists else np.zeros(0, np.int64)
-    universe, inverse = np.unique(all_items.astype(np.int64), return_inverse=True)
+    sizes = np.array([len(c) for c in lists], dtype=np.int64)
+    total = int(sizes.sum())
+    if k <= 0 or total == 0:
+        return Fused(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
+                     np.zeros((n_src, 0), dtype=np.int32), np.zeros((n_src, 0), dtype=np.float32), sources)
+
+    src = np.repeat(np.arange(n_src), sizes)
+    items = np.concatenate([np.asarray(c.items, dtype=np.int64) for c in lists])
+    raw = np.concatenate([np.asarray(c.scores, dtype=np.float32) for c in lists])
+    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+    rank = np.arange(total) - np.repeat(starts, sizes) + 1
+    weight = np.array([config.weights.get(s, 1.0) for s in sources], dtype=np.float64)
+    if config.method == "rrf":
+        contrib = weight[src] / (config.rrf_k + rank)
+    else:
+        norm = np.concatenate([_normalised(c.scores) for c in lists])
+        contrib = weight[src] * norm
+
+    # a source that repeats an item counts it once, at its best (first) rank
+    key = src * (int(items.max()) + 1) + items
+    _, first = np.unique(key, return_index=True)
+    src, items, raw, rank, contrib = src[first], items[first], raw[first], rank[first], contrib[first]
+
+    universe, col = np.unique(items, return_inverse=True)
     m = universe.shape[0]
     ranks = np.zeros((n_src, m), dtype=np.int32)
-    raw = np.full((n_src, m), np.nan, dtype=np.float32)
-    fused = np.zeros(m, dtype=np.float64)
-    offset = 0
-    for s, cand in enumerate(lists):
-        n = len(cand)
-        if n == 0:
-            continue
-        pos = inverse[offset : offset + n]
-        offset += n
-        # a source may (wrongly) repeat an item: keep its best (first) rank
-        first = np.ones(n, dtype=bool)
-        _, idx = np.unique(pos, return_index=True)
-        first[:] = False
-        first[idx] = True
-        pos, r = pos[first], np.arange(1, n + 1)[first]
-        sc = np.asarray(cand.scores, dtype=np.float32)[first]
-        ranks[s, pos] = r
-        raw[s, pos] = sc
-        w = float(config.weights.get(cand.source, 1.0))
-        if config.method == "rrf":
-            fused[pos] += w / (config.rrf_k + r)
-        else:
-            lo, hi = float(sc.min()), float(sc.max())
-            norm = (sc - lo) / (hi - lo) if hi > lo else np.ones_like(sc)
-            fused[pos] += w * norm
-    order = np.lexsort((universe, -fused))  # best fused score first, ties by item id
-    keep = order[: max(0, k)]
-    if config.quotas and m:
-        must = []
-        for s, cand in enumerate(lists):
-            q = int(config.quotas.get(cand.source, 0))
-            if q:
-                must.append(np.flatnonzero((ranks[s] > 0) & (ranks[s] <= q)))
-        if must:
-            required = np.unique(np.concatenate(must))
-            missing = required[~np.isin(required, keep)]
-            if missing.size:
-                room = max(0, k - missing.size)
-                keep_set = keep[:room]
-                chosen = np.concatenate([keep_set, missing])
-                keep = chosen[np.lexsort((universe[chosen], -fused[chosen]))][:k]
-    return Fused(
-        items=universe[keep],
-        scores=fused[keep].astype(np.float32),
-        ranks=ranks[:, keep],
-        source_scores=raw[:, keep],
-        sources=sources,
-    )
+    ranks[src, col] = rank
+    source_scores = np.full((n_src, m), np.nan, dtype=np.float32)
+    source_scores[src, col] = raw
+    fused = np.bincount(col, weights=contrib, minlength=m)
+    best_rank = np.where(ranks > 0, ranks, np.iinfo(np.int32).max).min(axis=0)
+    order = np.lexsort((universe, best_rank, -fused))  # best first
+
+    quota = np.array([config.quotas.get(s, 0) for s in sources], dtype=np.int64)
+    guaranteed = ((ranks > 0) & (ranks <= quota[:, None])).any(axis=0)
+    g_order = order[guaranteed[order]]
+    take = g_order[:k]
+    room = k - take.shape[0]
+    if room > 0:
+        take = np.concatenate([take, order[~guaranteed[order]][:room]])
+    take = take[np.argsort(_positions(order)[take], kind="stable")]  # back to fused order
+    return Fused(universe[take].astype(np.int64), fused[take].astype(np.float32), ranks[:, take],
+                 source_scores[:, take], sources)
+
+
+def _positions(order: np.ndarray) -> np.ndarray:
+    """Inverse permutation: position of each index in ``order``."""
+    pos = np.empty_like(order)
+    pos[order] = np.arange(order.shape[0])
+    return pos
