@@ -407,6 +407,8 @@ class UserCF:
         rows, cols = [], []
         for r, req in enumerate(requests):
             hist = np.asarray(req.history, dtype=np.int64)
+            if req.item is not None:  # SimilarItems: the users of that one item vote
+                hist = np.array([req.item], dtype=np.int64)
             hist = _recent_distinct(hist[(hist >= 0) & (hist < n)], self.config.history_len)
             rows.append(np.full(hist.size, r))
             cols.append(hist)
@@ -419,10 +421,14 @@ class UserCF:
         return (sims @ x).tocsr()
 
     def retrieve(self, request: RetrievalRequest, k: int) -> Candidates:
-        """Up to ``k`` items from the nearest users; empty without a known history item."""
+        """Up to ``k`` items from the nearest users (to the history, or with ``request.item`` to that
+        item's users); empty without a known item. History and ``request.item`` are left out."""
         if k <= 0:
             return Candidates.empty(self.name)
-        return _sparse_top_k(self._scores([request]), k, np.asarray(request.history, dtype=np.int64), self.name)
+        exclude = np.asarray(request.history, dtype=np.int64)
+        if request.item is not None:
+            exclude = np.append(exclude, request.item)
+        return _sparse_top_k(self._scores([request]), k, exclude, self.name)
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items) scores, history not masked (see :meth:`ItemCF.score_all`)."""
