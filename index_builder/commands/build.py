@@ -43,4 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     print("stage seconds: " + json.dumps(result.timings))
     if result.metrics:
         print(format_table(result.metrics))
+    if result.search_metrics:
+        print("search (graded queries held out of ranker training):")
+        print(format_table(result.search_metrics))
     return 0

@@ -32,6 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "and optionally write a JSON report.")
     p.add_argument("--data", type=Path, required=True, metavar="DIR",
                    help="data folder with items.jsonl[.gz] and events.jsonl[.gz]")
+    p.add_argument("--bundle", type=Path, metavar="BUNDLES",
+                   help="evaluate a built bundle (its sources, the fused list and the final ranked list) on the "
+                        "split recorded in its manifest; without it, the popularity baseline is fitted on the data")
+    p.add_argument("--dump", type=Path, metavar="FILE",
+                   help="with --bundle: write the final top-K of every test user as JSONL "
+                        '{"user_id": ..., "items": [...]}')
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report here as JSON")
     p.add_argument("--split", choices=("leave-last-out", "temporal"), default="leave-last-out",
                    help="split protocol (default: leave-last-out)")
@@ -50,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     import json
+
+    if args.bundle is not None:
+        return _run_bundle(args)
+    if args.dump is not None:
+        raise ValueError("--dump needs --bundle: only a bundle has a final ranked list to dump")
 
     from index_builder.cleaning import load_dataset
     from index_builder.evaluate import evaluate_dataset, format_table
@@ -73,3 +84,32 @@ def _run(args: argparse.Namespace) -> int:
         tmp.write_text(json.dumps(report, indent=2, sort_keys=False) + "\n")
         tmp.replace(args.json)
     return 0
+
+
+def _write_json(path: Path, report: dict) -> None:
+    import json
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(report, indent=2) + "\n")
+    tmp.replace(path)
+
+
+def _run_bundle(args: argparse.Namespace) -> int:
+    import json
+
+    from index_builder.bundle_eval import evaluate_bundle
+    from index_builder.evaluate import format_table
+
+    report = evaluate_bundle(args.bundle, args.data, ks=args.k, dump=args.dump)
+    p = report["protocol"]
+    print(f"bundle {report['bundle']}, split {p['name']} {p['parameters']}, test users {p['counts']['test_users']}")
+    print(format_table(report["metrics"]))
+    if "search" in report:
+        print("search (graded queries held out of ranker training):")
+        print(format_table(report["search"]))
+    if args.json is not None:
+        _write_json(args.json, report)
+    if args.dump is not None:
+        print(f"final top-{max(args.k)} of every test user written to {args.dump}")
+    return 0 if json.dumps(report) else 1

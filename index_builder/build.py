@@ -1,0 +1,282 @@
+"""``tandem build``: cleaning -> split -> text encoding -> source training -> ranker training
+-> evaluation -> one versioned bundle.
+
+The ranker learns from the retrieval stage's own candidates: sources are fitted on the
+training part, and each validation user's candidate list (their history = training events)
+is labelled with the held-out item. With ``split = "none"`` the same happens on an internal
+leave-last-out split, and the sources are then refitted on every event (``refit_on_all``).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterable
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from retrieval.item_cf import ItemCF
+from retrieval.lexical import Lexical
+
+from index_builder.cleaning import CleanResult, load_dataset, load_queries
+from index_builder.config import BuildConfig, config_to_dict
+from index_builder.evaluate import evaluate_source
+from index_builder.splits import Split, Targets, leave_last_out, make_split
+from ranking.features import build_item_table, compute_features, feature_names
+from ranking.history import HistoryStore
+from ranking.loader import save_pipeline
+from ranking.pipeline import Pipeline
+from ranking.ranker import Ranker, RankingLists
+from retrieval.bundle import write_bundle
+from retrieval.data import Catalog, Event, Interactions
+from retrieval.popularity import Popularity
+from retrieval.text_tower import TextEncoder, TextSource, TextSourceConfig
+from retrieval.two_tower import TwoTower
+
+__all__ = ["BuildResult", "build", "fit_pipeline", "ranker_lists", "evaluate_pipeline"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BuildResult:
+    folder: Path | None
+    pipeline: Pipeline
+    split: Split
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    search_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+class _Timer:
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str):
+        t0 = time.perf_counter()
+        log.info("stage %s ...", name)
+        yield
+        self.seconds[name] = round(time.perf_counter() - t0, 2)
+        log.info("stage %s done in %.1fs", name, self.seconds[name])
+
+
+def _fit_sources(config: BuildConfig, catalog: Catalog, train: Interactions, valid: Targets | None,
+                 text_vectors: np.ndarray, encoder: TextEncoder, timer: _Timer,
+                 two_tower_epochs: int | None = None, suffix: str = "") -> dict[str, Any]:
+    wanted = set(config.pipeline.recommend_sources + config.pipeline.search_sources
+                 + config.pipeline.similar_sources) | {"popularity"}
+    sources: dict[str, Any] = {}
+    with timer.stage("popularity" + suffix):
+        sources["popularity"] = Popularity(config.popularity).fit(catalog, train)
+    if "item_cf" in wanted:
+        with timer.stage("item_cf" + suffix):
+            sources["item_cf"] = ItemCF(config.item_cf).fit(catalog, train)
+    if "lexical" in wanted:
+        with timer.stage("lexical" + suffix):
+            sources["lexical"] = Lexical(config.lexical).fit(catalog, train)
+    if "text" in wanted:
+        with timer.stage("text_index" + suffix):
+            sources["text"] = TextSource(TextSourceConfig(encoder=config.text), encoder=encoder).fit(
+                catalog, train, vectors=text_vectors)
+    if "two_tower" in wanted:
+        with timer.stage("two_tower" + suffix):
+            tt_config = config.two_tower
+            if two_tower_epochs is not None:
+                tt_config = replace(tt_config, epochs=max(1, two_tower_epochs))
+            sources["two_tower"] = TwoTower(tt_config).fit(
+                catalog, train, valid=valid if two_tower_epochs is None else None,
+                text_vectors=text_vectors, progress=False)
+    return sources
+
+
+def _make_pipeline(config: BuildConfig, catalog: Catalog, sources: dict[str, Any], train: Interactions,
+                   text_vectors: np.ndarray, histories: HistoryStore, rankers: dict[str, Ranker] | None = None,
+                   built_at: int = 0) -> Pipeline:
+    cf = sources.get("item_cf")
+    table = build_item_table(
+        catalog, train,
+        tt_vecs=sources["two_tower"].encode_items() if "two_tower" in sources else None,
+        text_vecs=text_vectors, cf=cf.similarity if cf is not None else None)
+    return Pipeline(catalog, sources, table, histories, rankers, config.pipeline, built_at=built_at)
+
+
+def ranker_lists(pipeline: Pipeline, targets: Targets, rows: np.ndarray, kind: str = "recommend",
+                 progress: Callable[[int], None] | None = None) -> tuple[RankingLists, dict[str, float]]:
+    """Candidate lists of the given target rows, featurised and labelled with their targets.
+
+    Returns the lists and the fused list's recall (share of rows whose target was retrieved)."""
+    feats, labels = [], []
+    found = 0
+    for n, i in enumerate(rows):
+        req = targets.request(int(i))
+        ranked = pipeline.rank(req, kind, use_ranker=False)
+        fused = ranked.fused
+        if len(fused.items) == 0:
+            continue
+        ctx = pipeline.context(req, kind)
+        x = compute_features(pipeline.table, ctx, fused.items, fused.scores, fused.ranks, fused.source_scores)
+        y = np.isin(fused.items, targets.targets(int(i))).astype(np.float32)
+        found += int(y.any())
+        feats.append(x)
+        labels.append(y)
+        if progress is not None and n % 1000 == 0:
+            progress(n)
+    lists = RankingLists.from_lists(feats, labels, max_list=pipeline.config.fused_k)
+    return lists, {"lists": float(len(feats)), "fused_recall": found / max(1, len(rows))}
+
+
+def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer: _Timer) -> tuple[Ranker, dict]:
+    rng = np.random.default_rng(config.seed)
+    rows = np.arange(len(valid))
+    if rows.size > config.ranker_max_users:
+        rows = np.sort(rng.choice(rows, config.ranker_max_users, replace=False))
+    with timer.stage("ranker_lists"):
+        lists, info = ranker_lists(pipeline, valid, rows)
+    with timer.stage("ranker_train"):
+        ranker = Ranker(feature_names(pipeline.available("recommend")), config.ranker).fit(lists)
+    info["epochs"] = len(ranker.history)
+    info["best_valid_ndcg@10"] = max((h["valid_ndcg@10"] for h in ranker.history), default=0.0)
+    return ranker, info
+
+
+def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, sources: bool = True,
+                      timer: _Timer | None = None) -> dict[str, dict[str, float]]:
+    """Every source alone, the fused list and the final (re-ranked) list on ``split.test``."""
+    ks = tuple(ks)
+    n = pipeline.n_items
+    out: dict[str, dict[str, float]] = {}
+    timer = timer or _Timer()
+    stages: dict[str, Any] = {}
+    if sources:
+        for name in pipeline.available("recommend"):
+            stages[name] = pipeline.sources[name]
+    stages["fused"] = lambda reqs, k: pipeline.rank_requests(reqs, k, use_ranker=False)
+    if pipeline.rankers.get("recommend") is not None:
+        stages["final"] = lambda reqs, k: pipeline.rank_requests(reqs, k)
+    for name, stage in stages.items():
+        with timer.stage(f"eval_{name}"):
+            out[name] = evaluate_source(stage, split, n, ks, "test")
+    return out
+
+
+def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
+                 encoder: TextEncoder | None = None) -> BuildResult:
+    """Fit every part of the pipeline on cleaned data according to ``config``."""
+    timer = timer or _Timer()
+    catalog, interactions = clean.catalog, clean.interactions
+    with timer.stage("split"):
+        split = make_split(interactions, config.split) if config.split != "temporal" else make_split(
+            interactions, "temporal")
+        fit_split = leave_last_out(interactions) if config.split == "none" else split
+    if len(fit_split.valid) == 0:
+        raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "
+                         "add events or lower the cleaning thresholds")
+    encoder = encoder or TextEncoder(config.text)
+    with timer.stage("text_encode"):
+        text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
+    histories = HistoryStore.from_interactions(interactions)
+    built_at = int(interactions.ts.max()) if len(interactions) else 0
+    sources = _fit_sources(config, catalog, fit_split.train, fit_split.valid, text_vectors, encoder, timer)
+    pipeline = _make_pipeline(config, catalog, sources, fit_split.train, text_vectors, histories,
+                              built_at=built_at)
+    ranker, ranker_info = _train_ranker(config, pipeline, fit_split.valid, timer)
+    info: dict[str, Any] = {"ranker": ranker_info}
+    tt = sources.get("two_tower")
+    if tt is not None and tt.log is not None:
+        info["two_tower"] = {"best_epoch": tt.log.best_epoch, "epochs_run": tt.log.epochs_run,
+                             "seconds": round(tt.log.seconds, 1),
+                             "valid": [list(e) for e in tt.log.evals[-3:]]}
+    if config.split == "none" and config.refit_on_all:
+        epochs = tt.log.best_epoch if tt is not None and tt.log is not None else None
+        sources = _fit_sources(config, catalog, interactions, None, text_vectors, encoder, timer,
+                               two_tower_epochs=epochs, suffix="_refit")
+        pipeline = _make_pipeline(config, catalog, sources, interactions, text_vectors, histories,
+                                  built_at=built_at)
+    pipeline = Pipeline(pipeline.catalog, pipeline.sources, pipeline.table, pipeline.histories,
+                        {"recommend": ranker}, pipeline.config, built_at=built_at)
+    metrics: dict[str, dict[str, float]] = {}
+    if config.split != "none" and len(split.test):
+        metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
+    info["text_model"] = {"id": encoder.model_id, "dim": int(text_vectors.shape[1])}
+    return BuildResult(None, pipeline, split, metrics, timer.seconds, info)
+
+
+def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: _Timer) -> None:
+    """Train the search ranker on half of the graded queries; evaluate search on the other half."""
+    from index_builder.search_eval import evaluate_search, group_queries, search_lists, split_queries
+
+    p = result.pipeline
+    qs = group_queries(queries, p.catalog)
+    train_q, eval_q = split_queries(qs)
+    rankers = dict(p.rankers)
+    if len(train_q) >= 20 and p.available("search"):
+        with timer.stage("search_ranker"):
+            lists = search_lists(p, train_q)
+            if (lists.labels * lists.mask).sum(1).astype(bool).sum() >= 10:
+                cfg = replace(config.ranker, seed=config.seed)
+                rankers["search"] = Ranker(feature_names(p.available("search")), cfg).fit(lists)
+    result.pipeline = Pipeline(p.catalog, p.sources, p.table, p.histories, rankers, p.config,
+                               built_at=p.built_at)
+    if len(eval_q):
+        with timer.stage("eval_search"):
+            result.search_metrics = evaluate_search(result.pipeline, eval_q)
+    result.info["search"] = {"queries": len(qs), "train_queries": len(train_q), "eval_queries": len(eval_q),
+                             "ranker": "search" in rankers}
+
+
+def _library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version()}
+    for pkg in ("tandem", "numpy", "scipy", "torch", "faiss-cpu", "sentence-transformers", "bm25s"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            pass
+    return out
+
+
+def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
+          extra_events: Iterable[Event] | None = None, strict: bool = False) -> BuildResult:
+    """The whole offline job; returns the result with ``folder`` set to the new bundle."""
+    config = config or BuildConfig()
+    timer = _Timer()
+    with timer.stage("clean"):
+        clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
+    result = fit_pipeline(clean, config, timer)
+    queries = load_queries(data_dir, clean.catalog)
+    if queries:
+        _fit_search(result, queries, config, timer)
+    pipeline = result.pipeline
+
+    def fill(folder: Path) -> dict:
+        with timer.stage("write"):
+            parts = save_pipeline(pipeline, folder)
+        ann = {name: src.index_info() for name, src in pipeline.sources.items() if hasattr(src, "index_info")}
+        return {
+            **parts,
+            "data": {"path": str(data_dir), "items": len(clean.catalog), "users": clean.interactions.n_users,
+                     "events": len(clean.interactions), "queries": 0 if queries is None else len(queries)},
+            "cleaning": clean.report.to_dict(),
+            "split": result.split.protocol,
+            "config": config_to_dict(config),
+            "models": {"text": result.info.get("text_model"), "two_tower": result.info.get("two_tower"),
+                       "ranker": result.info.get("ranker")},
+            "indexes": ann,
+            "metrics": result.metrics,
+            "search_metrics": result.search_metrics,
+            "timings_s": timer.seconds,
+            "library_versions": _library_versions(),
+        }
+
+    folder = write_bundle(out_root, fill)
+    pipeline.version = folder.name
+    result.folder = folder
+    result.timings = timer.seconds
+    return result

@@ -1,0 +1,63 @@
+"""Evaluate a built bundle on the split recorded in its manifest, through the serving pipeline."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from index_builder.build import evaluate_pipeline
+from index_builder.cleaning import CleaningConfig, load_dataset, load_queries
+from index_builder.config import _build
+from index_builder.splits import make_split
+from ranking.loader import load_pipeline
+from retrieval.bundle import current_bundle
+
+__all__ = ["evaluate_bundle"]
+
+
+def evaluate_bundle(bundle: Path, data_dir: Path, ks: Sequence[int] = (10, 50, 200),
+                    dump: Path | None = None) -> dict[str, Any]:
+    """Every recommend source alone, ``fused`` and ``final`` (the pipeline the server runs) on
+    the test targets of the bundle's split; search stages on held-out graded queries if any."""
+    folder = current_bundle(bundle)
+    pipeline = load_pipeline(folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    protocol = manifest.get("split", {"name": "none"})
+    if protocol.get("name", "none") == "none":
+        raise ValueError(f"bundle {folder.name} was built with --split none (trained on every event), so it has no "
+                         "held-out targets; build with --split leave-last-out or temporal to evaluate it")
+    cleaning = _build(CleaningConfig, manifest.get("config", {}).get("cleaning", {}), "cleaning")
+    clean = load_dataset(data_dir, cleaning)
+    if clean.catalog.item_ids != pipeline.catalog.item_ids:
+        raise ValueError(f"--data {data_dir} does not hold the catalog bundle {folder.name} was built from "
+                         f"({len(clean.catalog)} vs {len(pipeline.catalog)} items); pass the same data folder")
+    split = make_split(clean.interactions, protocol["name"], **protocol.get("parameters", {}))
+    metrics = evaluate_pipeline(pipeline, split, ks)
+    report: dict[str, Any] = {
+        "bundle": folder.name,
+        "protocol": {**protocol, "counts": split.counts(), "targets": "test"},
+        "data": {"path": str(data_dir), "users": clean.interactions.n_users, "items": len(clean.catalog),
+                 "events": len(clean.interactions)},
+        "metrics": metrics,
+    }
+    queries = load_queries(data_dir, clean.catalog)
+    if queries:
+        from index_builder.search_eval import evaluate_search, group_queries, split_queries
+
+        _, eval_q = split_queries(group_queries(queries, clean.catalog))
+        if len(eval_q):
+            report["search"] = evaluate_search(pipeline, eval_q)
+    if dump is not None:
+        k = max(ks)
+        top = pipeline.rank_requests(split.test.requests(), k)
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        with open(dump, "w", encoding="utf-8") as f:
+            for i, row in enumerate(top):
+                user = split.test.user_ids[int(split.test.users[i])]
+                items = [pipeline.catalog.item_ids[int(x)] for x in row[row >= 0]]
+                f.write(json.dumps({"user_id": user, "items": items}) + "\n")
+    return report
+
+

@@ -1,0 +1,95 @@
+"""Save a fitted pipeline into a bundle folder and load it back (verifying checksums).
+
+Layout inside ``<root>/<version>/``::
+
+    manifest.json            written by retrieval.bundle (versions, files, sha256, metrics, ...)
+    catalog/                 catalog.jsonl.gz, catalog_flags.npz
+    histories/               histories.npz, users.txt (base user histories)
+    item_table/              item_table.npz (ranking features' per-item arrays)
+    sources/<name>/          one folder per candidate source (its own save format)
+    rankers/<kind>/          ranker.safetensors, ranker.json per request kind
+    pipeline.json            PipelineConfig
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from ranking.features import load_item_table, save_item_table
+from ranking.history import HistoryStore
+from ranking.pipeline import Pipeline, PipelineConfig
+from ranking.ranker import Ranker
+from retrieval.bundle import current_bundle, verify_bundle
+from retrieval.catalog_io import load_catalog, save_catalog
+
+__all__ = ["SOURCE_CLASSES", "save_pipeline", "load_pipeline", "load_engine"]
+
+log = logging.getLogger(__name__)
+
+#: Source name -> "module:Class" with ``load(folder, catalog)``.
+SOURCE_CLASSES: dict[str, str] = {
+    "popularity": "retrieval.popularity:Popularity",
+    "item_cf": "retrieval.item_cf:ItemCF",
+    "user_cf": "retrieval.item_cf:UserCF",
+    "lexical": "retrieval.lexical:Lexical",
+    "text": "retrieval.text_tower:TextSource",
+    "two_tower": "retrieval.two_tower:TwoTower",
+}
+
+
+def _source_class(name: str) -> type:
+    try:
+        module, cls = SOURCE_CLASSES[name].split(":")
+    except KeyError as exc:
+        raise ValueError(f"unknown candidate source {name!r}; known: {', '.join(sorted(SOURCE_CLASSES))}") from exc
+    return getattr(importlib.import_module(module), cls)
+
+
+def save_pipeline(pipeline: Pipeline, folder: Path) -> dict:
+    """Write every part of ``pipeline`` under ``folder``; returns manifest fields describing them."""
+    folder = Path(folder)
+    save_catalog(pipeline.catalog, folder / "catalog")
+    pipeline.histories.save(folder / "histories")
+    save_item_table(pipeline.table, folder / "item_table")
+    for name, source in pipeline.sources.items():
+        source.save(folder / "sources" / name)
+    for kind, ranker in pipeline.rankers.items():
+        ranker.save(folder / "rankers" / kind)
+    (folder / "pipeline.json").write_text(json.dumps(pipeline.config.to_dict(), indent=2))
+    return {"sources": sorted(pipeline.sources), "rankers": sorted(pipeline.rankers),
+            "n_items": pipeline.n_items, "n_users": pipeline.n_users, "built_at": pipeline.built_at}
+
+
+def load_pipeline(folder: Path, *, verify: bool = True) -> Pipeline:
+    """Load a bundle folder (checksums verified first unless ``verify=False``)."""
+    folder = Path(folder)
+    t0 = time.perf_counter()
+    manifest = verify_bundle(folder) if verify else json.loads((folder / "manifest.json").read_text())
+    catalog = load_catalog(folder / "catalog")
+    sources = {}
+    for name in manifest.get("sources", []):
+        sources[name] = _source_class(name).load(folder / "sources" / name, catalog)
+    rankers = {kind: Ranker.load(folder / "rankers" / kind) for kind in manifest.get("rankers", [])}
+    cf = sources.get("item_cf")
+    table = load_item_table(
+        folder / "item_table",
+        tt_vecs=sources["two_tower"].encode_items() if "two_tower" in sources else None,
+        text_vecs=sources["text"].vectors if "text" in sources else None,
+        cf=cf.similarity if cf is not None else None,
+    )
+    histories = HistoryStore.load(folder / "histories")
+    config = PipelineConfig.from_dict(json.loads((folder / "pipeline.json").read_text()))
+    pipeline = Pipeline(catalog, sources, table, histories, rankers, config,
+                        version=manifest.get("version", folder.name), built_at=int(manifest.get("built_at", 0)))
+    log.info("loaded bundle %s (%d items, sources %s) in %.1fs", pipeline.version, len(catalog),
+             ",".join(sorted(sources)), time.perf_counter() - t0)
+    return pipeline
+
+
+def load_engine(path: Path) -> Pipeline:
+    """The server's engine loader: ``path`` is a bundle root (its CURRENT is used) or a bundle folder."""
+    return load_pipeline(current_bundle(path))
