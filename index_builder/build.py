@@ -19,8 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from retrieval.item_cf import ItemCF
-from retrieval.lexical import Lexical
 
 from index_builder.cleaning import CleanResult, load_dataset, load_queries
 from index_builder.config import BuildConfig, config_to_dict
@@ -33,6 +31,8 @@ from ranking.pipeline import Pipeline
 from ranking.ranker import Ranker, RankingLists
 from retrieval.bundle import write_bundle
 from retrieval.data import Catalog, Event, Interactions
+from retrieval.item_cf import ItemCF
+from retrieval.lexical import Lexical
 from retrieval.popularity import Popularity
 from retrieval.text_tower import TextEncoder, TextSource, TextSourceConfig
 from retrieval.two_tower import TwoTower
