@@ -146,9 +146,9 @@ class ItemCFConfig:
     """See the module docstring for what each field does."""
 
     similarity: str = "transition"
-    window: int = 3
-    distance_decay: float = 0.5
-    reverse_weight: float = 0.5
+    window: int = 20
+    distance_decay: float = 0.8
+    reverse_weight: float = 0.25
     half_life_days: float | None = None
     pop_exponent: float = 0.0
     row_normalise: bool = False
