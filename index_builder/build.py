@@ -82,14 +82,17 @@ def _fit_sources(config: BuildConfig, catalog: Catalog, train: Interactions, val
             sources["lexical"] = Lexical(config.lexical).fit(catalog, train)
     if "text" in wanted:
         with timer.stage("text_index" + suffix):
-            sources["text"] = TextSource(TextSourceConfig(encoder=config.text), encoder=encoder).fit(
-                catalog, train, vectors=text_vectors)
+            text = TextSource(TextSourceConfig(encoder=config.text), encoder=encoder)
+            text.ann_config = config.ann
+            sources["text"] = text.fit(catalog, train, vectors=text_vectors)
     if "two_tower" in wanted:
         with timer.stage("two_tower" + suffix):
             tt_config = config.two_tower
             if two_tower_epochs is not None:
                 tt_config = replace(tt_config, epochs=max(1, two_tower_epochs))
-            sources["two_tower"] = TwoTower(tt_config).fit(
+            tt = TwoTower(tt_config)
+            tt.ann_config = config.ann
+            sources["two_tower"] = tt.fit(
                 catalog, train, valid=valid if two_tower_epochs is None else None,
                 text_vectors=text_vectors, progress=False)
     return sources

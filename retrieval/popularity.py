@@ -103,6 +103,9 @@ class Popularity:
         if k <= 0:
             return Candidates.empty(self.name)
         hist = np.asarray(request.history, dtype=np.int64)
+        if request.item is not None:
+            hist = np.append(hist, np.int64(request.item))  # SimilarItems never returns its own item
+        hist = hist[(hist >= 0) & (hist < scores.shape[0])]
         top = top_k_excluding(scores[None, :], (np.array([0, hist.shape[0]]), hist), k)[0]
         top = top[top >= 0]
         return Candidates(top, scores[top], self.name)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.ann import AnnConfig, AnnIndex
 from retrieval.base import Candidates, RetrievalRequest
 from retrieval.data import Catalog, Interactions
 
@@ -132,54 +133,13 @@ class TextEncoder:
         return np.ascontiguousarray(out, dtype=np.float32)
 
 
-class _FlatIndex:
-    """Exact inner-product search (faiss.IndexFlatIP) with the AnnIndex call shapes.
-
-    Stands in for :class:`retrieval.ann.AnnIndex` until that module lands.
-    """
-
-    _FILE = "flat_ip.faiss"
-
-    def __init__(self, index: Any) -> None:
-        self._index = index
-
-    @classmethod
-    def build(cls, vectors: np.ndarray) -> _FlatIndex:
-        import faiss
-
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(vectors)
-        return cls(index)
-
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """float32 (q, d) -> (scores float32 (q, k), ids int64 (q, k)), -1 padded."""
-        scores, ids = self._index.search(np.ascontiguousarray(queries, dtype=np.float32), k)
-        return scores.astype(np.float32), ids.astype(np.int64)
-
-    def save(self, folder: Path) -> list[Path]:
-        import faiss
-
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / self._FILE
-        faiss.write_index(self._index, str(path))
-        return [path]
-
-    @classmethod
-    def load(cls, folder: Path) -> _FlatIndex:
-        import faiss
-
-        return cls(faiss.read_index(str(Path(folder) / cls._FILE)))
+def _build_index(vectors: np.ndarray, config: AnnConfig | None = None) -> AnnIndex:
+    """An inner-product ANN index over float32 (n, d) vectors, chosen and tuned by ``config``."""
+    return AnnIndex.build(np.ascontiguousarray(vectors, dtype=np.float32), config or AnnConfig())
 
 
-def _build_index(vectors: np.ndarray) -> Any:
-    """An inner-product index over float32 (n, d) vectors."""
-    return _FlatIndex.build(vectors)
-
-
-def _load_index(folder: Path) -> Any:
-    return _FlatIndex.load(folder)
+def _load_index(folder: Path) -> AnnIndex:
+    return AnnIndex.load(folder)
 
 
 @dataclass(frozen=True)
@@ -212,6 +172,8 @@ class TextSource:
         self.vectors: np.ndarray | None = None
         self._index: Any = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        #: how the ANN index is chosen and tuned (set before fit)
+        self.ann_config = AnnConfig()
 
     # -- fitting -------------------------------------------------------------------------
     def fit(
@@ -232,9 +194,13 @@ class TextSource:
                 "- one row per catalog item, in catalog order"
             )
         self.vectors = vectors
-        self._index = _build_index(vectors) if len(vectors) else None
+        self._index = _build_index(vectors, self.ann_config) if len(vectors) else None
         self._cache.clear()
         return self
+
+    def index_info(self) -> dict:
+        """The ANN index's kind, factory string, parameters and measured recall."""
+        return {} if self._index is None else self._index.info()
 
     # -- answering -----------------------------------------------------------------------
     def encode_query(self, query: str) -> np.ndarray:
@@ -287,7 +253,9 @@ class TextSource:
             if hvec is None:
                 return Candidates.empty(self.name)
             qvec = hvec
-            exclude = np.unique(np.asarray(request.history, dtype=np.int64))
+            exclude = np.zeros(0, dtype=np.int64)
+        # the source contract: the request's history is never returned, in every mode
+        exclude = np.unique(np.concatenate([exclude, np.asarray(request.history, dtype=np.int64)]))
         return self._search(qvec, k, exclude)
 
     def _search(self, qvec: np.ndarray, k: int, exclude: np.ndarray) -> Candidates:

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from retrieval.ann import AnnConfig
 from retrieval.base import Candidates, RetrievalRequest
 from retrieval.data import Catalog, Interactions
 from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
@@ -283,6 +284,8 @@ class TwoTower:
         self.log: TrainingLog | None = None
         self._item_vectors: np.ndarray | None = None
         self._index: Any = None
+        #: how the ANN index over item vectors is chosen and tuned (set before fit)
+        self.ann_config = AnnConfig()
 
     # -- building ------------------------------------------------------------------------
     def _make_net(
@@ -462,7 +465,7 @@ class TwoTower:
     def _finish(self, index: bool = True) -> None:
         """Cache item vectors (and build the ANN index) from the current weights."""
         self._item_vectors = self.encode_items()
-        self._index = _build_index(self._item_vectors) if index else None
+        self._index = _build_index(self._item_vectors, self.ann_config) if index else None
 
     # -- encoding ------------------------------------------------------------------------
     def _require(self) -> _Net:
@@ -519,6 +522,10 @@ class TwoTower:
             self._item_vectors = self.encode_items()
         return self.encode_users(requests) @ self._item_vectors.T
 
+    def index_info(self) -> dict:
+        """The ANN index's kind, factory string, parameters and measured recall."""
+        return {} if self._index is None else self._index.info()
+
     # -- answering -----------------------------------------------------------------------
     def retrieve(self, request: RetrievalRequest, k: int) -> Candidates:
         """Top ``k`` items for the request's history (history excluded) from the ANN index;
@@ -532,7 +539,8 @@ class TwoTower:
         hist = np.asarray(request.history, dtype=np.int64)
         if hist.size:
             qvec = self.encode_users([request])[0]
-            exclude = np.unique(hist)
+            extra = [] if request.item is None else [request.item]
+            exclude = np.unique(np.concatenate([hist, np.array(extra, dtype=np.int64)]))
         elif request.item is not None and 0 <= request.item < self.n_items:
             qvec = self._item_vectors[request.item]  # type: ignore[index]
             exclude = np.array([request.item], dtype=np.int64)
