@@ -24,13 +24,12 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from retrieval.item_cf import ItemCFConfig
-from retrieval.lexical import LexicalConfig
-
 from index_builder.cleaning import CleaningConfig
 from ranking.pipeline import PipelineConfig
 from ranking.ranker import RankerConfig
 from retrieval.ann import AnnConfig
+from retrieval.item_cf import ItemCFConfig
+from retrieval.lexical import LexicalConfig
 from retrieval.popularity import PopularityConfig
 from retrieval.text_tower import TextEncoderConfig
 from retrieval.two_tower import TwoTowerConfig
