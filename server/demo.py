@@ -69,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=7)
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    # keep the demo to a few minutes on a laptop: the two-tower model stops after 2 minutes of
+    # training (early stopping usually ends it sooner); a real build has no such budget
+    os.environ.setdefault("TANDEM_TWO_TOWER__TIME_BUDGET_S", "120")
     out: Path = args.out
     if out.exists():
         shutil.rmtree(out)
