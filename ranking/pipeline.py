@@ -211,6 +211,7 @@ class Pipeline:
             t0 = time.perf_counter()
             lists.append(self.sources[name].retrieve(req, self.config.per_source_k))
             self.stats[f"{name}_seconds"] = time.perf_counter() - t0
+            self.stats[f"{name}_candidates"] = float(len(lists[-1]))
         if kind == "recommend" and not any(len(c) for c in lists) and "popularity" in self.sources \
                 and "popularity" not in names:
             lists.append(self.sources["popularity"].retrieve(req, self.config.per_source_k))

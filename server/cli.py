@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "index_builder.commands.build",
     "index_builder.commands.export",
     "index_builder.commands.tune",
+    "server.commands",
 )
 
 

@@ -1,0 +1,181 @@
+"""``tandem serve`` and the CLI client: ``search``, ``recommend``, ``similar``, ``record``, ``status``.
+
+An RPC error exits with status 1 and prints ``CODE: message`` (e.g.
+``INVALID_ARGUMENT: k must be between 1 and 1000``) on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+
+__all__ = ["register", "load_engine_loader"]
+
+
+def load_engine_loader(spec: str):
+    """``module:function`` -> the function (an extension/testing hook for custom engines)."""
+    module, _, name = spec.partition(":")
+    if not module or not name:
+        raise ValueError(f"--engine-loader must look like module:function, got {spec!r}")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"--engine-loader {spec}: cannot import it ({exc})") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    s = subparsers.add_parser("serve", help="serve a bundle over gRPC (health, reflection, metrics)",
+                              description="Serve the bundle BUNDLES/CURRENT names; hot-swaps when CURRENT changes.")
+    s.add_argument("--bundles", type=Path, required=True, metavar="DIR")
+    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=50051)
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
+    s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service")
+    s.add_argument("--tls-cert", type=Path)
+    s.add_argument("--tls-key", type=Path)
+    s.add_argument("--workers", type=int, help="request threads (default 4 per core, at least 4)")
+    s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
+                   help="function(bundle_root) -> engine (default: Tandem's pipeline)")
+    s.set_defaults(handler=_serve)
+
+    def client(name: str, help_: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help_)
+        p.add_argument("--addr", default="127.0.0.1:50051", metavar="HOST:PORT")
+        p.add_argument("--token", help="bearer token")
+        p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
+        p.add_argument("--json", action="store_true", help="print the answer as JSON")
+        return p
+
+    p = client("search", "search the catalog through a running server")
+    p.add_argument("--query", required=True)
+    p.add_argument("--user")
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--explain", action="store_true")
+    p.set_defaults(handler=_search)
+    p = client("recommend", "recommendations for a user through a running server")
+    p.add_argument("--user", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--explain", action="store_true")
+    p.set_defaults(handler=_recommend)
+    p = client("similar", "items similar to an item through a running server")
+    p.add_argument("--item", required=True)
+    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--explain", action="store_true")
+    p.set_defaults(handler=_similar)
+    p = client("record", "record one event through a running server")
+    p.add_argument("--user", required=True)
+    p.add_argument("--item", required=True)
+    p.add_argument("--event", default="purchase")
+    p.add_argument("--ts", type=int, default=0, help="epoch seconds (default: now)")
+    p.set_defaults(handler=_record)
+    p = client("status", "a running server's bundle, counts, uptime and event-log position")
+    p.set_defaults(handler=_status)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from server.service import ServerConfig, TandemServer
+
+    logging.getLogger("tandem.server").setLevel(logging.INFO)
+    kwargs = {} if args.workers is None else {"workers": args.workers}
+    config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
+                          event_log=args.event_log, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
+                          **kwargs)
+    server = TandemServer(config, load_engine_loader(args.engine_loader))
+    done = threading.Event()
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        done.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    port = server.start()
+    print(f"tandem serving {server.manager.engine.version} on {args.host}:{port}", flush=True)
+    done.wait()
+    server.stop()
+    return 0
+
+
+def _call(args: argparse.Namespace, method: str, request):
+    import grpc
+
+    from server._generated import tandem_pb2_grpc as pb_grpc
+
+    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
+    with grpc.insecure_channel(args.addr) as channel:
+        stub = pb_grpc.TandemStub(channel) if method != "GetStatus" else pb_grpc.TandemAdminStub(channel)
+        try:
+            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
+        except grpc.RpcError as exc:
+            print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+            raise SystemExit(1) from None
+
+
+def _items(args: argparse.Namespace, resp) -> int:
+    from google.protobuf.json_format import MessageToDict
+
+    if args.json:
+        out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+        for it in out.get("items", []):
+            it.setdefault("score", 0.0)
+        print(json.dumps(out))
+        return 0
+    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}")
+    for rank, it in enumerate(resp.items, 1):
+        print(f"{rank:>3}. {it.item_id:<20} {it.score:>9.4f}  {it.title[:70]}")
+        if it.HasField("explanation"):
+            e = it.explanation
+            src = ", ".join(f"{h.source}#{h.rank}" for h in e.sources)
+            feats = ", ".join(f"{f.name}+{f.value:.2f}" for f in e.top_features)
+            print(f"       found by {src}; fused {e.fused_score:.4f}" + (f"; up by {feats}" if feats else ""))
+    return 0
+
+
+def _search(args):
+    from server._generated import tandem_pb2 as pb
+
+    return _items(args, _call(args, "Search", pb.SearchRequest(query=args.query, user_id=args.user or "", k=args.k,
+                                                                explain=args.explain)))
+
+
+def _recommend(args):
+    from server._generated import tandem_pb2 as pb
+
+    return _items(args, _call(args, "Recommend", pb.RecommendRequest(user_id=args.user, k=args.k,
+                                                                      explain=args.explain)))
+
+
+def _similar(args):
+    from server._generated import tandem_pb2 as pb
+
+    return _items(args, _call(args, "SimilarItems", pb.SimilarItemsRequest(item_id=args.item, k=args.k,
+                                                                            explain=args.explain)))
+
+
+def _record(args):
+    from server._generated import tandem_pb2 as pb
+
+    resp = _call(args, "RecordEvents", pb.RecordEventsRequest(events=[
+        pb.Event(user_id=args.user, item_id=args.item, event=args.event, ts=args.ts)]))
+    if args.json:
+        print(json.dumps({"accepted": resp.accepted, "applied": resp.applied, "last_sequence": resp.last_sequence}))
+    else:
+        print(f"recorded {resp.accepted} event(s), {resp.applied} applied, log position {resp.last_sequence}")
+    return 0
+
+
+def _status(args):
+    from google.protobuf.json_format import MessageToDict
+
+    from server._generated import tandem_pb2 as pb
+
+    resp = _call(args, "GetStatus", pb.GetStatusRequest())
+    print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True,
+                                   always_print_fields_with_no_presence=True), indent=None if args.json else 2))
+    return 0

@@ -1,0 +1,119 @@
+"""Wire messages <-> the pipeline's plain dataclasses, with request validation.
+
+Every check raises :class:`InvalidArgument` whose message names the field, e.g.
+``k must be between 1 and 1000``; the servicer turns it into ``INVALID_ARGUMENT``.
+"""
+
+from __future__ import annotations
+
+import time
+
+from ranking.api import Filters, RecommendRequest, Response, SearchRequest, SimilarRequest
+from retrieval.data import EVENT_TYPES, Event, Item
+from server._generated import tandem_pb2 as pb
+
+__all__ = ["InvalidArgument", "LIMITS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
+           "similar_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
+
+LIMITS = {"k_max": 1000, "query_max": 1000, "id_max": 256, "events_max": 10_000, "filter_values_max": 1000}
+
+
+class InvalidArgument(ValueError):
+    """A request field out of its documented range; the message names the field."""
+
+
+def check_id(value: str, field: str, required: bool = True) -> str:
+    if not value:
+        if required:
+            raise InvalidArgument(f"{field} must not be empty")
+        return value
+    if len(value) > LIMITS["id_max"]:
+        raise InvalidArgument(f"{field} must be at most {LIMITS['id_max']} characters, got {len(value)}")
+    return value
+
+
+def _check_k(k: int) -> int:
+    if not 1 <= k <= LIMITS["k_max"]:
+        raise InvalidArgument(f"k must be between 1 and {LIMITS['k_max']}, got {k}")
+    return k
+
+
+def filters_from_pb(f: pb.Filters) -> Filters:
+    for name in ("categories", "brands", "exclude_item_ids"):
+        values = getattr(f, name)
+        if len(values) > LIMITS["filter_values_max"]:
+            raise InvalidArgument(f"filters.{name} must have at most {LIMITS['filter_values_max']} values")
+        for v in values:
+            check_id(v, f"filters.{name}")
+    lo = f.price_min if f.HasField("price_min") else None
+    hi = f.price_max if f.HasField("price_max") else None
+    if lo is not None and hi is not None and lo > hi:
+        raise InvalidArgument(f"filters.price_min ({lo}) must not exceed filters.price_max ({hi})")
+    return Filters(tuple(f.categories), tuple(f.brands), lo, hi, f.in_stock_only, tuple(f.exclude_item_ids),
+                   int(f.max_per_brand), int(f.max_per_category))
+
+
+def search_from_pb(r: pb.SearchRequest) -> SearchRequest:
+    q = r.query.strip()
+    if not 1 <= len(q) <= LIMITS["query_max"]:
+        raise InvalidArgument(f"query must be between 1 and {LIMITS['query_max']} characters, got {len(q)}")
+    check_id(r.request_id, "request_id", required=False)
+    return SearchRequest(q, check_id(r.user_id, "user_id", required=False) or None, _check_k(r.k),
+                         filters_from_pb(r.filters), r.explain)
+
+
+def _event(e: pb.Event, field: str, now: int) -> Event:
+    check_id(e.user_id, f"{field}.user_id")
+    check_id(e.item_id, f"{field}.item_id")
+    kind = e.event or "purchase"
+    if kind not in EVENT_TYPES:
+        raise InvalidArgument(f"{field}.event must be one of {', '.join(EVENT_TYPES)}, got {kind[:40]!r}")
+    if e.ts < 0:
+        raise InvalidArgument(f"{field}.ts must be epoch seconds >= 0, got {e.ts}")
+    return Event(e.user_id, e.item_id, int(e.ts) or now, kind, e.value if e.HasField("value") else None)
+
+
+def events_from_pb(events, field: str = "events") -> list[Event]:
+    events = list(events)
+    if len(events) > LIMITS["events_max"]:
+        raise InvalidArgument(f"{field} must have at most {LIMITS['events_max']} events per batch, got {len(events)}")
+    now = int(time.time())
+    return [_event(e, f"{field}[{i}]", now) for i, e in enumerate(events)]
+
+
+def recommend_from_pb(r: pb.RecommendRequest) -> RecommendRequest:
+    check_id(r.request_id, "request_id", required=False)
+    user = check_id(r.user_id, "user_id", required=False) or None
+    if len(r.context) > 1000:
+        raise InvalidArgument(f"context must have at most 1000 events, got {len(r.context)}")
+    return RecommendRequest(user, _check_k(r.k), tuple(events_from_pb(r.context, "context")),
+                            filters_from_pb(r.filters), r.explain, not r.include_seen)
+
+
+def similar_from_pb(r: pb.SimilarItemsRequest) -> SimilarRequest:
+    check_id(r.request_id, "request_id", required=False)
+    return SimilarRequest(check_id(r.item_id, "item_id"), _check_k(r.k), filters_from_pb(r.filters), r.explain)
+
+
+def response_to_pb(resp: Response, request_id: str) -> pb.ItemsResponse:
+    out = pb.ItemsResponse(bundle_version=resp.bundle_version, request_id=request_id, cold_start=resp.cold_start)
+    for it in resp.items:
+        m = out.items.add(item_id=it.item_id, score=it.score, title=it.title)
+        e = it.explanation
+        if e is not None:
+            m.explanation.fused_score = e.fused_score
+            if e.ranker_score is not None:
+                m.explanation.ranker_score = e.ranker_score
+            for h in e.sources:
+                m.explanation.sources.add(source=h.source, rank=h.rank, score=h.score)
+            for name, value in e.top_features:
+                m.explanation.top_features.add(name=name, value=value)
+    return out
+
+
+def item_to_pb(item: Item) -> pb.Item:
+    m = pb.Item(item_id=item.item_id, title=item.title, description=item.description, category=item.category,
+                brand=item.brand, tags=list(item.tags), in_stock=item.in_stock)
+    if item.price is not None:
+        m.price = item.price
+    return m

@@ -1,0 +1,41 @@
+"""Prometheus metrics of the service, on their own registry (served on ``--metrics-port``)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+__all__ = ["ServiceMetrics"]
+
+_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class ServiceMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.latency = Histogram("tandem_rpc_latency_seconds", "RPC latency", ["rpc"], registry=r,
+                                 buckets=_LATENCY_BUCKETS)
+        self.responses = Counter("tandem_rpc_responses_total", "RPC responses by status code", ["rpc", "code"],
+                                 registry=r)
+        self.candidates = Histogram("tandem_candidates_per_source", "candidates a source returned per request",
+                                    ["source"], registry=r, buckets=(0, 1, 10, 50, 100, 200, 500, 1000))
+        self.stage_seconds = Histogram("tandem_stage_seconds", "time per pipeline stage (ranker, each source)",
+                                       ["stage"], registry=r, buckets=_LATENCY_BUCKETS)
+        self.bundle = Info("tandem_bundle", "the bundle serving now", registry=r)
+        self.bundle_items = Gauge("tandem_bundle_items", "items in the serving bundle", registry=r)
+        self.events = Counter("tandem_events_ingested_total", "events durably logged", registry=r)
+        self.events_applied = Counter("tandem_events_applied_total", "logged events on known items", registry=r)
+        self.event_lag = Histogram("tandem_event_visible_lag_seconds",
+                                   "time from an event's timestamp to its effect being visible", registry=r,
+                                   buckets=(0.01, 0.1, 1, 10, 60, 600, 3600, 86400))
+        self.swaps = Counter("tandem_bundle_swaps_total", "bundles swapped in", registry=r)
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> None:
+        start_http_server(port, addr=host, registry=self.registry)
+
+    def observe_stats(self, stats: dict[str, float]) -> None:
+        for key, value in stats.items():
+            if key.endswith("_seconds"):
+                self.stage_seconds.labels(key[: -len("_seconds")]).observe(value)
+            elif key.endswith("_candidates"):
+                self.candidates.labels(key[: -len("_candidates")]).observe(value)
