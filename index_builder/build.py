@@ -207,7 +207,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
     info["text_model"] = {"id": encoder.model_id, "dim": int(text_vectors.shape[1])}
-    return BuildResult(None, pipeline, split, metrics, timer.seconds, info)
+    return BuildResult(None, pipeline, split, metrics, timer.seconds, info=info)
 
 
 def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: _Timer) -> None:

@@ -67,6 +67,12 @@ class HistoryStore:
                    interactions.events[rows], max_len=max_len)
 
     @property
+    def user_ids(self) -> list[str]:
+        """Every known user: the bundle's users, then users first seen live."""
+        with self._lock:
+            return self._user_ids + [u for u in self._live if u not in self._user_index]
+
+    @property
     def n_users(self) -> int:
         with self._lock:
             return len(self._user_ids) + sum(1 for u in self._live if u not in self._user_index)

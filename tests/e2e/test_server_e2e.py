@@ -13,7 +13,7 @@ import pytest
 
 from server._generated import tandem_pb2 as pb
 from server._generated import tandem_pb2_grpc as pb_grpc
-from tests.e2e.conftest import ROOT, TINY_CONFIG, Server
+from tests.conftest import ROOT, TINY_CONFIG, Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -107,7 +107,7 @@ def test_cli_client_json_and_error(server, tiny_shop):
 def test_reflection_and_metrics(tiny_bundles):
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-    from tests.e2e.conftest import free_port
+    from tests.conftest import free_port
 
     mport = free_port()
     s = Server(tiny_bundles, "--metrics-port", str(mport))
