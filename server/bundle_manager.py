@@ -2,6 +2,12 @@
 the engine reference atomically. In-flight requests keep the engine they started with (they
 hold a reference), so no request fails during a swap. A bundle that fails verification or
 loading is refused and the old engine keeps serving.
+
+Event ingestion goes through :meth:`BundleManager.record` so that a swap cannot lose an event:
+the bulk of the replay runs while requests and ingestion go on; the last stretch of the log
+(events appended during that replay) is applied under the ingestion lock, and the reference is
+swapped before the lock is released. Every acknowledged event is therefore either in the
+replayed log or applied to the engine that serves after the swap.
 """
 
 from __future__ import annotations
@@ -11,23 +17,34 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ranking.api import Engine
-from retrieval.bundle import BundleError, current_bundle
+from retrieval.bundle import current_bundle
+from retrieval.data import Event
 from server.event_log import EventLog
 
-__all__ = ["BundleManager"]
+__all__ = ["BundleManager", "check_version_name"]
 
-log = logging.getLogger(__name__)
+log = logging.getLogger("tandem.server.bundles")
+
+_REPLAY_BATCH = 10_000
+_CURRENT = "CURRENT"  # the pointer file retrieval.bundle maintains
+
+
+def check_version_name(version: str) -> str:
+    """A bundle version is a plain folder name under the bundle root; anything else is refused."""
+    if not version or "/" in version or "\\" in version or version.startswith(".") or len(version) > 256:
+        raise ValueError(f"version must be a bundle folder name under the bundle root, got {version[:80]!r}")
+    return version
 
 
 def _created_epoch(folder: Path) -> float | None:
     try:
         created = json.loads((folder / "manifest.json").read_text()).get("created_at")
         return dt.datetime.fromisoformat(created).timestamp() if created else None
-    except (OSError, ValueError):
+    except (OSError, ValueError, AttributeError):
         return None
 
 
@@ -35,73 +52,126 @@ class BundleManager:
     """Owns the current engine; ``engine`` is read without a lock (a reference swap is atomic)."""
 
     def __init__(self, root: Path, loader: Callable[[Path], Engine], event_log: EventLog | None,
-                 on_swap: Callable[[Engine], None] | None = None) -> None:
+                 on_swap: Callable[[Engine], None] | None = None,
+                 on_refused: Callable[[str], None] | None = None) -> None:
         self.root = Path(root)
         self.loader = loader
         self.event_log = event_log
         self.on_swap = on_swap
+        self.on_refused = on_refused
         self.engine: Engine | None = None
         self.folder: Path | None = None
         self.last_error = ""
+        self.replayed = 0
+        self._ingest_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
-    def _replay(self, engine: Engine, folder: Path) -> int:
-        if self.event_log is None:
-            return 0
-        applied = 0
-        batch = []
-        for ev in self.event_log.iter_events(since_ts=int(engine.built_at), received_since=_created_epoch(folder)):
+    # -- ingestion ------------------------------------------------------------------------
+    def record(self, events: Sequence[Event]) -> tuple[int, int]:
+        """Log ``events`` durably, then apply them to the serving engine.
+
+        Returns ``(event-log position after the batch, events the engine applied)``.
+        """
+        with self._ingest_lock:
+            seq = self.event_log.append(events) if self.event_log is not None else 0
+            engine = self.engine
+            applied = engine.record_events(events) if engine is not None and events else 0
+        return seq, int(applied)
+
+    # -- loading --------------------------------------------------------------------------
+    @staticmethod
+    def _apply(engine: Engine, events: Iterable[Event]) -> int:
+        applied, batch = 0, []
+        for ev in events:
             batch.append(ev)
-            if len(batch) >= 10_000:
+            if len(batch) >= _REPLAY_BATCH:
                 applied += engine.record_events(batch)
                 batch = []
         if batch:
             applied += engine.record_events(batch)
         return applied
 
+    def _resolve(self, version: str | None) -> Path:
+        if version:
+            folder = self.root / check_version_name(version)
+            if not folder.is_dir():
+                raise FileNotFoundError(f"no bundle {version!r} under {self.root}")
+            return folder
+        return current_bundle(self.root)
+
     def reload(self, version: str | None = None) -> tuple[bool, str]:
         """Load ``version`` (default: what CURRENT names) unless it is already serving.
-        Returns (swapped, error message or "")."""
+
+        Returns ``(swapped, error message or "")``. Never raises: a refused bundle leaves the old
+        engine serving, and the reason is kept in :attr:`last_error`.
+        """
         with self._reload_lock:
             try:
-                folder = self.root / version if version else current_bundle(self.root)
+                folder = self._resolve(version)
                 if self.folder is not None and folder.resolve() == self.folder.resolve():
                     return False, ""
                 t0 = time.perf_counter()
                 engine = self.loader(folder)
-                replayed = self._replay(engine, folder)
-            except (BundleError, OSError, ValueError, KeyError, RuntimeError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.error("bundle refused; %s keeps serving: %s",
-                          getattr(self.engine, "version", "nothing"), self.last_error)
-                return False, self.last_error
-            old = self.engine
-            self.engine, self.folder, self.last_error = engine, folder, ""
+                replayed = 0
+                since_ts, received = int(engine.built_at), _created_epoch(folder)
+                mark = self.event_log.position() if self.event_log is not None else 0
+                if self.event_log is not None:
+                    replayed = self._apply(engine, self.event_log.iter_events(since_ts, received, upto_seq=mark))
+            except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, the old one serves on
+                return False, self._refuse(version, exc)
+            with self._ingest_lock:
+                # events acknowledged while the bulk replay ran: apply them before anything else
+                # can be logged, then swap, so none is lost between the two engines
+                try:
+                    if self.event_log is not None:
+                        replayed += self._apply(engine, self.event_log.iter_events(since_ts, received,
+                                                                                  after_seq=mark))
+                except Exception as exc:  # noqa: BLE001
+                    return False, self._refuse(version, exc)
+                old = self.engine
+                self.engine, self.folder, self.last_error, self.replayed = engine, folder, "", replayed
             if self.on_swap is not None:
                 self.on_swap(engine)
-            log.info("serving bundle %s (was %s; %d logged events replayed; loaded in %.1fs)", engine.version,
+            log.info("serving bundle %s (was %s; %d logged events replayed; loaded in %.2fs)", engine.version,
                      getattr(old, "version", None), replayed, time.perf_counter() - t0)
             return True, ""
 
+    def _refuse(self, version: str | None, exc: Exception) -> str:
+        self.last_error = f"bundle {version or _CURRENT} refused: {type(exc).__name__}: {exc}"
+        log.error("%s; %s keeps serving", self.last_error, getattr(self.engine, "version", "nothing"))
+        if self.on_refused is not None:
+            self.on_refused(self.last_error)
+        return self.last_error
+
+    # -- watching -------------------------------------------------------------------------
     def watch(self, interval_s: float = 1.0) -> None:
-        """Poll CURRENT in a daemon thread and reload when it changes."""
+        """Poll ``<root>/CURRENT`` in a daemon thread and reload when what it names changes.
+
+        A refused version is not retried until CURRENT changes again (or ReloadBundle asks).
+        """
 
         def loop() -> None:
-            last = None
+            last = self.folder.name if self.folder is not None else None
             while not self._stop.wait(interval_s):
                 try:
-                    text = (self.root / "CURRENT").read_text().strip()
+                    text = (self.root / _CURRENT).read_text(encoding="utf-8").strip()
                 except OSError:
                     continue
-                if text != last:
-                    last = text
+                if text == last:
+                    continue
+                last = text
+                try:
                     if self.folder is None or self.folder.name != text:
                         self.reload()
+                except Exception:  # noqa: BLE001 - the watcher must outlive any one bad bundle
+                    log.exception("bundle watcher: reload of %s failed", text)
 
         self._watcher = threading.Thread(target=loop, name="bundle-watcher", daemon=True)
         self._watcher.start()
 
     def stop(self) -> None:
         self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout=5)

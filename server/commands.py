@@ -10,6 +10,7 @@ import argparse
 import importlib
 import json
 import logging
+import os
 import signal
 import sys
 import threading
@@ -37,18 +38,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, default=50051)
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
-    s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service")
+    s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service "
+                   "(default: $TANDEM_TOKEN)")
     s.add_argument("--tls-cert", type=Path)
     s.add_argument("--tls-key", type=Path)
     s.add_argument("--workers", type=int, help="request threads (default 4 per core, at least 4)")
+    s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+                   help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
-                   help="function(bundle_root) -> engine (default: Tandem's pipeline)")
+                   help="function(bundle_folder) -> engine; a testing/extension hook (default: Tandem's pipeline)")
     s.set_defaults(handler=_serve)
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, help=help_)
         p.add_argument("--addr", default="127.0.0.1:50051", metavar="HOST:PORT")
-        p.add_argument("--token", help="bearer token")
+        p.add_argument("--token", help="bearer token (default: $TANDEM_TOKEN)")
+        p.add_argument("--tls-ca", type=Path, metavar="PEM",
+                       help="connect with TLS, trusting this CA (the server's --tls-cert when self-signed)")
         p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
         p.add_argument("--json", action="store_true", help="print the answer as JSON")
         return p
@@ -80,13 +86,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    from server.logs import use_json_logs
     from server.service import ServerConfig, TandemServer
 
-    logging.getLogger("tandem.server").setLevel(logging.INFO)
+    use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
     kwargs = {} if args.workers is None else {"workers": args.workers}
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                          event_log=args.event_log, token=args.token, tls_cert=args.tls_cert, tls_key=args.tls_key,
-                          **kwargs)
+                          event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
+                          tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, **kwargs)
     server = TandemServer(config, load_engine_loader(args.engine_loader))
     done = threading.Event()
 
@@ -95,10 +102,16 @@ def _serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    port = server.start()
-    print(f"tandem serving {server.manager.engine.version} on {args.host}:{port}", flush=True)
+    try:
+        port = server.start()
+    except RuntimeError as exc:
+        print(f"tandem serve: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"tandem serving {server.manager.engine.version} on {args.host}:{port}"
+          + (f", metrics on {args.host}:{server.metrics_port}" if server.metrics_port is not None else ""),
+          flush=True)
     done.wait()
-    server.stop()
+    server.stop()  # drains in-flight requests, then closes the event log
     return 0
 
 
@@ -107,8 +120,14 @@ def _call(args: argparse.Namespace, method: str, request):
 
     from server._generated import tandem_pb2_grpc as pb_grpc
 
-    metadata = [("authorization", f"Bearer {args.token}")] if args.token else None
-    with grpc.insecure_channel(args.addr) as channel:
+    token = args.token or os.environ.get("TANDEM_TOKEN")
+    metadata = [("authorization", f"Bearer {token}")] if token else None
+    if args.tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
+        channel = grpc.secure_channel(args.addr, creds)
+    else:
+        channel = grpc.insecure_channel(args.addr)
+    with channel:
         stub = pb_grpc.TandemStub(channel) if method != "GetStatus" else pb_grpc.TandemAdminStub(channel)
         try:
             return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
@@ -176,6 +195,11 @@ def _status(args):
     from server._generated import tandem_pb2 as pb
 
     resp = _call(args, "GetStatus", pb.GetStatusRequest())
-    print(json.dumps(MessageToDict(resp, preserving_proto_field_name=True,
-                                   always_print_fields_with_no_presence=True), indent=None if args.json else 2))
+    out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    if args.json:
+        print(json.dumps(out))
+        return 0
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        print(f"{key:<{width}}  {value if value != '' else '-'}")
     return 0

@@ -13,7 +13,7 @@ from retrieval.data import EVENT_TYPES, Event, Item
 from server._generated import tandem_pb2 as pb
 
 __all__ = ["InvalidArgument", "LIMITS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
-           "similar_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
+           "similar_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
 
 LIMITS = {"k_max": 1000, "query_max": 1000, "id_max": 256, "events_max": 10_000, "filter_values_max": 1000}
 
@@ -62,7 +62,8 @@ def search_from_pb(r: pb.SearchRequest) -> SearchRequest:
                          filters_from_pb(r.filters), r.explain)
 
 
-def _event(e: pb.Event, field: str, now: int) -> Event:
+def event_from_pb(e: pb.Event, field: str, now: int) -> Event:
+    """One wire event; ``ts`` 0 becomes ``now`` (the receive time), ``event`` "" becomes purchase."""
     check_id(e.user_id, f"{field}.user_id")
     check_id(e.item_id, f"{field}.item_id")
     kind = e.event or "purchase"
@@ -78,7 +79,7 @@ def events_from_pb(events, field: str = "events") -> list[Event]:
     if len(events) > LIMITS["events_max"]:
         raise InvalidArgument(f"{field} must have at most {LIMITS['events_max']} events per batch, got {len(events)}")
     now = int(time.time())
-    return [_event(e, f"{field}[{i}]", now) for i, e in enumerate(events)]
+    return [event_from_pb(e, f"{field}[{i}]", now) for i, e in enumerate(events)]
 
 
 def recommend_from_pb(r: pb.RecommendRequest) -> RecommendRequest:

@@ -1,7 +1,8 @@
 """The durable event log: SQLite in WAL mode with ``synchronous=FULL``.
 
 :meth:`EventLog.append` commits before it returns, so an acknowledged ``RecordEvents`` survives
-``kill -9``. Schema (also read by ``tandem build --events-log``)::
+``kill -9``; sequence numbers (``seq``) only ever grow. Schema (also read directly with sqlite3
+by ``tandem build --events-log``; documented in docs/operations.md)::
 
     CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
                          item_id TEXT NOT NULL, ts INTEGER NOT NULL, event TEXT NOT NULL,
@@ -45,6 +46,8 @@ class EventLog:
         self._conn.execute("PRAGMA synchronous=FULL")
         self._conn.executescript(SCHEMA)
         self._lock = threading.Lock()
+        self._closed = False
+        self._last = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
 
     def append(self, events: Sequence[Event]) -> int:
         """Durably append; returns the sequence number of the last event (0 if none ever)."""
@@ -53,32 +56,40 @@ class EventLog:
         now = time.time()
         rows = [(e.user_id, e.item_id, int(e.ts), e.event, e.value, now) for e in events]
         with self._lock:
+            if self._closed:
+                raise RuntimeError(f"event log {self.path} is closed (the server is shutting down)")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 self._conn.executemany(
                     "INSERT INTO events (user_id, item_id, ts, event, value, received_at) VALUES (?, ?, ?, ?, ?, ?)",
                     rows)
+                last = int(self._conn.execute("SELECT MAX(seq) FROM events").fetchone()[0])
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            self._last = last
+            return last
 
     def position(self) -> int:
+        """The sequence number of the newest event (0 when empty)."""
         with self._lock:
-            return int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+            return self._last
 
-    def iter_events(self, since_ts: int | None = None, received_since: float | None = None,
-                    batch: int = 10_000) -> Iterator[Event]:
+    def iter_events(self, since_ts: int | None = None, received_since: float | None = None, *,
+                    after_seq: int = 0, upto_seq: int | None = None, batch: int = 10_000) -> Iterator[Event]:
         """Events in sequence order: all of them, or those with ``ts >= since_ts`` or received at or
-        after ``received_since`` (epoch seconds) when either is given."""
+        after ``received_since`` (epoch seconds) when either is given; always restricted to
+        ``after_seq < seq <= upto_seq`` (``upto_seq`` None = the end). Reads on its own connection,
+        so appends go on meanwhile."""
         conn = sqlite3.connect(str(self.path))
         everything = since_ts is None and received_since is None
         try:
             cur = conn.execute(
-                "SELECT user_id, item_id, ts, event, value FROM events WHERE ? OR ts >= ? OR received_at >= ? "
-                "ORDER BY seq",
-                (everything, since_ts if since_ts is not None else 2**62,
+                "SELECT user_id, item_id, ts, event, value FROM events "
+                "WHERE seq > ? AND seq <= ? AND (? OR ts >= ? OR received_at >= ?) ORDER BY seq",
+                (int(after_seq), 2**62 if upto_seq is None else int(upto_seq), everything,
+                 since_ts if since_ts is not None else 2**62,
                  received_since if received_since is not None else float(2**62)))
             while rows := cur.fetchmany(batch):
                 for u, i, ts, ev, v in rows:
@@ -87,7 +98,11 @@ class EventLog:
             conn.close()
 
     def close(self) -> None:
+        """Checkpoint the WAL into the main file and close; later calls do nothing."""
         with self._lock:
+            if self._closed:
+                return
+            self._closed = True
             try:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:

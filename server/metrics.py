@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 __all__ = ["ServiceMetrics"]
 
-_LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+_LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+                    2.5, 5.0)
 
 
 class ServiceMetrics:
+    """Every metric the server exports. Names start with ``tandem_`` (see docs/operations.md)."""
+
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -23,17 +28,32 @@ class ServiceMetrics:
                                        ["stage"], registry=r, buckets=_LATENCY_BUCKETS)
         self.bundle = Info("tandem_bundle", "the bundle serving now", registry=r)
         self.bundle_items = Gauge("tandem_bundle_items", "items in the serving bundle", registry=r)
+        self.bundle_users = Gauge("tandem_bundle_users", "users with a history in the serving bundle",
+                                  registry=r)
         self.events = Counter("tandem_events_ingested_total", "events durably logged", registry=r)
         self.events_applied = Counter("tandem_events_applied_total", "logged events on known items", registry=r)
         self.event_lag = Histogram("tandem_event_visible_lag_seconds",
                                    "time from an event's timestamp to its effect being visible", registry=r,
                                    buckets=(0.01, 0.1, 1, 10, 60, 600, 3600, 86400))
         self.swaps = Counter("tandem_bundle_swaps_total", "bundles swapped in", registry=r)
+        self.refused = Counter("tandem_bundle_refused_total", "bundles refused (verification or load failed)",
+                               registry=r)
+        self._http = None
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> None:
-        start_http_server(port, addr=host, registry=self.registry)
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one)."""
+        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = httpd
+        return int(httpd.server_address[1])
 
-    def observe_stats(self, stats: dict[str, float]) -> None:
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+    def observe_stats(self, stats: Mapping[str, float]) -> None:
+        """Read an engine's per-request stats: ``<stage>_seconds`` and ``<source>_candidates`` keys."""
         for key, value in stats.items():
             if key.endswith("_seconds"):
                 self.stage_seconds.labels(key[: -len("_seconds")]).observe(value)

@@ -1,4 +1,4 @@
-"""The gRPC servicers, the auth interceptor, and server assembly.
+"""The gRPC servicers and server assembly.
 
 Each RPC: validate and convert the message (``INVALID_ARGUMENT`` naming the field), take the
 current engine reference once (a hot swap never changes it mid-request), call it, convert back.
@@ -8,15 +8,14 @@ is also logged, and the server keeps serving.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent import futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -27,19 +26,34 @@ from ranking.api import Engine, UnknownItemError
 from server import convert
 from server._generated import tandem_pb2 as pb
 from server._generated import tandem_pb2_grpc as pb_grpc
-from server.bundle_manager import BundleManager
+from server.auth import AuthInterceptor
+from server.bundle_manager import BundleManager, check_version_name
 from server.event_log import EventLog
+from server.logs import log_fields
 from server.metrics import ServiceMetrics
 
-__all__ = ["ServerConfig", "TandemServer", "TandemServicer", "AdminServicer", "AuthInterceptor"]
+__all__ = ["ServerConfig", "TandemServer", "TandemServicer", "AdminServicer", "SERVICE_NAMES"]
 
 log = logging.getLogger("tandem.server")
+rpc_log = logging.getLogger("tandem.server.rpc")
 
-_PROTECTED = ("/tandem.v1.Tandem/RecordEvents", "/tandem.v1.Tandem/StreamEvents", "/tandem.v1.TandemAdmin/")
+#: Full names of the two Tandem services (health and reflection are added beside them).
+SERVICE_NAMES: tuple[str, ...] = (pb.DESCRIPTOR.services_by_name["Tandem"].full_name,
+                                  pb.DESCRIPTOR.services_by_name["TandemAdmin"].full_name)
+
+_STREAM_BATCH = 1000
+_LAG_SAMPLE = 100  # events per batch whose visible lag is observed
+
+
+def _default_workers() -> int:
+    # requests spend much of their time in numpy/torch/SQLite with the GIL released
+    return max(4, 4 * (os.cpu_count() or 1))
 
 
 @dataclass(frozen=True)
 class ServerConfig:
+    """``tandem serve`` flags; validated at construction with messages naming the flag."""
+
     bundles: Path
     host: str = "127.0.0.1"
     port: int = 50051
@@ -48,47 +62,36 @@ class ServerConfig:
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
-    workers: int = max(4, 4 * (os.cpu_count() or 1))
+    workers: int = field(default_factory=_default_workers)
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
+    max_message_bytes: int = 64 * 1024 * 1024
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
             raise ValueError(f"--port must be 0..65535, got {self.port}")
+        if self.metrics_port is not None and not 0 <= self.metrics_port <= 65535:
+            raise ValueError(f"--metrics-port must be 0..65535, got {self.metrics_port}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise ValueError("--tls-cert and --tls-key go together: give both or neither")
+        for name in ("tls_cert", "tls_key"):
+            path = getattr(self, name)
+            if path is not None and not Path(path).is_file():
+                raise ValueError(f"--{name.replace('_', '-')} {path} is not a file")
+        if self.token is not None and not self.token.strip():
+            raise ValueError("--token must not be empty (leave it out to run without authentication)")
         if self.workers < 1:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
+        if self.watch_interval_s <= 0 or self.grace_s < 0:
+            raise ValueError("watch_interval_s must be > 0 and grace_s >= 0")
 
-
-def _log(level: int, msg: str, **fields: object) -> None:
-    log.log(level, json.dumps({"ts": round(time.time(), 3), "level": logging.getLevelName(level), "msg": msg,
-                               **fields}, default=str))
-
-
-class AuthInterceptor(grpc.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on event ingestion and the admin service."""
-
-    def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}"
-
-        def deny(request, context):  # noqa: ARG001
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token (authorization metadata)")
-
-        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.stream_unary_rpc_method_handler(deny)
-
-    def intercept_service(self, continuation, handler_call_details):
-        method = handler_call_details.method
-        if any(method.startswith(p) for p in _PROTECTED):
-            meta = dict(handler_call_details.invocation_metadata or ())
-            if meta.get("authorization") != self._expected:
-                return self._deny_stream if method.endswith("StreamEvents") else self._deny_unary
-        return continuation(handler_call_details)
+    @property
+    def event_log_path(self) -> Path:
+        return Path(self.event_log) if self.event_log is not None else Path(self.bundles) / "events.sqlite3"
 
 
 class _Calls:
-    """Shared RPC plumbing: timing, status accounting, error mapping."""
+    """Shared RPC plumbing: deadline check, timing, status accounting, error mapping, logging."""
 
     def __init__(self, manager: BundleManager, metrics: ServiceMetrics) -> None:
         self.manager = manager
@@ -97,12 +100,21 @@ class _Calls:
     def engine(self, context: grpc.ServicerContext) -> Engine:
         engine = self.manager.engine
         if engine is None:
-            context.abort(grpc.StatusCode.UNAVAILABLE, "no bundle is loaded yet")
+            context.abort(grpc.StatusCode.UNAVAILABLE, "no bundle is loaded yet; retry shortly")
         return engine  # type: ignore[return-value]
+
+    def observe(self, engine: Engine) -> None:
+        stats = getattr(engine, "stats", None)
+        if isinstance(stats, Mapping) and stats:
+            try:  # metrics must never fail a request
+                self.metrics.observe_stats(dict(stats))
+            except Exception:  # noqa: BLE001
+                log.debug("could not read engine stats", exc_info=True)
 
     def run(self, rpc: str, context: grpc.ServicerContext, request_id: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
+        error_id = None
         try:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
@@ -114,29 +126,28 @@ class _Calls:
             context.abort(code, str(exc))
         except UnknownItemError as exc:
             code = grpc.StatusCode.NOT_FOUND
-            context.abort(code, f"unknown item_id {exc.args[0]!r} (not in bundle "
-                                f"{getattr(self.manager.engine, 'version', '?')})")
-        except grpc.RpcError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - the server must keep serving
-            if context.code() is not None:  # an abort above already set the status
+            version = getattr(self.manager.engine, "version", "?")
+            context.abort(code, f"unknown item_id {exc.args[0]!r} (not in bundle {version})")
+        except Exception as exc:
+            if context.code() is not None:  # context.abort() above or in fn already set the status
                 code = context.code()
                 raise
             code = grpc.StatusCode.INTERNAL
             error_id = uuid.uuid4().hex[:12]
-            log.exception("internal error %s in %s", error_id, rpc)
-            _log(logging.ERROR, "internal error", rpc=rpc, request_id=request_id, error_id=error_id,
-                 error=f"{type(exc).__name__}: {exc}")
-            context.abort(code, f"internal error (error id {error_id}); the server logged the details")
+            log_fields(log, logging.ERROR, "internal error", exc_info=True, rpc=rpc, request_id=request_id,
+                       error_id=error_id, error=f"{type(exc).__name__}: {exc}")
+            context.abort(code, f"internal error (error id {error_id}); the server log has the details")
         finally:
             dt = time.perf_counter() - t0
             self.metrics.latency.labels(rpc).observe(dt)
             self.metrics.responses.labels(rpc, code.name).inc()
-            _log(logging.INFO, "rpc", rpc=rpc, request_id=request_id, status=code.name,
-                 latency_ms=round(dt * 1e3, 3))
+            log_fields(rpc_log, logging.INFO, "rpc", rpc=rpc, request_id=request_id, status=code.name,
+                       latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}))
 
 
 class TandemServicer(pb_grpc.TandemServicer):
+    """Search, Recommend, SimilarItems, RecordEvents, StreamEvents, GetItem, Ping."""
+
     def __init__(self, calls: _Calls, event_log: EventLog) -> None:
         self.calls = calls
         self.event_log = event_log
@@ -144,11 +155,9 @@ class TandemServicer(pb_grpc.TandemServicer):
     def _answer(self, rpc, request, context, to_plain, method):
         def go():
             plain = to_plain(request)
-            engine = self.calls.engine(context)
+            engine = self.calls.engine(context)  # one reference for the whole request
             resp = getattr(engine, method)(plain)
-            stats = getattr(engine, "stats", None)
-            if stats:
-                self.calls.metrics.observe_stats(dict(stats))
+            self.calls.observe(engine)
             return convert.response_to_pb(resp, request.request_id)
 
         return self.calls.run(rpc, context, request.request_id, go)
@@ -162,41 +171,53 @@ class TandemServicer(pb_grpc.TandemServicer):
     def SimilarItems(self, request, context):
         return self._answer("SimilarItems", request, context, convert.similar_from_pb, "similar_items")
 
-    def _record(self, events) -> pb.RecordEventsResponse:
-        seq = self.event_log.append(events)  # durable before anything else happens
-        self.calls.metrics.events.inc(len(events))
-        engine = self.calls.manager.engine
-        applied = engine.record_events(events) if engine is not None else 0
-        self.calls.metrics.events_applied.inc(applied)
+    def _record(self, events) -> tuple[int, int]:
+        seq, applied = self.calls.manager.record(events)  # logged durably, then applied
+        m = self.calls.metrics
+        m.events.inc(len(events))
+        m.events_applied.inc(applied)
         now = time.time()
-        for e in events[:100]:
-            self.calls.metrics.event_lag.observe(max(0.0, now - e.ts))
-        return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq)
+        for e in events[:_LAG_SAMPLE]:
+            m.event_lag.observe(max(0.0, now - e.ts))
+        return seq, applied
 
     def RecordEvents(self, request, context):
-        return self.calls.run("RecordEvents", context, request.request_id,
-                              lambda: self._record(convert.events_from_pb(request.events)))
+        def go():
+            convert.check_id(request.request_id, "request_id", required=False)
+            events = convert.events_from_pb(request.events)
+            seq, applied = self._record(events)
+            return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq)
+
+        return self.calls.run("RecordEvents", context, request.request_id, go)
 
     def StreamEvents(self, request_iterator, context):
         def go():
-            total = pb.RecordEventsResponse()
+            accepted = applied = 0
+            seq = self.event_log.position()
             batch = []
-            for msg in request_iterator:
-                batch.append(msg)
-                if len(batch) >= 1000:
-                    r = self._record(convert.events_from_pb(batch))
-                    total.accepted += r.accepted
-                    total.applied += r.applied
-                    total.last_sequence = r.last_sequence
-                    batch = []
-            r = self._record(convert.events_from_pb(batch)) if batch else None
-            if r is not None:
-                total.accepted += r.accepted
-                total.applied += r.applied
-                total.last_sequence = r.last_sequence
-            else:
-                total.last_sequence = total.last_sequence or self.event_log.position()
-            return total
+            now = int(time.time())
+
+            def flush():
+                nonlocal accepted, applied, seq, batch
+                seq, n = self._record(batch)
+                accepted += len(batch)
+                applied += n
+                batch = []
+
+            for i, msg in enumerate(request_iterator):
+                try:
+                    batch.append(convert.event_from_pb(msg, f"events[{i}]", now))
+                except convert.InvalidArgument as exc:
+                    # earlier events are already durable; say so, so the client can resume after them
+                    if batch:
+                        flush()
+                    raise convert.InvalidArgument(f"{exc}; the {accepted} events before it were accepted "
+                                                  f"(event log position {seq})") from None
+                if len(batch) >= _STREAM_BATCH:
+                    flush()
+            if batch:
+                flush()
+            return pb.RecordEventsResponse(accepted=accepted, applied=applied, last_sequence=seq)
 
         return self.calls.run("StreamEvents", context, "", go)
 
@@ -208,10 +229,12 @@ class TandemServicer(pb_grpc.TandemServicer):
         return self.calls.run("GetItem", context, "", go)
 
     def Ping(self, request, context):
-        return pb.PingResponse(payload=request.payload)
+        return self.calls.run("Ping", context, "", lambda: pb.PingResponse(payload=request.payload))
 
 
 class AdminServicer(pb_grpc.TandemAdminServicer):
+    """ReloadBundle and GetStatus (token-protected when the server has a token)."""
+
     def __init__(self, calls: _Calls, event_log: EventLog, started: float) -> None:
         self.calls = calls
         self.event_log = event_log
@@ -219,7 +242,12 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
 
     def ReloadBundle(self, request, context):
         def go():
-            version = convert.check_id(request.version, "version", required=False) or None
+            version = request.version or None
+            if version is not None:
+                try:
+                    check_version_name(version)
+                except ValueError as exc:
+                    raise convert.InvalidArgument(str(exc)) from None
             swapped, error = self.calls.manager.reload(version)
             engine = self.calls.manager.engine
             return pb.ReloadBundleResponse(version=getattr(engine, "version", ""), swapped=swapped, error=error)
@@ -243,65 +271,83 @@ class TandemServer:
     def __init__(self, config: ServerConfig, engine_loader: Callable[[Path], Engine]) -> None:
         self.config = config
         self.metrics = ServiceMetrics()
-        self.event_log = EventLog(config.event_log or Path(config.bundles) / "events.sqlite3")
+        self.event_log = EventLog(config.event_log_path)
 
         def on_swap(engine: Engine) -> None:
-            self.metrics.bundle.info({"version": engine.version})
+            self.metrics.bundle.info({"version": str(engine.version), "built_at": str(engine.built_at)})
             self.metrics.bundle_items.set(engine.n_items)
+            self.metrics.bundle_users.set(engine.n_users)
             self.metrics.swaps.inc()
 
-        self.manager = BundleManager(config.bundles, engine_loader, self.event_log, on_swap)
+        self.manager = BundleManager(config.bundles, engine_loader, self.event_log, on_swap,
+                                     on_refused=lambda _msg: self.metrics.refused.inc())
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port: int | None = None
+        self.metrics_port: int | None = None
         self._stopped = threading.Event()
 
+    def _on_denied(self, method: str) -> None:
+        self.metrics.responses.labels(method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name).inc()
+
     def start(self) -> int:
-        swapped, error = self.manager.reload()
+        """Load the current bundle (replaying the event log), bind, serve; returns the gRPC port."""
+        _, error = self.manager.reload()
         if self.manager.engine is None:
+            self.event_log.close()
             raise RuntimeError(f"cannot serve: no usable bundle under {self.config.bundles} ({error})")
-        interceptors = [AuthInterceptor(self.config.token)] if self.config.token else []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=self.config.workers),
+        cfg = self.config
+        interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
                                   interceptors=interceptors,
-                                  options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+                                  options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
+                                           ("grpc.so_reuseport", 0)])
         calls = _Calls(self.manager, self.metrics)
         pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log), self.server)
         pb_grpc.add_TandemAdminServicer_to_server(AdminServicer(calls, self.event_log, time.time()), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        names = (pb.DESCRIPTOR.services_by_name["Tandem"].full_name,
-                 pb.DESCRIPTOR.services_by_name["TandemAdmin"].full_name,
-                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME)
+        names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                 reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, self.server)
-        address = f"{self.config.host}:{self.config.port}"
-        if self.config.tls_cert is not None:
-            creds = grpc.ssl_server_credentials([(Path(self.config.tls_key).read_bytes(),
-                                                  Path(self.config.tls_cert).read_bytes())])
-            self.port = self.server.add_secure_port(address, creds)
+        address = f"{cfg.host}:{cfg.port}"
+        try:
+            if cfg.tls_cert is not None:
+                creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+                self.port = self.server.add_secure_port(address, creds)
+            else:
+                self.port = self.server.add_insecure_port(address)
+        except RuntimeError as exc:
+            self.port = 0
+            error = str(exc)
         else:
-            self.port = self.server.add_insecure_port(address)
-        if self.port == 0:
-            raise RuntimeError(f"could not bind {address}")
-        if self.config.metrics_port is not None:
-            self.metrics.serve(self.config.metrics_port, self.config.host)
+            error = "add_port returned 0"
+        if not self.port:
+            self.event_log.close()
+            raise RuntimeError(f"could not bind {address} ({error}); is another server on that port?")
+        if cfg.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         self.server.start()
-        self.manager.watch(self.config.watch_interval_s)
-        for service in ("", *names[:2]):
+        self.manager.watch(cfg.watch_interval_s)
+        for service in ("", *SERVICE_NAMES):
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
-        _log(logging.INFO, "serving", address=f"{self.config.host}:{self.port}",
-             bundle=self.manager.engine.version, metrics_port=self.config.metrics_port)
+        log_fields(log, logging.INFO, "serving", address=f"{cfg.host}:{self.port}",
+                   bundle=self.manager.engine.version, metrics_port=self.metrics_port, tls=cfg.tls_cert is not None,
+                   auth=bool(cfg.token), event_log=str(cfg.event_log_path), replayed=self.manager.replayed)
         return self.port
 
-    def stop(self) -> None:
-        """Drain: stop accepting, let in-flight requests finish (grace), close the event log."""
+    def stop(self, grace_s: float | None = None) -> None:
+        """Drain: report NOT_SERVING, stop accepting, let in-flight requests finish (up to the
+        grace period), then close the event log and the metrics endpoint."""
         if self._stopped.is_set():
             return
         self._stopped.set()
         self.health.enter_graceful_shutdown()
         self.manager.stop()
         if self.server is not None:
-            self.server.stop(self.config.grace_s).wait()
+            self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
         self.event_log.close()
-        _log(logging.INFO, "stopped")
+        self.metrics.close()
+        log_fields(log, logging.INFO, "stopped", event_log_sequence=self.event_log.position())
 
     def wait(self) -> None:
         if self.server is not None:
