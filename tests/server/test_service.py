@@ -1,0 +1,319 @@
+"""Every RPC of an in-process server over the FakeEngine: answers, bad input with exact codes and
+field names, NOT_FOUND, INTERNAL with an error id, auth, health, reflection, metrics, logs, drain."""
+
+import json
+import logging
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+from retrieval.data import Event
+from server._generated import tandem_pb2 as pb
+from server._generated import tandem_pb2_grpc as pb_grpc
+from server.logs import JsonFormatter
+from server.service import ServerConfig, TandemServer
+from tests.server.fake_engine import load_fake_engine, write_fake_bundle
+
+TOKEN = "s3cret"
+AUTH = [("authorization", f"Bearer {TOKEN}")]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bundles")
+    folder = write_fake_bundle(root)
+    server = TandemServer(ServerConfig(bundles=root, port=0, metrics_port=0, token=TOKEN, workers=4,
+                                       watch_interval_s=0.2, grace_s=2), load_fake_engine)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    yield server, channel, folder
+    channel.close()
+    server.stop(0)
+
+
+@pytest.fixture
+def stubs(served):
+    _, channel, _ = served
+    return pb_grpc.TandemStub(channel), pb_grpc.TandemAdminStub(channel)
+
+
+def ids(resp):
+    return [it.item_id for it in resp.items]
+
+
+def test_search_with_explanation_and_request_id(stubs, served):
+    t, _ = stubs
+    r = t.Search(pb.SearchRequest(query="red", k=3, explain=True, request_id="req-1"))
+    assert ids(r) == ["i00", "i04", "i08"] and r.request_id == "req-1"
+    assert r.bundle_version == served[2].name and [it.title for it in r.items][0] == "item 0 red"
+    e = r.items[1].explanation
+    assert [(h.source, h.rank) for h in e.sources] == [("fake", 2)] and e.fused_score == 1.0
+    assert e.HasField("ranker_score") and e.ranker_score == 2.0 and e.top_features[0].name == "closeness"
+    plain = t.Search(pb.SearchRequest(query="red", k=3))
+    assert not plain.items[0].HasField("explanation")
+
+
+def test_recommend_filters_and_cold_start(stubs):
+    t, _ = stubs
+    assert ids(t.Recommend(pb.RecommendRequest(user_id="alice", k=3))) == ["i04", "i05", "i06"]
+    f = pb.Filters(brands=["acme"], in_stock_only=True, exclude_item_ids=["i06"])
+    got = ids(t.Recommend(pb.RecommendRequest(user_id="alice", k=4, filters=f)))
+    assert got == ["i12", "i15", "i18", "i00"]  # acme = n % 3 == 0; i09 is out of stock; i06 excluded
+    ctx = t.Recommend(pb.RecommendRequest(user_id="alice", k=2, context=[pb.Event(user_id="alice", item_id="i15")]))
+    assert ids(ctx) == ["i16", "i17"]  # the session context counts as the latest history
+    cold = t.Recommend(pb.RecommendRequest(user_id="nobody", k=2))
+    assert cold.cold_start and ids(cold) == ["i00", "i01"]
+    assert not t.Recommend(pb.RecommendRequest(user_id="alice", k=2)).cold_start
+
+
+def test_recorded_event_changes_the_next_answer(stubs, served):
+    t, admin = stubs
+    before = t.Recommend(pb.RecommendRequest(user_id="carol", k=3))
+    assert before.cold_start
+    ack = t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="carol", item_id="i07", event="cart"),
+                                                        pb.Event(user_id="carol", item_id="unknown-item")]),
+                         metadata=AUTH)
+    assert ack.accepted == 2 and ack.applied == 1 and ack.last_sequence >= 2
+    after = t.Recommend(pb.RecommendRequest(user_id="carol", k=3))
+    assert not after.cold_start and ids(after) == ["i08", "i09", "i10"]
+    logged = [(e.user_id, e.item_id, e.event) for e in served[0].event_log.iter_events()]
+    assert ("carol", "i07", "cart") in logged and ("carol", "unknown-item", "purchase") in logged
+    streamed = t.StreamEvents(iter([pb.Event(user_id="dave", item_id=f"i{n:02d}", ts=1_800_000_000 + n)
+                                    for n in range(1, 13)]), metadata=AUTH)
+    assert streamed.accepted == 12 and streamed.applied == 12 and streamed.last_sequence == ack.last_sequence + 12
+    assert ids(t.Recommend(pb.RecommendRequest(user_id="dave", k=1))) == ["i13"]
+    status = admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH)
+    assert status.event_log_sequence == streamed.last_sequence
+
+
+def test_stream_of_many_events_and_a_bad_one_midway(stubs, served):
+    t, _ = stubs
+    events = [pb.Event(user_id="erin", item_id="i01", event="view")] * 2300
+    start = served[0].event_log.position()
+    r = t.StreamEvents(iter(events), metadata=AUTH)
+    assert r.accepted == 2300 and r.last_sequence == start + 2300
+    with pytest.raises(grpc.RpcError) as err:
+        t.StreamEvents(iter([*events[:1200], pb.Event(user_id="erin", item_id="i01", event="like")]), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("events[1200].event must be one of view, click, cart, purchase, rate")
+    assert "the 1200 events before it were accepted" in err.value.details()
+    assert served[0].event_log.position() == start + 3500
+
+
+def test_similar_get_item_ping_status_reload(stubs, served):
+    t, admin = stubs
+    assert ids(t.SimilarItems(pb.SimilarItemsRequest(item_id="i05", k=3))) == ["i04", "i06", "i03"]
+    item = t.GetItem(pb.GetItemRequest(item_id="i05"))
+    assert (item.title, item.brand, item.category, item.price, item.in_stock) == (
+        "item 5 green", "initech", "Beauty > Skin", 10.0, True)
+    assert t.Ping(pb.PingRequest(payload=b"\x00abc")).payload == b"\x00abc"
+    st = admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH)
+    assert st.bundle_version == served[2].name and st.items == 20 and st.users >= 2
+    assert st.bundle_built_at == 1_700_000_000 and st.uptime_seconds > 0 and st.last_reload_error == ""
+    again = admin.ReloadBundle(pb.ReloadBundleRequest(), metadata=AUTH)
+    assert not again.swapped and again.version == served[2].name and again.error == ""
+
+
+BAD = [
+    ("k0", lambda t: t.Recommend(pb.RecommendRequest(user_id="u", k=0)), "k must be between 1 and 1000, got 0"),
+    ("k1001", lambda t: t.Search(pb.SearchRequest(query="red", k=1001)), "k must be between 1 and 1000, got 1001"),
+    ("k-similar", lambda t: t.SimilarItems(pb.SimilarItemsRequest(item_id="i01")), "k must be between 1 and 1000"),
+    ("empty query", lambda t: t.Search(pb.SearchRequest(query=" ", k=5)),
+     "query must be between 1 and 1000 characters, got 0"),
+    ("long query", lambda t: t.Search(pb.SearchRequest(query="x" * 1001, k=5)),
+     "query must be between 1 and 1000 characters, got 1001"),
+    ("long user", lambda t: t.Recommend(pb.RecommendRequest(user_id="u" * 257, k=5)),
+     "user_id must be at most 256 characters, got 257"),
+    ("long item", lambda t: t.SimilarItems(pb.SimilarItemsRequest(item_id="i" * 257, k=5)),
+     "item_id must be at most 256 characters"),
+    ("empty item", lambda t: t.GetItem(pb.GetItemRequest()), "item_id must not be empty"),
+    ("long request id", lambda t: t.Search(pb.SearchRequest(query="red", k=1, request_id="r" * 300)),
+     "request_id must be at most 256 characters"),
+    ("long filter", lambda t: t.Search(pb.SearchRequest(query="red", k=1, filters=pb.Filters(brands=["b" * 257]))),
+     "filters.brands must be at most 256 characters"),
+    ("price range", lambda t: t.Search(pb.SearchRequest(query="red", k=1, filters=pb.Filters(price_min=9,
+                                                                                             price_max=1))),
+     "filters.price_min (9.0) must not exceed filters.price_max (1.0)"),
+    ("context event", lambda t: t.Recommend(pb.RecommendRequest(user_id="u", k=1, context=[pb.Event(item_id="i1")])),
+     "context[0].user_id must not be empty"),
+    ("too many", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i")] * 10001),
+                                          metadata=AUTH), "events must have at most 10000 events per batch, got 10001"),
+    ("event type", lambda t: t.RecordEvents(pb.RecordEventsRequest(
+        events=[pb.Event(user_id="u", item_id="i"), pb.Event(user_id="u", item_id="i", event="like")]), metadata=AUTH),
+     "events[1].event must be one of view, click, cart, purchase, rate, got 'like'"),
+    ("negative ts", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i",
+                                                                                      ts=-5)]), metadata=AUTH),
+     "events[0].ts must be epoch seconds >= 0, got -5"),
+    ("long event id", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i" * 257)]),
+                                               metadata=AUTH), "events[0].item_id must be at most 256 characters"),
+]
+
+
+@pytest.mark.parametrize(("name", "call", "message"), BAD, ids=[b[0] for b in BAD])
+def test_bad_input_is_invalid_argument_naming_the_field(stubs, served, name, call, message):
+    t, _ = stubs
+    position = served[0].event_log.position()
+    with pytest.raises(grpc.RpcError) as err:
+        call(t)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+    assert err.value.details().startswith(message), err.value.details()
+    assert served[0].event_log.position() == position  # nothing of a refused batch is logged
+    assert t.Ping(pb.PingRequest(payload=b"ok")).payload == b"ok"
+
+
+def test_reload_bad_version_name_is_invalid_argument(stubs):
+    _, admin = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        admin.ReloadBundle(pb.ReloadBundleRequest(version="../elsewhere"), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("version must be")
+
+
+@pytest.mark.parametrize("call", [
+    lambda t: t.SimilarItems(pb.SimilarItemsRequest(item_id="nope", k=3)),
+    lambda t: t.GetItem(pb.GetItemRequest(item_id="nope")),
+])
+def test_unknown_item_is_not_found(stubs, served, call):
+    t, _ = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        call(t)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert err.value.details() == f"unknown item_id 'nope' (not in bundle {served[2].name})"
+
+
+def test_engine_failure_is_internal_with_a_logged_error_id(stubs, caplog):
+    t, _ = stubs
+    with caplog.at_level(logging.INFO, logger="tandem.server"), pytest.raises(grpc.RpcError) as err:
+        t.Search(pb.SearchRequest(query="boom", k=3, request_id="rq-boom"))
+    assert err.value.code() == grpc.StatusCode.INTERNAL
+    error_id = err.value.details().split("error id ")[1].split(")")[0]
+    assert len(error_id) == 12
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert errors and errors[0].fields["error_id"] == error_id and errors[0].fields["request_id"] == "rq-boom"
+    line = json.loads(JsonFormatter().format(errors[0]))
+    assert line["error_id"] == error_id and "the fake engine was asked to fail" in line["exc"]
+    assert ids(t.Search(pb.SearchRequest(query="red", k=1))) == ["i00"]  # keeps serving
+
+
+def test_rpc_logs_are_json_with_the_documented_fields(stubs, caplog):
+    t, _ = stubs
+    with caplog.at_level(logging.INFO, logger="tandem.server.rpc"):
+        t.Search(pb.SearchRequest(query="red", k=1, request_id="log-me"))
+    record = next(r for r in caplog.records if getattr(r, "fields", {}).get("request_id") == "log-me")
+    line = json.loads(JsonFormatter().format(record))
+    assert {"ts", "level", "msg", "rpc", "request_id", "status", "latency_ms"} <= set(line)
+    assert (line["rpc"], line["status"], line["level"]) == ("Search", "OK", "INFO") and line["latency_ms"] >= 0
+
+
+def test_client_deadline_is_honoured(stubs):
+    t, _ = stubs
+    t0 = time.monotonic()
+    with pytest.raises(grpc.RpcError) as err:
+        t.Search(pb.SearchRequest(query="sleep 0.6 red", k=1), timeout=0.1)
+    assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 0.5
+
+
+@pytest.mark.parametrize("metadata", [None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]])
+def test_token_required_for_events_and_admin(stubs, served, metadata):
+    t, admin = stubs
+    position = served[0].event_log.position()
+    calls = [
+        lambda: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="x", item_id="i01")]),
+                               metadata=metadata),
+        lambda: t.StreamEvents(iter([pb.Event(user_id="x", item_id="i01")]), metadata=metadata),
+        lambda: admin.GetStatus(pb.GetStatusRequest(), metadata=metadata),
+        lambda: admin.ReloadBundle(pb.ReloadBundleRequest(), metadata=metadata),
+    ]
+    for call in calls:
+        with pytest.raises(grpc.RpcError) as err:
+            call()
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED and "Bearer" in err.value.details()
+    assert served[0].event_log.position() == position
+    # reads need no token; the right token is accepted
+    assert t.Search(pb.SearchRequest(query="red", k=1), metadata=metadata).items
+    assert admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH).items == 20
+
+
+def test_health_serving_and_reflection_lists_services(served):
+    _, channel, _ = served
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "tandem.v1.Tandem", "tandem.v1.TandemAdmin"):
+        resp = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+        assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    refl = reflection_pb2_grpc.ServerReflectionStub(channel)
+    resp = next(refl.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
+    names = {s.name for s in resp.list_services_response.service}
+    assert {"tandem.v1.Tandem", "tandem.v1.TandemAdmin", "grpc.health.v1.Health",
+            "grpc.reflection.v1alpha.ServerReflection"} <= names
+
+
+def test_metrics_endpoint(stubs, served):
+    t, _ = stubs
+    server = served[0]
+    t.Search(pb.SearchRequest(query="green", k=2))
+    t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="m", item_id="i02")]), metadata=AUTH)
+    with pytest.raises(grpc.RpcError):
+        t.Search(pb.SearchRequest(query="", k=2))
+    with pytest.raises(grpc.RpcError):
+        t.RecordEvents(pb.RecordEventsRequest())
+    text = urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode()
+    assert 'tandem_rpc_latency_seconds_bucket{le="0.001",rpc="Search"}' in text
+    assert 'tandem_rpc_latency_seconds_count{rpc="Search"}' in text
+    assert 'tandem_rpc_responses_total{code="INVALID_ARGUMENT",rpc="Search"}' in text
+    assert 'tandem_rpc_responses_total{code="UNAUTHENTICATED",rpc="RecordEvents"}' in text
+    assert 'tandem_candidates_per_source_count{source="fake"}' in text
+    assert 'tandem_stage_seconds_count{stage="fake"}' in text
+    assert f'tandem_bundle_info{{built_at="1700000000",version="{served[2].name}"}} 1.0' in text
+    assert "tandem_bundle_items 20.0" in text
+    ingested = float(text.split("\ntandem_events_ingested_total ")[1].split()[0])
+    assert ingested >= 1 and "tandem_event_visible_lag_seconds_count" in text
+
+
+def test_config_is_validated():
+    with pytest.raises(ValueError, match="--tls-cert and --tls-key go together"):
+        ServerConfig(bundles="b", tls_cert="c.pem")
+    with pytest.raises(ValueError, match="--port must be 0..65535"):
+        ServerConfig(bundles="b", port=70000)
+    with pytest.raises(ValueError, match="--workers must be >= 1"):
+        ServerConfig(bundles="b", workers=0)
+    with pytest.raises(ValueError, match="--token must not be empty"):
+        ServerConfig(bundles="b", token=" ")
+
+
+def test_no_bundle_refuses_to_start(tmp_path):
+    server = TandemServer(ServerConfig(bundles=tmp_path, port=0), load_fake_engine)
+    with pytest.raises(RuntimeError, match="no usable bundle.*tandem build"):
+        server.start()
+
+
+def test_stop_drains_in_flight_requests(tmp_path):
+    write_fake_bundle(tmp_path)
+    server = TandemServer(ServerConfig(bundles=tmp_path, port=0, grace_s=5), load_fake_engine)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    t = pb_grpc.TandemStub(channel)
+    result = {}
+
+    def slow():
+        try:
+            result["items"] = ids(t.Search(pb.SearchRequest(query="sleep 0.8 red", k=2), timeout=10))
+        except grpc.RpcError as exc:
+            result["error"] = exc.code()
+
+    th = threading.Thread(target=slow)
+    th.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    server.stop()
+    th.join(10)
+    assert result == {"items": ["i00", "i04"]} and time.monotonic() - t0 >= 0.3
+    with pytest.raises(grpc.RpcError) as err:
+        t.Ping(pb.PingRequest(), timeout=2)
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    with pytest.raises(RuntimeError, match="is closed"):
+        server.event_log.append([Event("u", "i", 1)])
+    channel.close()
