@@ -108,8 +108,10 @@ class BundleManager:
         engine serving, and the reason is kept in :attr:`last_error`.
         """
         with self._reload_lock:
+            target = version or _CURRENT
             try:
                 folder = self._resolve(version)
+                target = folder.name
                 if self.folder is not None and folder.resolve() == self.folder.resolve():
                     return False, ""
                 t0 = time.perf_counter()
@@ -120,7 +122,7 @@ class BundleManager:
                 if self.event_log is not None:
                     replayed = self._apply(engine, self.event_log.iter_events(since_ts, received, upto_seq=mark))
             except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, the old one serves on
-                return False, self._refuse(version, exc)
+                return False, self._refuse(target, exc)
             with self._ingest_lock:
                 # events acknowledged while the bulk replay ran: apply them before anything else
                 # can be logged, then swap, so none is lost between the two engines
@@ -129,7 +131,7 @@ class BundleManager:
                         replayed += self._apply(engine, self.event_log.iter_events(since_ts, received,
                                                                                   after_seq=mark))
                 except Exception as exc:  # noqa: BLE001
-                    return False, self._refuse(version, exc)
+                    return False, self._refuse(target, exc)
                 old = self.engine
                 self.engine, self.folder, self.last_error, self.replayed = engine, folder, "", replayed
             if self.on_swap is not None:
@@ -138,8 +140,8 @@ class BundleManager:
                      getattr(old, "version", None), replayed, time.perf_counter() - t0)
             return True, ""
 
-    def _refuse(self, version: str | None, exc: Exception) -> str:
-        self.last_error = f"bundle {version or _CURRENT} refused: {type(exc).__name__}: {exc}"
+    def _refuse(self, target: str, exc: Exception) -> str:
+        self.last_error = f"bundle {target} refused: {type(exc).__name__}: {exc}"
         log.error("%s; %s keeps serving", self.last_error, getattr(self.engine, "version", "nothing"))
         if self.on_refused is not None:
             self.on_refused(self.last_error)
