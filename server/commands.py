@@ -196,6 +196,7 @@ def _status(args):
 
     resp = _call(args, "GetStatus", pb.GetStatusRequest())
     out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    out = {k: getattr(resp, k) if isinstance(getattr(resp, k), int) else v for k, v in out.items()}  # 64-bit ints
     if args.json:
         print(json.dumps(out))
         return 0
