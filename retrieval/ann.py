@@ -55,8 +55,9 @@ class AnnConfig:
     ``ivf_nlist``: inverted lists (None: about ``4 * sqrt(n)``). ``pq_m``: PQ sub-quantisers (None:
     the largest divisor of the dimension that is at most ``d / 4``). ``refine_factor``: first
     re-scoring depth for IVF (``k * refine_factor`` candidates). ``n_tune_queries``: sampled
-    queries for tuning; ``seed`` seeds sampling and k-means. ``kind``: "auto" or one of
-    :data:`ANN_KINDS` to force it.
+    queries for tuning; ``seed`` seeds sampling and k-means. ``kind``: "auto", one of
+    :data:`ANN_KINDS` to force it, or "ivf" (an inverted file: SQ8 codes when they fit the memory
+    budget, PQ codes otherwise).
     """
 
     recall_target: float = 0.95
@@ -95,8 +96,9 @@ class AnnConfig:
         for name in ("k_tune", "n_tune_queries"):
             if getattr(self, name) < 1:
                 raise ValueError(f"AnnConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.kind != "auto" and self.kind not in ANN_KINDS:
-            raise ValueError(f"AnnConfig.kind must be 'auto' or one of {', '.join(ANN_KINDS)}; got {self.kind!r}")
+        if self.kind not in ("auto", "ivf") and self.kind not in ANN_KINDS:
+            raise ValueError(f"AnnConfig.kind must be 'auto', 'ivf' or one of {', '.join(ANN_KINDS)}; "
+                             f"got {self.kind!r}")
 
 
 def _faiss() -> Any:
@@ -106,16 +108,19 @@ def _faiss() -> Any:
 
 
 def _choose_kind(n: int, d: int, config: AnnConfig) -> str:
+    budget = config.memory_budget_mb * 2**20
+    sq8_fits = n * d * 1.0 + 8.0 * n <= budget
+    if config.kind == "ivf":
+        return "ivf_sq8" if sq8_fits else "ivf_pq"
     if config.kind != "auto":
         return config.kind
-    budget = config.memory_budget_mb * 2**20
     flat_bytes = 4.0 * n * d
     hnsw_bytes = flat_bytes + n * (2 * config.hnsw_m * 4) * 1.1
     if n < config.exact_below and flat_bytes <= budget:
         return "flat"
     if n < config.ivf_threshold and hnsw_bytes <= budget:
         return "hnsw"
-    return "ivf_sq8" if n * d * 1.0 + 8.0 * n <= budget else "ivf_pq"
+    return "ivf_sq8" if sq8_fits else "ivf_pq"
 
 
 def _pq_m(d: int, config: AnnConfig) -> int:

@@ -17,6 +17,7 @@ score it had in every source, which the ranker uses as features.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -42,14 +43,16 @@ class FusionConfig:
     def __post_init__(self) -> None:
         if self.method not in FUSION_METHODS:
             raise ValueError(f"FusionConfig.method must be one of {', '.join(FUSION_METHODS)}; got {self.method!r}")
-        if not (math.isfinite(self.rrf_k) and self.rrf_k > 0):
+        if not (isinstance(self.rrf_k, numbers.Real) and not isinstance(self.rrf_k, bool)
+                and math.isfinite(self.rrf_k) and self.rrf_k > 0):
             raise ValueError(f"FusionConfig.rrf_k must be a positive number, got {self.rrf_k}")
         for name, w in self.weights.items():
-            if not (isinstance(w, int | float) and math.isfinite(w) and w >= 0):
+            if isinstance(w, bool) or not (isinstance(w, numbers.Real) and math.isfinite(w) and w >= 0):
                 raise ValueError(f"FusionConfig.weights[{name!r}] must be a non-negative number, got {w!r}")
         for name, q in self.quotas.items():
-            if isinstance(q, bool) or not isinstance(q, int) or q < 0:
+            if isinstance(q, bool) or not isinstance(q, numbers.Integral) or q < 0:
                 raise ValueError(f"FusionConfig.quotas[{name!r}] must be a non-negative integer, got {q!r}")
+        object.__setattr__(self, "rrf_k", float(self.rrf_k))
         object.__setattr__(self, "weights", {str(k): float(v) for k, v in self.weights.items()})
         object.__setattr__(self, "quotas", {str(k): int(v) for k, v in self.quotas.items()})
 

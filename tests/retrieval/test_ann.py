@@ -125,6 +125,10 @@ def test_auto_choice_by_size_and_budget():
     assert AnnIndex.build(x, small).kind == "ivf_sq8"
     tiny = AnnConfig(exact_below=1000, memory_budget_mb=0.05, n_tune_queries=50, **_PQ)
     assert AnnIndex.build(x, tiny).kind == "ivf_pq"
+    # kind="ivf" forces an inverted file and lets the budget pick the codes
+    assert AnnIndex.build(x, AnnConfig(kind="ivf", ivf_nlist=16, n_tune_queries=50)).kind == "ivf_sq8"
+    ivf_tiny = AnnConfig(kind="ivf", ivf_nlist=16, memory_budget_mb=0.05, n_tune_queries=50, **_PQ)
+    assert AnnIndex.build(x, ivf_tiny).kind == "ivf_pq"
 
 
 def test_bad_input_says_what_to_fix():

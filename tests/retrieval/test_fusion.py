@@ -67,6 +67,12 @@ def test_empty_and_bad_config():
         FusionConfig(weights={"a": -1.0})
     with pytest.raises(ValueError, match="quotas"):
         FusionConfig(quotas={"a": 1.5})
+    for bad in ("60", 0, float("nan"), True):
+        with pytest.raises(ValueError, match="rrf_k"):
+            FusionConfig(rrf_k=bad)
+    # numpy numbers (e.g. from a tuner) are accepted and stored as plain Python numbers
+    cfg = FusionConfig(rrf_k=np.int64(10), weights={"a": np.float32(0.5)}, quotas={"a": np.int64(2)})
+    assert cfg.rrf_k == 10.0 and type(cfg.weights["a"]) is float and type(cfg.quotas["a"]) is int
 
 
 def _oracle(lists, k, config):

@@ -9,6 +9,7 @@ whose ``fit(catalog, interactions)`` and ``type(source).load(folder, catalog)`` 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ from retrieval.popularity import Popularity, PopularityConfig
 from retrieval.text_tower import TextSource
 from retrieval.two_tower import TwoTower, TwoTowerConfig
 
-SOURCES: list[tuple[str, Callable[[], CandidateSource]]] = [
+SOURCES: list[tuple[str, Callable[[], CandidateSource]] | Any] = [
     ("popularity", Popularity),
     ("popularity_trending", lambda: Popularity(PopularityConfig(half_life_days=7.0))),
     ("item_cf", ItemCF),
@@ -29,9 +30,12 @@ SOURCES: list[tuple[str, Callable[[], CandidateSource]]] = [
     ("item_cf_jaccard", lambda: ItemCF(ItemCFConfig(similarity="jaccard"))),
     ("user_cf", UserCF),
     ("lexical", Lexical),
-    ("text", TextSource),
+    # loads MiniLM: about 5 s on a shared 2-core container
+    pytest.param("text", TextSource, marks=pytest.mark.slow),
     ("two_tower", lambda: TwoTower(TwoTowerConfig(dim=16, layers=1, max_len=8, epochs=2, n_negatives=16))),
 ]
+
+_IDS = [s.values[0] if hasattr(s, "values") else s[0] for s in SOURCES]
 
 #: Sources that still return a SimilarItems request's own item (label -> what to fix); the
 #: xfail is strict, so the fix makes the test fail until the entry is removed.
@@ -106,7 +110,7 @@ def _check(c: Candidates, req: RetrievalRequest, k: int, name: str) -> None:
     assert not set(np.asarray(req.history).tolist()) & set(c.items.tolist()), "history is never returned"
 
 
-@pytest.mark.parametrize(("label", "factory"), SOURCES, ids=[s[0] for s in SOURCES])
+@pytest.mark.parametrize(("label", "factory"), SOURCES, ids=_IDS)
 def test_contract(tmp_path, data, label, factory):
     catalog, inter = data
     source = factory()
@@ -133,7 +137,7 @@ def test_contract(tmp_path, data, label, factory):
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6)
 
 
-@pytest.mark.parametrize(("label", "factory"), SOURCES, ids=[s[0] for s in SOURCES])
+@pytest.mark.parametrize(("label", "factory"), SOURCES, ids=_IDS)
 def test_empty_training_log(data, label, factory):
     catalog, inter = data
     if label in EMPTY_LOG_REFUSED:
@@ -145,7 +149,7 @@ def test_empty_training_log(data, label, factory):
         _check(source.retrieve(req, 5), req, 5, source.name)
 
 
-@pytest.mark.parametrize(("label", "factory"), SOURCES, ids=[s[0] for s in SOURCES])
+@pytest.mark.parametrize(("label", "factory"), SOURCES, ids=_IDS)
 def test_similar_items_never_returns_the_seed(request, data, label, factory):
     if label in SEED_ITEM_RETURNED:
         request.applymarker(pytest.mark.xfail(reason=SEED_ITEM_RETURNED[label], strict=True))
