@@ -56,6 +56,9 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if not args.verbose:  # third-party chatter (faiss CPU-feature probing, bm25s, model loading)
+        for noisy in ("faiss", "faiss.loader", "bm25s", "sentence_transformers", "httpx", "urllib3"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         return int(args.handler(args) or 0)
     except (CommandError, FileNotFoundError, ValueError) as exc:
