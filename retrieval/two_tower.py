@@ -513,7 +513,8 @@ class TwoTower:
         else:
             table = self._table()
         was = net.training
-        net.eval()
+        if was:  # eval()/train() walk every submodule: skip when already in eval mode
+            net.eval()
         wins = [_window(*_request_arrays(r, self.n_items), r.now, self.config.max_len) for r in requests]
         width = max([1] + [w[0].shape[0] for w in wins])
         b = _stack(wins, width)
@@ -527,7 +528,8 @@ class TwoTower:
             torch.from_numpy(np.maximum(b.recency, 1)),
         )
         out = net.user_out(h[:, -1]).numpy().astype(np.float32)
-        net.train(was)
+        if was:
+            net.train(was)
         if len(requests) == 1 and _table is None and not was:
             self._last_user = (requests[0], out[0].copy())
         return out

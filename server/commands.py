@@ -90,6 +90,11 @@ def _serve(args: argparse.Namespace) -> int:
     from server.service import ServerConfig, TandemServer
 
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
+    import torch
+
+    # request-time models are tiny: intra-op threads only add hand-offs; concurrency comes from
+    # the request thread pool (see benchmarks/serve_latency.py)
+    torch.set_num_threads(1)
     kwargs = {} if args.workers is None else {"workers": args.workers}
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
