@@ -174,8 +174,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     timer = timer or _Timer()
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
-        split = make_split(interactions, config.split) if config.split != "temporal" else make_split(
-            interactions, "temporal")
+        split = make_split(interactions, config.split)
         fit_split = leave_last_out(interactions) if config.split == "none" else split
     if len(fit_split.valid) == 0:
         raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "

@@ -96,8 +96,6 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 def _run_bundle(args: argparse.Namespace) -> int:
-    import json
-
     from index_builder.bundle_eval import evaluate_bundle
     from index_builder.evaluate import format_table
 
@@ -112,4 +110,4 @@ def _run_bundle(args: argparse.Namespace) -> int:
         _write_json(args.json, report)
     if args.dump is not None:
         print(f"final top-{max(args.k)} of every test user written to {args.dump}")
-    return 0 if json.dumps(report) else 1
+    return 0
