@@ -7,6 +7,7 @@ contract test (tests/retrieval/test_source_contract.py) runs every source throug
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -15,7 +16,7 @@ import numpy as np
 
 from retrieval.data import Catalog, Interactions
 
-__all__ = ["RetrievalRequest", "Candidates", "CandidateSource"]
+__all__ = ["RetrievalRequest", "Candidates", "CandidateSource", "read_source_meta"]
 
 
 @dataclass(frozen=True)
@@ -99,3 +100,21 @@ class CandidateSource(Protocol):
     def load(cls, folder: Path, catalog: Catalog) -> CandidateSource:
         """Read back what :meth:`save` wrote."""
         ...
+
+
+def read_source_meta(meta_path: Path, owner: str, format_version: int, catalog: Catalog) -> dict:
+    """Read a source's saved JSON metadata, refusing a newer format or another catalog's size."""
+    if not meta_path.is_file():
+        raise FileNotFoundError(f"{meta_path} is missing; was this folder written by {owner}.save?")
+    meta = json.loads(meta_path.read_text())
+    if meta.get("format_version", 0) > format_version:
+        raise ValueError(
+            f"{meta_path} has format_version {meta['format_version']}, this code reads up to "
+            f"{format_version}; upgrade tandem to load it"
+        )
+    if meta["n_items"] != len(catalog):
+        raise ValueError(
+            f"{meta_path} was fitted on {meta['n_items']} items, the catalog has {len(catalog)}; "
+            "load it with the catalog of the same bundle"
+        )
+    return meta

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.ann import AnnConfig, AnnIndex
-from retrieval.base import Candidates, RetrievalRequest
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
@@ -299,19 +299,7 @@ class TextSource:
         """Read what :meth:`save` wrote; the catalog must be the one it was fitted on."""
         folder = Path(folder)
         meta_path = folder / _META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} is missing; was this folder written by TextSource.save?")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} has format_version {meta['format_version']}, this code reads up to "
-                f"{_FORMAT_VERSION}; upgrade tandem to load it"
-            )
-        if meta["n_items"] != len(catalog):
-            raise ValueError(
-                f"{meta_path} was fitted on {meta['n_items']} items, the catalog has {len(catalog)}; "
-                "load it with the catalog of the same bundle"
-            )
+        meta = read_source_meta(meta_path, "TextSource", _FORMAT_VERSION, catalog)
         cfg = dict(meta["config"])
         cfg["encoder"] = TextEncoderConfig(**cfg["encoder"])
         source = cls(TextSourceConfig(**cfg))

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from retrieval.ann import AnnConfig
-from retrieval.base import Candidates, RetrievalRequest
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from retrieval.text_tower import _build_index, _load_index
@@ -604,19 +604,7 @@ class TwoTower:
         """Read what :meth:`save` wrote; ``catalog`` must be the one the model was fitted on."""
         folder = Path(folder)
         meta_path = folder / _META
-        if not meta_path.is_file():
-            raise FileNotFoundError(f"{meta_path} is missing; was this folder written by TwoTower.save?")
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(
-                f"{meta_path} has format_version {meta['format_version']}, this code reads up to "
-                f"{_FORMAT_VERSION}; upgrade tandem to load it"
-            )
-        if meta["n_items"] != len(catalog):
-            raise ValueError(
-                f"{meta_path} was fitted on {meta['n_items']} items, the catalog has {len(catalog)}; "
-                "load it with the catalog of the same bundle"
-            )
+        meta = read_source_meta(meta_path, "TwoTower", _FORMAT_VERSION, catalog)
         model = cls(TwoTowerConfig(**meta["config"]))
         features = None if meta["vocab"] is None else ItemFeatures.from_vocab(catalog, meta["vocab"])
         text = (
