@@ -25,6 +25,7 @@ __all__ = [
     "request_context",
     "feature_names",
     "compute_features",
+    "csr_values",
     "save_item_table",
     "load_item_table",
 ]
@@ -56,6 +57,10 @@ class ItemTable:
     first_seen: np.ndarray
     tag_sets: sp.csr_matrix
     now: int
+
+    def __post_init__(self) -> None:
+        if self.cf is not None and not self.cf.has_sorted_indices:
+            self.cf.sort_indices()  # csr_values searches within rows
 
     @property
     def n_items(self) -> int:
@@ -189,6 +194,43 @@ def _recent_weights(h: int, half_life: float = 3.0) -> np.ndarray:
     return w / w.sum()
 
 
+def _csr_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The entries of ``m[rows]`` as (position in ``rows``, column, value) flat arrays, read
+    straight from the csr arrays (scipy's fancy indexing costs ~0.1 ms a call)."""
+    starts, ends = m.indptr[rows], m.indptr[rows + 1]
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, m.dtype)
+    first = np.cumsum(lengths) - lengths
+    pos = np.arange(total) + np.repeat(starts - first, lengths)
+    return np.repeat(np.arange(rows.shape[0]), lengths), m.indices[pos].astype(np.int64), m.data[pos]
+
+
+def csr_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32 ``m[rows[j], cols[j]]`` for every j (0 where absent); ``m`` needs sorted indices.
+
+    A binary search within each row, vectorised over all j: no scipy slicing and no copy of ``m``.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    cols = np.asarray(cols, dtype=np.int64)
+    indices = m.indices
+    if rows.size == 0 or indices.shape[0] == 0:
+        return np.zeros(rows.shape, dtype=np.float32)
+    lo = m.indptr[rows].astype(np.int64)
+    end = m.indptr[rows + 1].astype(np.int64)
+    hi = end.copy()
+    last = indices.shape[0] - 1
+    for _ in range(int((hi - lo).max()).bit_length()):  # lower_bound of cols[j] in its row
+        mid = (lo + hi) >> 1
+        below = (lo < hi) & (indices[np.minimum(mid, last)] < cols)
+        hi = np.where(below | (lo >= hi), hi, mid)
+        lo = np.where(below, mid + 1, lo)
+    at = np.minimum(lo, last)
+    hit = (lo < end) & (indices[at] == cols)
+    return np.where(hit, m.data[at], 0).astype(np.float32)
+
+
 def compute_features(
     table: ItemTable,
     ctx: RequestContext,
@@ -240,12 +282,11 @@ def compute_features(
         cols += [zeros, zeros, zeros]
 
     if table.cf is not None and h:
-        block = table.cf[last]  # (r, n) sparse
-        sub = np.asarray(block[:, items].todense(), dtype=np.float32)  # (r, m)
+        r = last.shape[0]
+        sub = csr_values(table.cf, np.repeat(last, m), np.tile(items, r)).reshape(r, m)  # (r, m)
         cols.append(sub[-1])
-        cols.append(_recent_weights(sub.shape[0]) @ sub)
-        rev = np.asarray(table.cf[items][:, [int(hist[-1])]].todense(), dtype=np.float32).ravel()
-        cols.append(rev)
+        cols.append(_recent_weights(r) @ sub)
+        cols.append(csr_values(table.cf, items, np.full(m, hist[-1], dtype=np.int64)))
     else:
         cols += [zeros, zeros, zeros]
 
@@ -260,9 +301,12 @@ def compute_features(
             return np.where(c >= 0, counts[np.maximum(c, 0)], 0.0).astype(np.float32)
 
         cols += [affinity(table.leaf), affinity(table.top), affinity(table.brand)]
-        hist_tags = np.asarray(table.tag_sets[last].sum(axis=0)).ravel()
-        norm = max(1.0, float(last.shape[0]))
-        cols.append((table.tag_sets[items] @ hist_tags).astype(np.float32) / norm)
+        tags = table.tag_sets
+        t_rows, t_cols, t_vals = _csr_rows(tags, last)
+        hist_tags = np.bincount(t_cols, weights=t_vals, minlength=tags.shape[1])
+        t_rows, t_cols, t_vals = _csr_rows(tags, items)
+        overlap = np.bincount(t_rows, weights=t_vals * hist_tags[t_cols], minlength=m)
+        cols.append(overlap.astype(np.float32) / max(1.0, float(last.shape[0])))
         lv = table.leaf[hist[-1]]
         cols.append(((table.leaf[items] == lv) & (lv >= 0)).astype(np.float32))
         hp = table.log_price[hist]

@@ -19,7 +19,6 @@ import numpy as np
 
 from retrieval.base import Candidates, RetrievalRequest
 from retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
-from retrieval.metrics import top_k_excluding
 
 __all__ = ["PopularityConfig", "Popularity"]
 
@@ -72,6 +71,7 @@ class Popularity:
         self.config = config or PopularityConfig()
         self.scores: np.ndarray | None = None
         self.newest_ts: int | None = None
+        self._order: tuple[np.ndarray, np.ndarray] | None = None  # (scores it was sorted from, order)
 
     def fit(self, catalog: Catalog, interactions: Interactions) -> Popularity:
         n_items = len(catalog)
@@ -106,9 +106,19 @@ class Popularity:
         if request.item is not None:
             hist = np.append(hist, np.int64(request.item))  # SimilarItems never returns its own item
         hist = hist[(hist >= 0) & (hist < scores.shape[0])]
-        top = top_k_excluding(scores[None, :], (np.array([0, hist.shape[0]]), hist), k)[0]
-        top = top[top >= 0]
+        # the catalog sorted once: a request reads its first k + |history| entries
+        order = self._ranking(scores)
+        head = order[: k + np.unique(hist).shape[0]]
+        top = head[~np.isin(head, hist)][:k]
         return Candidates(top, scores[top], self.name)
+
+    def _ranking(self, scores: np.ndarray) -> np.ndarray:
+        """All items by descending score, ties by lower index (computed once per ``scores``)."""
+        cached = self._order
+        if cached is None or cached[0] is not scores:
+            cached = (scores, np.argsort(-scores, kind="stable"))
+            self._order = cached
+        return cached[1]
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (len(requests), n_items): the popularity row for every request (histories are

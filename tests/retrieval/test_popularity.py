@@ -85,3 +85,12 @@ def test_errors():
         Popularity().retrieve(RetrievalRequest(), 3)
     with pytest.raises(ValueError, match="catalog"):
         Popularity().fit(_catalog(3), _log())
+
+
+def test_retrieve_skips_repeated_history_and_follows_refitted_scores():
+    pop = Popularity().fit(_catalog(), _log())
+    # history repeats item 2 and holds 0: the next best are 4 (tie with 0, lower index wins) and 1
+    got = pop.retrieve(RetrievalRequest(history=np.array([2, 2, 2, 0])), 2)
+    assert got.items.tolist() == [4, 1]
+    pop.scores = np.array([0.0, 0.0, 0.0, 5.0, 1.0], np.float32)  # refitted: the cached order must follow
+    assert pop.retrieve(RetrievalRequest(), 2).items.tolist() == [3, 4]
