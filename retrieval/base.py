@@ -109,8 +109,8 @@ def read_source_meta(meta_path: Path, owner: str, format_version: int, catalog: 
     meta = json.loads(meta_path.read_text())
     if meta.get("format_version", 0) > format_version:
         raise ValueError(
-            f"{meta_path} has format_version {meta['format_version']}, this code reads up to "
-            f"{format_version}; upgrade tandem to load it"
+            f"{meta_path} has format_version {meta['format_version']}, newer than this code reads "
+            f"({format_version}); upgrade tandem or rebuild the bundle"
         )
     if meta["n_items"] != len(catalog):
         raise ValueError(

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.base import Candidates, RetrievalRequest
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 
 __all__ = ["CF_SIMILARITIES", "ItemCFConfig", "ItemCF", "UserCFConfig", "UserCF"]
@@ -45,23 +45,6 @@ CF_SIMILARITIES: tuple[str, ...] = ("transition", "cosine", "jaccard")
 _FORMAT_VERSION = 1
 _SECONDS_PER_DAY = 86_400.0
 _BLOCK_ROWS = 2048
-
-
-def _check_format(meta_path: Path) -> dict[str, Any]:
-    if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} is missing; was this folder written by save()?")
-    meta = json.loads(meta_path.read_text())
-    version = int(meta.get("format_version", 0))
-    if version > _FORMAT_VERSION:
-        raise ValueError(f"{meta_path} has format version {version}, newer than this code reads "
-                         f"({_FORMAT_VERSION}); upgrade tandem or rebuild the bundle")
-    return meta
-
-
-def _check_catalog(meta: dict[str, Any], catalog: Catalog, where: Path) -> None:
-    if meta["n_items"] != len(catalog):
-        raise ValueError(f"{where} was fitted on {meta['n_items']} items but the catalog has {len(catalog)}; "
-                         "load it with the catalog of the same bundle")
 
 
 def _check_items(catalog: Catalog, interactions: Interactions) -> None:
@@ -359,8 +342,7 @@ class ItemCF:
     def load(cls, folder: Path, catalog: Catalog) -> ItemCF:
         """Read back what :meth:`save` wrote, checked against ``catalog``'s size."""
         folder = Path(folder)
-        meta = _check_format(folder / "item_cf.json")
-        _check_catalog(meta, catalog, folder)
+        meta = read_source_meta(folder / "item_cf.json", "ItemCF", _FORMAT_VERSION, catalog)
         source = cls(ItemCFConfig(**meta["config"]))
         sim = sp.load_npz(folder / "similarity.npz")  # npz arrays only; never unpickles
         source.similarity = sim.astype(np.float32).tocsr()
@@ -472,8 +454,7 @@ class UserCF:
     def load(cls, folder: Path, catalog: Catalog) -> UserCF:
         """Read back what :meth:`save` wrote, checked against ``catalog``'s size."""
         folder = Path(folder)
-        meta = _check_format(folder / "user_cf.json")
-        _check_catalog(meta, catalog, folder)
+        meta = read_source_meta(folder / "user_cf.json", "UserCF", _FORMAT_VERSION, catalog)
         source = cls(UserCFConfig(**meta["config"]))
         source._set(sp.load_npz(folder / "users.npz"))
         return source

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.base import Candidates, RetrievalRequest
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 
 __all__ = ["LEXICAL_STEMMERS", "LexicalConfig", "Lexical", "plural_stem"]
@@ -169,16 +169,7 @@ class Lexical:
         import bm25s
 
         folder = Path(folder)
-        path = folder / _META
-        if not path.exists():
-            raise FileNotFoundError(f"{path} is missing; was this folder written by Lexical.save?")
-        meta = json.loads(path.read_text())
-        if int(meta.get("format_version", 0)) > _FORMAT_VERSION:
-            raise ValueError(f"{path} has format version {meta['format_version']}, newer than this code reads "
-                             f"({_FORMAT_VERSION}); upgrade tandem or rebuild the bundle")
-        if meta["n_items"] != len(catalog):
-            raise ValueError(f"{folder} indexes {meta['n_items']} items but the catalog has {len(catalog)}; "
-                             "load it with the catalog of the same bundle")
+        meta = read_source_meta(folder / _META, "Lexical", _FORMAT_VERSION, catalog)
         source = cls(LexicalConfig(**meta["config"]))
         source.n_items = meta["n_items"]
         source._bm25 = bm25s.BM25(k1=source.config.k1, b=source.config.b, method="lucene")

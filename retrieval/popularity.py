@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.base import Candidates, RetrievalRequest
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
 
 __all__ = ["PopularityConfig", "Popularity"]
@@ -144,16 +144,12 @@ class Popularity:
     @classmethod
     def load(cls, folder: Path, catalog: Catalog) -> Popularity:
         folder = Path(folder)
-        meta_path = folder / "popularity.json"
-        meta = json.loads(meta_path.read_text())
-        if meta.get("format_version", 0) > _FORMAT_VERSION:
-            raise ValueError(f"{meta_path} has format version {meta['format_version']}, newer than this "
-                             f"package reads ({_FORMAT_VERSION}); upgrade tandem")
+        meta = read_source_meta(folder / "popularity.json", "Popularity", _FORMAT_VERSION, catalog)
         cfg = dict(meta["config"])
         if cfg.get("event_weights") is not None:
             cfg["event_weights"] = tuple(cfg["event_weights"])
         scores = np.load(folder / "popularity_scores.npy", allow_pickle=False)
-        if scores.shape != (len(catalog),) or meta["n_items"] != len(catalog):
+        if scores.shape != (len(catalog),):
             raise ValueError(f"{folder}: popularity was fitted on {meta['n_items']} items but the catalog has "
                              f"{len(catalog)}; load it with the catalog of the same bundle")
         out = cls(PopularityConfig(**cfg))
