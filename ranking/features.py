@@ -207,6 +207,16 @@ def _csr_rows(m: sp.csr_matrix, rows: np.ndarray) -> tuple[np.ndarray, np.ndarra
     return np.repeat(np.arange(rows.shape[0]), lengths), m.indices[pos].astype(np.int64), m.data[pos]
 
 
+def _row_values(m: sp.csr_matrix, row: int, cols: np.ndarray) -> np.ndarray:
+    """float32 ``m[row, cols]`` (0 where absent) by one search in the row; needs sorted indices."""
+    lo, hi = m.indptr[row], m.indptr[row + 1]
+    if hi == lo:
+        return np.zeros(cols.shape, dtype=np.float32)
+    idx = m.indices[lo:hi]
+    pos = np.minimum(np.searchsorted(idx, cols), hi - lo - 1)
+    return np.where(idx[pos] == cols, m.data[lo:hi][pos], 0).astype(np.float32)
+
+
 def csr_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """float32 ``m[rows[j], cols[j]]`` for every j (0 where absent); ``m`` needs sorted indices.
 
@@ -283,7 +293,7 @@ def compute_features(
 
     if table.cf is not None and h:
         r = last.shape[0]
-        sub = csr_values(table.cf, np.repeat(last, m), np.tile(items, r)).reshape(r, m)  # (r, m)
+        sub = np.stack([_row_values(table.cf, int(j), items) for j in last])  # (r, m)
         cols.append(sub[-1])
         cols.append(_recent_weights(r) @ sub)
         cols.append(csr_values(table.cf, items, np.full(m, hist[-1], dtype=np.int64)))
@@ -296,9 +306,10 @@ def compute_features(
             hv = hv[hv >= 0]
             if hv.size == 0:
                 return zeros
-            counts = np.bincount(hv, minlength=int(ids.max()) + 1).astype(np.float32) / hv.size
-            c = ids[items]
-            return np.where(c >= 0, counts[np.maximum(c, 0)], 0.0).astype(np.float32)
+            counts = np.bincount(hv).astype(np.float32) / hv.size
+            counts = np.concatenate([counts, np.zeros(1, np.float32)])  # index -1 / unseen ids read 0
+            c = np.minimum(ids[items], counts.shape[0] - 1)  # ids beyond the history's are unseen
+            return counts[c]
 
         cols += [affinity(table.leaf), affinity(table.top), affinity(table.brand)]
         tags = table.tag_sets

@@ -519,7 +519,7 @@ class TwoTower:
         width = max([1] + [w[0].shape[0] for w in wins])
         b = _stack(wins, width)
         items = torch.from_numpy(b.items)
-        h = net.user(
+        h = net.user.infer_last(
             table[items],
             items > 0,
             torch.from_numpy(b.events),
@@ -527,7 +527,7 @@ class TwoTower:
             torch.from_numpy(np.maximum(b.lengths, 1)),
             torch.from_numpy(np.maximum(b.recency, 1)),
         )
-        out = net.user_out(h[:, -1]).numpy().astype(np.float32)
+        out = net.user_out(h).numpy().astype(np.float32)
         if was:
             net.train(was)
         if len(requests) == 1 and _table is None and not was:

@@ -271,3 +271,47 @@ class UserTower(nn.Module):
             x, _ = self.gru(x)
         x = x + self.length(length_ids) + self.recency(recency_ids)
         return self.ln(x)
+
+    def infer_last(
+        self,
+        item_vecs: torch.Tensor,
+        valid: torch.Tensor,
+        events: torch.Tensor,
+        gaps: torch.Tensor,
+        length_ids: torch.Tensor,
+        recency_ids: torch.Tensor,
+    ) -> torch.Tensor:
+        """Eval-mode :meth:`forward` at the last position only: float32 (b, d).
+
+        The request path: the same weights and arithmetic, without module dispatch or dropout
+        calls, and with the last block's attention and feed-forward run for the last position
+        only (the earlier positions still feed its keys and values). About twice as fast for
+        one request; ``tests/retrieval/test_two_tower.py`` holds it equal to :meth:`forward`."""
+        if self.training or self.kind != "sasrec":
+            return self.forward(item_vecs, valid, events, gaps, length_ids, recency_ids)[:, -1]
+        b, length, d = item_vecs.shape
+        x = item_vecs + self.pos.weight[-length:].unsqueeze(0) + self.events.weight[events] + self.gaps.weight[gaps]
+        full = bool(valid.all())
+        if not full:
+            x = x * valid.unsqueeze(-1)
+            causal = torch.ones(length, length, dtype=torch.bool).tril()
+            mask = ((causal.unsqueeze(0) & valid.unsqueeze(1)) | torch.eye(length, dtype=torch.bool)).unsqueeze(1)
+        n_blocks = len(self.blocks)
+        for i, block in enumerate(self.blocks):
+            h = block.heads
+            qkv = F.linear(F.layer_norm(x, (d,), block.ln1.weight, block.ln1.bias, block.ln1.eps),
+                           block.qkv.weight, block.qkv.bias)
+            q, k, v = qkv.view(b, length, 3, h, d // h).permute(2, 0, 3, 1, 4)
+            if i == n_blocks - 1:  # only the last position's output is read
+                q, x = q[:, :, -1:], x[:, -1:]
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full else mask[:, :, -1:])
+                rows = 1
+            else:
+                att = F.scaled_dot_product_attention(q, k, v, attn_mask=None if full else mask, is_causal=full)
+                rows = length
+            x = x + F.linear(att.transpose(1, 2).reshape(b, rows, d), block.out.weight, block.out.bias)
+            ff1, ff2 = block.ff[0], block.ff[3]
+            y = F.layer_norm(x, (d,), block.ln2.weight, block.ln2.bias, block.ln2.eps)
+            x = x + F.linear(F.gelu(F.linear(y, ff1.weight, ff1.bias)), ff2.weight, ff2.bias)
+        x = x[:, -1] + self.length.weight[length_ids[:, -1]] + self.recency.weight[recency_ids[:, -1]]
+        return F.layer_norm(x, (d,), self.ln.weight, self.ln.bias, self.ln.eps)

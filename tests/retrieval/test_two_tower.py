@@ -188,3 +188,26 @@ def test_config_validation_names_the_field() -> None:
         TwoTowerConfig(dropout=1.0)
     with pytest.raises(ValueError, match="one row per catalog item"):
         TwoTower(SMALL).fit(_catalog(), _chain_interactions(), text_vectors=np.zeros((3, 8), np.float32))
+
+
+@pytest.mark.parametrize("layers,heads", [(1, 2), (2, 1)])
+def test_request_path_equals_the_training_forward(layers, heads) -> None:
+    """UserTower.infer_last (the serving path) gives forward()'s last position, padded or not."""
+    from retrieval.two_tower_model import UserTower
+
+    torch.manual_seed(0)
+    tower = UserTower("sasrec", 16, layers, heads, 8, 0.3).eval()
+    gen = torch.Generator().manual_seed(1)
+    b, length = 5, 6
+    vecs = torch.randn(b, length, 16, generator=gen)
+    valid = torch.ones(b, length, dtype=torch.bool)
+    valid[1, :2] = False  # left padding, as the windows are stacked
+    valid[3, :5] = False
+    ints = [torch.randint(1, 5, (b, length), generator=gen) for _ in range(4)]
+    with torch.no_grad():
+        want = tower(vecs, valid, *ints)[:, -1]
+        torch.testing.assert_close(tower.infer_last(vecs, valid, *ints), want, rtol=1e-5, atol=1e-5)
+        full = torch.ones(1, length, dtype=torch.bool)  # one unpadded request: the is_causal shortcut
+        one = [t[:1] for t in ints]
+        torch.testing.assert_close(tower.infer_last(vecs[:1], full, *one), tower(vecs[:1], full, *one)[:, -1],
+                                   rtol=1e-5, atol=1e-5)
