@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ranking.api import Filters
+from retrieval.base import IdSet
 from retrieval.data import Catalog
 
 __all__ = ["FilterIndex", "apply_filters"]
@@ -24,7 +25,7 @@ class FilterIndex:
         """bool (m,) for candidate catalog indices ``items`` int64 (m,)."""
         keep = np.ones(items.shape[0], dtype=bool)
         if exclude is not None and exclude.size:
-            keep &= ~np.isin(items, exclude)
+            keep &= ~IdSet(exclude, len(self.catalog)).contains(items)
         if filters.exclude_item_ids:
             ids = [self.catalog.index[i] for i in filters.exclude_item_ids if i in self.catalog.index]
             if ids:

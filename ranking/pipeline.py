@@ -33,7 +33,7 @@ from ranking.features import ItemTable, RequestContext, compute_features, featur
 from ranking.filters import FilterIndex, apply_filters
 from ranking.history import HistoryStore, UserHistory
 from ranking.ranker import Ranker
-from retrieval.base import Candidates, CandidateSource, RetrievalRequest
+from retrieval.base import Candidates, CandidateSource, IdSet, RetrievalRequest
 from retrieval.data import EVENT_CODE, Catalog, Event, Item
 from retrieval.fusion import Fused, FusionConfig, fuse
 
@@ -175,7 +175,7 @@ class Pipeline:
         req = RetrievalRequest(history=hist.items, history_ts=hist.ts, history_events=hist.events,
                                user_id=request.user_id, now=self._now(hist))
         ranked = self.rank(req, "recommend")
-        exclude = np.unique(hist.items) if request.exclude_seen else None
+        exclude = hist.items if request.exclude_seen else None
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
 
     def search(self, request: SearchRequest) -> Response:
@@ -254,7 +254,7 @@ class Pipeline:
         for r, req in enumerate(requests):
             items = self.rank(req, kind, use_ranker=use_ranker).items
             if len(req.history):
-                items = items[~np.isin(items, req.history)]
+                items = items[~IdSet(req.history, self.n_items).contains(items)]
             items = items[:k]
             out[r, : items.shape[0]] = items
         return out

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 
 __all__ = ["CF_SIMILARITIES", "ItemCFConfig", "ItemCF", "UserCFConfig", "UserCF"]
@@ -135,10 +135,11 @@ def _gather_rows(sim: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> t
     return items, np.bincount(inverse, weights=vals, minlength=items.size)
 
 
-def _top_k_scored(items: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray, source: str) -> Candidates:
-    """Best ``k`` positive ``scores`` (ties: lower item first), ``exclude`` left out."""
+def _top_k_scored(items: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray, n: int,
+                  source: str) -> Candidates:
+    """Best ``k`` positive ``scores`` (ties: lower item first), ``exclude`` left out (ids < ``n``)."""
     scores = scores.astype(np.float32)
-    keep = (scores > 0) & ~np.isin(items, exclude)
+    keep = (scores > 0) & ~IdSet(exclude, n).contains(items)
     items, scores = items[keep], scores[keep]
     order = np.lexsort((items, -scores))[:k]
     return Candidates(items[order], scores[order], source)
@@ -317,7 +318,7 @@ class ItemCF:
         if request.item is not None:
             exclude = np.append(exclude, request.item)
         items, scores = _gather_rows(sim, seeds, weights)
-        return _top_k_scored(items, scores, k, exclude, self.name)
+        return _top_k_scored(items, scores, k, exclude, sim.shape[0], self.name)
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items): every item's score for each request (0 where unrelated; history
@@ -432,7 +433,7 @@ class UserCF:
         if request.item is not None:
             exclude = np.append(exclude, request.item)
         row = self._scores([request])
-        return _top_k_scored(row.indices.astype(np.int64), row.data, k, exclude, self.name)
+        return _top_k_scored(row.indices.astype(np.int64), row.data, k, exclude, row.shape[1], self.name)
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items) scores, history not masked (see :meth:`ItemCF.score_all`)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
 
 __all__ = ["PopularityConfig", "Popularity"]
@@ -105,11 +105,10 @@ class Popularity:
         hist = np.asarray(request.history, dtype=np.int64)
         if request.item is not None:
             hist = np.append(hist, np.int64(request.item))  # SimilarItems never returns its own item
-        hist = hist[(hist >= 0) & (hist < scores.shape[0])]
+        seen = IdSet(hist, scores.shape[0])
         # the catalog sorted once: a request reads its first k + |history| entries
-        order = self._ranking(scores)
-        head = order[: k + np.unique(hist).shape[0]]
-        top = head[~np.isin(head, hist)][:k]
+        head = self._ranking(scores)[: k + seen.size]
+        top = head[~seen.contains(head)][:k]
         return Candidates(top, scores[top], self.name)
 
     def _ranking(self, scores: np.ndarray) -> np.ndarray:

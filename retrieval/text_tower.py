@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from retrieval.ann import AnnConfig, AnnIndex
-from retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
@@ -255,17 +255,17 @@ class TextSource:
             qvec = hvec
             exclude = np.zeros(0, dtype=np.int64)
         # the source contract: the request's history is never returned, in every mode
-        exclude = np.unique(np.concatenate([exclude, np.asarray(request.history, dtype=np.int64)]))
-        return self._search(qvec, k, exclude)
+        n = self.vectors.shape[0]
+        return self._search(qvec, k, IdSet(np.concatenate([exclude, np.asarray(request.history, dtype=np.int64)]), n))
 
-    def _search(self, qvec: np.ndarray, k: int, exclude: np.ndarray) -> Candidates:
+    def _search(self, qvec: np.ndarray, k: int, exclude: IdSet) -> Candidates:
         n = self.vectors.shape[0]  # type: ignore[union-attr]
         want = min(n, k + exclude.size)
         scores, ids = self._index.search(qvec[None, :].astype(np.float32), want)
         scores, ids = scores[0], ids[0]
         keep = ids >= 0
         if exclude.size:
-            keep &= ~np.isin(ids, exclude)
+            keep &= ~exclude.contains(ids)
         ids, scores = ids[keep][:k], scores[keep][:k]
         return Candidates(ids.astype(np.int64), scores.astype(np.float32), self.name)
 

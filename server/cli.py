@@ -14,6 +14,8 @@ import logging
 import os
 import sys
 
+from server.logs import NOISY_LOGGERS, quiet_third_party
+
 __all__ = ["main", "build_parser"]
 
 # Module paths; each registers one or more subcommands.
@@ -57,8 +59,14 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     if not args.verbose:  # third-party chatter (faiss CPU-feature probing, bm25s, model loading)
-        for noisy in ("faiss", "faiss.loader", "bm25s", "sentence_transformers", "httpx", "urllib3"):
+        for noisy in NOISY_LOGGERS:
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # bm25s sets its own logger to DEBUG when it is imported (later, lazily): filter at the handler
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(quiet_third_party)
+    if not sys.stderr.isatty():
+        # a log file or CI, not a terminal: progress bars redraw every 30 s instead of ~10 times a second
+        os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         return int(args.handler(args) or 0)
     except (CommandError, FileNotFoundError, ValueError) as exc:

@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-__all__ = ["JsonFormatter", "log_fields", "use_json_logs"]
+__all__ = ["JsonFormatter", "NOISY_LOGGERS", "log_fields", "quiet_third_party", "use_json_logs"]
 
 
 class JsonFormatter(logging.Formatter):
@@ -30,6 +30,15 @@ def log_fields(logger: logging.Logger, level: int, msg: str, exc_info: bool = Fa
         logger.log(level, msg, exc_info=exc_info, extra={"fields": fields})
 
 
+#: Third-party loggers whose records below WARNING Tandem's CLI drops (unless --verbose).
+NOISY_LOGGERS = ("faiss", "faiss.loader", "bm25s", "sentence_transformers", "httpx", "urllib3")
+
+
+def quiet_third_party(record: logging.LogRecord) -> bool:
+    """Logging filter: third-party records below WARNING are dropped."""
+    return record.levelno >= logging.WARNING or record.name.split(".")[0] not in NOISY_LOGGERS
+
+
 def use_json_logs(level: int = logging.INFO) -> None:
     """Route the root logger to stderr as JSON lines (``tandem serve`` calls this at start)."""
     handler = logging.StreamHandler(sys.stderr)
@@ -39,3 +48,5 @@ def use_json_logs(level: int = logging.INFO) -> None:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
+    if level > logging.DEBUG:
+        handler.addFilter(quiet_third_party)

@@ -159,3 +159,18 @@ def test_similar_items_never_returns_the_seed(request, data, label, factory):
         for history in (np.zeros(0, dtype=np.int64), np.array([1, 2])):
             got = source.retrieve(RetrievalRequest(item=item, history=history), N_ITEMS)
             assert item not in got.items.tolist()
+
+
+def test_id_set_matches_isin_including_out_of_range_ids():
+    from retrieval.base import IdSet
+
+    rng = np.random.default_rng(0)
+    members = np.concatenate([rng.integers(0, 50, 30), [-1, 50, 99]])  # out-of-range members are ignored
+    ids = np.concatenate([rng.integers(-2, 60, 200), [-1, 50]])
+    s = IdSet(members, 50)
+    in_range = members[(members >= 0) & (members < 50)]
+    assert s.size == np.unique(in_range).size
+    want = np.isin(ids, in_range)
+    np.testing.assert_array_equal(s.contains(ids), want)
+    assert IdSet(np.zeros(0, np.int64), 50).contains(ids).sum() == 0
+    assert s.contains(np.zeros((0,), np.int64)).shape == (0,)
