@@ -32,6 +32,10 @@ __all__ = [
 
 _DAY = 86400.0
 
+#: Item-CF matrices up to this many entries also keep a transposed copy for the reverse-similarity
+#: feature (8 bytes an entry; 4M entries on the 100k-item synthetic shop = 33 MB).
+CF_TRANSPOSE_MAX_NNZ = 50_000_000
+
 
 @dataclass
 class ItemTable:
@@ -59,8 +63,15 @@ class ItemTable:
     now: int
 
     def __post_init__(self) -> None:
-        if self.cf is not None and not self.cf.has_sorted_indices:
-            self.cf.sort_indices()  # csr_values searches within rows
+        self.cf_t: sp.csr_matrix | None = None
+        if self.cf is not None:
+            if not self.cf.has_sorted_indices:
+                self.cf.sort_indices()  # the look-ups search within rows
+            if self.cf.nnz <= CF_TRANSPOSE_MAX_NNZ:
+                # column j of cf as a row: "how similar is each candidate to the last item?" reads one
+                # contiguous row instead of searching 300 rows (~0.2 ms of cache misses per request)
+                self.cf_t = self.cf.T.tocsr()
+                self.cf_t.sort_indices()
 
     @property
     def n_items(self) -> int:
@@ -217,6 +228,20 @@ def _row_values(m: sp.csr_matrix, row: int, cols: np.ndarray) -> np.ndarray:
     return np.where(idx[pos] == cols, m.data[lo:hi][pos], 0).astype(np.float32)
 
 
+def _rows_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """float32 (len(rows), len(cols)): ``m[rows][:, cols]`` by one search over the rows' entries
+    keyed ``position * n_cols + column`` (sorted, since each row's indices are)."""
+    r = rows.shape[0]
+    at_row, at_col, vals = _csr_rows(m, rows)
+    if at_col.shape[0] == 0:
+        return np.zeros((r, cols.shape[0]), dtype=np.float32)
+    width = m.shape[1]
+    keys = at_row * width + at_col
+    q = (np.arange(r, dtype=np.int64)[:, None] * width + cols[None, :]).ravel()
+    at = np.minimum(np.searchsorted(keys, q), keys.shape[0] - 1)
+    return np.where(keys[at] == q, vals[at], 0).astype(np.float32).reshape(r, cols.shape[0])
+
+
 def csr_values(m: sp.csr_matrix, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
     """float32 ``m[rows[j], cols[j]]`` for every j (0 where absent); ``m`` needs sorted indices.
 
@@ -293,10 +318,13 @@ def compute_features(
 
     if table.cf is not None and h:
         r = last.shape[0]
-        sub = np.stack([_row_values(table.cf, int(j), items) for j in last])  # (r, m)
+        sub = _rows_values(table.cf, last, items)  # (r, m)
         cols.append(sub[-1])
         cols.append(_recent_weights(r) @ sub)
-        cols.append(csr_values(table.cf, items, np.full(m, hist[-1], dtype=np.int64)))
+        if table.cf_t is not None:
+            cols.append(_row_values(table.cf_t, int(hist[-1]), items))
+        else:
+            cols.append(csr_values(table.cf, items, np.full(m, hist[-1], dtype=np.int64)))
     else:
         cols += [zeros, zeros, zeros]
 

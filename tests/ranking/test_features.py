@@ -2,7 +2,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from ranking.features import build_item_table, compute_features, csr_values, feature_names, request_context
-from retrieval.data import Catalog, Interactions
+from retrieval.data import Catalog, Interactions, Item
 
 
 def _catalog():
@@ -75,3 +75,26 @@ def test_item_table_sorts_cf_indices_for_lookups():
     assert not cf.has_sorted_indices
     table = build_item_table(_catalog(), Interactions.empty(), cf=cf)
     assert csr_values(table.cf, np.array([0, 0, 0]), np.array([1, 3, 2])).tolist() == [np.float32(0.7), np.float32(0.3), 0.0]
+
+
+def test_reverse_cf_feature_is_the_same_without_the_transposed_copy(monkeypatch):
+    import ranking.features as features
+
+    rng = np.random.default_rng(5)
+    cat = Catalog.from_items(Item(f"i{i}", f"item {i}", tags=(f"t{i % 4}",)) for i in range(30))
+    cf = sp.random(30, 30, density=0.3, format="csr", random_state=2, dtype=np.float32)
+    items = rng.choice(30, 12, replace=False)
+    args = (items, np.linspace(1, 0, 12).astype(np.float32), np.ones((1, 12), np.int32), np.ones((1, 12), np.float32))
+    with_t = build_item_table(cat, Interactions.empty(), cf=cf.copy())
+    assert with_t.cf_t is not None
+    monkeypatch.setattr(features, "CF_TRANSPOSE_MAX_NNZ", 0)
+    without = build_item_table(cat, Interactions.empty(), cf=cf.copy())
+    assert without.cf_t is None
+    history = np.array([3, 17, 8, 3, 25, 11])
+    a = compute_features(with_t, request_context(with_t, history), *args)
+    b = compute_features(without, request_context(without, history), *args)
+    np.testing.assert_array_equal(a, b)
+    names = feature_names(["s"])
+    dense = cf.toarray()
+    np.testing.assert_allclose(a[:, names.index("cf_reverse_last")], dense[items, 11], rtol=1e-6)
+    np.testing.assert_allclose(a[:, names.index("cf_last")], dense[11, items], rtol=1e-6)
