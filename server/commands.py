@@ -92,9 +92,14 @@ def _serve(args: argparse.Namespace) -> int:
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
     import torch
 
-    # request-time models are tiny: intra-op threads only add hand-offs; concurrency comes from
-    # the request thread pool (see benchmarks/serve_latency.py)
+    # request-time work is small: intra-op threads (torch, OpenBLAS, FAISS's OpenMP) only add
+    # hand-offs and spin-waits; concurrency comes from the request thread pool
+    # (see benchmarks/serve_latency.py)
     torch.set_num_threads(1)
+    import faiss  # noqa: F401 - loaded now so that its OpenMP runtime is limited too
+    from threadpoolctl import threadpool_limits
+
+    threadpool_limits(1)
     kwargs = {} if args.workers is None else {"workers": args.workers}
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
