@@ -28,7 +28,7 @@ from ranking.features import build_item_table, compute_features, feature_names
 from ranking.history import HistoryStore
 from ranking.loader import save_pipeline
 from ranking.pipeline import Pipeline
-from ranking.ranker import Ranker, RankingLists
+from ranking.ranker import Ranker, RankingLists, ndcg_of_lists
 from retrieval.bundle import write_bundle
 from retrieval.data import Catalog, Event, Interactions
 from retrieval.item_cf import ItemCF
@@ -217,19 +217,48 @@ def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: 
     qs = group_queries(queries, p.catalog)
     train_q, eval_q = split_queries(qs)
     rankers = dict(p.rankers)
+    decision: dict[str, Any] = {"trained": False, "kept": False}
     if len(train_q) >= 20 and p.available("search"):
         with timer.stage("search_ranker"):
             lists = search_lists(p, train_q)
             if (lists.labels * lists.mask).sum(1).astype(bool).sum() >= 10:
-                cfg = replace(config.ranker, seed=config.seed)
-                rankers["search"] = Ranker(feature_names(p.available("search")), cfg).fit(lists)
+                ranker, decision = _search_ranker(p, lists, config)
+                if decision["kept"]:
+                    rankers["search"] = ranker
     result.pipeline = Pipeline(p.catalog, p.sources, p.table, p.histories, rankers, p.config,
                                built_at=p.built_at)
     if len(eval_q):
         with timer.stage("eval_search"):
             result.search_metrics = evaluate_search(result.pipeline, eval_q)
     result.info["search"] = {"queries": len(qs), "train_queries": len(train_q), "eval_queries": len(eval_q),
-                             "ranker": "search" in rankers}
+                             "ranker": decision}
+
+
+def _search_ranker(p: Pipeline, lists: RankingLists, config: BuildConfig) -> tuple[Ranker, dict[str, Any]]:
+    """Train the search ranker on the training queries' lists and decide whether to ship it.
+
+    A fifth of the training queries (at least 5) is held out; the ranker is kept only when it
+    orders them better (graded NDCG@10) than the fused hybrid order it would replace. With the
+    ~150 training queries of a small shop it often does not, and a ranker that makes search
+    worse must not be served. The evaluation queries play no part in the decision."""
+    rng = np.random.default_rng(config.seed)
+    perm = rng.permutation(len(lists))
+    n_valid = max(5, len(lists) // 5)
+    valid, fit = lists.take(perm[:n_valid]), lists.take(perm[n_valid:])
+    names = feature_names(p.available("search"))
+    ranker = Ranker(names, replace(config.ranker, seed=config.seed))
+    try:
+        ranker.fit(fit, valid)
+    except ValueError as exc:  # e.g. no positive left in the fitting part
+        log.warning("search ranker not trained: %s", exc)
+        return ranker, {"trained": False, "kept": False, "reason": str(exc)}
+    fused = ndcg_of_lists(valid.features[..., names.index("fused_score")], valid)
+    ranked = ndcg_of_lists(ranker.score_lists(valid), valid)
+    kept = ranked > fused
+    log.info("search ranker %s: held-out training queries NDCG@10 %.4f against %.4f for the fused order",
+             "kept" if kept else "not kept", ranked, fused)
+    return ranker, {"trained": True, "kept": bool(kept), "valid_queries": int(n_valid),
+                    "valid_ndcg@10": float(ranked), "fused_valid_ndcg@10": float(fused)}
 
 
 def _library_versions() -> dict[str, str]:
@@ -269,7 +298,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "split": result.split.protocol,
             "config": config_to_dict(config),
             "models": {"text": result.info.get("text_model"), "two_tower": result.info.get("two_tower"),
-                       "ranker": result.info.get("ranker")},
+                       "ranker": result.info.get("ranker"), "search": result.info.get("search")},
             "indexes": ann,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,

