@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=0, help="extra interleaved measurements of the c=1 ratio")
+    ap.add_argument("--workers", type=int, help="passed to tandem serve (default: its own)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.items:
@@ -118,7 +119,8 @@ def main() -> None:
     port = _free_port()
     log = open(args.work / "bench_server.log", "w") if args.work.exists() else subprocess.DEVNULL
     proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--bundles", str(args.bundles),
-                             "--port", str(port), "--event-log", str(args.work / "bench_events.sqlite3")],
+                             "--port", str(port), "--event-log", str(args.work / "bench_events.sqlite3"),
+                             *([] if args.workers is None else ["--workers", str(args.workers)])],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
     addr = f"127.0.0.1:{port}"
     try:

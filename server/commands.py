@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--tls-cert", type=Path)
     s.add_argument("--tls-key", type=Path)
     s.add_argument("--workers", type=int, help="request threads (default 4 per core, at least 4)")
+    s.add_argument("--compute-slots", type=int,
+                   help="Search/Recommend/SimilarItems calls computed at once; the rest queue (default: one per core)")
     s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
@@ -101,6 +103,8 @@ def _serve(args: argparse.Namespace) -> int:
 
     threadpool_limits(1)
     kwargs = {} if args.workers is None else {"workers": args.workers}
+    if args.compute_slots is not None:
+        kwargs["compute_slots"] = args.compute_slots
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
                           tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, **kwargs)

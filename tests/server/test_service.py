@@ -280,6 +280,8 @@ def test_config_is_validated():
         ServerConfig(bundles="b", port=70000)
     with pytest.raises(ValueError, match="--workers must be >= 1"):
         ServerConfig(bundles="b", workers=0)
+    with pytest.raises(ValueError, match="--compute-slots must be >= 1"):
+        ServerConfig(bundles="b", compute_slots=0)
     with pytest.raises(ValueError, match="--token must not be empty"):
         ServerConfig(bundles="b", token=" ")
 
@@ -317,3 +319,41 @@ def test_stop_drains_in_flight_requests(tmp_path):
     with pytest.raises(RuntimeError, match="is closed"):
         server.event_log.append([Event("u", "i", 1)])
     channel.close()
+
+
+def test_compute_slots_queue_engine_calls_but_never_events(tmp_path):
+    """One compute slot: a second Search waits for the first; RecordEvents and Ping do not wait,
+    and a Search whose deadline passes while it waits gets DEADLINE_EXCEEDED."""
+    write_fake_bundle(tmp_path)
+    server = TandemServer(ServerConfig(bundles=tmp_path, port=0, workers=6, compute_slots=1), load_fake_engine)
+    port = server.start()
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    t = pb_grpc.TandemStub(channel)
+    done = {}
+
+    def search(name, query, timeout=10):
+        try:
+            t.Search(pb.SearchRequest(query=query, k=1), timeout=timeout)
+            done[name] = time.monotonic()
+        except grpc.RpcError as exc:
+            done[name] = exc.code()
+
+    try:
+        t0 = time.monotonic()
+        first = threading.Thread(target=search, args=("first", "sleep 0.6 red"))
+        first.start()
+        time.sleep(0.15)
+        second = threading.Thread(target=search, args=("second", "red"))
+        late = threading.Thread(target=search, args=("late", "red", 0.2))
+        second.start()
+        late.start()
+        t.Ping(pb.PingRequest(), timeout=0.3)  # not queued behind the busy slot
+        t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i00", event="view")]),
+                       timeout=0.3)
+        for th in (first, second, late):
+            th.join(10)
+        assert done["late"] == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert done["second"] >= done["first"] and done["second"] - t0 >= 0.6
+    finally:
+        channel.close()
+        server.stop(0)
