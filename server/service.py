@@ -46,9 +46,17 @@ _STREAM_BATCH = 1000
 _LAG_SAMPLE = 100  # events per batch whose visible lag is observed
 
 
+def _cores() -> int:
+    """CPUs this process may run on (a cpuset or taskset narrows it; os.cpu_count() would not)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
 def _default_workers() -> int:
-    # requests spend much of their time in numpy/torch/SQLite with the GIL released
-    return max(4, 4 * (os.cpu_count() or 1))
+    # event streams and SQLite commits wait on I/O, so there are more threads than cores
+    return max(4, 4 * _cores())
 
 
 @dataclass(frozen=True)
@@ -64,7 +72,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     workers: int = field(default_factory=_default_workers)
-    compute_slots: int = field(default_factory=lambda: os.cpu_count() or 1)
+    compute_slots: int = field(default_factory=_cores)
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
