@@ -1,8 +1,9 @@
 import numpy as np
 import scipy.sparse as sp
 
-from ranking.features import build_item_table, compute_features, csr_values, feature_names, request_context
+from ranking.features import build_item_table, compute_features, feature_names, request_context
 from retrieval.data import Catalog, Interactions, Item
+from retrieval.sparse import rows_values
 
 
 def _catalog():
@@ -59,22 +60,12 @@ def test_empty_history_gives_finite_features():
     assert np.isfinite(x).all() and f["text_query"] == 1.0 and f["is_search"] == 1
 
 
-def test_csr_values_match_dense_lookup():
-    rng = np.random.default_rng(3)
-    for density in (0.0, 0.05, 0.3, 1.0):
-        m = sp.random(40, 70, density=density, format="csr", random_state=int(density * 100), dtype=np.float32)
-        m.sort_indices()
-        rows, cols = rng.integers(0, 40, 3000), rng.integers(0, 70, 3000)
-        np.testing.assert_array_equal(csr_values(m, rows, cols), m.toarray()[rows, cols])
-    assert csr_values(sp.csr_matrix((3, 3), dtype=np.float32), np.array([], np.int64), np.array([], np.int64)).shape == (0,)
-
-
 def test_item_table_sorts_cf_indices_for_lookups():
     # a csr with unsorted indices within a row: the table must sort it, or lookups miss entries
     cf = sp.csr_matrix((np.array([0.3, 0.7], np.float32), np.array([3, 1]), np.array([0, 2, 2, 2, 2])), shape=(4, 4))
     assert not cf.has_sorted_indices
     table = build_item_table(_catalog(), Interactions.empty(), cf=cf)
-    assert csr_values(table.cf, np.array([0, 0, 0]), np.array([1, 3, 2])).tolist() == [np.float32(0.7), np.float32(0.3), 0.0]
+    assert rows_values(table.cf, np.array([0]), np.array([1, 3, 2])).tolist() == [[np.float32(0.7), np.float32(0.3), 0.0]]
 
 
 def test_reverse_cf_feature_is_the_same_without_the_transposed_copy(monkeypatch):
