@@ -255,8 +255,8 @@ class TextSource:
             qvec = hvec
             exclude = np.zeros(0, dtype=np.int64)
         # the source contract: the request's history is never returned, in every mode
-        n = self.vectors.shape[0]
-        return self._search(qvec, k, IdSet(np.concatenate([exclude, np.asarray(request.history, dtype=np.int64)]), n))
+        exclude = np.concatenate([exclude, np.asarray(request.history, dtype=np.int64)])
+        return self._search(qvec, k, IdSet(exclude, self.vectors.shape[0]))
 
     def _search(self, qvec: np.ndarray, k: int, exclude: IdSet) -> Candidates:
         n = self.vectors.shape[0]  # type: ignore[union-attr]
