@@ -43,11 +43,14 @@ def tiny_bundles(tiny_shop, tmp_path_factory):
 
 
 class Server:
-    def __init__(self, bundles: Path, *extra: str) -> None:
+    """One `tandem serve` subprocess on a free loopback port; its output goes to ``log`` (appended,
+    so a restart on the same log keeps both runs), by default ``BUNDLES/server-PORT.log``."""
+
+    def __init__(self, bundles: Path, *extra: str, log: Path | None = None) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
-        self.log = open(bundles / f"server-{self.port}.log", "w")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+        self.log = open(log or bundles / f"server-{self.port}.log", "a")
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--bundles", str(bundles),
                                       "--port", str(self.port), *extra], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
@@ -60,13 +63,13 @@ class Server:
         with grpc.insecure_channel(self.addr) as ch:
             stub = health_pb2_grpc.HealthStub(ch)
             while time.monotonic() < deadline:
-                assert self.proc.poll() is None, f"server exited with {self.proc.returncode}"
+                assert self.proc.poll() is None, f"server exited with {self.proc.returncode}: see {self.log.name}"
                 try:
                     if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
                         return
                 except grpc.RpcError:
-                    time.sleep(0.3)
-        raise TimeoutError("server not SERVING in time")
+                    time.sleep(0.1)
+        raise TimeoutError(f"server at {self.addr} not SERVING within {timeout}s")
 
     def stop(self) -> None:
         if self.proc.poll() is None:

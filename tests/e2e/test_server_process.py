@@ -1,9 +1,7 @@
 """`python -m server.cli serve` as a real process over the FakeEngine (``--engine-loader``):
 kill -9 loses no acknowledged event, a restart replays the log, SIGTERM drains in-flight requests."""
 
-import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -13,54 +11,33 @@ from pathlib import Path
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from server._generated import tandem_pb2 as pb
 from server._generated import tandem_pb2_grpc as pb_grpc
+from tests.conftest import ROOT, Server
 from tests.server.fake_engine import write_fake_bundle
 
-ROOT = Path(__file__).resolve().parents[2]
 LOADER = "tests.server.fake_engine:load_fake_engine"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Proc:
-    """One `tandem serve` process on a free loopback port."""
+class Proc(Server):
+    """`tandem serve` over the FakeEngine, with stubs; ``close`` kills it (no drain)."""
 
     def __init__(self, bundles: Path, log: Path, *extra: str) -> None:
-        self.addr = f"127.0.0.1:{_free_port()}"
-        self.out = open(log, "a")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "serve", "--bundles", str(bundles), "--port",
-             self.addr.rsplit(":", 1)[1], "--engine-loader", LOADER, *extra],
-            cwd=ROOT, stdout=self.out, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        super().__init__(bundles, "--engine-loader", LOADER, *extra, log=log)
         self.channel = grpc.insecure_channel(self.addr)
         self.tandem = pb_grpc.TandemStub(self.channel)
         self.admin = pb_grpc.TandemAdminStub(self.channel)
 
-    def wait_serving(self, timeout: float = 30.0) -> None:
-        health = health_pb2_grpc.HealthStub(self.channel)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc.poll() is None, f"server exited with {self.proc.returncode}: see {self.out.name}"
-            try:
-                if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
-                    return
-            except grpc.RpcError:
-                time.sleep(0.1)
-        raise TimeoutError(f"server at {self.addr} not SERVING within {timeout}s")
+    def wait_serving(self) -> None:
+        self.wait_ready(timeout=30.0)
 
     def close(self) -> None:
         self.channel.close()
         if self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
-        self.out.close()
+        self.log.close()
 
 
 @pytest.fixture
@@ -148,7 +125,7 @@ def test_sigterm_drains_in_flight_requests_and_closes_the_log(tmp_path, procs):
     assert result == {"items": ["i00", "i04"]} and time.monotonic() - t0 >= 0.4
     wal = bundles / "events.sqlite3-wal"  # default event log; checkpointed and closed on the way out
     assert (bundles / "events.sqlite3").is_file() and (not wal.exists() or wal.stat().st_size == 0)
-    text = Path(server.out.name).read_text()
+    text = Path(server.log.name).read_text()
     assert '"msg": "stopped"' in text and '"rpc": "Search", "request_id": "", "status": "OK"' in text
 
 
