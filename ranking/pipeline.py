@@ -129,6 +129,7 @@ class Pipeline:
         self.histories = histories
         self.rankers = dict(rankers or {})
         self.config = config or PipelineConfig()
+        self._fusion = self.config.fusion()  # validated once, not per request
         self.version = version
         self.built_at = int(built_at)
         self.filter_index = FilterIndex(catalog)
@@ -215,7 +216,7 @@ class Pipeline:
         if kind == "recommend" and not any(len(c) for c in lists) and "popularity" in self.sources \
                 and "popularity" not in names:
             lists.append(self.sources["popularity"].retrieve(req, self.config.per_source_k))
-        fused = fuse(lists, self.config.fused_k, self.config.fusion())
+        fused = fuse(lists, self.config.fused_k, self._fusion)
         return lists, fused
 
     def context(self, req: RetrievalRequest, kind: str) -> RequestContext:
