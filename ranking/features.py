@@ -10,7 +10,7 @@ columns are named by :func:`feature_names`. Everything is numpy; no torch here.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +22,10 @@ from retrieval.sparse import row_entries, rows_values
 __all__ = [
     "ItemTable",
     "RequestContext",
+    "HistorySummary",
     "build_item_table",
     "request_context",
+    "summarise_history",
     "feature_names",
     "compute_features",
     "save_item_table",
@@ -136,15 +138,89 @@ def build_item_table(
 
 
 @dataclass
+class HistorySummary:
+    """What the features need of a history, whatever the candidates: computed once per history
+    (and kept in the request's memo across requests while the history is unchanged).
+
+    ``text_recent`` / ``text_last`` float32 (d2,) or None: the recency-weighted text vector of
+    the last ``recent`` items and the last item's; ``cf_cols`` int64 sorted with ``cf_last`` and
+    ``cf_recent`` float32: the item-CF row of the last item and the recency-weighted rows of the
+    last ``recent`` items over the union of their columns; ``cf_rev_cols`` / ``cf_rev`` the
+    last item's column of the CF matrix (who points at it), None without a transposed copy;
+    ``affinity`` per id kind ("leaf", "top", "brand") the history's ids (sorted) and the share
+    of each; ``tags`` the recent items' tags (sorted) and their counts; ``last_leaf`` the last
+    item's leaf id; ``median_log_price`` NaN when no price is known. Everything is sparse, so a
+    summary stays a few kilobytes whatever the catalog's size.
+    """
+
+    length: int
+    n_recent: int
+    text_recent: np.ndarray | None = None
+    text_last: np.ndarray | None = None
+    cf_cols: np.ndarray | None = None
+    cf_last: np.ndarray | None = None
+    cf_recent: np.ndarray | None = None
+    cf_rev_cols: np.ndarray | None = None
+    cf_rev: np.ndarray | None = None
+    affinity: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    tags: tuple[np.ndarray, np.ndarray] | None = None
+    last_leaf: int = -1
+    median_log_price: float = float("nan")
+
+
+def summarise_history(table: ItemTable, history: np.ndarray, recent: int = 5) -> HistorySummary:
+    """The candidate-independent part of :func:`compute_features` for ``history`` (oldest first)."""
+    hist = np.asarray(history, dtype=np.int64)
+    h = hist.shape[0]
+    if h == 0:
+        return HistorySummary(length=0, n_recent=0)
+    last = hist[-recent:]
+    w = _recent_weights(last.shape[0])
+    out = HistorySummary(length=h, n_recent=int(last.shape[0]), last_leaf=int(table.leaf[hist[-1]]))
+    if table.text_vecs is not None:
+        out.text_recent = w @ table.text_vecs[last]
+        out.text_last = table.text_vecs[hist[-1]]
+    if table.cf is not None:
+        at_row, at_col, vals = row_entries(table.cf, last)
+        cols, inv = np.unique(at_col, return_inverse=True)
+        is_last = at_row == last.shape[0] - 1
+        out.cf_cols = cols.astype(np.int32)
+        out.cf_last = np.bincount(inv[is_last], weights=vals[is_last], minlength=cols.shape[0]).astype(np.float32)
+        out.cf_recent = np.bincount(inv, weights=w[at_row] * vals, minlength=cols.shape[0]).astype(np.float32)
+        if table.cf_t is not None:  # views of one row of the transposed copy: nothing copied
+            s, e = table.cf_t.indptr[hist[-1]], table.cf_t.indptr[hist[-1] + 1]
+            out.cf_rev_cols, out.cf_rev = table.cf_t.indices[s:e], table.cf_t.data[s:e]
+    for name in ("leaf", "top", "brand"):
+        hv = getattr(table, name)[hist]
+        ids, counts = np.unique(hv[hv >= 0], return_counts=True)
+        if ids.size:
+            out.affinity[name] = (ids.astype(np.int32), (counts / counts.sum()).astype(np.float32))
+    _, t_cols, t_vals = row_entries(table.tag_sets, last)
+    tags, inv = np.unique(t_cols, return_inverse=True)
+    out.tags = (tags.astype(np.int32), np.bincount(inv, weights=t_vals, minlength=tags.shape[0]).astype(np.float32))
+    hp = table.log_price[hist]
+    hp = hp[~np.isnan(hp)]
+    if hp.size:
+        out.median_log_price = float(np.median(hp))
+    return out
+
+
+@dataclass
 class RequestContext:
     """One request's summary: ``history`` int64 (h,) oldest first, ``user_vec`` float32 (d1,)
-    or None, ``query_vec`` float32 (d2,) or None, ``now`` epoch seconds."""
+    or None, ``query_vec`` float32 (d2,) or None, ``now`` epoch seconds, ``summary`` the
+    history's :class:`HistorySummary` (computed on first use when None)."""
 
     history: np.ndarray
     user_vec: np.ndarray | None
     query_vec: np.ndarray | None
     now: int
     is_search: bool
+    summary: HistorySummary | None = None
+
+
+#: The key of the history summary in a request's memo (see ``RetrievalRequest.memo``).
+MEMO_KEY = "features.history"
 
 
 def request_context(
@@ -155,13 +231,22 @@ def request_context(
     query_vec: np.ndarray | None = None,
     now: int | None = None,
     is_search: bool = False,
+    memo: dict | None = None,
 ) -> RequestContext:
+    """A request's context; with ``memo``, the history summary is taken from it or stored in it."""
+    history = np.asarray(history, dtype=np.int64)
+    summary = memo.get(MEMO_KEY) if memo is not None else None
+    if summary is None:
+        summary = summarise_history(table, history)
+        if memo is not None:
+            memo[MEMO_KEY] = summary
     return RequestContext(
-        history=np.asarray(history, dtype=np.int64),
+        history=history,
         user_vec=user_vec,
         query_vec=query_vec,
         now=table.now if now is None else int(now),
         is_search=is_search,
+        summary=summary,
     )
 
 
@@ -205,6 +290,14 @@ def _recent_weights(h: int, half_life: float = 3.0) -> np.ndarray:
     return w / w.sum()
 
 
+def _lookup(cols: np.ndarray | None, vals: np.ndarray | None, items: np.ndarray) -> np.ndarray | None:
+    """float32 (m,): ``vals`` at ``items`` in the sorted ``cols``, 0 where absent (None if no cols)."""
+    if cols is None or vals is None or cols.shape[0] == 0:
+        return None
+    at = np.minimum(np.searchsorted(cols, items), cols.shape[0] - 1)
+    return np.where(cols[at] == items, vals[at], 0).astype(np.float32)
+
+
 def compute_features(
     table: ItemTable,
     ctx: RequestContext,
@@ -218,94 +311,71 @@ def compute_features(
 
     ``ranks`` int32 (n_sources, m) 1-based (0 = not found) and ``source_scores`` float32
     (n_sources, m) (NaN = not found) come from fusion, in the source order passed to
-    :func:`feature_names`.
+    :func:`feature_names`. The history's part comes from ``ctx.summary`` (computed here with
+    ``recent`` when the context has none).
     """
     items = np.asarray(items, dtype=np.int64)
     m = items.shape[0]
     n_src = ranks.shape[0]
-    cols: list[np.ndarray] = []
+    hs = ctx.summary if ctx.summary is not None else summarise_history(table, ctx.history, recent)
+    out = np.zeros((3 * n_src + len(_OTHER_COLUMNS), m), dtype=np.float32)  # one row per feature
     found = ranks > 0
-    rank_inv = np.where(found, 1.0 / np.log2(np.maximum(ranks, 1).astype(np.float32) + 1.0), 0.0)
-    scores = np.nan_to_num(source_scores, nan=0.0)
-    for s in range(n_src):
-        cols += [found[s].astype(np.float32), rank_inv[s], scores[s]]
+    src = out[: 3 * n_src].reshape(n_src, 3, m)
+    src[:, 0] = found
+    np.divide(1.0, np.log2(np.maximum(ranks, 1).astype(np.float32) + 1.0), out=src[:, 1], where=found)
+    src[:, 2] = source_scores
+    np.copyto(src[:, 2], 0.0, where=~found)
     order = np.argsort(-fused_scores, kind="stable")
     fused_rank = np.empty(m, dtype=np.float32)
     fused_rank[order] = np.arange(1, m + 1)
-    cols += [fused_scores.astype(np.float32), 1.0 / np.log2(fused_rank + 1.0), found.sum(0).astype(np.float32)]
-
-    hist = ctx.history
-    h = hist.shape[0]
-    last = hist[-recent:]
-    zeros = np.zeros(m, dtype=np.float32)
+    col = dict(zip(_OTHER_COLUMNS, out[3 * n_src :], strict=True))
+    col["fused_score"][:] = fused_scores
+    col["fused_rank_inv"][:] = 1.0 / np.log2(fused_rank + 1.0)
+    col["n_sources"][:] = found.sum(0)
 
     if table.tt_vecs is not None and ctx.user_vec is not None:
-        cols.append(table.tt_vecs[items] @ ctx.user_vec)
-    else:
-        cols.append(zeros)
+        col["tt_dot"][:] = table.tt_vecs[items] @ ctx.user_vec
     if table.text_vecs is not None:
         tv = table.text_vecs[items]
-        if h:
-            w = _recent_weights(last.shape[0])
-            cols.append(tv @ (w @ table.text_vecs[last]))
-            cols.append(tv @ table.text_vecs[hist[-1]])
-        else:
-            cols += [zeros, zeros]
-        cols.append(tv @ ctx.query_vec if ctx.query_vec is not None else zeros)
-    else:
-        cols += [zeros, zeros, zeros]
+        if hs.text_recent is not None:
+            col["text_user"][:] = tv @ hs.text_recent
+            col["text_last"][:] = tv @ hs.text_last
+        if ctx.query_vec is not None:
+            col["text_query"][:] = tv @ ctx.query_vec
+    for name, cols, vals in (("cf_last", hs.cf_cols, hs.cf_last), ("cf_recent", hs.cf_cols, hs.cf_recent),
+                             ("cf_reverse_last", hs.cf_rev_cols, hs.cf_rev)):
+        v = _lookup(cols, vals, items)
+        if v is not None:
+            col[name][:] = v
+    if hs.length and table.cf is not None and table.cf_t is None:  # the candidates' own rows
+        col["cf_reverse_last"][:] = rows_values(table.cf, items, ctx.history[-1:])[:, 0]
 
-    if table.cf is not None and h:
-        sub = rows_values(table.cf, last, items)  # (r, m)
-        cols.append(sub[-1])
-        cols.append(_recent_weights(last.shape[0]) @ sub)
-        if table.cf_t is not None:  # column hist[-1] of cf = one row of its transpose
-            cols.append(rows_values(table.cf_t, hist[-1:], items)[0])
-        else:  # the candidates' own rows
-            cols.append(rows_values(table.cf, items, hist[-1:])[:, 0])
-    else:
-        cols += [zeros, zeros, zeros]
-
-    if h:
-        def affinity(ids: np.ndarray) -> np.ndarray:
-            hv = ids[hist]
-            hv = hv[hv >= 0]
-            if hv.size == 0:
-                return zeros
-            counts = np.bincount(hv).astype(np.float32) / hv.size
-            counts = np.concatenate([counts, np.zeros(1, np.float32)])  # index -1 / unseen ids read 0
-            c = np.minimum(ids[items], counts.shape[0] - 1)  # ids beyond the history's are unseen
-            return counts[c]
-
-        cols += [affinity(table.leaf), affinity(table.top), affinity(table.brand)]
-        tags = table.tag_sets
-        t_rows, t_cols, t_vals = row_entries(tags, last)
-        hist_tags = np.bincount(t_cols, weights=t_vals, minlength=tags.shape[1])
-        t_rows, t_cols, t_vals = row_entries(tags, items)
-        overlap = np.bincount(t_rows, weights=t_vals * hist_tags[t_cols], minlength=m)
-        cols.append(overlap.astype(np.float32) / max(1.0, float(last.shape[0])))
-        lv = table.leaf[hist[-1]]
-        cols.append(((table.leaf[items] == lv) & (lv >= 0)).astype(np.float32))
-        hp = table.log_price[hist]
-        hp = hp[~np.isnan(hp)]
-    else:
-        cols += [zeros] * 5
-        hp = np.zeros(0, dtype=np.float32)
+    for name in ("leaf", "top", "brand"):
+        v = _lookup(*hs.affinity.get(name, (None, None)), getattr(table, name)[items])
+        if v is not None:
+            col[f"{name}_affinity"][:] = v
+    if hs.length:
+        t_rows, t_cols, t_vals = row_entries(table.tag_sets, items)
+        weights = _lookup(*hs.tags, t_cols) if hs.tags is not None else None
+        if weights is not None:
+            overlap = np.bincount(t_rows, weights=t_vals * weights, minlength=m)
+            col["tag_overlap"][:] = overlap / max(1.0, float(hs.n_recent))
+        col["same_leaf_last"][:] = (table.leaf[items] == hs.last_leaf) & (hs.last_leaf >= 0)
     cp = table.log_price[items]
     has_price = ~np.isnan(cp)
-    if hp.size and has_price.any():
-        gap = np.where(has_price, cp - np.median(hp), 0.0).astype(np.float32)
-    else:
-        gap = zeros
-    cols += [gap, np.abs(gap), has_price.astype(np.float32)]
-    cols += [table.log_pop[items], table.log_trend[items]]
+    if not np.isnan(hs.median_log_price) and has_price.any():
+        gap = np.where(has_price, cp - np.float32(hs.median_log_price), 0.0)
+        col["price_gap"][:] = gap
+        col["price_gap_abs"][:] = np.abs(gap)
+    col["has_price"][:] = has_price
+    col["log_pop"][:] = table.log_pop[items]
+    col["log_trend"][:] = table.log_trend[items]
     fs = table.first_seen[items]
-    age = np.where(fs >= 0, np.maximum(ctx.now - fs, 0) / _DAY, 0.0)
-    cols.append(np.log1p(age).astype(np.float32))
-    cols.append(np.full(m, np.log1p(h), dtype=np.float32))
-    cols.append(np.full(m, float(ctx.is_search), dtype=np.float32))
-    out = np.stack([np.asarray(c, dtype=np.float32) for c in cols], axis=1)
-    return np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0)
+    col["log_age_days"][:] = np.log1p(np.where(fs >= 0, np.maximum(ctx.now - fs, 0) / _DAY, 0.0))
+    col["log_history_len"][:] = np.log1p(hs.length)
+    col["is_search"][:] = float(ctx.is_search)
+    np.nan_to_num(out, copy=False, nan=0.0, posinf=0.0, neginf=0.0)
+    return out.T
 
 
 def save_item_table(table: ItemTable, folder: Path) -> list[Path]:

@@ -8,6 +8,7 @@ history change half-way.
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 
 from retrieval.data import EVENT_CODE, Catalog, Event, Interactions
 
-__all__ = ["UserHistory", "HistoryStore"]
+__all__ = ["UserHistory", "HistoryStore", "UserMemos"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +57,8 @@ class HistoryStore:
         self._ts = np.asarray(ts, dtype=np.int64)
         self._events = np.asarray(events, dtype=np.int8)
         self._live: dict[str, list[tuple[int, int, int]]] = {}
+        self._versions: dict[str, int] = {}  # user -> clock value of the user's newest live event
+        self._clock = 0
         self._lock = threading.Lock()
         self.max_len = max_len
         self.newest_ts = int(self._ts.max()) if self._ts.size else 0
@@ -77,17 +80,35 @@ class HistoryStore:
         with self._lock:
             return len(self._user_ids) + sum(1 for u in self._live if u not in self._user_index)
 
+    def most_recent_users(self, n: int) -> list[str]:
+        """Up to ``n`` users with a history, the most recently active first."""
+        with self._lock:
+            lengths = np.diff(self._indptr)
+            last = np.where(lengths > 0, self._ts[np.maximum(self._indptr[1:] - 1, 0)], np.iinfo(np.int64).min)
+            newest = dict(zip(self._user_ids, last.tolist(), strict=True))
+            for u, rows in self._live.items():
+                if rows:
+                    newest[u] = max(newest.get(u, np.iinfo(np.int64).min), max(r[1] for r in rows))
+        ranked = sorted((u for u, t in newest.items() if t > np.iinfo(np.int64).min), key=lambda u: -newest[u])
+        return ranked[: max(0, n)]
+
     def knows(self, user_id: str) -> bool:
         with self._lock:
             return user_id in self._user_index or user_id in self._live
 
     def get(self, user_id: str | None) -> UserHistory:
         """The user's history (base + live), at most ``max_len`` newest events."""
+        return self.get_versioned(user_id)[0]
+
+    def get_versioned(self, user_id: str | None) -> tuple[UserHistory, int]:
+        """The user's history and its version: a number that changes whenever an event is
+        recorded for the user (0 while only the bundle's history exists), read together."""
         if user_id is None:
-            return UserHistory.empty()
+            return UserHistory.empty(), 0
         with self._lock:
             u = self._user_index.get(user_id)
             live = list(self._live.get(user_id, ()))
+            version = self._versions.get(user_id, 0)
         if u is None:
             base = UserHistory.empty()
         else:
@@ -98,7 +119,7 @@ class HistoryStore:
             base = base.extend(arr[:, 0], arr[:, 1], arr[:, 2].astype(np.int8))
         if len(base) > self.max_len:
             base = UserHistory(base.items[-self.max_len:], base.ts[-self.max_len:], base.events[-self.max_len:])
-        return base
+        return base, version
 
     def record(self, events: Iterable[Event], catalog: Catalog) -> int:
         """Append events on known items; returns how many were applied."""
@@ -113,6 +134,8 @@ class HistoryStore:
                 if len(rows) > 4 * self.max_len:
                     del rows[: len(rows) - self.max_len]
                 self.newest_ts = max(self.newest_ts, int(ev.ts))
+                self._clock += 1
+                self._versions[ev.user_id] = self._clock
                 applied += 1
         return applied
 
@@ -134,3 +157,53 @@ class HistoryStore:
         text = (folder / "users.txt").read_text(encoding="utf-8")
         user_ids = text.split("\n")[:-1] if text else []
         return cls(user_ids, max_len=max_len, **arrays)
+
+
+class UserMemos:
+    """Per-user scratch dicts for ``RetrievalRequest.memo``, one per (user, history version).
+
+    A source keeps there what it derives from the user's history alone (the two-tower user
+    vector, the text profile, the ranking features' history summary), so that while the
+    history is unchanged a request only searches and scores. A newer history version gets a
+    fresh dict. At most ``capacity`` users are kept, the least recently asked dropped first;
+    ``capacity`` 0 keeps nothing. Thread-safe.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._memos: OrderedDict[str, tuple[int, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+        self.capacity = 0
+        self.resize(capacity)
+        self.hits = 0
+        self.misses = 0
+
+    def __len__(self) -> int:
+        return len(self._memos)
+
+    def resize(self, capacity: int) -> None:
+        """Keep at most ``capacity`` users from now on (the least recently asked go first)."""
+        if capacity < 0:
+            raise ValueError(f"user memo capacity must be >= 0, got {capacity}")
+        with self._lock:
+            self.capacity = int(capacity)
+            while len(self._memos) > self.capacity:
+                self._memos.popitem(last=False)
+
+    def get(self, user_id: str, version: int) -> dict | None:
+        """The memo of ``user_id`` at history ``version`` (a new empty one on a miss); None
+        when the capacity is 0."""
+        if self.capacity == 0:
+            return None
+        with self._lock:
+            entry = self._memos.get(user_id)
+            if entry is not None and entry[0] == version:
+                self._memos.move_to_end(user_id)
+                self.hits += 1
+                return entry[1]
+            memo: dict = {}
+            self._memos[user_id] = (version, memo)
+            self._memos.move_to_end(user_id)
+            while len(self._memos) > self.capacity:
+                self._memos.popitem(last=False)
+            self.misses += 1
+            return memo

@@ -31,7 +31,7 @@ from ranking.api import (
 )
 from ranking.features import ItemTable, RequestContext, compute_features, feature_names, request_context
 from ranking.filters import FilterIndex, apply_filters
-from ranking.history import HistoryStore, UserHistory
+from ranking.history import HistoryStore, UserHistory, UserMemos
 from ranking.ranker import Ranker
 from retrieval.base import Candidates, CandidateSource, IdSet, RetrievalRequest
 from retrieval.data import EVENT_CODE, Catalog, Event, Item
@@ -122,6 +122,7 @@ class Pipeline:
         *,
         version: str = "dev",
         built_at: int = 0,
+        user_memos: int = 100_000,
     ) -> None:
         self.catalog = catalog
         self.sources = dict(sources)
@@ -133,6 +134,7 @@ class Pipeline:
         self.version = version
         self.built_at = int(built_at)
         self.filter_index = FilterIndex(catalog)
+        self.memos = UserMemos(user_memos)
         self._lock = threading.Lock()
         self.stats: dict[str, float] = {}
         for kind, ranker in self.rankers.items():
@@ -161,30 +163,35 @@ class Pipeline:
     def record_events(self, events: Sequence[Event]) -> int:
         return self.histories.record(events, self.catalog)
 
+    def user_request(self, user_id: str | None, query: str | None = None,
+                     context: Sequence[Event] = ()) -> tuple[RetrievalRequest, bool]:
+        """The retrieval request for a user's stored history (plus ``context`` events sent with
+        the request, on known items), and whether that history is empty. Only the stored history
+        gets the user's memo: a history extended by the request is nobody else's."""
+        hist, version = self.histories.get_versioned(user_id)
+        ctx_items = [self.catalog.index.get(e.item_id) for e in context]
+        keep = [(i, e) for i, e in zip(ctx_items, context, strict=True) if i is not None]
+        if keep:
+            hist = hist.extend(
+                np.array([i for i, _ in keep], dtype=np.int64),
+                np.array([e.ts for _, e in keep], dtype=np.int64),
+                np.array([EVENT_CODE.get(e.event, 3) for _, e in keep], dtype=np.int8),
+            )
+        memo = self.memos.get(user_id, version) if user_id is not None and len(hist) and not keep else None
+        req = RetrievalRequest(history=hist.items, history_ts=hist.ts, history_events=hist.events, query=query,
+                               user_id=user_id, now=self._now(hist), memo=memo)
+        return req, len(hist) == 0
+
     def recommend(self, request: RecommendRequest) -> Response:
-        hist = self.histories.get(request.user_id)
-        if request.context:
-            ctx_items = [self.catalog.index.get(e.item_id) for e in request.context]
-            keep = [(i, e) for i, e in zip(ctx_items, request.context, strict=True) if i is not None]
-            if keep:
-                hist = hist.extend(
-                    np.array([i for i, _ in keep], dtype=np.int64),
-                    np.array([e.ts for _, e in keep], dtype=np.int64),
-                    np.array([EVENT_CODE.get(e.event, 3) for _, e in keep], dtype=np.int8),
-                )
-        cold = len(hist) == 0
-        req = RetrievalRequest(history=hist.items, history_ts=hist.ts, history_events=hist.events,
-                               user_id=request.user_id, now=self._now(hist))
+        req, cold = self.user_request(request.user_id, context=request.context)
         ranked = self.rank(req, "recommend")
-        exclude = hist.items if request.exclude_seen else None
+        exclude = req.history if request.exclude_seen else None
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
 
     def search(self, request: SearchRequest) -> Response:
-        hist = self.histories.get(request.user_id)
-        req = RetrievalRequest(history=hist.items, history_ts=hist.ts, history_events=hist.events,
-                               query=request.query, user_id=request.user_id, now=self._now(hist))
+        req, empty = self.user_request(request.user_id, query=request.query)
         ranked = self.rank(req, "search")
-        cold = request.user_id is not None and len(hist) == 0
+        cold = request.user_id is not None and empty
         return self._respond(ranked, request.filters, request.k, request.explain, None, cold, "search")
 
     def similar_items(self, request: SimilarRequest) -> Response:
@@ -195,6 +202,28 @@ class Pipeline:
         ranked = self.rank(req, "similar")
         return self._respond(ranked, request.filters, request.k, request.explain,
                              np.array([i], dtype=np.int64), False, "similar")
+
+    def warm(self, users: int | None = None, batch: int = 256) -> int:
+        """Keep the memos of up to ``users`` users from now on (default: the current capacity;
+        0 keeps none) and fill those of the most recently active ones, so that their first
+        request after loading skips the user tower and the history summary too. Two-tower
+        vectors are encoded in batches. Returns how many users were warmed."""
+        if users is not None:
+            self.memos.resize(users)
+        n = self.memos.capacity
+        users = self.histories.most_recent_users(n)
+        tt = self.sources.get("two_tower")
+        for s in range(0, len(users), batch):
+            reqs = [self.user_request(user)[0] for user in users[s : s + batch]]
+            if tt is not None:
+                tt.encode_users(reqs)  # type: ignore[attr-defined]  # keeps each vector in its memo
+            for req in reqs:
+                self.context(req, "recommend")
+                for source in self.sources.values():
+                    remember = getattr(source, "remember", None)
+                    if remember is not None:
+                        remember(req)
+        return len(users)
 
     # -- core -----------------------------------------------------------------------------
     def _now(self, hist: UserHistory) -> int:
@@ -231,7 +260,7 @@ class Pipeline:
         history = req.history if len(req.history) else (
             np.array([req.item], dtype=np.int64) if req.item is not None else np.zeros(0, np.int64))
         return request_context(self.table, history, user_vec=user_vec, query_vec=query_vec, now=req.now,
-                               is_search=kind == "search")
+                               is_search=kind == "search", memo=req.memo if len(req.history) else None)
 
     def rank(self, req: RetrievalRequest, kind: str, *, use_ranker: bool = True) -> Ranked:
         """Retrieve, fuse and (when a ranker for ``kind`` exists) re-rank one request."""
@@ -309,7 +338,8 @@ class Pipeline:
     def with_config(self, **changes: Any) -> Pipeline:
         """A copy answering with a changed :class:`PipelineConfig` (shares the loaded models)."""
         return Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
-                        replace(self.config, **changes), version=self.version, built_at=self.built_at)
+                        replace(self.config, **changes), version=self.version, built_at=self.built_at,
+                        user_memos=self.memos.capacity)
 
     def describe(self) -> dict:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),

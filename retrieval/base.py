@@ -28,6 +28,12 @@ class RetrievalRequest:
     both aligned with ``history`` (may be empty arrays). ``query`` is set for Search,
     ``item`` (a catalog index) for SimilarItems. ``now`` is the request time in epoch
     seconds (None: the latest time the source has seen).
+
+    ``memo`` is a per-user scratch dict that lives as long as the user's history is unchanged
+    (the server keeps one per user and starts a fresh one when an event arrives); None means
+    nothing is kept. A source may store there what it derives from the history alone (the
+    user's vector or profile, never anything that depends on ``k``, ``query`` or ``item``)
+    under a key prefixed with its name, and must give the same answer with or without it.
     """
 
     history: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
@@ -37,6 +43,7 @@ class RetrievalRequest:
     item: int | None = None
     user_id: str | None = None
     now: int | None = None
+    memo: dict | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

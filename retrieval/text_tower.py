@@ -161,6 +161,10 @@ class TextSourceConfig:
             raise ValueError(f"TextSourceConfig.cache_size must be >= 0, got {self.cache_size}")
 
 
+#: The history vector's key in a request's memo (see ``RetrievalRequest.memo``).
+_MEMO_KEY = "text.history"
+
+
 class TextSource:
     """Dense text retrieval over item texts (candidate source ``"text"``)."""
 
@@ -231,6 +235,16 @@ class TextSource:
         norm = float(np.linalg.norm(vec))
         return (vec / norm if norm > 0 else vec).astype(np.float32)
 
+    def remember(self, request: RetrievalRequest) -> np.ndarray | None:
+        """:meth:`history_vector` of the request's history, kept in (and read from) its memo."""
+        memo = request.memo
+        if memo is not None and _MEMO_KEY in memo:
+            return memo[_MEMO_KEY]
+        vec = self.history_vector(request.history)
+        if memo is not None and vec is not None:
+            memo[_MEMO_KEY] = vec
+        return vec
+
     def retrieve(self, request: RetrievalRequest, k: int) -> Candidates:
         """Search when ``request.query`` is set, else similar items when ``request.item`` is
         set (the item itself excluded), else content-based recommendation from the history
@@ -249,7 +263,7 @@ class TextSource:
             qvec = self.vectors[request.item]
             exclude = np.array([request.item], dtype=np.int64)
         else:
-            hvec = self.history_vector(request.history)
+            hvec = self.remember(request)
             if hvec is None:
                 return Candidates.empty(self.name)
             qvec = hvec

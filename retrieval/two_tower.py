@@ -184,6 +184,10 @@ class _Batch:
     recency: np.ndarray
 
 
+#: The user vector's key in a request's memo (see ``RetrievalRequest.memo``).
+_MEMO_KEY = "two_tower.user"
+
+
 def _distinct(items: np.ndarray, ts: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, ...]:
     """One history -> its distinct items in first-interaction order, with the first timestamp
     and the strongest event code per item."""
@@ -500,8 +504,11 @@ class TwoTower:
     ) -> np.ndarray:
         """float32 (b, dim): the user vector of each request, computed from its history
         (timestamps, event types and ``now`` when present). An empty history gives the
-        vector of an empty window (a popularity-like prior)."""
+        vector of an empty window (a popularity-like prior). Requests carrying a memo get the
+        vector kept there, or keep the one computed here."""
         net = self._require()
+        if _table is None and requests and all(r.memo is not None and _MEMO_KEY in r.memo for r in requests):
+            return np.stack([r.memo[_MEMO_KEY] for r in requests])  # type: ignore[index]
         if len(requests) == 1 and _table is None:
             last = self._last_user  # (request, vector): the pipeline asks twice per request
             if last is not None and last[0] is requests[0]:
@@ -530,8 +537,12 @@ class TwoTower:
         out = net.user_out(h).numpy().astype(np.float32)
         if was:
             net.train(was)
-        if len(requests) == 1 and _table is None and not was:
-            self._last_user = (requests[0], out[0].copy())
+        if _table is None and not was:
+            for r, vec in zip(requests, out, strict=True):
+                if r.memo is not None:
+                    r.memo[_MEMO_KEY] = vec.copy()
+            if len(requests) == 1:
+                self._last_user = (requests[0], out[0].copy())
         return out
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:

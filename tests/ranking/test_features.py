@@ -1,7 +1,13 @@
 import numpy as np
 import scipy.sparse as sp
 
-from ranking.features import build_item_table, compute_features, feature_names, request_context
+from ranking.features import (
+    RequestContext,
+    build_item_table,
+    compute_features,
+    feature_names,
+    request_context,
+)
 from retrieval.data import Catalog, Interactions, Item
 from retrieval.sparse import rows_values
 
@@ -89,3 +95,22 @@ def test_reverse_cf_feature_is_the_same_without_the_transposed_copy(monkeypatch)
     dense = cf.toarray()
     np.testing.assert_allclose(a[:, names.index("cf_reverse_last")], dense[items, 11], rtol=1e-6)
     np.testing.assert_allclose(a[:, names.index("cf_last")], dense[11, items], rtol=1e-6)
+    recent = history[-5:]
+    weights = 0.5 ** (np.arange(4, -1, -1) / 3.0)
+    np.testing.assert_allclose(a[:, names.index("cf_recent")], (weights / weights.sum()) @ dense[recent][:, items],
+                               rtol=1e-5)
+
+
+def test_history_summary_is_kept_in_the_memo_and_changes_nothing():
+    cat = _catalog()
+    inter = Interactions(["u"], [0, 0], [0, 1], [100, 200], [3, 3], [np.nan] * 2)
+    cf = sp.csr_matrix(np.array([[0, 0.5, 0.2, 0], [0.1, 0, 0.9, 0], [0, 0, 0, 0], [0, 0.3, 0, 0]], np.float32))
+    table = build_item_table(cat, inter, cf=cf)
+    history, items = np.array([3, 0, 1]), np.array([2, 1, 0])
+    args = (items, np.array([0.5, 0.3, 0.1], np.float32), np.ones((1, 3), np.int32), np.ones((1, 3), np.float32))
+    memo: dict = {}
+    first = request_context(table, history, memo=memo)
+    again = request_context(table, history, memo=memo)
+    assert again.summary is first.summary is memo["features.history"]
+    bare = RequestContext(history=history, user_vec=None, query_vec=None, now=table.now, is_search=False)
+    np.testing.assert_array_equal(compute_features(table, first, *args), compute_features(table, bare, *args))

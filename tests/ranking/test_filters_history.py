@@ -1,8 +1,9 @@
 import numpy as np
+import pytest
 
 from ranking.api import Filters
 from ranking.filters import FilterIndex, apply_filters
-from ranking.history import HistoryStore
+from ranking.history import HistoryStore, UserMemos
 from retrieval.data import Catalog, Event, Interactions
 
 
@@ -50,3 +51,36 @@ def test_history_store_live_events_and_roundtrip(tmp_path):
     store.save(tmp_path)
     again = HistoryStore.load(tmp_path)
     assert again.get("u1").items.tolist() == [0, 1] and again.get("u2").items.tolist() == [3]
+
+
+def test_history_versions_change_with_each_recorded_event_and_recency_order():
+    cat = _catalog()
+    inter = Interactions(["u1", "u2", "u3"], [0, 1, 1, 2], [0, 1, 2, 3], [20, 10, 50, 30], [3] * 4, [np.nan] * 4)
+    store = HistoryStore.from_interactions(inter)
+    none_hist, none_version = store.get_versioned(None)
+    assert store.get_versioned("u1")[1] == 0 and len(none_hist) == 0 and none_version == 0
+    store.record([Event("u1", "e", 60)], cat)
+    h, v1 = store.get_versioned("u1")
+    assert h.items.tolist() == [0, 4] and v1 > 0 and store.get_versioned("u2")[1] == 0
+    store.record([Event("u1", "unknown-item", 61)], cat)  # not applied: the history is unchanged
+    assert store.get_versioned("u1")[1] == v1
+    store.record([Event("u1", "d", 70)], cat)
+    assert store.get_versioned("u1")[1] > v1
+    assert store.most_recent_users(10) == ["u1", "u2", "u3"] and store.most_recent_users(1) == ["u1"]
+
+
+def test_user_memos_are_per_version_and_bounded():
+    memos = UserMemos(capacity=2)
+    a = memos.get("a", 0)
+    a["x"] = 1
+    assert memos.get("a", 0) is a and memos.hits == 1
+    assert memos.get("a", 1) == {}  # a newer history starts afresh
+    memos.get("b", 0)
+    memos.get("a", 1)  # a is now the most recently asked
+    memos.get("c", 0)  # drops b, the least recently asked
+    assert len(memos) == 2 and memos.get("a", 1) is not None and memos.misses == 4
+    memos.resize(1)
+    assert list(memos._memos) == ["a"]  # the most recently asked stays
+    assert UserMemos(capacity=0).get("a", 0) is None
+    with pytest.raises(ValueError, match="capacity"):
+        UserMemos(capacity=-1)

@@ -117,3 +117,31 @@ def test_rank_requests_matches_recommend_path(shop):
         assert not np.isin(row[row >= 0], req.history).any()
         full = p.rank(req, "recommend").items
         assert row[row >= 0].tolist() == full[~np.isin(full, req.history)][:10].tolist()
+
+
+def test_user_memos_change_nothing_but_the_work(shop):
+    p, clean, _ = shop
+    plain = p.with_config()
+    plain.warm(0)  # nothing kept: every request computes the user's side afresh
+    users = clean.interactions.user_ids[10:30]
+    assert p.warm(5) == 5 and p.memos.capacity == 5
+    for user in p.histories.most_recent_users(5):
+        memo = p.memos._memos[user][1]
+        assert "two_tower.user" in memo and "features.history" in memo
+    tt = p.sources["two_tower"]
+
+    def answer(pipe, user):
+        tt._last_user = None  # the single-request cache would hide a stale memo
+        r = pipe.recommend(RecommendRequest(user_id=user, k=10, explain=True))
+        return [(it.item_id, round(it.score, 5)) for it in r.items]
+
+    for user in users:
+        assert answer(p, user) == answer(plain, user) == answer(p, user)  # the second p call hits the memo
+    assert p.memos.hits >= len(users)
+    # an event makes a new history version: the memo of the old one is not used again
+    user = users[0]
+    before = answer(p, user)
+    p.record_events([Event(user, before[0][0], int(p.table.now) + 60, "purchase")])
+    after = answer(p, user)
+    assert after == answer(plain, user) and after != before
+    p.warm(1000)
