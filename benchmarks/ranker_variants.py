@@ -1,5 +1,6 @@
 """Ranker compression: p50 latency of scoring one candidate list and NDCG@10 of the final list,
-for fp32 torch, int8 dynamic-quantised torch and ONNX Runtime, in one run.
+for the serving path (the eval-mode model in numpy, fp32), fp32 torch, int8 dynamic-quantised torch
+and ONNX Runtime, in one run.
 
     .venv/bin/python benchmarks/ranker_variants.py --bundle BUNDLES --data DIR --users 2000
 
@@ -55,8 +56,13 @@ def main() -> None:
     ranker = p.rankers["recommend"]
     feats = [lists.features[i][lists.mask[i]] for i in range(len(lists))]
 
+    def torch_fp32(x):
+        with torch.no_grad():
+            return ranker.model(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+
     variants = {
-        "fp32 torch": lambda x: ranker.score(x),
+        "fp32 numpy (serving path)": lambda x: ranker.score(x),
+        "fp32 torch": torch_fp32,
         "int8 dynamic torch": lambda x: ranker.score(x, quantized=True),
     }
     try:  # the ONNX export needs the `onnx` package, which is not a Tandem dependency

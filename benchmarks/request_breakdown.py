@@ -1,7 +1,11 @@
 """Where one Recommend's time goes, in-process and on one thread: each candidate source, fusion,
 the ranking features and the ranker, over the first N users of a bundle.
 
-    .venv/bin/python benchmarks/request_breakdown.py --bundles BUNDLES [--users 500]
+    .venv/bin/python benchmarks/request_breakdown.py --bundles BUNDLES [--users 500] [--no-memos]
+
+As ``tandem serve`` does, the users' memos (two-tower vector, text profile, history summary) are
+filled first; ``--no-memos`` times every request computing them (a user's first request after
+an event does).
 
 Prints the mean and p99 milliseconds of each stage and of the whole `Pipeline.recommend` call
 (the server adds transport and conversion on top; see serve_latency.py). Runs vary by ~10% on a
@@ -23,6 +27,8 @@ def main() -> None:
     ap.add_argument("--bundles", type=Path, required=True)
     ap.add_argument("--users", type=int, default=500)
     ap.add_argument("--warmup", type=int, default=30)
+    ap.add_argument("--no-memos", action="store_true",
+                    help="keep no user memos: every request runs the user tower and summarises the history")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import torch
@@ -31,19 +37,17 @@ def main() -> None:
     from ranking.api import RecommendRequest
     from ranking.features import compute_features
     from ranking.loader import load_engine
-    from retrieval.base import RetrievalRequest
     from retrieval.fusion import fuse
 
     p = load_engine(args.bundles)
     users = p.histories.user_ids[: args.users + args.warmup]
+    p.warm(0 if args.no_memos else p.n_users)  # as tandem serve does at load (--user-memos)
     names = p.available("recommend")
     ranker = p.rankers.get("recommend")
     times: dict[str, list[float]] = {n: [] for n in (*names, "fusion", "features", "ranker", "recommend")}
     tt = p.sources.get("two_tower")
     for i, user in enumerate(users):
-        h = p.histories.get(user)
-        req = RetrievalRequest(history=h.items, history_ts=h.ts, history_events=h.events, user_id=user,
-                               now=p._now(h))  # noqa: SLF001 - the request the pipeline builds
+        req, _ = p.user_request(user)  # the request Pipeline.recommend builds, with the user's memo
         if tt is not None:
             tt._last_user = None  # noqa: SLF001 - time the user tower, not its per-request cache
         lap = {}
@@ -69,7 +73,8 @@ def main() -> None:
         if i >= args.warmup:
             for k, v in lap.items():
                 times[k].append(v)
-    print(f"bundle {p.version}: {p.n_items} items; {len(times['recommend'])} users; one thread")
+    memos = "no user memos" if args.no_memos else "user memos filled at load"
+    print(f"bundle {p.version}: {p.n_items} items; {len(times['recommend'])} users; one thread; {memos}")
     print("| stage | mean ms | p99 ms |\n|---|---|---|")
     for k, v in times.items():
         a = np.array(v) * 1e3

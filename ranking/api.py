@@ -146,3 +146,7 @@ class Engine(Protocol):
         """Apply events to the in-memory user histories (events on unknown items are ignored);
         returns how many were applied. Must be thread-safe."""
         ...
+
+    # Optional: ``warm(users: int) -> int``. When an engine has it, the server calls it once
+    # after loading (and replaying the event log), before the engine serves: keep per-user
+    # state for up to ``users`` users and precompute it for the most recently active ones.

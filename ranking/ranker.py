@@ -146,6 +146,43 @@ class DCNRanker(nn.Module):
         return self.head(torch.cat([self.deep(z), c], dim=-1)).squeeze(-1)
 
 
+class _NumpyDCN:
+    """:meth:`DCNRanker.forward` in eval mode, in numpy float32: the request path.
+
+    One request scores a few hundred candidates through a few small layers; torch's per-op
+    dispatch is most of that time. The same weights and arithmetic (features standardised,
+    cross layers, the ReLU MLP, the head) run here on a (F, m) layout, so each layer is one
+    matrix product. ``tests/ranking/test_ranker.py`` holds it equal to the torch model."""
+
+    def __init__(self, model: DCNRanker) -> None:
+        def arr(t: torch.Tensor) -> np.ndarray:
+            return np.ascontiguousarray(t.detach().numpy(), dtype=np.float32)
+
+        self.mean = arr(model.mean)[:, None]
+        self.std = arr(model.std)[:, None]
+        self.cross = [(arr(c.lin.weight), arr(c.lin.bias)[:, None]) for c in model.cross]
+        linears = [m for m in model.deep if isinstance(m, nn.Linear)]
+        if any(not isinstance(m, nn.Linear | nn.ReLU | nn.Dropout) for m in model.deep):
+            raise TypeError("_NumpyDCN knows Linear, ReLU and Dropout layers only")
+        self.deep = [(arr(m.weight), arr(m.bias)[:, None]) for m in linears]
+        head = arr(model.head.weight)[0]
+        width = self.deep[-1][0].shape[0] if self.deep else self.mean.shape[0]
+        self.head_deep, self.head_cross = head[:width], head[width:]
+        self.head_bias = np.float32(model.head.bias.item())
+
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        z = (features.T - self.mean) / self.std  # (F, m)
+        c = z
+        for w, b in self.cross:
+            c = z * (w @ c + b) + c
+        h = z
+        for w, b in self.deep:
+            h = w @ h
+            h += b
+            np.maximum(h, 0.0, out=h)
+        return (self.head_deep @ h + self.head_cross @ c + self.head_bias).astype(np.float32)
+
+
 class Ranker:
     """Train, score, explain, save and load the re-ranker."""
 
@@ -156,6 +193,7 @@ class Ranker:
         self.model.eval()
         self.history: list[dict] = []
         self._quantized: nn.Module | None = None
+        self._fast: _NumpyDCN | None = None
 
     # -- training -------------------------------------------------------------------------
     def fit(self, lists: RankingLists, valid: RankingLists | None = None) -> Ranker:
@@ -213,6 +251,7 @@ class Ranker:
             self.model.load_state_dict(best_state)
         self.model.eval()
         self._quantized = None
+        self._fast = None
         return self
 
     # -- inference ------------------------------------------------------------------------
@@ -225,10 +264,18 @@ class Ranker:
 
     @torch.no_grad()
     def score(self, features: np.ndarray, quantized: bool = False) -> np.ndarray:
-        """features float32 (m, F) -> scores float32 (m,)."""
+        """features float32 (m, F) -> scores float32 (m,). The default path is the numpy copy
+        of the eval-mode model (made on first use); ``quantized`` runs torch's int8 dynamic
+        quantisation of it instead."""
         if features.shape[0] == 0:
             return np.zeros(0, dtype=np.float32)
-        return self._net(quantized)(torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))).numpy()
+        if not quantized:
+            if self._fast is None:
+                self._fast = _NumpyDCN(self.model)
+            return self._fast(np.asarray(features, dtype=np.float32))
+        with torch.no_grad():
+            x = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
+            return self._net(quantized)(x).numpy()
 
     @torch.no_grad()
     def score_lists(self, lists: RankingLists, batch: int = 512) -> np.ndarray:
@@ -278,5 +325,6 @@ class Ranker:
         r = cls(meta["feature_names"], RankerConfig.from_dict(meta["config"]))
         r.model.load_state_dict(load_file(str(folder / "ranker.safetensors")))
         r.model.eval()
+        r._fast = None
         r.history = meta.get("history", [])
         return r

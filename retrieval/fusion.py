@@ -111,29 +111,32 @@ def fuse(lists: Sequence[Candidates], k: int, config: FusionConfig | None = None
         norm = np.concatenate([_normalised(c.scores) for c in lists])
         contrib = weight[src] * norm
 
-    # a source that repeats an item counts it once, at its best (first) rank
-    key = src * (int(items.max()) + 1) + items
-    _, first = np.unique(key, return_index=True)
-    src, items, raw, rank, contrib = src[first], items[first], raw[first], rank[first], contrib[first]
-
     universe, col = np.unique(items, return_inverse=True)
     m = universe.shape[0]
     ranks = np.zeros((n_src, m), dtype=np.int32)
     ranks[src, col] = rank
+    if np.count_nonzero(ranks) != total:
+        # a source repeated an item (sources should not): count it once, at its best (first) rank
+        _, first = np.unique(src * m + col, return_index=True)
+        src, col, raw, rank, contrib = src[first], col[first], raw[first], rank[first], contrib[first]
+        ranks[:] = 0
+        ranks[src, col] = rank
     source_scores = np.full((n_src, m), np.nan, dtype=np.float32)
     source_scores[src, col] = raw
     fused = np.bincount(col, weights=contrib, minlength=m)
-    best_rank = np.where(ranks > 0, ranks, np.iinfo(np.int32).max).min(axis=0)
+    best_rank = (ranks - 1).astype(np.uint32).min(axis=0)  # 0 (not found) wraps to the largest value
     order = np.lexsort((universe, best_rank, -fused))  # best first
 
     quota = np.array([config.quotas.get(s, 0) for s in sources], dtype=np.int64)
-    guaranteed = ((ranks > 0) & (ranks <= quota[:, None])).any(axis=0)
-    g_order = order[guaranteed[order]]
-    take = g_order[:k]
-    room = k - take.shape[0]
-    if room > 0:
-        take = np.concatenate([take, order[~guaranteed[order]][:room]])
-    take = take[np.argsort(_positions(order)[take], kind="stable")]  # back to fused order
+    if not quota.any():
+        take = order[:k]
+    else:
+        guaranteed = ((ranks > 0) & (ranks <= quota[:, None])).any(axis=0)
+        take = order[guaranteed[order]][:k]
+        room = k - take.shape[0]
+        if room > 0:
+            take = np.concatenate([take, order[~guaranteed[order]][:room]])
+        take = take[np.argsort(_positions(order)[take], kind="stable")]  # back to fused order
     return Fused(universe[take].astype(np.int64), fused[take].astype(np.float32), ranks[:, take],
                  source_scores[:, take], sources)
 

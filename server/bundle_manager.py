@@ -53,8 +53,9 @@ class BundleManager:
 
     def __init__(self, root: Path, loader: Callable[[Path], Engine], event_log: EventLog | None,
                  on_swap: Callable[[Engine], None] | None = None,
-                 on_refused: Callable[[str], None] | None = None) -> None:
+                 on_refused: Callable[[str], None] | None = None, warm_users: int | None = None) -> None:
         self.root = Path(root)
+        self.warm_users = warm_users
         self.loader = loader
         self.event_log = event_log
         self.on_swap = on_swap
@@ -121,6 +122,12 @@ class BundleManager:
                 mark = self.event_log.position() if self.event_log is not None else 0
                 if self.event_log is not None:
                     replayed = self._apply(engine, self.event_log.iter_events(since_ts, received, upto_seq=mark))
+                warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
+                if warm is not None and self.warm_users is not None:
+                    t1 = time.perf_counter()
+                    warmed = warm(self.warm_users)
+                    log.info("bundle %s: %d users' memos filled in %.1fs", engine.version, warmed,
+                             time.perf_counter() - t1)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, the old one serves on
                 return False, self._refuse(target, exc)
             with self._ingest_lock:

@@ -73,6 +73,7 @@ class ServerConfig:
     tls_key: Path | None = None
     workers: int = field(default_factory=_default_workers)
     compute_slots: int = field(default_factory=_cores)
+    user_memos: int = 50_000
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
@@ -94,6 +95,8 @@ class ServerConfig:
             raise ValueError(f"--workers must be >= 1, got {self.workers}")
         if self.compute_slots < 1:
             raise ValueError(f"--compute-slots must be >= 1, got {self.compute_slots}")
+        if self.user_memos < 0:
+            raise ValueError(f"--user-memos must be >= 0, got {self.user_memos}")
         if self.watch_interval_s <= 0 or self.grace_s < 0:
             raise ValueError("watch_interval_s must be > 0 and grace_s >= 0")
 
@@ -311,7 +314,8 @@ class TandemServer:
             self.metrics.swaps.inc()
 
         self.manager = BundleManager(config.bundles, engine_loader, self.event_log, on_swap,
-                                     on_refused=lambda _msg: self.metrics.refused.inc())
+                                     on_refused=lambda _msg: self.metrics.refused.inc(),
+                                     warm_users=config.user_memos)
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port: int | None = None

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import torch
 
 from ranking.ranker import Ranker, RankerConfig, RankingLists, ndcg_of_lists
 
@@ -60,3 +61,23 @@ def test_no_positive_anywhere_is_a_clear_error():
 def test_config_validation_names_field():
     with pytest.raises(ValueError, match="ranker.dropout"):
         RankerConfig(dropout=1.5)
+
+
+def test_numpy_scoring_path_equals_the_torch_model():
+    rng = np.random.default_rng(4)
+    names = [f"f{i}" for i in range(7)]
+    r = Ranker(names, RankerConfig(hidden=(16, 8), cross_layers=2))
+    with torch.no_grad():  # weights and standardisation away from their initial values
+        for p in r.model.parameters():
+            p.add_(torch.from_numpy(rng.normal(0, 0.3, p.shape).astype(np.float32)))
+        r.model.mean.copy_(torch.from_numpy(rng.normal(size=7).astype(np.float32)))
+        r.model.std.copy_(torch.from_numpy(rng.uniform(0.5, 2, 7).astype(np.float32)))
+    r._fast = None
+    x = rng.normal(size=(300, 7)).astype(np.float32)
+    with torch.no_grad():
+        expected = r.model(torch.from_numpy(x)).numpy()
+    for layout in (x, np.asfortranarray(x), x.T.copy().T):
+        got = r.score(layout)
+        assert got.dtype == np.float32 and got.shape == (300,)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+    assert r.score(np.zeros((0, 7), np.float32)).shape == (0,)
