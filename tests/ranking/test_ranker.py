@@ -81,3 +81,20 @@ def test_numpy_scoring_path_equals_the_torch_model():
         assert got.dtype == np.float32 and got.shape == (300,)
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
     assert r.score(np.zeros((0, 7), np.float32)).shape == (0,)
+
+
+def test_numpy_scoring_runs_blas_on_one_thread():
+    from threadpoolctl import threadpool_info
+
+    r = Ranker([f"f{i}" for i in range(5)], RankerConfig(hidden=(8,)))
+    r.score(np.zeros((2, 5), np.float32))
+    seen = []
+
+    class Spy(list):  # records the BLAS thread count while the cross layers run
+        def __iter__(self):
+            seen.extend(i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas")
+            return super().__iter__()
+
+    r._fast.cross = Spy(r._fast.cross)
+    r.score(np.ones((3, 5), np.float32))
+    assert seen and set(seen) == {1}

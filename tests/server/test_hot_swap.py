@@ -163,3 +163,29 @@ def test_replay_on_load_uses_built_at_and_receive_time(tmp_path):
     seq, applied = manager.record([Event("alice", "i01", 1_800_000_000), Event("alice", "zzz", 1_800_000_000)])
     assert (seq, applied) == (5, 1) and manager.engine.histories["alice"][-1] == "i01"
     log.close()
+
+
+def test_engine_is_warmed_after_the_replay_and_before_it_serves(tmp_path):
+    root = tmp_path / "bundles"
+    write_fake_bundle(root, built_at=1_700_000_000)
+    log = EventLog(tmp_path / "events.sqlite3")
+    log.append([Event("alice", "i12", 1_700_000_500)])
+    seen = []
+
+    def loader(folder):
+        engine = load_fake_engine(folder)
+
+        def warm(users):  # what the engine holds when it is asked to warm
+            seen.append((users, list(engine.histories["alice"])))
+            return 1
+
+        engine.warm = warm
+        return engine
+
+    manager = BundleManager(root, loader, log, warm_users=7)
+    assert manager.reload() == (True, "")
+    assert seen == [(7, ["i03", "i12"])]  # the replayed event was in before warming
+    # without warm_users (and for engines without warm) nothing is called
+    write_fake_bundle(root, version="v2", built_at=1_700_000_000)
+    assert BundleManager(root, loader, log).reload() == (True, "") and len(seen) == 1
+    log.close()

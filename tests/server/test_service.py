@@ -282,6 +282,8 @@ def test_config_is_validated():
         ServerConfig(bundles="b", workers=0)
     with pytest.raises(ValueError, match="--compute-slots must be >= 1"):
         ServerConfig(bundles="b", compute_slots=0)
+    with pytest.raises(ValueError, match="--user-memos must be >= 0"):
+        ServerConfig(bundles="b", user_memos=-1)
     with pytest.raises(ValueError, match="--token must not be empty"):
         ServerConfig(bundles="b", token=" ")
 
