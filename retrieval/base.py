@@ -44,6 +44,18 @@ class RetrievalRequest:
     user_id: str | None = None
     now: int | None = None
     memo: dict | None = field(default=None, compare=False, repr=False)
+    _excluded: dict = field(default_factory=dict, init=False, compare=False, repr=False)
+
+    def excluded(self, n: int) -> IdSet:
+        """The ids a source never returns for this request, over a catalog of ``n`` items: the
+        history and ``item``. Built once per request and shared by its sources."""
+        found = self._excluded.get(n)
+        if found is None:
+            members = np.asarray(self.history, dtype=np.int64)
+            if self.item is not None:
+                members = np.append(members, np.int64(self.item))
+            found = self._excluded[n] = IdSet(members, n)
+        return found
 
 
 @dataclass(frozen=True)

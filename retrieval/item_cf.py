@@ -126,12 +126,15 @@ def _gather_rows(sim: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> t
     return items, np.bincount(inverse, weights=vals.astype(np.float64) * weights[order][at], minlength=items.size)
 
 
-def _top_k_scored(items: np.ndarray, scores: np.ndarray, k: int, exclude: np.ndarray, n: int,
-                  source: str) -> Candidates:
-    """Best ``k`` positive ``scores`` (ties: lower item first), ``exclude`` left out (ids < ``n``)."""
+def _top_k_scored(items: np.ndarray, scores: np.ndarray, k: int, exclude: IdSet, source: str) -> Candidates:
+    """Best ``k`` positive ``scores`` (ties: lower item first), ``exclude`` left out."""
     scores = scores.astype(np.float32)
-    keep = (scores > 0) & ~IdSet(exclude, n).contains(items)
+    keep = (scores > 0) & ~exclude.contains(items)
     items, scores = items[keep], scores[keep]
+    if items.shape[0] > k > 0:  # sort only what can make the top k: scores >= the k-th largest, ties kept
+        kth = np.partition(scores, items.shape[0] - k)[items.shape[0] - k]
+        head = scores >= kth
+        items, scores = items[head], scores[head]
     order = np.lexsort((items, -scores))[:k]
     return Candidates(items[order], scores[order], source)
 
@@ -305,11 +308,8 @@ class ItemCF:
         seeds, weights = self._seeds(request)
         if seeds.size == 0:
             return Candidates.empty(self.name)
-        exclude = np.asarray(request.history, dtype=np.int64)
-        if request.item is not None:
-            exclude = np.append(exclude, request.item)
         items, scores = _gather_rows(sim, seeds, weights)
-        return _top_k_scored(items, scores, k, exclude, sim.shape[0], self.name)
+        return _top_k_scored(items, scores, k, request.excluded(sim.shape[0]), self.name)
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items): every item's score for each request (0 where unrelated; history
@@ -420,11 +420,8 @@ class UserCF:
         item's users); empty without a known item. History and ``request.item`` are left out."""
         if k <= 0:
             return Candidates.empty(self.name)
-        exclude = np.asarray(request.history, dtype=np.int64)
-        if request.item is not None:
-            exclude = np.append(exclude, request.item)
         row = self._scores([request])
-        return _top_k_scored(row.indices.astype(np.int64), row.data, k, exclude, row.shape[1], self.name)
+        return _top_k_scored(row.indices.astype(np.int64), row.data, k, request.excluded(row.shape[1]), self.name)
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items) scores, history not masked (see :meth:`ItemCF.score_all`)."""

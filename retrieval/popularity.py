@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
 
 __all__ = ["PopularityConfig", "Popularity"]
@@ -102,10 +102,7 @@ class Popularity:
         scores = self._fitted()
         if k <= 0:
             return Candidates.empty(self.name)
-        hist = np.asarray(request.history, dtype=np.int64)
-        if request.item is not None:
-            hist = np.append(hist, np.int64(request.item))  # SimilarItems never returns its own item
-        seen = IdSet(hist, scores.shape[0])
+        seen = request.excluded(scores.shape[0])  # history, and SimilarItems' own item
         # the catalog sorted once: a request reads its first k + |history| entries
         head = self._ranking(scores)[: k + seen.size]
         top = head[~seen.contains(head)][:k]

@@ -247,30 +247,25 @@ class TextSource:
 
     def retrieve(self, request: RetrievalRequest, k: int) -> Candidates:
         """Search when ``request.query`` is set, else similar items when ``request.item`` is
-        set (the item itself excluded), else content-based recommendation from the history
-        (history items excluded). Empty when none of these applies."""
+        set, else content-based recommendation from the history. The history and
+        ``request.item`` are never returned. Empty when none of these applies."""
         if self.vectors is None:
             raise RuntimeError("TextSource.retrieve called before fit() or load()")
         if k <= 0 or self._index is None:
             return Candidates.empty(self.name)
-        exclude: np.ndarray
         if request.query is not None and request.query.strip():
             qvec = self.encode_query(request.query)
-            exclude = np.zeros(0, dtype=np.int64)
         elif request.item is not None:
             if not 0 <= request.item < self.vectors.shape[0]:
                 return Candidates.empty(self.name)
             qvec = self.vectors[request.item]
-            exclude = np.array([request.item], dtype=np.int64)
         else:
             hvec = self.remember(request)
             if hvec is None:
                 return Candidates.empty(self.name)
             qvec = hvec
-            exclude = np.zeros(0, dtype=np.int64)
-        # the source contract: the request's history is never returned, in every mode
-        exclude = np.concatenate([exclude, np.asarray(request.history, dtype=np.int64)])
-        return self._search(qvec, k, IdSet(exclude, self.vectors.shape[0]))
+        # the source contract: the request's history (and item) are never returned, in every mode
+        return self._search(qvec, k, request.excluded(self.vectors.shape[0]))
 
     def _search(self, qvec: np.ndarray, k: int, exclude: IdSet) -> Candidates:
         n = self.vectors.shape[0]  # type: ignore[union-attr]

@@ -26,7 +26,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from retrieval.ann import AnnConfig
-from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
+from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from retrieval.text_tower import _build_index, _load_index
@@ -568,13 +568,11 @@ class TwoTower:
         hist = np.asarray(request.history, dtype=np.int64)
         if hist.size:
             qvec = self.encode_users([request])[0]
-            extra = [] if request.item is None else [request.item]
-            exclude = IdSet(np.concatenate([hist, np.array(extra, dtype=np.int64)]), self.n_items)
         elif request.item is not None and 0 <= request.item < self.n_items:
             qvec = self._item_vectors[request.item]  # type: ignore[index]
-            exclude = IdSet(np.array([request.item], dtype=np.int64), self.n_items)
         else:
             return Candidates.empty(self.name)
+        exclude = request.excluded(self.n_items)  # the history and request.item
         want = min(self.n_items, k + exclude.size)
         scores, ids = self._index.search(qvec[None, :].astype(np.float32), want)
         keep = (ids[0] >= 0) & ~exclude.contains(ids[0])

@@ -174,3 +174,11 @@ def test_id_set_matches_isin_including_out_of_range_ids():
     np.testing.assert_array_equal(s.contains(ids), want)
     assert IdSet(np.zeros(0, np.int64), 50).contains(ids).sum() == 0
     assert s.contains(np.zeros((0,), np.int64)).shape == (0,)
+
+
+def test_request_exclusion_is_history_and_item_built_once():
+    req = RetrievalRequest(history=np.array([3, 7, 3, 99]), item=5)
+    ex = req.excluded(10)
+    assert req.excluded(10) is ex  # shared by every source of the request
+    assert ex.contains(np.arange(12)).tolist() == [i in (3, 5, 7) for i in range(12)] and ex.size == 3
+    assert RetrievalRequest(history=np.array([1])).excluded(4).size == 1
