@@ -266,6 +266,8 @@ class Pipeline:
         """Retrieve, fuse and (when a ranker for ``kind`` exists) re-rank one request."""
         _, fused = self.retrieve(req, kind)
         ranker = self.rankers.get(kind) if use_ranker else None
+        if kind == "recommend" and len(req.history) == 0:
+            ranker = None  # cold start: the ranker learnt from users with a history; popularity's order stands
         if ranker is None or len(fused.items) == 0:
             order = np.arange(len(fused.items))
             return Ranked(fused.items, fused.scores, fused, order, None, None)

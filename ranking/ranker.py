@@ -8,11 +8,12 @@ re-ranked validation lists. Features are standardised with statistics stored in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -175,7 +176,7 @@ class _NumpyDCN:
     def __call__(self, features: np.ndarray) -> np.ndarray:
         # one BLAS thread: products this small gain nothing from more, and OpenBLAS's spinning
         # threads starve FAISS's and torch's where a process uses them all (10x slower evaluation)
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        with _one_blas_thread():
             z = (features.T - self.mean) / self.std  # (F, m)
             c = z
             for w, b in self.cross:
@@ -189,8 +190,23 @@ class _NumpyDCN:
 
 
 @functools.cache
-def _blas_controller() -> ThreadpoolController:
-    return ThreadpoolController()
+def _blas_libraries() -> list:
+    return list(ThreadpoolController().select(user_api="blas").lib_controllers)
+
+
+@contextlib.contextmanager
+def _one_blas_thread() -> Iterator[None]:
+    """BLAS on one thread for the body; a ~1 us check where it already is (``tandem serve``)."""
+    libs = [(lib, lib.num_threads) for lib in _blas_libraries()]
+    for lib, n in libs:
+        if n != 1:
+            lib.set_num_threads(1)
+    try:
+        yield
+    finally:
+        for lib, n in libs:
+            if n != 1:
+                lib.set_num_threads(n)
 
 
 class Ranker:
@@ -199,7 +215,9 @@ class Ranker:
     def __init__(self, feature_names: Sequence[str], config: RankerConfig = RankerConfig()) -> None:
         self.feature_names = list(feature_names)
         self.config = config
-        self.model = DCNRanker(len(self.feature_names), config)
+        with torch.random.fork_rng(devices=[]):  # seeded initial weights; the global RNG is left as it was
+            torch.manual_seed(config.seed)
+            self.model = DCNRanker(len(self.feature_names), config)
         self.model.eval()
         self.history: list[dict] = []
         self._quantized: nn.Module | None = None

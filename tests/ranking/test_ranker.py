@@ -98,3 +98,18 @@ def test_numpy_scoring_runs_blas_on_one_thread():
     r._fast.cross = Spy(r._fast.cross)
     r.score(np.ones((3, 5), np.float32))
     assert seen and set(seen) == {1}
+
+
+def test_initial_weights_come_from_the_config_seed_not_the_global_rng():
+    torch.manual_seed(1)
+    a = Ranker(["x", "y"], RankerConfig(hidden=(4,)))
+    state = torch.random.get_rng_state()
+    torch.rand(7)  # whatever ran before must not change a build
+    b = Ranker(["x", "y"], RankerConfig(hidden=(4,)))
+    for (name, wa), (_, wb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(wa, wb), name
+    torch.manual_seed(1)
+    Ranker(["x", "y"], RankerConfig(hidden=(4,)))
+    assert torch.equal(torch.random.get_rng_state(), state)  # and the global generator is left alone
+    c = Ranker(["x", "y"], RankerConfig(hidden=(4,), seed=2))
+    assert not torch.equal(c.model.deep[0].weight, a.model.deep[0].weight)
