@@ -39,6 +39,9 @@ _DAY = 86400.0
 CF_TRANSPOSE_MAX_NNZ = 50_000_000
 #: Items with up to this many tags keep them as a padded int32 row too (see ``ItemTable.tag_rows``).
 MAX_PADDED_TAGS = 64
+#: Id spaces (tags; categories and brands) up to this size are looked up through a dense
+#: per-request table; larger ones by binary search.
+MAX_DENSE_LOOKUP = 1 << 16
 
 
 @dataclass
@@ -76,17 +79,20 @@ class ItemTable:
                 # contiguous row instead of searching 300 rows (~0.2 ms of cache misses per request)
                 self.cf_t = self.cf.T.tocsr()
                 self.cf_t.sort_indices()
-        # leaf, top-level category and brand ids as one key each (kind in the high bits; -1 unknown),
-        # so the three affinity features are one search per request
-        keys = np.stack([self.leaf, self.top, self.brand], axis=1).astype(np.int64)
-        self.affinity_keys = np.where(keys >= 0, keys + (np.arange(3, dtype=np.int64) << 32), -1)
-        # each item's tags as a padded row (-1 = none) when the tag matrix is binary and rows are short:
-        # the tag-overlap feature then gathers rows instead of walking the csr arrays
+        # leaf, top-level category and brand ids in one id space (leaf ids, then top-level ids, then
+        # brand ids; unknown = the space's size), so the three affinity features are one look-up
+        sizes = [int(a.max()) + 1 if a.size else 0 for a in (self.leaf, self.top, self.brand)]
+        self.affinity_space = sum(sizes)
+        ids = np.stack([self.leaf, self.top, self.brand], axis=1).astype(np.int64) + np.cumsum([0] + sizes[:2])
+        known = np.stack([self.leaf, self.top, self.brand], axis=1) >= 0
+        self.affinity_ids = np.where(known, ids, self.affinity_space).astype(np.int32)
+        # each item's tags as a padded row (padding = the number of tags) when the tag matrix is binary
+        # and rows are short: the tag-overlap feature then gathers rows instead of walking the csr arrays
         self.tag_rows: np.ndarray | None = None
         tags = self.tag_sets
         lengths = np.diff(tags.indptr)
         if tags.nnz and lengths.max() <= MAX_PADDED_TAGS and np.all(tags.data == 1):
-            rows = np.full((tags.shape[0], int(lengths.max())), -1, dtype=np.int32)
+            rows = np.full((tags.shape[0], int(lengths.max())), tags.shape[1], dtype=np.int32)
             at = np.arange(tags.nnz) - np.repeat(tags.indptr[:-1], lengths)
             rows[np.repeat(np.arange(tags.shape[0]), lengths), at] = tags.indices
             self.tag_rows = rows
@@ -163,7 +169,7 @@ class HistorySummary:
     ``cf_recent`` float32: the item-CF row of the last item and the recency-weighted rows of the
     last ``recent`` items over the union of their columns; ``cf_rev_cols`` / ``cf_rev`` the
     last item's column of the CF matrix (who points at it), None without a transposed copy;
-    ``affinity`` the history's leaf, top-level and brand keys (``ItemTable.affinity_keys``,
+    ``affinity`` the history's leaf, top-level and brand ids (``ItemTable.affinity_ids``,
     sorted) and each one's share of the history's known ids of its kind; ``tags`` the recent items' tags (sorted) and their counts; ``last_leaf`` the last
     item's leaf id; ``median_log_price`` NaN when no price is known. Everything is sparse, so a
     summary stays a few kilobytes whatever the catalog's size.
@@ -206,10 +212,10 @@ def summarise_history(table: ItemTable, history: np.ndarray, recent: int = 5) ->
         if table.cf_t is not None:  # views of one row of the transposed copy: nothing copied
             s, e = table.cf_t.indptr[hist[-1]], table.cf_t.indptr[hist[-1] + 1]
             out.cf_rev_cols, out.cf_rev = table.cf_t.indices[s:e], table.cf_t.data[s:e]
-    keys = table.affinity_keys[hist]  # (h, 3)
+    keys = table.affinity_ids[hist]  # (h, 3)
     kinds = []
     for kind in range(3):
-        ids, counts = np.unique(keys[:, kind][keys[:, kind] >= 0], return_counts=True)
+        ids, counts = np.unique(keys[:, kind][keys[:, kind] < table.affinity_space], return_counts=True)
         kinds.append((ids, counts.astype(np.float32) / max(1, int(counts.sum()))))
     out.affinity = (np.concatenate([k for k, _ in kinds]), np.concatenate([v for _, v in kinds]))
     _, t_cols, t_vals = row_entries(table.tag_sets, last)
@@ -317,6 +323,17 @@ def _find(cols: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return cols[at] == keys, at
 
 
+def _values_at(ids: np.ndarray, values: np.ndarray, at: np.ndarray, space: int) -> np.ndarray:
+    """float32 shaped like ``at``: ``values`` of the sorted ``ids`` found in ``at``, 0 elsewhere
+    (``at`` holds ids below ``space``, or ``space`` itself for none)."""
+    if space <= MAX_DENSE_LOOKUP:
+        dense = np.zeros(space + 1, dtype=np.float32)
+        dense[ids] = values
+        return dense[at]
+    hit, pos = _find(ids, at)
+    return np.where(hit, values[pos], 0.0).astype(np.float32)
+
+
 #: 1 / log2(rank + 1) for ranks 0..n (0 = not found reads 0); grown on demand.
 _DISCOUNT = np.concatenate([[0.0], 1.0 / np.log2(np.arange(1, 1025, dtype=np.float32) + 1.0)]).astype(np.float32)
 
@@ -386,14 +403,12 @@ def compute_features(
         o[_C["cf_reverse_last"]] = rows_values(table.cf, items, ctx.history[-1:])[:, 0]
 
     if hs.affinity is not None and hs.affinity[0].shape[0]:
-        keys = table.affinity_keys[items].T  # (3, m): leaf, top, brand
-        hit, at = _find(hs.affinity[0], keys)
-        o[_C["leaf_affinity"] : _C["leaf_affinity"] + 3] = np.where(hit, hs.affinity[1][at], 0.0)
+        ids = table.affinity_ids[items].T  # (3, m): leaf, top, brand
+        o[_C["leaf_affinity"] : _C["leaf_affinity"] + 3] = _values_at(*hs.affinity, ids, table.affinity_space)
     if hs.length:
         if hs.tags is not None and hs.tags[0].shape[0]:
             if table.tag_rows is not None:
-                hit, at = _find(hs.tags[0], table.tag_rows[items])
-                overlap = np.where(hit, hs.tags[1][at], 0.0).sum(1)
+                overlap = _values_at(*hs.tags, table.tag_rows[items], table.tag_sets.shape[1]).sum(1)
             else:
                 t_rows, t_cols, t_vals = row_entries(table.tag_sets, items)
                 hit, at = _find(hs.tags[0], t_cols)

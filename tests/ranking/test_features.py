@@ -114,3 +114,27 @@ def test_history_summary_is_kept_in_the_memo_and_changes_nothing():
     assert again.summary is first.summary is memo["features.history"]
     bare = RequestContext(history=history, user_vec=None, query_vec=None, now=table.now, is_search=False)
     np.testing.assert_array_equal(compute_features(table, first, *args), compute_features(table, bare, *args))
+
+
+def test_dense_and_searched_look_ups_give_the_same_features(monkeypatch):
+    import ranking.features as features
+
+    rng = np.random.default_rng(7)
+    cats = ["A > x", "A > y", "B > z", ""]
+    cat = Catalog.from_items(Item(f"i{i}", f"item {i}", category=cats[i % 4], brand=("b1", "b2", "")[i % 3],
+                                  tags=tuple(f"t{j}" for j in range(i % 5))) for i in range(40))
+    inter = Interactions(["u"], np.zeros(6), [1, 5, 9, 2, 4, 11], np.arange(6) * 100, [3] * 6, [np.nan] * 6)
+    table = build_item_table(cat, inter)
+    assert table.tag_rows is not None
+    items = rng.choice(40, 15, replace=False)
+    args = (items, np.linspace(1, 0, 15).astype(np.float32), np.ones((1, 15), np.int32),
+            np.ones((1, 15), np.float32))
+    history = np.array([1, 5, 9, 2, 4, 11, 3])
+    dense = compute_features(table, request_context(table, history), *args)
+    monkeypatch.setattr(features, "MAX_DENSE_LOOKUP", 0)
+    searched = compute_features(table, request_context(table, history), *args)
+    np.testing.assert_array_equal(dense, searched)
+    names = feature_names(["s"])
+    leaf = [cats[i % 4] for i in history]
+    want = [leaf.count(cats[i % 4]) / sum(1 for c in leaf if c) if cats[i % 4] else 0.0 for i in items]
+    np.testing.assert_allclose(dense[:, names.index("leaf_affinity")], want, rtol=1e-6)
