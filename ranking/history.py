@@ -17,7 +17,10 @@ import numpy as np
 
 from retrieval.data import EVENT_CODE, Catalog, Event, Interactions
 
-__all__ = ["UserHistory", "HistoryStore", "UserMemos"]
+__all__ = ["UserHistory", "HistoryStore", "UserMemos", "DEFAULT_USER_MEMOS"]
+
+#: Users whose memos are kept by default (about 10 KB each on the 100k-item shop).
+DEFAULT_USER_MEMOS = 50_000
 
 
 @dataclass(frozen=True)
@@ -169,7 +172,7 @@ class UserMemos:
     ``capacity`` 0 keeps nothing. Thread-safe.
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = DEFAULT_USER_MEMOS) -> None:
         self._memos: OrderedDict[str, tuple[int, dict]] = OrderedDict()
         self._lock = threading.Lock()
         self.capacity = 0

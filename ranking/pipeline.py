@@ -31,7 +31,7 @@ from ranking.api import (
 )
 from ranking.features import ItemTable, RequestContext, compute_features, feature_names, request_context
 from ranking.filters import FilterIndex, apply_filters
-from ranking.history import HistoryStore, UserHistory, UserMemos
+from ranking.history import DEFAULT_USER_MEMOS, HistoryStore, UserHistory, UserMemos
 from ranking.ranker import Ranker
 from retrieval.base import Candidates, CandidateSource, IdSet, RetrievalRequest
 from retrieval.data import EVENT_CODE, Catalog, Event, Item
@@ -122,7 +122,7 @@ class Pipeline:
         *,
         version: str = "dev",
         built_at: int = 0,
-        user_memos: int = 100_000,
+        user_memos: int = DEFAULT_USER_MEMOS,
     ) -> None:
         self.catalog = catalog
         self.sources = dict(sources)

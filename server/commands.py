@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--workers", type=int, help="request threads (default 4 per core, at least 4)")
     s.add_argument("--compute-slots", type=int,
                    help="Search/Recommend/SimilarItems calls computed at once; the rest queue (default: one per core)")
-    s.add_argument("--user-memos", type=int, default=50_000, metavar="N",
+    s.add_argument("--user-memos", type=int, metavar="N",
                    help="users whose vector and history summary are kept between requests, the most recently "
                    "active computed at load; about 10 KB each (default 50000; 0: none)")
     s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
@@ -108,10 +108,11 @@ def _serve(args: argparse.Namespace) -> int:
     kwargs = {} if args.workers is None else {"workers": args.workers}
     if args.compute_slots is not None:
         kwargs["compute_slots"] = args.compute_slots
+    if args.user_memos is not None:
+        kwargs["user_memos"] = args.user_memos
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
-                          tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace,
-                          user_memos=args.user_memos, **kwargs)
+                          tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, **kwargs)
     server = TandemServer(config, load_engine_loader(args.engine_loader))
     done = threading.Event()
 

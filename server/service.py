@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ranking.api import Engine, UnknownItemError
+from ranking.history import DEFAULT_USER_MEMOS
 from server import convert
 from server._generated import tandem_pb2 as pb
 from server._generated import tandem_pb2_grpc as pb_grpc
@@ -73,7 +74,7 @@ class ServerConfig:
     tls_key: Path | None = None
     workers: int = field(default_factory=_default_workers)
     compute_slots: int = field(default_factory=_cores)
-    user_memos: int = 50_000
+    user_memos: int = DEFAULT_USER_MEMOS
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
