@@ -165,14 +165,15 @@ class HistorySummary:
     (and kept in the request's memo across requests while the history is unchanged).
 
     ``text_recent`` / ``text_last`` float32 (d2,) or None: the recency-weighted text vector of
-    the last ``recent`` items and the last item's; ``cf_cols`` int64 sorted with ``cf_last`` and
+    the last ``recent`` items and the last item's; ``cf_cols`` int32 sorted with ``cf_last`` and
     ``cf_recent`` float32: the item-CF row of the last item and the recency-weighted rows of the
     last ``recent`` items over the union of their columns; ``cf_rev_cols`` / ``cf_rev`` the
     last item's column of the CF matrix (who points at it), None without a transposed copy;
     ``affinity`` the history's leaf, top-level and brand ids (``ItemTable.affinity_ids``,
-    sorted) and each one's share of the history's known ids of its kind; ``tags`` the recent items' tags (sorted) and their counts; ``last_leaf`` the last
-    item's leaf id; ``median_log_price`` NaN when no price is known. Everything is sparse, so a
-    summary stays a few kilobytes whatever the catalog's size.
+    sorted) and each one's share of the history's known ids of its kind; ``tags`` the recent
+    items' tags (sorted) and their counts; ``last_leaf`` the last item's leaf id;
+    ``median_log_price`` NaN when no price is known. Everything is sparse, so a summary stays a
+    few kilobytes whatever the catalog's size.
     """
 
     length: int
@@ -397,7 +398,7 @@ def compute_features(
         o[_C["cf_last"]] = np.where(hit, hs.cf_last[at], 0.0)
         o[_C["cf_recent"]] = np.where(hit, hs.cf_recent[at], 0.0)
     if hs.cf_rev_cols is not None and hs.cf_rev_cols.shape[0]:
-        hit, at = _find(hs.cf_rev_cols, items32)
+        hit, at = _find(hs.cf_rev_cols, items32)  # a search: a dense table over the catalog costs more
         o[_C["cf_reverse_last"]] = np.where(hit, hs.cf_rev[at], 0.0)
     elif hs.length and table.cf is not None and table.cf_t is None:  # the candidates' own rows
         o[_C["cf_reverse_last"]] = rows_values(table.cf, items, ctx.history[-1:])[:, 0]
@@ -407,12 +408,12 @@ def compute_features(
         o[_C["leaf_affinity"] : _C["leaf_affinity"] + 3] = _values_at(*hs.affinity, ids, table.affinity_space)
     if hs.length:
         if hs.tags is not None and hs.tags[0].shape[0]:
+            n_tags = table.tag_sets.shape[1]
             if table.tag_rows is not None:
-                overlap = _values_at(*hs.tags, table.tag_rows[items], table.tag_sets.shape[1]).sum(1)
+                overlap = _values_at(*hs.tags, table.tag_rows[items], n_tags).sum(1)
             else:
                 t_rows, t_cols, t_vals = row_entries(table.tag_sets, items)
-                hit, at = _find(hs.tags[0], t_cols)
-                overlap = np.bincount(t_rows, weights=t_vals * np.where(hit, hs.tags[1][at], 0.0), minlength=m)
+                overlap = np.bincount(t_rows, weights=t_vals * _values_at(*hs.tags, t_cols, n_tags), minlength=m)
             o[_C["tag_overlap"]] = overlap / max(1.0, float(hs.n_recent))
         o[_C["same_leaf_last"]] = (table.leaf[items] == hs.last_leaf) & (hs.last_leaf >= 0)
     cp = table.log_price[items]

@@ -290,7 +290,6 @@ class Ranker:
             self._quantized = torch.ao.quantization.quantize_dynamic(self.model, {nn.Linear}, dtype=torch.qint8)
         return self._quantized
 
-    @torch.no_grad()
     def score(self, features: np.ndarray, quantized: bool = False) -> np.ndarray:
         """features float32 (m, F) -> scores float32 (m,). The default path is the numpy copy
         of the eval-mode model (made on first use); ``quantized`` runs torch's int8 dynamic
@@ -353,6 +352,5 @@ class Ranker:
         r = cls(meta["feature_names"], RankerConfig.from_dict(meta["config"]))
         r.model.load_state_dict(load_file(str(folder / "ranker.safetensors")))
         r.model.eval()
-        r._fast = None
         r.history = meta.get("history", [])
         return r
