@@ -4,7 +4,8 @@
 category and brand ids, prices, release times, the item-CF neighbour matrix);
 :func:`request_context` summarises one request (the user's history, the query);
 :func:`compute_features` turns a fused candidate list into a float32 matrix (m, F) whose
-columns are named by :func:`feature_names`. Everything is numpy; no torch here.
+columns are named by :func:`feature_names`. The history summary is numpy; the loop over the
+candidates is compiled with numba (``nogil``, cached on disk after the first compile). No torch here.
 """
 
 from __future__ import annotations
@@ -13,9 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
+from retrieval.base import ScratchTables
 from retrieval.data import Catalog, Interactions
 from retrieval.sparse import row_entries, rows_values
 
@@ -37,11 +40,6 @@ _DAY = 86400.0
 #: Item-CF matrices up to this many entries also keep a transposed copy for the reverse-similarity
 #: feature (8 bytes an entry; 4M entries on the 100k-item synthetic shop = 33 MB).
 CF_TRANSPOSE_MAX_NNZ = 50_000_000
-#: Items with up to this many tags keep them as a padded int32 row too (see ``ItemTable.tag_rows``).
-MAX_PADDED_TAGS = 64
-#: Id spaces (tags; categories and brands) up to this size are looked up through a dense
-#: per-request table; larger ones by binary search.
-MAX_DENSE_LOOKUP = 1 << 16
 
 
 @dataclass
@@ -86,16 +84,30 @@ class ItemTable:
         ids = np.stack([self.leaf, self.top, self.brand], axis=1).astype(np.int64) + np.cumsum([0] + sizes[:2])
         known = np.stack([self.leaf, self.top, self.brand], axis=1) >= 0
         self.affinity_ids = np.where(known, ids, self.affinity_space).astype(np.int32)
-        # each item's tags as a padded row (padding = the number of tags) when the tag matrix is binary
-        # and rows are short: the tag-overlap feature then gathers rows instead of walking the csr arrays
-        self.tag_rows: np.ndarray | None = None
-        tags = self.tag_sets
-        lengths = np.diff(tags.indptr)
-        if tags.nnz and lengths.max() <= MAX_PADDED_TAGS and np.all(tags.data == 1):
-            rows = np.full((tags.shape[0], int(lengths.max())), tags.shape[1], dtype=np.int32)
-            at = np.arange(tags.nnz) - np.repeat(tags.indptr[:-1], lengths)
-            rows[np.repeat(np.arange(tags.shape[0]), lengths), at] = tags.indices
-            self.tag_rows = rows
+        self._kernel: dict[str, np.ndarray] | None = None
+        # per-request scratch of the compiled feature loop: item -> candidate position, and dense
+        # value tables over the affinity and tag id spaces (see retrieval.base.ScratchTables)
+        self.positions = ScratchTables(self.n_items, np.int32, -1)
+        self.affinity_values = ScratchTables(self.affinity_space + 1, np.float32, 0.0)
+        self.tag_values = ScratchTables(self.tag_sets.shape[1], np.float32, 0.0)
+
+    def kernel_arrays(self) -> dict[str, np.ndarray]:
+        """The arrays :func:`compute_features`' compiled loop reads, in the dtypes it was compiled
+        for (converted once; views where they already are). Vectors absent read as (0, 0)."""
+        if self._kernel is None:
+            tags = self.tag_sets
+
+            def vecs(v: np.ndarray | None) -> np.ndarray:
+                return np.zeros((0, 0), np.float32) if v is None else np.ascontiguousarray(v, dtype=np.float32)
+
+            self._kernel = {
+                "tt_vecs": vecs(self.tt_vecs), "text_vecs": vecs(self.text_vecs),
+                "tag_indptr": tags.indptr.astype(np.int64), "tag_indices": tags.indices.astype(np.int32),
+                "tag_data": tags.data.astype(np.float32), "leaf": self.leaf.astype(np.int32),
+                "log_price": self.log_price.astype(np.float32), "log_pop": self.log_pop.astype(np.float32),
+                "log_trend": self.log_trend.astype(np.float32), "first_seen": self.first_seen.astype(np.int64),
+            }
+        return self._kernel
 
     @property
     def n_items(self) -> int:
@@ -317,35 +329,190 @@ def _recent_weights(h: int, half_life: float = 3.0) -> np.ndarray:
     return w / w.sum()
 
 
-def _find(cols: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Where ``keys`` (any shape) sit in the sorted non-empty ``cols``: (found bool, position),
-    the position clipped to a valid index where not found."""
-    at = np.minimum(np.searchsorted(cols, keys), cols.shape[0] - 1)
-    return cols[at] == keys, at
-
-
-def _values_at(ids: np.ndarray, values: np.ndarray, at: np.ndarray, space: int) -> np.ndarray:
-    """float32 shaped like ``at``: ``values`` of the sorted ``ids`` found in ``at``, 0 elsewhere
-    (``at`` holds ids below ``space``, or ``space`` itself for none)."""
-    if space <= MAX_DENSE_LOOKUP:
-        dense = np.zeros(space + 1, dtype=np.float32)
-        dense[ids] = values
-        return dense[at]
-    hit, pos = _find(ids, at)
-    return np.where(hit, values[pos], 0.0).astype(np.float32)
-
-
 #: 1 / log2(rank + 1) for ranks 0..n (0 = not found reads 0); grown on demand.
 _DISCOUNT = np.concatenate([[0.0], 1.0 / np.log2(np.arange(1, 1025, dtype=np.float32) + 1.0)]).astype(np.float32)
 
 
-def _rank_discount(ranks: np.ndarray) -> np.ndarray:
+def _discount_table(top: int) -> np.ndarray:
+    """:data:`_DISCOUNT`, grown to cover rank ``top``."""
     global _DISCOUNT
-    top = int(ranks.max()) if ranks.size else 0
     if top >= _DISCOUNT.shape[0]:
         grown = np.arange(1, 2 * top + 1, dtype=np.float32)
         _DISCOUNT = np.concatenate([[0.0], 1.0 / np.log2(grown + 1.0)]).astype(np.float32)
-    return _DISCOUNT[np.maximum(ranks, 0)]
+    return _DISCOUNT
+
+
+# Row of each column after the per-source ones (compile-time constants of the kernel below).
+_FUSED_SCORE, _FUSED_RANK_INV, _N_SOURCES, _TT_DOT, _TEXT_USER, _TEXT_LAST, _TEXT_QUERY = range(7)
+_CF_LAST, _CF_RECENT, _CF_REVERSE_LAST, _LEAF_AFFINITY, _TOP_AFFINITY, _BRAND_AFFINITY = range(7, 13)
+_TAG_OVERLAP, _SAME_LEAF_LAST, _PRICE_GAP, _PRICE_GAP_ABS, _HAS_PRICE, _LOG_POP, _LOG_TREND = range(13, 20)
+_LOG_AGE_DAYS, _LOG_HISTORY_LEN, _IS_SEARCH = range(20, 23)
+
+
+@nb.njit(nogil=True, cache=True)
+def _position(ids, key) -> int:  # pragma: no cover - compiled
+    """Index of ``key`` in the sorted ``ids``, -1 when absent."""
+    lo, hi = 0, ids.shape[0]
+    while lo < hi:
+        mid = (lo + hi) >> 1
+        if ids[mid] < key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo if lo < ids.shape[0] and ids[lo] == key else -1
+
+
+@nb.njit(nogil=True, cache=True, fastmath={"reassoc", "contract"})
+def _dot(a, b) -> float:  # pragma: no cover - compiled
+    """Inner product of two float32 vectors (vectorised: the sum may be reassociated)."""
+    acc = np.float32(0.0)
+    for k in range(a.shape[0]):
+        acc += a[k] * b[k]
+    return acc
+
+
+@nb.njit(nogil=True, cache=True)
+def _fill_features(out, positions, aff_dense, tag_dense, items, fused_scores, ranks, source_scores, discount,  # pragma: no cover - compiled
+                   tt_vecs, user_vec, text_vecs, text_recent, text_last, query_vec,
+                   cf_cols, cf_last, cf_recent, cf_rev_cols, cf_rev, affinity_ids, aff_ids, aff_vals,
+                   tag_indptr, tag_indices, tag_data, tag_ids, tag_vals, n_recent, leaf, last_leaf,
+                   log_price, median_log_price, log_pop, log_trend, first_seen, now, history_len, is_search):
+    """:func:`compute_features`' loop over the candidates; writes ``out`` (F, m), zeros on entry.
+    An empty vector, id list or ``median_log_price`` NaN switches its features off (left 0)."""
+    n_src, m = ranks.shape
+    base = 3 * n_src
+    in_order = True
+    for j in range(1, m):
+        if fused_scores[j] > fused_scores[j - 1]:
+            in_order = False
+            break
+    fused_pos = np.arange(m) if in_order else np.argsort(-fused_scores, kind="mergesort")
+    for p in range(m):
+        out[base + _FUSED_RANK_INV, fused_pos[p]] = discount[p + 1]
+    use_tt = user_vec.shape[0] > 0 and tt_vecs.shape[0] > 0
+    use_text = text_vecs.shape[0] > 0
+    use_recent = use_text and text_recent.shape[0] > 0
+    use_query = use_text and query_vec.shape[0] > 0
+    use_price = not np.isnan(median_log_price)
+    log_len = np.float32(np.log1p(history_len))
+    flag = np.float32(1.0 if is_search else 0.0)
+    per_recent = np.float32(max(1.0, n_recent))
+    o = base
+    # one short loop per item array: the scattered reads of a loop overlap (memory-level
+    # parallelism), which one long loop body with everything in it would serialise
+    for j in range(m):
+        found = 0
+        for s in range(n_src):
+            r = ranks[s, j]
+            if r > 0:
+                found += 1
+                out[3 * s, j] = 1.0
+                out[3 * s + 1, j] = discount[r]
+                out[3 * s + 2, j] = source_scores[s, j]
+        out[o + _FUSED_SCORE, j] = fused_scores[j]
+        out[o + _N_SOURCES, j] = found
+        out[o + _LOG_HISTORY_LEN, j] = log_len
+        out[o + _IS_SEARCH, j] = flag
+    for j in range(m):
+        out[o + _LOG_POP, j] = log_pop[items[j]]
+    for j in range(m):
+        out[o + _LOG_TREND, j] = log_trend[items[j]]
+    for j in range(m):
+        fs = first_seen[items[j]]
+        if fs >= 0:
+            out[o + _LOG_AGE_DAYS, j] = np.log1p(max(now - fs, 0) / 86400.0)
+    for j in range(m):
+        cp = log_price[items[j]]
+        if not np.isnan(cp):
+            out[o + _HAS_PRICE, j] = 1.0
+            if use_price:
+                gap = cp - np.float32(median_log_price)
+                out[o + _PRICE_GAP, j] = gap
+                out[o + _PRICE_GAP_ABS, j] = abs(gap)
+    if last_leaf >= 0:
+        for j in range(m):
+            if leaf[items[j]] == last_leaf:
+                out[o + _SAME_LEAF_LAST, j] = 1.0
+    if use_tt:
+        for j in range(m):
+            out[o + _TT_DOT, j] = _dot(tt_vecs[items[j]], user_vec)
+    if use_recent:
+        for j in range(m):
+            row = text_vecs[items[j]]
+            out[o + _TEXT_USER, j] = _dot(row, text_recent)
+            out[o + _TEXT_LAST, j] = _dot(row, text_last)
+    if use_query:
+        for j in range(m):
+            out[o + _TEXT_QUERY, j] = _dot(text_vecs[items[j]], query_vec)
+    # the CF look-ups walk the history's CF entries (hundreds to thousands) through a map from
+    # item to candidate position, filled for the candidates and cleared again; duplicate
+    # candidates (not from fusion, but allowed) search instead
+    unique = True
+    for j in range(m):
+        if positions[items[j]] >= 0:
+            unique = False
+        positions[items[j]] = j
+    if unique:
+        for e in range(cf_cols.shape[0]):
+            j = positions[cf_cols[e]]
+            if j >= 0:
+                out[o + _CF_LAST, j] = cf_last[e]
+                out[o + _CF_RECENT, j] = cf_recent[e]
+        for e in range(cf_rev_cols.shape[0]):
+            j = positions[cf_rev_cols[e]]
+            if j >= 0:
+                out[o + _CF_REVERSE_LAST, j] = cf_rev[e]
+    for j in range(m):
+        positions[items[j]] = -1
+    if not unique and cf_cols.shape[0]:
+        for j in range(m):
+            at = _position(cf_cols, items[j])
+            if at >= 0:
+                out[o + _CF_LAST, j] = cf_last[at]
+                out[o + _CF_RECENT, j] = cf_recent[at]
+    if not unique and cf_rev_cols.shape[0]:
+        for j in range(m):
+            at = _position(cf_rev_cols, items[j])
+            if at >= 0:
+                out[o + _CF_REVERSE_LAST, j] = cf_rev[at]
+    if aff_ids.shape[0]:  # dense over the (small) id space: no searches, no branches
+        for e in range(aff_ids.shape[0]):
+            aff_dense[aff_ids[e]] = aff_vals[e]
+        for j in range(m):
+            i = items[j]
+            out[o + _LEAF_AFFINITY, j] = aff_dense[affinity_ids[i, 0]]
+            out[o + _TOP_AFFINITY, j] = aff_dense[affinity_ids[i, 1]]
+            out[o + _BRAND_AFFINITY, j] = aff_dense[affinity_ids[i, 2]]
+        for e in range(aff_ids.shape[0]):
+            aff_dense[aff_ids[e]] = 0.0
+    if tag_ids.shape[0]:
+        for e in range(tag_ids.shape[0]):
+            tag_dense[tag_ids[e]] = tag_vals[e]
+        for j in range(m):
+            i = items[j]
+            acc = np.float32(0.0)
+            for e in range(tag_indptr[i], tag_indptr[i + 1]):
+                acc += tag_data[e] * tag_dense[tag_indices[e]]
+            out[o + _TAG_OVERLAP, j] = acc / per_recent
+        for e in range(tag_ids.shape[0]):
+            tag_dense[tag_ids[e]] = 0.0
+    for f in range(out.shape[0]):  # features are finite: NaN or inf (a bad source score, say) reads 0
+        for j in range(m):
+            if not np.isfinite(out[f, j]):
+                out[f, j] = 0.0
+
+
+_NONE_F = np.zeros(0, dtype=np.float32)
+_NONE_F2 = np.zeros((0, 0), dtype=np.float32)
+_NONE_I = np.zeros(0, dtype=np.int32)
+
+
+def _f32(a: np.ndarray | None) -> np.ndarray:
+    return _NONE_F if a is None else np.ascontiguousarray(a, dtype=np.float32)
+
+
+def _i32(a: np.ndarray | None) -> np.ndarray:
+    return _NONE_I if a is None else np.ascontiguousarray(a, dtype=np.int32)
 
 
 def compute_features(
@@ -362,76 +529,50 @@ def compute_features(
     ``ranks`` int32 (n_sources, m) 1-based (0 = not found) and ``source_scores`` float32
     (n_sources, m) (NaN = not found) come from fusion, in the source order passed to
     :func:`feature_names`. The history's part comes from ``ctx.summary`` (computed here with
-    ``recent`` when the context has none).
+    ``recent`` when the context has none). The per-candidate work is one compiled loop
+    (``_fill_features``); ``tests/ranking/test_features.py`` holds it equal to a numpy
+    reference implementation.
     """
-    items = np.asarray(items, dtype=np.int64)
+    items = np.ascontiguousarray(items, dtype=np.int64)
     m = items.shape[0]
+    ranks = np.ascontiguousarray(ranks, dtype=np.int32)
     n_src = ranks.shape[0]
     hs = ctx.summary if ctx.summary is not None else summarise_history(table, ctx.history, recent)
     out = np.zeros((3 * n_src + len(_OTHER_COLUMNS), m), dtype=np.float32)  # one row per feature
-    found = ranks > 0
-    src = out[: 3 * n_src].reshape(n_src, 3, m)
-    src[:, 0] = found
-    src[:, 1] = _rank_discount(ranks)
-    src[:, 2] = source_scores
-    np.copyto(src[:, 2], 0.0, where=~found)
-    order = np.argsort(-fused_scores, kind="stable")
-    fused_rank = np.empty(m, dtype=np.int64)
-    fused_rank[order] = np.arange(1, m + 1)
-    o = out[3 * n_src :]
-    o[_C["fused_score"]] = fused_scores
-    o[_C["fused_rank_inv"]] = _rank_discount(fused_rank)
-    o[_C["n_sources"]] = found.sum(0)
-
-    if table.tt_vecs is not None and ctx.user_vec is not None:
-        o[_C["tt_dot"]] = table.tt_vecs[items] @ ctx.user_vec
-    if table.text_vecs is not None:
-        tv = table.text_vecs[items]
-        if hs.text_recent is not None:
-            o[_C["text_user"]] = tv @ hs.text_recent
-            o[_C["text_last"]] = tv @ hs.text_last
-        if ctx.query_vec is not None:
-            o[_C["text_query"]] = tv @ ctx.query_vec
-    items32 = items.astype(np.int32)  # the csr column dtype: searches without converting
-    if hs.cf_cols is not None and hs.cf_cols.shape[0]:
-        hit, at = _find(hs.cf_cols, items32)
-        o[_C["cf_last"]] = np.where(hit, hs.cf_last[at], 0.0)
-        o[_C["cf_recent"]] = np.where(hit, hs.cf_recent[at], 0.0)
-    if hs.cf_rev_cols is not None and hs.cf_rev_cols.shape[0]:
-        hit, at = _find(hs.cf_rev_cols, items32)  # a search: a dense table over the catalog costs more
-        o[_C["cf_reverse_last"]] = np.where(hit, hs.cf_rev[at], 0.0)
-    elif hs.length and table.cf is not None and table.cf_t is None:  # the candidates' own rows
-        o[_C["cf_reverse_last"]] = rows_values(table.cf, items, ctx.history[-1:])[:, 0]
-
-    if hs.affinity is not None and hs.affinity[0].shape[0]:
-        ids = table.affinity_ids[items].T  # (3, m): leaf, top, brand
-        o[_C["leaf_affinity"] : _C["leaf_affinity"] + 3] = _values_at(*hs.affinity, ids, table.affinity_space)
-    if hs.length:
-        if hs.tags is not None and hs.tags[0].shape[0]:
-            n_tags = table.tag_sets.shape[1]
-            if table.tag_rows is not None:
-                overlap = _values_at(*hs.tags, table.tag_rows[items], n_tags).sum(1)
-            else:
-                t_rows, t_cols, t_vals = row_entries(table.tag_sets, items)
-                overlap = np.bincount(t_rows, weights=t_vals * _values_at(*hs.tags, t_cols, n_tags), minlength=m)
-            o[_C["tag_overlap"]] = overlap / max(1.0, float(hs.n_recent))
-        o[_C["same_leaf_last"]] = (table.leaf[items] == hs.last_leaf) & (hs.last_leaf >= 0)
-    cp = table.log_price[items]
-    has_price = ~np.isnan(cp)
-    if not np.isnan(hs.median_log_price) and has_price.any():
-        gap = np.where(has_price, cp - np.float32(hs.median_log_price), 0.0)
-        o[_C["price_gap"]] = gap
-        o[_C["price_gap_abs"]] = np.abs(gap)
-    o[_C["has_price"]] = has_price
-    o[_C["log_pop"]] = table.log_pop[items]
-    o[_C["log_trend"]] = table.log_trend[items]
-    fs = table.first_seen[items]
-    o[_C["log_age_days"]] = np.log1p(np.where(fs >= 0, np.maximum(ctx.now - fs, 0) / _DAY, 0.0))
-    o[_C["log_history_len"]] = np.log1p(hs.length)
-    o[_C["is_search"]] = float(ctx.is_search)
-    bad = ~np.isfinite(out)
-    if bad.any():
-        out[bad] = 0.0
+    if m == 0:
+        return out.T
+    if (items.min() < 0 or items.max() >= table.n_items):
+        raise IndexError(f"candidate items must be catalog indices in [0, {table.n_items}), "
+                         f"got {int(items.min())}..{int(items.max())}")
+    if ranks.shape[1] != m or np.shape(source_scores) != ranks.shape or np.shape(fused_scores) != (m,):
+        raise ValueError(f"compute_features: {m} items need fused_scores ({m},) and ranks / source_scores "
+                         f"(n_sources, {m}); got {np.shape(fused_scores)}, {ranks.shape}, {np.shape(source_scores)}")
+    k = table.kernel_arrays()
+    for name, vec, rows in (("user_vec", ctx.user_vec, k["tt_vecs"]), ("query_vec", ctx.query_vec, k["text_vecs"]),
+                            ("text history vector", hs.text_recent, k["text_vecs"])):
+        if vec is not None and rows.shape[0] and np.shape(vec) != (rows.shape[1],):
+            raise ValueError(f"compute_features: {name} has shape {np.shape(vec)}, the item vectors "
+                             f"{rows.shape[1]} dimensions")
+    discount = _discount_table(max(m, int(ranks.max())))
+    with_history = hs.length > 0
+    rev_cols, rev = hs.cf_rev_cols, hs.cf_rev
+    with table.positions.borrow() as positions, table.affinity_values.borrow() as aff_dense, \
+            table.tag_values.borrow() as tag_dense:
+        _fill_features(
+            out, positions, aff_dense, tag_dense, items, _f32(fused_scores), ranks, _f32(source_scores), discount,
+            k["tt_vecs"], _f32(ctx.user_vec), k["text_vecs"], _f32(hs.text_recent), _f32(hs.text_last),
+            _f32(ctx.query_vec), _i32(hs.cf_cols), _f32(hs.cf_last), _f32(hs.cf_recent), _i32(rev_cols), _f32(rev),
+            table.affinity_ids, *((_i32(hs.affinity[0]), _f32(hs.affinity[1])) if hs.affinity else (_NONE_I, _NONE_F)),
+            k["tag_indptr"], k["tag_indices"], k["tag_data"],
+            *((_i32(hs.tags[0]), _f32(hs.tags[1])) if with_history and hs.tags else (_NONE_I, _NONE_F)),
+            float(hs.n_recent), k["leaf"], hs.last_leaf if with_history else -1, k["log_price"],
+            float(hs.median_log_price), k["log_pop"], k["log_trend"], k["first_seen"], int(ctx.now), int(hs.length),
+            bool(ctx.is_search),
+        )
+    if rev_cols is None and with_history and table.cf is not None and table.cf_t is None:
+        # no transposed copy (a huge CF matrix): the candidates' own rows, searched for the last item
+        col = 3 * n_src + _C["cf_reverse_last"]
+        out[col] = rows_values(table.cf, items, ctx.history[-1:])[:, 0]
     return out.T
 
 

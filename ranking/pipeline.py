@@ -207,11 +207,16 @@ class Pipeline:
         """Keep the memos of up to ``users`` users from now on (default: the current capacity;
         0 keeps none) and fill those of the most recently active ones, so that their first
         request after loading skips the user tower and the history summary too. Two-tower
-        vectors are encoded in batches. Returns how many users were warmed."""
+        vectors are encoded in batches. Also runs one Recommend of the most recent user, which
+        compiles (or loads from numba's cache) the request path's compiled loops, so that no
+        client request waits for that. Returns how many users were warmed."""
         if users is not None:
             self.memos.resize(users)
         n = self.memos.capacity
         users = self.histories.most_recent_users(n)
+        first = users[:1] or self.histories.most_recent_users(1)
+        if first:
+            self.rank(self.user_request(first[0])[0], "recommend")
         tt = self.sources.get("two_tower")
         for s in range(0, len(users), batch):
             reqs = [self.user_request(user)[0] for user in users[s : s + batch]]

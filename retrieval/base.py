@@ -8,6 +8,9 @@ contract test (tests/retrieval/test_source_contract.py) runs every source throug
 from __future__ import annotations
 
 import json
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -16,7 +19,8 @@ import numpy as np
 
 from retrieval.data import Catalog, Interactions
 
-__all__ = ["RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta"]
+__all__ = [
+    "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +121,33 @@ class IdSet:
         """bool array shaped like ``ids``: which of them are members."""
         ids = np.asarray(ids, dtype=np.int64)
         return self._table[np.where((ids >= 0) & (ids < self.n), ids, self.n)]
+
+
+class ScratchTables:
+    """Tables of ``n`` slots, every slot ``fill`` between uses: a compiled loop fills the few
+    slots a request needs (a map from catalog index to candidate position, say), reads them and
+    resets them, in time proportional to what it touched rather than to ``n``.
+
+    ``with tables.borrow() as table:`` lends one; the borrower must leave every slot ``fill``
+    again. A table whose borrower raised is dropped rather than reused. Thread-safe: the pool
+    grows to as many tables as calls ran at once."""
+
+    def __init__(self, n: int, dtype: type = np.int32, fill: float = -1) -> None:
+        self.n = int(n)
+        self.dtype = dtype
+        self.fill = fill
+        self._free: list[np.ndarray] = []
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def borrow(self) -> Iterator[np.ndarray]:
+        with self._lock:
+            table = self._free.pop() if self._free else None
+        if table is None:
+            table = np.full(self.n, self.fill, dtype=self.dtype)
+        yield table
+        with self._lock:
+            self._free.append(table)
 
 
 @runtime_checkable

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import scipy.sparse as sp
 
 from ranking.features import (
@@ -10,6 +11,7 @@ from ranking.features import (
 )
 from retrieval.data import Catalog, Interactions, Item
 from retrieval.sparse import rows_values
+from tests.ranking.reference_features import reference_features
 
 
 def _catalog():
@@ -116,25 +118,91 @@ def test_history_summary_is_kept_in_the_memo_and_changes_nothing():
     np.testing.assert_array_equal(compute_features(table, first, *args), compute_features(table, bare, *args))
 
 
-def test_dense_and_searched_look_ups_give_the_same_features(monkeypatch):
-    import ranking.features as features
+def _random_shop(rng, n=60, n_tags=9, with_vectors=True, weighted_tags=False):
+    cats = ["A > x", "A > y", "B > z", "C", ""]
+    items = [Item(f"i{i}", f"item {i}", category=cats[i % 5], brand=("b1", "b2", "b3", "")[i % 4],
+                  price=None if i % 7 == 0 else float(rng.uniform(1, 100)),
+                  tags=tuple(f"t{j}" for j in rng.choice(n_tags, i % 4, replace=False))) for i in range(n)]
+    cat = Catalog.from_items(items)
+    users = rng.integers(0, 5, 300)
+    inter = Interactions([f"u{u}" for u in range(5)], users, rng.integers(0, n, 300), np.sort(rng.integers(0, 10**7, 300)),
+                         np.full(300, 3), np.full(300, np.nan))
+    cf = sp.random(n, n, density=0.2, format="csr", random_state=int(rng.integers(1 << 30)), dtype=np.float32)
+    table = build_item_table(cat, inter, cf=cf,
+                             tt_vecs=rng.normal(size=(n, 8)).astype(np.float32) if with_vectors else None,
+                             text_vecs=rng.normal(size=(n, 16)).astype(np.float32) if with_vectors else None)
+    if weighted_tags:  # tag weights other than 1 (the csr allows them)
+        table.tag_sets.data = rng.uniform(0.5, 2.0, table.tag_sets.nnz).astype(np.float32)
+    return table
 
+
+@pytest.mark.parametrize("seed", range(6))
+def test_compiled_features_equal_the_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    table = _random_shop(rng, with_vectors=seed % 3 != 2, weighted_tags=seed % 2 == 1)
+    n = table.n_items
+    for trial in range(8):
+        m = int(rng.integers(1, 40))
+        items = rng.choice(n, m, replace=False)
+        if trial == 7:
+            items = np.concatenate([items, items[:3]])  # duplicate candidates take the searched path
+            m = items.shape[0]
+        n_src = int(rng.integers(1, 4))
+        ranks = np.where(rng.random((n_src, m)) < 0.6, rng.integers(1, 300, (n_src, m)), 0).astype(np.int32)
+        source_scores = np.where(ranks > 0, rng.normal(size=(n_src, m)), np.nan).astype(np.float32)
+        source_scores[0, 0] = np.inf if ranks[0, 0] else source_scores[0, 0]  # non-finite scores read 0
+        fused = rng.random(m).astype(np.float32)
+        if trial % 2:
+            fused = np.sort(fused)[::-1].copy()  # fusion's own order
+        history = rng.choice(n, int(rng.integers(0, 12)), replace=True) if trial != 3 else np.zeros(0, np.int64)
+        vecs = table.tt_vecs is not None
+        ctx = request_context(table, history, user_vec=rng.normal(size=8).astype(np.float32) if vecs else None,
+                              query_vec=rng.normal(size=16).astype(np.float32) if vecs and trial % 3 == 0 else None,
+                              now=int(table.now + rng.integers(-10**6, 10**7)), is_search=trial % 3 == 0)
+        args = (items, fused, ranks, source_scores)
+        got = compute_features(table, ctx, *args)
+        want = reference_features(table, ctx, *args)
+        assert got.shape == want.shape == (m, len(feature_names(["s"] * n_src)))
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=2e-6)
+        assert np.isfinite(got).all()
+    # the scratch tables went back clean: a second identical call gives identical features
+    np.testing.assert_array_equal(compute_features(table, ctx, *args), got)
+    with table.positions.borrow() as t:
+        assert (t == -1).all()
+    with table.affinity_values.borrow() as a, table.tag_values.borrow() as b:
+        assert not a.any() and not b.any()
+
+
+def test_compute_features_rejects_inconsistent_inputs():
+    table = _random_shop(np.random.default_rng(0))
+    ctx = request_context(table, np.array([1, 2]), user_vec=np.ones(8, np.float32))
+    ok = (np.array([3, 4]), np.array([1.0, 0.5], np.float32), np.ones((1, 2), np.int32), np.ones((1, 2), np.float32))
+    with pytest.raises(IndexError, match="catalog indices"):
+        compute_features(table, ctx, np.array([3, table.n_items]), *ok[1:])
+    with pytest.raises(IndexError, match="catalog indices"):
+        compute_features(table, ctx, np.array([-1, 3]), *ok[1:])
+    with pytest.raises(ValueError, match="ranks"):
+        compute_features(table, ctx, ok[0], ok[1], np.ones((1, 3), np.int32), ok[3])
+    bad = request_context(table, np.array([1, 2]), user_vec=np.ones(5, np.float32))
+    with pytest.raises(ValueError, match="user_vec"):
+        compute_features(table, bad, *ok)
+    assert compute_features(table, ctx, np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros((1, 0), np.int32),
+                            np.zeros((1, 0), np.float32)).shape == (0, len(feature_names(["s"])))
+
+
+def test_affinity_features_by_hand():
     rng = np.random.default_rng(7)
     cats = ["A > x", "A > y", "B > z", ""]
     cat = Catalog.from_items(Item(f"i{i}", f"item {i}", category=cats[i % 4], brand=("b1", "b2", "")[i % 3],
                                   tags=tuple(f"t{j}" for j in range(i % 5))) for i in range(40))
     inter = Interactions(["u"], np.zeros(6), [1, 5, 9, 2, 4, 11], np.arange(6) * 100, [3] * 6, [np.nan] * 6)
     table = build_item_table(cat, inter)
-    assert table.tag_rows is not None
     items = rng.choice(40, 15, replace=False)
     args = (items, np.linspace(1, 0, 15).astype(np.float32), np.ones((1, 15), np.int32),
             np.ones((1, 15), np.float32))
     history = np.array([1, 5, 9, 2, 4, 11, 3])
-    dense = compute_features(table, request_context(table, history), *args)
-    monkeypatch.setattr(features, "MAX_DENSE_LOOKUP", 0)
-    searched = compute_features(table, request_context(table, history), *args)
-    np.testing.assert_array_equal(dense, searched)
+    got = compute_features(table, request_context(table, history), *args)
     names = feature_names(["s"])
     leaf = [cats[i % 4] for i in history]
     want = [leaf.count(cats[i % 4]) / sum(1 for c in leaf if c) if cats[i % 4] else 0.0 for i in items]
-    np.testing.assert_allclose(dense[:, names.index("leaf_affinity")], want, rtol=1e-6)
+    np.testing.assert_allclose(got[:, names.index("leaf_affinity")], want, rtol=1e-6)
