@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import math
 import numbers
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+import numba as nb
 import numpy as np
 
-from retrieval.base import Candidates
+from retrieval.base import Candidates, ScratchTables
 
 __all__ = ["FUSION_METHODS", "FusionConfig", "Fused", "fuse"]
 
@@ -88,8 +90,79 @@ def _normalised(scores: np.ndarray) -> np.ndarray:
     return np.where(finite, out, 0.0)
 
 
+@nb.njit(nogil=True, cache=True)
+def _fuse_entries(positions, n_src, items, raw, sizes, weight, rrf_k, norm):  # pragma: no cover - compiled
+    """The entries of every list (concatenated, in source order) merged per item: the universe
+    of items (first-seen order), their fused scores (float64, summed in entry order), ranks
+    (int32 (n_src, m), 0 = absent), source scores (NaN = absent), and the order best first:
+    fused score descending, then best rank, then item index. A source's repeat of an item
+    counts once, at its first rank. ``norm`` empty means RRF, else the weighted method's
+    normalised scores. ``positions`` maps item -> column and is left all -1 again."""
+    total = items.shape[0]
+    universe = np.empty(total, dtype=np.int64)
+    fused = np.zeros(total, dtype=np.float64)
+    best = np.full(total, np.iinfo(np.int64).max, dtype=np.int64)
+    ranks = np.zeros((n_src, total), dtype=np.int32)
+    scores = np.full((n_src, total), np.nan, dtype=np.float32)
+    rrf = norm.shape[0] == 0
+    m = 0
+    e = 0
+    for s in range(n_src):
+        for r in range(sizes[s]):
+            item = items[e]
+            col = positions[item]
+            if col < 0:
+                col = m
+                positions[item] = m
+                universe[m] = item
+                m += 1
+            if ranks[s, col] == 0:  # a repeat within one source counts once, at its first rank
+                ranks[s, col] = r + 1
+                scores[s, col] = raw[e]
+                fused[col] += weight[s] / (rrf_k + (r + 1)) if rrf else weight[s] * norm[e]
+                if r < best[col]:
+                    best[col] = r
+            e += 1
+    for c in range(m):
+        positions[universe[c]] = -1
+    universe, fused, best = universe[:m], fused[:m], best[:m]
+    order = np.argsort(-fused, kind="mergesort")
+    # equal fused scores (common with RRF: the same ranks in different sources): better best
+    # rank first, then the lower item index; runs are short, so insertion sort
+    start = 0
+    while start < m:
+        end = start + 1
+        while end < m and fused[order[end]] == fused[order[start]]:
+            end += 1
+        for a in range(start + 1, end):
+            x = order[a]
+            b = a - 1
+            while b >= start and (best[order[b]] > best[x] or
+                                  (best[order[b]] == best[x] and universe[order[b]] > universe[x])):
+                order[b + 1] = order[b]
+                b -= 1
+            order[b + 1] = x
+        start = end
+    return universe, fused, ranks[:, :m].copy(), scores[:, :m].copy(), order
+
+
+# item -> column maps for _fuse_entries, grown to the largest item index seen
+_POSITIONS = ScratchTables(0)
+_POSITIONS_LOCK = threading.Lock()
+
+
+def _position_tables(top: int) -> ScratchTables:
+    global _POSITIONS
+    with _POSITIONS_LOCK:
+        if top >= _POSITIONS.n:
+            _POSITIONS = ScratchTables(max(top + 1, 2 * _POSITIONS.n), np.int32, -1)
+        return _POSITIONS
+
+
 def fuse(lists: Sequence[Candidates], k: int, config: FusionConfig | None = None) -> Fused:
-    """Fuse the sources' candidate lists into at most ``k`` items (see the module docstring)."""
+    """Fuse the sources' candidate lists into at most ``k`` items (see the module docstring).
+    The merge is one compiled pass (``_fuse_entries``); ``tests/retrieval/test_fusion.py``
+    holds it to a dictionary oracle."""
     config = config or FusionConfig()
     sources = tuple(c.source for c in lists)
     n_src = len(lists)
@@ -99,33 +172,19 @@ def fuse(lists: Sequence[Candidates], k: int, config: FusionConfig | None = None
         return Fused(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32),
                      np.zeros((n_src, 0), dtype=np.int32), np.zeros((n_src, 0), dtype=np.float32), sources)
 
-    src = np.repeat(np.arange(n_src), sizes)
     items = np.concatenate([np.asarray(c.items, dtype=np.int64) for c in lists])
     raw = np.concatenate([np.asarray(c.scores, dtype=np.float32) for c in lists])
-    starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
-    rank = np.arange(total) - np.repeat(starts, sizes) + 1
+    lo, hi = int(items.min()), int(items.max())
+    if lo < 0:
+        raise ValueError(f"fuse: candidate items must be catalog indices >= 0, got {lo}")
     weight = np.array([config.weights.get(s, 1.0) for s in sources], dtype=np.float64)
     if config.method == "rrf":
-        contrib = weight[src] / (config.rrf_k + rank)
+        norm = _NO_NORM
     else:
         norm = np.concatenate([_normalised(c.scores) for c in lists])
-        contrib = weight[src] * norm
-
-    universe, col = np.unique(items, return_inverse=True)
-    m = universe.shape[0]
-    ranks = np.zeros((n_src, m), dtype=np.int32)
-    ranks[src, col] = rank
-    if np.count_nonzero(ranks) != total:
-        # a source repeated an item (sources should not): count it once, at its best (first) rank
-        _, first = np.unique(src * m + col, return_index=True)
-        src, col, raw, rank, contrib = src[first], col[first], raw[first], rank[first], contrib[first]
-        ranks[:] = 0
-        ranks[src, col] = rank
-    source_scores = np.full((n_src, m), np.nan, dtype=np.float32)
-    source_scores[src, col] = raw
-    fused = np.bincount(col, weights=contrib, minlength=m)
-    best_rank = (ranks - 1).astype(np.uint32).min(axis=0)  # 0 (not found) wraps to the largest value
-    order = np.lexsort((universe, best_rank, -fused))  # best first
+    with _position_tables(hi).borrow() as positions:
+        universe, fused, ranks, source_scores, order = _fuse_entries(
+            positions, n_src, items, raw, sizes, weight, config.rrf_k, norm)
 
     quota = np.array([config.quotas.get(s, 0) for s in sources], dtype=np.int64)
     if not quota.any():
@@ -137,8 +196,10 @@ def fuse(lists: Sequence[Candidates], k: int, config: FusionConfig | None = None
         if room > 0:
             take = np.concatenate([take, order[~guaranteed[order]][:room]])
         take = take[np.argsort(_positions(order)[take], kind="stable")]  # back to fused order
-    return Fused(universe[take].astype(np.int64), fused[take].astype(np.float32), ranks[:, take],
-                 source_scores[:, take], sources)
+    return Fused(universe[take], fused[take].astype(np.float32), ranks[:, take], source_scores[:, take], sources)
+
+
+_NO_NORM = np.zeros(0, dtype=np.float64)
 
 
 def _positions(order: np.ndarray) -> np.ndarray:
