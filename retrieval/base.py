@@ -117,6 +117,11 @@ class IdSet:
         #: the number of distinct members
         self.size = int(np.count_nonzero(self._table))
 
+    @property
+    def table(self) -> np.ndarray:
+        """bool (n + 1,): the membership table (slot n, for out-of-range ids, is False); read only."""
+        return self._table
+
     def contains(self, ids: np.ndarray) -> np.ndarray:
         """bool array shaped like ``ids``: which of them are members."""
         ids = np.asarray(ids, dtype=np.int64)

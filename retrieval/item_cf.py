@@ -31,12 +31,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
+from retrieval.base import Candidates, IdSet, RetrievalRequest, ScratchTables, read_source_meta
 from retrieval.data import Catalog, Interactions
-from retrieval.sparse import row_entries
 
 __all__ = ["CF_SIMILARITIES", "ItemCFConfig", "ItemCF", "UserCFConfig", "UserCF"]
 
@@ -115,28 +115,63 @@ def _recent_distinct(history: np.ndarray, n: int) -> np.ndarray:
     return h[np.sort(first)][:n][::-1]
 
 
-def _gather_rows(sim: sp.csr_matrix, rows: np.ndarray, weights: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``weights @ sim[rows]`` as (column ids int64, sums float64) of its non-zero columns, read
-    from the csr arrays (no scipy product per request; this is on every Recommend)."""
-    order = np.argsort(rows, kind="stable")  # sum in row order, as ``q @ sim`` does
-    at, cols, vals = row_entries(sim, rows[order])
-    if cols.shape[0] == 0:
-        return np.zeros(0, dtype=np.int64), np.zeros(0)
-    items, inverse = np.unique(cols, return_inverse=True)
-    return items, np.bincount(inverse, weights=vals.astype(np.float64) * weights[order][at], minlength=items.size)
+@nb.njit(nogil=True, cache=True)
+def _best_k(items, scores, excluded, k):  # pragma: no cover - compiled
+    """The best ``k`` of the positive float32 ``scores`` whose items are not ``excluded`` (an
+    IdSet table), best first, ties to the lower item. Sorted on one int64 key per item: the
+    bits of a positive float32 order as its value does."""
+    n_table = excluded.shape[0] - 1
+    bits = scores.view(np.int32)
+    keys = np.empty(items.shape[0], dtype=np.int64)
+    n = 0
+    for j in range(items.shape[0]):
+        i = items[j]
+        if scores[j] > 0 and not (0 <= i < n_table and excluded[i]):
+            keys[n] = (np.int64(0x7FFFFFFF - bits[j]) << 32) | i
+            n += 1
+    keys = keys[:n]
+    if n > k:
+        keys = np.partition(keys, k - 1)[:k]
+    keys = np.sort(keys)
+    out_items = keys & 0xFFFFFFFF
+    out_bits = (0x7FFFFFFF - (keys >> 32)).astype(np.int32)
+    return out_items, out_bits.view(np.float32)
+
+
+@nb.njit(nogil=True, cache=True)
+def _gather_best_k(positions, indptr, indices, data, rows, weights, excluded, k):  # pragma: no cover
+    """``weights @ sim[rows]`` over its non-zero columns (float64, summed row after row in the
+    order given), then :func:`_best_k` of it as float32. ``positions`` (item -> column, all -1)
+    is left all -1 again."""
+    total = 0
+    for r in range(rows.shape[0]):
+        total += indptr[rows[r] + 1] - indptr[rows[r]]
+    items = np.empty(total, dtype=np.int64)
+    sums = np.zeros(total, dtype=np.float64)
+    m = 0
+    for r in range(rows.shape[0]):
+        w = weights[r]
+        for e in range(indptr[rows[r]], indptr[rows[r] + 1]):
+            c = indices[e]
+            col = positions[c]
+            if col < 0:
+                col = m
+                positions[c] = m
+                items[m] = c
+                m += 1
+            sums[col] += data[e] * w
+    for c in range(m):
+        positions[items[c]] = -1
+    return _best_k(items[:m], sums[:m].astype(np.float32), excluded, k)
 
 
 def _top_k_scored(items: np.ndarray, scores: np.ndarray, k: int, exclude: IdSet, source: str) -> Candidates:
     """Best ``k`` positive ``scores`` (ties: lower item first), ``exclude`` left out."""
-    scores = scores.astype(np.float32)
-    keep = (scores > 0) & ~exclude.contains(items)
-    items, scores = items[keep], scores[keep]
-    if items.shape[0] > k > 0:  # sort only what can make the top k: scores >= the k-th largest, ties kept
-        kth = np.partition(scores, items.shape[0] - k)[items.shape[0] - k]
-        head = scores >= kth
-        items, scores = items[head], scores[head]
-    order = np.lexsort((items, -scores))[:k]
-    return Candidates(items[order], scores[order], source)
+    if k <= 0:
+        return Candidates.empty(source)
+    best, best_scores = _best_k(np.ascontiguousarray(items, dtype=np.int64),
+                                np.ascontiguousarray(scores, dtype=np.float32), exclude.table, k)
+    return Candidates(best, best_scores, source)
 
 
 @dataclass(frozen=True)
@@ -185,10 +220,19 @@ class ItemCF:
     def __init__(self, config: ItemCFConfig | None = None) -> None:
         self.config = config or ItemCFConfig()
         self.similarity: sp.csr_matrix | None = None
+        self._scratch: ScratchTables | None = None
 
     @property
     def n_items(self) -> int:
         return int(self._require().shape[0])
+
+    @property
+    def _positions(self) -> ScratchTables:
+        """Item -> column maps for the compiled gather, sized to the fitted catalog."""
+        n = self.n_items
+        if self._scratch is None or self._scratch.n != n:
+            self._scratch = ScratchTables(n, np.int32, -1)
+        return self._scratch
 
     def _require(self) -> sp.csr_matrix:
         if self.similarity is None:
@@ -308,8 +352,11 @@ class ItemCF:
         seeds, weights = self._seeds(request)
         if seeds.size == 0:
             return Candidates.empty(self.name)
-        items, scores = _gather_rows(sim, seeds, weights)
-        return _top_k_scored(items, scores, k, request.excluded(sim.shape[0]), self.name)
+        order = np.argsort(seeds, kind="stable")  # sum in row order, as ``q @ sim`` does in score_all
+        with self._positions.borrow() as positions:
+            items, scores = _gather_best_k(positions, sim.indptr, sim.indices, sim.data, seeds[order],
+                                           weights[order].astype(np.float64), request.excluded(sim.shape[0]).table, k)
+        return Candidates(items, scores, self.name)
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items): every item's score for each request (0 where unrelated; history
