@@ -136,7 +136,7 @@ class Pipeline:
         self.filter_index = FilterIndex(catalog)
         self.memos = UserMemos(user_memos)
         self._lock = threading.Lock()
-        self.stats: dict[str, float] = {}
+        self._local = threading.local()  # per-thread request stats (see ``stats``)
         for kind, ranker in self.rankers.items():
             expected = feature_names(self.available(kind))
             if list(ranker.feature_names) != expected:
@@ -144,6 +144,16 @@ class Pipeline:
                     f"the {kind} ranker was trained on features {ranker.feature_names[:4]}..., but this "
                     f"pipeline computes {expected[:4]}...: rebuild the bundle"
                 )
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The calling thread's last request: ``<source>_seconds``, ``<source>_candidates`` and
+        ``ranker_seconds`` (the server's metrics read them right after the call). Per thread,
+        so concurrent requests never mix their numbers; cleared when a request starts."""
+        stats = getattr(self._local, "stats", None)
+        if stats is None:
+            stats = self._local.stats = {}
+        return stats
 
     # -- Engine protocol ------------------------------------------------------------------
     @property
@@ -242,11 +252,13 @@ class Pipeline:
     def retrieve(self, req: RetrievalRequest, kind: str) -> tuple[list[Candidates], Fused]:
         names = self.available(kind)
         lists = []
+        stats = self.stats
+        stats.clear()
         for name in names:
             t0 = time.perf_counter()
             lists.append(self.sources[name].retrieve(req, self.config.per_source_k))
-            self.stats[f"{name}_seconds"] = time.perf_counter() - t0
-            self.stats[f"{name}_candidates"] = float(len(lists[-1]))
+            stats[f"{name}_seconds"] = time.perf_counter() - t0
+            stats[f"{name}_candidates"] = float(len(lists[-1]))
         if kind == "recommend" and not any(len(c) for c in lists) and "popularity" in self.sources \
                 and "popularity" not in names:
             lists.append(self.sources["popularity"].retrieve(req, self.config.per_source_k))

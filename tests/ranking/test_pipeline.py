@@ -147,3 +147,24 @@ def test_user_memos_change_nothing_but_the_work(shop):
     after = answer(p, user)
     assert after == answer(plain, user) and after != before
     p.warm(1000)
+
+
+def test_stats_are_per_thread_and_per_request(shop):
+    import threading
+
+    from ranking.api import SearchRequest
+
+    p, clean, _ = shop
+    user = clean.interactions.user_ids[2]
+    p.similar_items(SimilarRequest(item_id=p.catalog.item_ids[0], k=5))
+    assert set(p.stats) >= {"item_cf_seconds", "two_tower_candidates"} and "popularity_seconds" not in p.stats
+    p.search(SearchRequest(query="red", k=5))
+    assert set(p.stats) == {"popularity_seconds", "popularity_candidates"}  # nothing left from the last call
+    p.recommend(RecommendRequest(user_id=user, k=5))
+    mine = dict(p.stats)
+    assert {f"{s}_candidates" for s in CONFIG.recommend_sources} <= set(mine) and "ranker_seconds" in mine
+    other: dict = {}
+    t = threading.Thread(target=lambda: (p.search(SearchRequest(query="red", k=5)), other.update(p.stats)))
+    t.start()
+    t.join()
+    assert set(other) == {"popularity_seconds", "popularity_candidates"} and p.stats == mine
