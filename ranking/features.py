@@ -342,11 +342,14 @@ def _discount_table(top: int) -> np.ndarray:
     return _DISCOUNT
 
 
-# Row of each column after the per-source ones (compile-time constants of the kernel below).
-_FUSED_SCORE, _FUSED_RANK_INV, _N_SOURCES, _TT_DOT, _TEXT_USER, _TEXT_LAST, _TEXT_QUERY = range(7)
-_CF_LAST, _CF_RECENT, _CF_REVERSE_LAST, _LEAF_AFFINITY, _TOP_AFFINITY, _BRAND_AFFINITY = range(7, 13)
-_TAG_OVERLAP, _SAME_LEAF_LAST, _PRICE_GAP, _PRICE_GAP_ABS, _HAS_PRICE, _LOG_POP, _LOG_TREND = range(13, 20)
-_LOG_AGE_DAYS, _LOG_HISTORY_LEN, _IS_SEARCH = range(20, 23)
+# Row of each column after the per-source ones: module constants, which numba compiles in.
+_FUSED_SCORE, _FUSED_RANK_INV, _N_SOURCES = _C["fused_score"], _C["fused_rank_inv"], _C["n_sources"]
+_TT_DOT, _TEXT_USER, _TEXT_LAST, _TEXT_QUERY = _C["tt_dot"], _C["text_user"], _C["text_last"], _C["text_query"]
+_CF_LAST, _CF_RECENT, _CF_REVERSE_LAST = _C["cf_last"], _C["cf_recent"], _C["cf_reverse_last"]
+_LEAF_AFFINITY, _TOP_AFFINITY, _BRAND_AFFINITY = _C["leaf_affinity"], _C["top_affinity"], _C["brand_affinity"]
+_TAG_OVERLAP, _SAME_LEAF_LAST, _HAS_PRICE = _C["tag_overlap"], _C["same_leaf_last"], _C["has_price"]
+_PRICE_GAP, _PRICE_GAP_ABS, _LOG_POP, _LOG_TREND = _C["price_gap"], _C["price_gap_abs"], _C["log_pop"], _C["log_trend"]
+_LOG_AGE_DAYS, _LOG_HISTORY_LEN, _IS_SEARCH = _C["log_age_days"], _C["log_history_len"], _C["is_search"]
 
 
 @nb.njit(nogil=True, cache=True)
@@ -372,11 +375,13 @@ def _dot(a, b) -> float:  # pragma: no cover - compiled
 
 
 @nb.njit(nogil=True, cache=True)
-def _fill_features(out, positions, aff_dense, tag_dense, items, fused_scores, ranks, source_scores, discount,  # pragma: no cover - compiled
-                   tt_vecs, user_vec, text_vecs, text_recent, text_last, query_vec,
-                   cf_cols, cf_last, cf_recent, cf_rev_cols, cf_rev, affinity_ids, aff_ids, aff_vals,
-                   tag_indptr, tag_indices, tag_data, tag_ids, tag_vals, n_recent, leaf, last_leaf,
-                   log_price, median_log_price, log_pop, log_trend, first_seen, now, history_len, is_search):
+def _fill_features(  # pragma: no cover - compiled
+    out, positions, aff_dense, tag_dense, items, fused_scores, ranks, source_scores, discount,
+    tt_vecs, user_vec, text_vecs, text_recent, text_last, query_vec,
+    cf_cols, cf_last, cf_recent, cf_rev_cols, cf_rev, affinity_ids, aff_ids, aff_vals,
+    tag_indptr, tag_indices, tag_data, tag_ids, tag_vals, n_recent, leaf, last_leaf,
+    log_price, median_log_price, log_pop, log_trend, first_seen, now, history_len, is_search,
+):
     """:func:`compute_features`' loop over the candidates; writes ``out`` (F, m), zeros on entry.
     An empty vector, id list or ``median_log_price`` NaN switches its features off (left 0)."""
     n_src, m = ranks.shape
@@ -398,8 +403,7 @@ def _fill_features(out, positions, aff_dense, tag_dense, items, fused_scores, ra
     flag = np.float32(1.0 if is_search else 0.0)
     per_recent = np.float32(max(1.0, n_recent))
     o = base
-    # one short loop per item array: the scattered reads of a loop overlap (memory-level
-    # parallelism), which one long loop body with everything in it would serialise
+    # one loop per feature group (as fast as one loop over everything, and easier to read)
     for j in range(m):
         found = 0
         for s in range(n_src):
