@@ -21,10 +21,14 @@ class FilterIndex:
         self.categories = np.array(catalog.categories, dtype=object)
         self.brands = np.array(catalog.brands, dtype=object)
 
-    def keep_mask(self, items: np.ndarray, filters: Filters, exclude: np.ndarray | None = None) -> np.ndarray:
-        """bool (m,) for candidate catalog indices ``items`` int64 (m,)."""
+    def keep_mask(self, items: np.ndarray, filters: Filters, exclude: np.ndarray | IdSet | None = None) -> np.ndarray:
+        """bool (m,) for candidate catalog indices ``items`` int64 (m,); ``exclude`` item indices
+        (or a request's ready-made :class:`IdSet` of them) never pass."""
         keep = np.ones(items.shape[0], dtype=bool)
-        if exclude is not None and exclude.size:
+        if isinstance(exclude, IdSet):
+            if exclude.size:
+                keep &= ~exclude.contains(items)
+        elif exclude is not None and exclude.size:
             keep &= ~IdSet(exclude, len(self.catalog)).contains(items)
         if filters.exclude_item_ids:
             ids = [self.catalog.index[i] for i in filters.exclude_item_ids if i in self.catalog.index]
@@ -52,7 +56,7 @@ class FilterIndex:
 
 
 def apply_filters(index: FilterIndex, ranked: np.ndarray, filters: Filters, k: int,
-                  exclude: np.ndarray | None = None) -> np.ndarray:
+                  exclude: np.ndarray | IdSet | None = None) -> np.ndarray:
     """Positions into ``ranked`` (best first) of the first ``k`` items that pass the filters
     and the diversity caps; int64 (<= k,)."""
     keep = np.flatnonzero(index.keep_mask(ranked, filters, exclude))

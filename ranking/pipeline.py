@@ -196,7 +196,8 @@ class Pipeline:
         req, cold = self.user_request(request.user_id, context=request.context)
         ranked = self.rank(req, "recommend")
         exclude = req.history if request.exclude_seen else None
-        return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
+        return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend",
+                             exclude_set=req.excluded(self.n_items) if request.exclude_seen else None)
 
     def search(self, request: SearchRequest) -> Response:
         req, empty = self.user_request(request.user_id, query=request.query)
@@ -309,8 +310,9 @@ class Pipeline:
         return out
 
     def _respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: np.ndarray | None,
-                 cold: bool, kind: str) -> Response:
-        pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude)
+                 cold: bool, kind: str, exclude_set: IdSet | None = None) -> Response:
+        """``exclude_set``: ``exclude`` as the request's ready-made IdSet, when it has one."""
+        pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude if exclude_set is None else exclude_set)
         items = ranked.items[pos]
         scores = ranked.scores[pos]
         backfill = np.zeros(0, dtype=np.int64)

@@ -319,17 +319,21 @@ class AnnIndex:
         q = queries.shape[0]
         if k < 1:
             raise ValueError(f"AnnIndex.search: k must be >= 1, got {k}")
-        scores = np.full((q, k), -np.inf, dtype=np.float32)
-        ids = np.full((q, k), -1, dtype=np.int64)
         kk = min(k, self.n)
         if kk == 0 or q == 0:
-            return scores, ids
+            return np.full((q, k), -np.inf, dtype=np.float32), np.full((q, k), -1, dtype=np.int64)
         if self._vectors is not None:
             s, i = self._rescored(queries, kk)
         else:
             s, i = self._index.search(queries, kk)
-        i = i.astype(np.int64)
-        s = np.where(i >= 0, s, -np.inf).astype(np.float32)
+        i = np.asarray(i, dtype=np.int64)
+        s = np.asarray(s, dtype=np.float32)
+        if (i < 0).any():
+            s = np.where(i >= 0, s, np.float32(-np.inf))
+        if kk == k:
+            return s, i
+        scores = np.full((q, k), -np.inf, dtype=np.float32)
+        ids = np.full((q, k), -1, dtype=np.int64)
         scores[:, :kk] = s
         ids[:, :kk] = i
         return scores, ids

@@ -498,7 +498,6 @@ class TwoTower:
         net = self._require()
         return np.ascontiguousarray(net.item_out(self._table()[1:]).numpy(), dtype=np.float32)
 
-    @torch.no_grad()
     def encode_users(
         self, requests: Sequence[RetrievalRequest], _table: torch.Tensor | None = None
     ) -> np.ndarray:
@@ -506,13 +505,21 @@ class TwoTower:
         (timestamps, event types and ``now`` when present). An empty history gives the
         vector of an empty window (a popularity-like prior). Requests carrying a memo get the
         vector kept there, or keep the one computed here."""
-        net = self._require()
-        if _table is None and requests and all(r.memo is not None and _MEMO_KEY in r.memo for r in requests):
-            return np.stack([r.memo[_MEMO_KEY] for r in requests])  # type: ignore[index]
-        if len(requests) == 1 and _table is None:
+        self._require()
+        if _table is None and len(requests) == 1:  # the request path: no torch at all on a hit
+            memo = requests[0].memo
+            if memo is not None and _MEMO_KEY in memo:
+                return memo[_MEMO_KEY][None, :].copy()
             last = self._last_user  # (request, vector): the pipeline asks twice per request
             if last is not None and last[0] is requests[0]:
                 return last[1][None, :].copy()
+        if _table is None and requests and all(r.memo is not None and _MEMO_KEY in r.memo for r in requests):
+            return np.stack([r.memo[_MEMO_KEY] for r in requests])  # type: ignore[index]
+        return self._encode_users(requests, _table)
+
+    @torch.no_grad()
+    def _encode_users(self, requests: Sequence[RetrievalRequest], _table: torch.Tensor | None) -> np.ndarray:
+        net = self._require()
         if _table is not None:
             table = _table
         elif self._table_cache is not None:
