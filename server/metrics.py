@@ -39,6 +39,7 @@ class ServiceMetrics:
         self.refused = Counter("tandem_bundle_refused_total", "bundles refused (verification or load failed)",
                                registry=r)
         self._http = None
+        self._stat_children: dict[str, Histogram | bool] = {}
 
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one)."""
@@ -53,9 +54,18 @@ class ServiceMetrics:
             self._http = None
 
     def observe_stats(self, stats: Mapping[str, float]) -> None:
-        """Read an engine's per-request stats: ``<stage>_seconds`` and ``<source>_candidates`` keys."""
+        """Read an engine's per-request stats: ``<stage>_seconds`` and ``<source>_candidates``
+        keys (others are ignored). Each key's labelled histogram is looked up once and kept."""
+        children = self._stat_children
         for key, value in stats.items():
-            if key.endswith("_seconds"):
-                self.stage_seconds.labels(key[: -len("_seconds")]).observe(value)
-            elif key.endswith("_candidates"):
-                self.candidates.labels(key[: -len("_candidates")]).observe(value)
+            child = children.get(key)
+            if child is None:
+                if key.endswith("_seconds"):
+                    child = self.stage_seconds.labels(key[: -len("_seconds")])
+                elif key.endswith("_candidates"):
+                    child = self.candidates.labels(key[: -len("_candidates")])
+                else:
+                    child = False
+                children[key] = child
+            if child is not False:
+                child.observe(value)
