@@ -11,6 +11,11 @@ and the ratio of Recommend p99 at concurrency 1 to the floor (echo p99 + bare FA
 With ``--repeats N`` the three concurrency-1 measurements behind that ratio are taken N more
 times, interleaved, and the ratio's median and range are printed: on a shared 2-core machine one
 5-second p99 moves by +-20% from run to run.
+
+Every measurement starts with ``--warmup`` seconds (default 0.5) of the same call at the same
+concurrency, not recorded: each measurement opens new channels, and on this machine the first
+requests after a few idle seconds run several times slower (benchmarks/README.md has the
+numbers). ``--warmup 0`` measures from the first call.
 """
 
 from __future__ import annotations
@@ -37,17 +42,29 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _closed_loop(make_call, concurrency: int, seconds: float, max_requests: int = 200_000):
+def _closed_loop(make_call, concurrency: int, seconds: float, warmup: float = 0.0, max_requests: int = 200_000):
+    """``concurrency`` threads, each calling back to back: first for ``warmup`` seconds,
+    unrecorded (a new channel connects, and the server's path warms up after whatever ran
+    before), then ``seconds`` recorded."""
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    deadline = time.perf_counter() + seconds
+    start = time.perf_counter() + warmup
+    deadline = start + seconds
+    finished: list[float] = []
 
     def worker(i: int) -> None:
         call = make_call(i)
-        local = []
         n = 0
-        while time.perf_counter() < deadline and n < max_requests // concurrency:
+        while time.perf_counter() < start:
+            try:
+                call(n)
+            except Exception:  # noqa: BLE001 - warm-up failures count as errors too
+                with lock:
+                    errors[0] += 1
+            n += 1
+        local = []
+        while time.perf_counter() < deadline and len(local) < max_requests // concurrency:
             t0 = time.perf_counter()
             try:
                 call(n)
@@ -58,14 +75,14 @@ def _closed_loop(make_call, concurrency: int, seconds: float, max_requests: int 
             n += 1
         with lock:
             lat.extend(local)
+            finished.append(time.perf_counter())
 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
-    t0 = time.perf_counter()
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall = max(finished) - start
     a = np.array(lat) * 1e3
     return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
             "p99": float(np.percentile(a, 99)), "rps": len(a) / wall, "n": len(a), "errors": errors[0]}
@@ -82,6 +99,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=0, help="extra interleaved measurements of the c=1 ratio")
     ap.add_argument("--workers", type=int, help="passed to tandem serve (default: its own)")
+    ap.add_argument("--warmup", type=float, default=0.5,
+                    help="unrecorded seconds before each measurement, same call and concurrency (default 0.5)")
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.items:
@@ -156,7 +175,7 @@ def main() -> None:
         for c in [int(x) for x in args.concurrency.split(",")]:
             for name, make in (("Ping (echo floor)", rpc("Ping")), ("bare FAISS search", faiss_make),
                                ("Recommend", rpc("Recommend")), ("Search", rpc("Search"))):
-                r = _closed_loop(make, c, args.seconds)
+                r = _closed_loop(make, c, args.seconds, args.warmup)
                 rows.append((name, c, r))
                 print(f"{name:<18} c={c:<3} p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  "
                       f"{r['rps']:.0f} req/s  errors {r['errors']}", flush=True)
@@ -173,7 +192,7 @@ def main() -> None:
         if args.repeats > 0:
             ratios = [rec1["p99"] / floor]
             for _ in range(args.repeats):
-                e, f, r = (_closed_loop(make, 1, args.seconds)["p99"]
+                e, f, r = (_closed_loop(make, 1, args.seconds, args.warmup)["p99"]
                            for make in (rpc("Ping"), faiss_make, rpc("Recommend")))
                 ratios.append(r / (e + f))
                 print(f"repeat: echo p99 {e:.2f} + FAISS p99 {f:.2f}; Recommend p99 {r:.2f} ms = "
