@@ -195,9 +195,8 @@ class Pipeline:
     def recommend(self, request: RecommendRequest) -> Response:
         req, cold = self.user_request(request.user_id, context=request.context)
         ranked = self.rank(req, "recommend")
-        exclude = req.history if request.exclude_seen else None
-        return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend",
-                             exclude_set=req.excluded(self.n_items) if request.exclude_seen else None)
+        exclude = req.excluded(self.n_items) if request.exclude_seen else None  # the history
+        return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
 
     def search(self, request: SearchRequest) -> Response:
         req, empty = self.user_request(request.user_id, query=request.query)
@@ -211,8 +210,8 @@ class Pipeline:
             raise UnknownItemError(request.item_id)
         req = RetrievalRequest(item=i)
         ranked = self.rank(req, "similar")
-        return self._respond(ranked, request.filters, request.k, request.explain,
-                             np.array([i], dtype=np.int64), False, "similar")
+        return self._respond(ranked, request.filters, request.k, request.explain, req.excluded(self.n_items), False,
+                             "similar")
 
     def warm(self, users: int | None = None, batch: int = 256) -> int:
         """Keep the memos of up to ``users`` users from now on (default: the current capacity;
@@ -309,10 +308,9 @@ class Pipeline:
             out[r, : items.shape[0]] = items
         return out
 
-    def _respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: np.ndarray | None,
-                 cold: bool, kind: str, exclude_set: IdSet | None = None) -> Response:
-        """``exclude_set``: ``exclude`` as the request's ready-made IdSet, when it has one."""
-        pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude if exclude_set is None else exclude_set)
+    def _respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: IdSet | None,
+                 cold: bool, kind: str) -> Response:
+        pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude)
         items = ranked.items[pos]
         scores = ranked.scores[pos]
         backfill = np.zeros(0, dtype=np.int64)
@@ -320,7 +318,7 @@ class Pipeline:
             # restrictive filters emptied the candidate list: fill up with the most popular items
             # that pass them, ranked below everything retrieval found
             by_pop = np.argsort(-self.table.log_pop, kind="stable")
-            taken = items if exclude is None else np.concatenate([items, exclude])
+            taken = items if exclude is None else np.concatenate([items, np.flatnonzero(exclude.table[:-1])])
             extra = apply_filters(self.filter_index, by_pop, filters, k - len(items), taken)
             backfill = by_pop[extra]
             floor = float(scores.min()) if len(scores) else 0.0

@@ -168,3 +168,18 @@ def test_stats_are_per_thread_and_per_request(shop):
     t.start()
     t.join()
     assert set(other) == {"popularity_seconds", "popularity_candidates"} and p.stats == mine
+
+
+def test_restrictive_filters_backfill_by_popularity_without_seen_items(shop):
+    p, clean, _ = shop
+    user = clean.interactions.user_ids[3]
+    seen = {p.catalog.item_ids[i] for i in p.histories.get(user).items}
+    brand = max((b for b in set(p.catalog.brands) if b), key=lambda b: sum(x == b for x in p.catalog.brands))
+    of_brand = {p.catalog.item_ids[i] for i, b in enumerate(p.catalog.brands) if b == brand}
+    r = p.recommend(RecommendRequest(user_id=user, k=len(of_brand), filters=Filters(brands=(brand,)), explain=True))
+    ids = [it.item_id for it in r.items]
+    assert len(ids) == len(set(ids)) == len(of_brand - seen)  # every unseen item of the brand, once
+    assert set(ids) <= of_brand and not set(ids) & seen
+    sources = [h.source for it in r.items for h in it.explanation.sources]
+    assert "filter_backfill" in sources  # retrieval alone did not find them all
+    assert [it.score for it in r.items] == sorted((it.score for it in r.items), reverse=True)
