@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from retrieval.two_tower import deterministic_training
+
 __all__ = ["RankerConfig", "RankingLists", "DCNRanker", "Ranker", "ndcg_of_lists"]
 
 log = logging.getLogger(__name__)
@@ -227,7 +229,12 @@ class Ranker:
     def fit(self, lists: RankingLists, valid: RankingLists | None = None) -> Ranker:
         """Listwise softmax training with early stopping on validation NDCG@10.
 
-        Without ``valid``, a seeded ``valid_fraction`` of ``lists`` is held out."""
+        Without ``valid``, a seeded ``valid_fraction`` of ``lists`` is held out. Reproducible
+        under torch's deterministic algorithms (``retrieval.two_tower.deterministic_training``)."""
+        with deterministic_training():
+            return self._fit(lists, valid)
+
+    def _fit(self, lists: RankingLists, valid: RankingLists | None) -> Ranker:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
