@@ -120,7 +120,10 @@ class Lexical:
         tokens = self._tokenize([self.document(catalog, i) for i in range(self.n_items)])
         self._bm25 = bm25s.BM25(k1=self.config.k1, b=self.config.b, method="lucene")
         if self.n_items:
-            self._bm25.index(tokens, show_progress=False)
+            # our own sorted vocabulary: bm25s numbers tokens in set order, which moves with
+            # Python's string hashing, so two builds of one catalog wrote different index files
+            vocab = {t: i for i, t in enumerate(sorted({t for doc in tokens for t in doc}))}
+            self._bm25.index(([[vocab[t] for t in doc] for doc in tokens], vocab), show_progress=False)
             self._vocab = dict(self._bm25.vocab_dict)
         return self
 

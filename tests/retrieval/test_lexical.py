@@ -94,3 +94,28 @@ def test_config_validation():
         LexicalConfig(stemmer="porter")
     with pytest.raises(ValueError, match="title_weight"):
         LexicalConfig(title_weight=0)
+
+
+def test_index_files_do_not_depend_on_string_hashing(tmp_path):
+    # bm25s numbers tokens in set order; two processes with other hash seeds must still write
+    # the same bytes, so that two builds of one catalog give the same bundle checksums
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, pathlib\n"
+        "from retrieval.data import Catalog, Item\n"
+        "from retrieval.lexical import Lexical\n"
+        "words = 'red blue green shoe hat lamp desk chair mug kettle phone cable'.split()\n"
+        "cat = Catalog.from_items(Item(f'i{i}', ' '.join(words[(i * j) % 12] for j in range(1, 5)),"
+        " description=words[i % 12] + ' gift') for i in range(40))\n"
+        "Lexical().fit(cat).save(pathlib.Path(sys.argv[1]))\n"
+    )
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        subprocess.run([sys.executable, "-c", script, str(out)], check=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        outs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
+    assert outs[0].keys() == outs[1].keys() and outs[0] == outs[1]
