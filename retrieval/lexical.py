@@ -119,10 +119,12 @@ class Lexical:
         self.n_items = len(catalog)
         tokens = self._tokenize([self.document(catalog, i) for i in range(self.n_items)])
         self._bm25 = bm25s.BM25(k1=self.config.k1, b=self.config.b, method="lucene")
-        if self.n_items:
+        self._vocab = {}
+        vocab_words = sorted({t for doc in tokens for t in doc})
+        if vocab_words:  # else (no items, or only stop words): nothing to index, every score is 0
             # our own sorted vocabulary: bm25s numbers tokens in set order, which moves with
             # Python's string hashing, so two builds of one catalog wrote different index files
-            vocab = {t: i for i, t in enumerate(sorted({t for doc in tokens for t in doc}))}
+            vocab = {t: i for i, t in enumerate(vocab_words)}
             self._bm25.index(([[vocab[t] for t in doc] for doc in tokens], vocab), show_progress=False)
             self._vocab = dict(self._bm25.vocab_dict)
         return self
@@ -158,7 +160,7 @@ class Lexical:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         written: list[Path] = []
-        if self.n_items:
+        if self._vocab:
             self._bm25.save(folder / _BM25_DIR, corpus=None, allow_pickle=False, show_progress=False)
             written += sorted((folder / _BM25_DIR).glob("*"))
         meta = folder / _META
@@ -176,7 +178,7 @@ class Lexical:
         source = cls(LexicalConfig(**meta["config"]))
         source.n_items = meta["n_items"]
         source._bm25 = bm25s.BM25(k1=source.config.k1, b=source.config.b, method="lucene")
-        if source.n_items:
+        if source.n_items and meta.get("vocab_size", 1):
             source._bm25 = bm25s.BM25.load(folder / _BM25_DIR, allow_pickle=False, mmap=False,
                                            show_progress=False, verbosity=0)
             source._vocab = dict(source._bm25.vocab_dict)

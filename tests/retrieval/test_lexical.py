@@ -119,3 +119,13 @@ def test_index_files_do_not_depend_on_string_hashing(tmp_path):
                        env={**os.environ, "PYTHONHASHSEED": seed})
         outs.append({p.relative_to(out): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()})
     assert outs[0].keys() == outs[1].keys() and outs[0] == outs[1]
+
+
+def test_a_catalog_of_stop_words_only_scores_zero_and_round_trips(tmp_path):
+    cat = Catalog.from_items(Item(f"i{i}", "the a", description="of and") for i in range(5))
+    lx = Lexical().fit(cat)  # used to fail inside bm25s with "max() arg is an empty sequence"
+    assert not lx.scores("the red shoe").any()
+    assert len(lx.retrieve(RetrievalRequest(query="red"), 3)) == 0
+    lx.save(tmp_path)
+    back = Lexical.load(tmp_path, cat)
+    assert not back.scores("red").any() and back.n_items == 5
