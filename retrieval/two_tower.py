@@ -51,7 +51,8 @@ _INDEX_DIR = "two_tower_index"
 
 @contextlib.contextmanager
 def deterministic_training() -> Iterator[None]:
-    """torch's deterministic algorithms for the body, the previous setting restored after.
+    """torch's deterministic algorithms for the body, and a forked CPU RNG (the fit seeds it),
+    the caller's setting and RNG state restored after.
 
     With more than one intra-op thread some CPU kernels' reductions vary from run to run, so a
     seeded fit gave other weights every time: two ``tandem build`` runs of the same demo shop
@@ -60,7 +61,8 @@ def deterministic_training() -> Iterator[None]:
     was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     torch.use_deterministic_algorithms(True)
     try:
-        yield
+        with torch.random.fork_rng(devices=[]):
+            yield
     finally:
         torch.use_deterministic_algorithms(was, warn_only=warn_only)
 

@@ -113,3 +113,15 @@ def test_initial_weights_come_from_the_config_seed_not_the_global_rng():
     assert torch.equal(torch.random.get_rng_state(), state)  # and the global generator is left alone
     c = Ranker(["x", "y"], RankerConfig(hidden=(4,), seed=2))
     assert not torch.equal(c.model.deep[0].weight, a.model.deep[0].weight)
+
+
+def test_fit_is_repeatable_and_leaves_the_callers_torch_rng_alone():
+    torch.manual_seed(5)
+    state = torch.random.get_rng_state()
+    cfg = RankerConfig(hidden=(8,), epochs=2)
+    a = Ranker(["noise", "signal", "other"], cfg).fit(_lists(60))
+    assert torch.equal(torch.random.get_rng_state(), state)
+    torch.rand(3)  # whatever ran before must not change the fit
+    b = Ranker(["noise", "signal", "other"], cfg).fit(_lists(60))
+    for (name, wa), (_, wb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
+        assert torch.equal(wa, wb), name

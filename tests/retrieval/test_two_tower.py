@@ -228,3 +228,10 @@ def test_same_seed_same_model_at_a_size_where_threads_reduce_in_parallel(tmp_pat
     b = TwoTower(cfg).fit(clean.catalog, split.train).encode_items()
     np.testing.assert_array_equal(a, b)
     assert not torch.are_deterministic_algorithms_enabled()  # the caller's setting is restored
+
+
+def test_fit_leaves_the_callers_torch_rng_alone() -> None:
+    torch.manual_seed(123)
+    before = torch.random.get_rng_state()
+    TwoTower(dataclasses.replace(SMALL, epochs=1)).fit(_catalog(), _chain_interactions())
+    assert torch.equal(torch.random.get_rng_state(), before)
