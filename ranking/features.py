@@ -507,7 +507,6 @@ def _fill_features(  # pragma: no cover - compiled
 
 
 _NONE_F = np.zeros(0, dtype=np.float32)
-_NONE_F2 = np.zeros((0, 0), dtype=np.float32)
 _NONE_I = np.zeros(0, dtype=np.int32)
 
 
