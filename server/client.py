@@ -10,9 +10,9 @@ Quick start::
         hits = tandem.search("wireless earbuds", k=5, filters=Filters(in_stock_only=True))
         for item in hits.items:
             print(item.item_id, item.score, item.title)
-        tandem.record(Event("u0001105", "i0004232", event="click"))
+        tandem.record(Event("u0000007", "i0004629", event="click"))
         try:
-            tandem.recommend("u0001105", k=0)
+            tandem.recommend("u0000007", k=0)
         except TandemError as exc:
             print(exc.code, exc.field, exc.message)   # INVALID_ARGUMENT k k must be between 1 and 1000, got 0
 
