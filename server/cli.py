@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.metadata
 import logging
 import os
 import sys
 
+from retrieval.bundle import BundleError
 from server.logs import NOISY_LOGGERS, quiet_third_party
 
 __all__ = ["main", "build_parser"]
@@ -35,12 +37,20 @@ class CommandError(Exception):
     """A user-facing failure: printed without a traceback, exit status 2."""
 
 
+def _version() -> str:
+    try:
+        return importlib.metadata.version("tandem")
+    except importlib.metadata.PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown (not installed)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tandem",
         description="Tandem: retrieval and ranking for e-commerce search and recommendation.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
+    parser.add_argument("--version", action="version", version=f"tandem {_version()}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in COMMAND_MODULES:
@@ -69,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("TQDM_MININTERVAL", "30")
     try:
         return int(args.handler(args) or 0)
-    except (CommandError, FileNotFoundError, ValueError) as exc:
+    # a missing, incomplete or tampered bundle, an unreadable file, a bad value: one line, no traceback
+    except (CommandError, BundleError, OSError, ValueError) as exc:
         print(f"tandem {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

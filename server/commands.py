@@ -1,4 +1,5 @@
-"""``tandem serve`` and the CLI client: ``search``, ``recommend``, ``similar``, ``record``, ``status``.
+"""``tandem serve`` and the CLI client (over :mod:`server.client`): ``search``, ``recommend``, ``similar``,
+``record``, ``get-item``, ``status`` and ``reload``.
 
 An RPC error exits with status 1 and prints ``CODE: message`` (e.g.
 ``INVALID_ARGUMENT: k must be between 1 and 1000``) on stderr.
@@ -7,6 +8,7 @@ An RPC error exits with status 1 and prints ``CODE: message`` (e.g.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib
 import json
 import logging
@@ -33,15 +35,17 @@ def load_engine_loader(spec: str):
 def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="serve a bundle over gRPC (health, reflection, metrics)",
                               description="Serve the bundle BUNDLES/CURRENT names; hot-swaps when CURRENT changes.")
-    s.add_argument("--bundles", type=Path, required=True, metavar="DIR")
+    s.add_argument("--bundles", type=Path, required=True, metavar="DIR",
+                   help="bundle root written by `tandem build --out` (required)")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=50051)
-    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    s.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+    s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
     s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service "
                    "(default: $TANDEM_TOKEN)")
-    s.add_argument("--tls-cert", type=Path)
-    s.add_argument("--tls-key", type=Path)
+    s.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (with --tls-key; "
+                   "default: plaintext)")
+    s.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key (default: none)")
     s.add_argument("--workers", type=int, help="request threads (default 4 per core, at least 4)")
     s.add_argument("--compute-slots", type=int,
                    help="Search/Recommend/SimilarItems calls computed at once; the rest queue (default: one per core)")
@@ -51,43 +55,72 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
-                   help="function(bundle_folder) -> engine; a testing/extension hook (default: Tandem's pipeline)")
+                   help="function(bundle_folder) -> engine; a testing/extension hook "
+                   "(default ranking.loader:load_engine, Tandem's pipeline)")
     s.set_defaults(handler=_serve)
 
-    def client(name: str, help_: str) -> argparse.ArgumentParser:
-        p = subparsers.add_parser(name, help=help_)
-        p.add_argument("--addr", default="127.0.0.1:50051", metavar="HOST:PORT")
-        p.add_argument("--token", help="bearer token (default: $TANDEM_TOKEN)")
+    def client(name: str, help_: str, description: str) -> argparse.ArgumentParser:
+        p = subparsers.add_parser(name, help=help_, description=description + _CLIENT_EPILOG)
+        p.add_argument("--addr", default="127.0.0.1:50051", metavar="HOST:PORT",
+                       help="the server's address (default 127.0.0.1:50051)")
+        p.add_argument("--token", help="bearer token, needed by record, status and reload when the server has "
+                       "one (default: $TANDEM_TOKEN, else none)")
         p.add_argument("--tls-ca", type=Path, metavar="PEM",
-                       help="connect with TLS, trusting this CA (the server's --tls-cert when self-signed)")
-        p.add_argument("--timeout", type=float, default=10.0, help="deadline in seconds")
-        p.add_argument("--json", action="store_true", help="print the answer as JSON")
+                       help="connect with TLS, trusting this CA (the server's --tls-cert when self-signed; "
+                       "default: plaintext)")
+        p.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="deadline of the call, retries included (default 10)")
+        p.add_argument("--json", action="store_true", help="print the answer as one JSON object (default: a table)")
         return p
 
-    p = client("search", "search the catalog through a running server")
-    p.add_argument("--query", required=True)
-    p.add_argument("--user")
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--explain", action="store_true")
-    p.set_defaults(handler=_search)
-    p = client("recommend", "recommendations for a user through a running server")
-    p.add_argument("--user", required=True)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--explain", action="store_true")
-    p.set_defaults(handler=_recommend)
-    p = client("similar", "items similar to an item through a running server")
-    p.add_argument("--item", required=True)
-    p.add_argument("--k", type=int, default=10)
-    p.add_argument("--explain", action="store_true")
-    p.set_defaults(handler=_similar)
-    p = client("record", "record one event through a running server")
-    p.add_argument("--user", required=True)
-    p.add_argument("--item", required=True)
-    p.add_argument("--event", default="purchase")
-    p.add_argument("--ts", type=int, default=0, help="epoch seconds (default: now)")
-    p.set_defaults(handler=_record)
-    p = client("status", "a running server's bundle, counts, uptime and event-log position")
-    p.set_defaults(handler=_status)
+    def k_and_explain(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--k", type=int, default=10, metavar="N", help="how many items to return, 1..1000 (default 10)")
+        p.add_argument("--explain", action="store_true",
+                       help="show which sources found each item and the ranker's strongest features (default: off)")
+
+    p = client("search", "search the catalog through a running server",
+               "Search the serving bundle's catalog for a text query.")
+    p.add_argument("--query", required=True, metavar="TEXT", help="the search text, 1..1000 characters (required)")
+    p.add_argument("--user", metavar="USER_ID", help="personalise for this user (default: no personalisation)")
+    k_and_explain(p)
+    p.set_defaults(handler=_rpc(_search))
+    p = client("recommend", "recommendations for a user through a running server",
+               "Recommend items to a user from the user's history (an unknown user gets a cold start).")
+    p.add_argument("--user", required=True, metavar="USER_ID", help="the user to recommend for (required)")
+    k_and_explain(p)
+    p.set_defaults(handler=_rpc(_recommend))
+    p = client("similar", "items similar to an item through a running server",
+               "Items similar to one item of the serving bundle.")
+    p.add_argument("--item", required=True, metavar="ITEM_ID", help="the item to start from (required)")
+    k_and_explain(p)
+    p.set_defaults(handler=_rpc(_similar))
+    p = client("record", "record one event through a running server",
+               "Log one interaction durably in the server's event log; it shapes the user's next answers.")
+    p.add_argument("--user", required=True, metavar="USER_ID", help="who acted (required)")
+    p.add_argument("--item", required=True, metavar="ITEM_ID", help="on which item (required)")
+    p.add_argument("--event", default="purchase", metavar="KIND",
+                   help="view, click, cart, purchase or rate (default purchase)")
+    p.add_argument("--value", type=float, metavar="X", help="e.g. the stars of a rate event (default: none)")
+    p.add_argument("--ts", type=int, default=0, metavar="EPOCH_S",
+                   help="when, in epoch seconds (default 0: the server's receive time)")
+    p.set_defaults(handler=_rpc(_record))
+    p = client("get-item", "one catalog item of a running server",
+               "Print one item of the serving bundle's catalog.")
+    p.add_argument("--item", required=True, metavar="ITEM_ID", help="the item's id (required)")
+    p.set_defaults(handler=_rpc(_get_item))
+    p = client("status", "a running server's bundle, counts, uptime and event-log position",
+               "The admin service's GetStatus (needs the token when the server has one).")
+    p.set_defaults(handler=_rpc(_status))
+    p = client("reload", "make a running server load a bundle now",
+               "The admin service's ReloadBundle (needs the token when the server has one). Exit status 1 "
+               "when the bundle is refused; the server keeps serving the one it had.")
+    p.add_argument("--version", default="", metavar="VERSION", dest="bundle_version",
+                   help="the bundle folder name under the server's --bundles (default: whatever CURRENT names)")
+    p.set_defaults(handler=_rpc(_reload))
+
+
+_CLIENT_EPILOG = (" An RPC error exits with status 1 and prints CODE: message on stderr. Read-only calls are "
+                  "retried while the server is unavailable, until --timeout.")
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -134,92 +167,88 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _call(args: argparse.Namespace, method: str, request):
-    import grpc
+def _rpc(handler):
+    """A client command: connect with the common flags, run ``handler(args, client)``, and turn a
+    TandemError into ``CODE: message`` on stderr with exit status 1."""
+    def run(args: argparse.Namespace) -> int:
+        from server.client import TandemClient, TandemError
 
-    from server._generated import tandem_pb2_grpc as pb_grpc
-
-    token = args.token or os.environ.get("TANDEM_TOKEN")
-    metadata = [("authorization", f"Bearer {token}")] if token else None
-    if args.tls_ca is not None:
-        creds = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
-        channel = grpc.secure_channel(args.addr, creds)
-    else:
-        channel = grpc.insecure_channel(args.addr)
-    with channel:
-        stub = pb_grpc.TandemStub(channel) if method != "GetStatus" else pb_grpc.TandemAdminStub(channel)
+        token = args.token or os.environ.get("TANDEM_TOKEN") or None
         try:
-            return getattr(stub, method)(request, timeout=args.timeout, metadata=metadata)
-        except grpc.RpcError as exc:
-            print(f"{exc.code().name}: {exc.details()}", file=sys.stderr)
+            with TandemClient(args.addr, token=token, tls_ca=args.tls_ca, timeout=args.timeout) as client:
+                return handler(args, client)
+        except TandemError as exc:
+            print(str(exc), file=sys.stderr)
             raise SystemExit(1) from None
+
+    return run
+
+
+def _print(args: argparse.Namespace, result) -> None:
+    """A result dataclass as JSON, or as aligned ``field  value`` lines."""
+    out = dataclasses.asdict(result)
+    if args.json:
+        print(json.dumps(out))
+        return
+    width = max(len(k) for k in out)
+    for key, value in out.items():
+        if isinstance(value, (list, tuple)):
+            value = ", ".join(map(str, value))
+        print(f"{key:<{width}}  {value if value not in ('', None) else '-'}")
 
 
 def _items(args: argparse.Namespace, resp) -> int:
-    from google.protobuf.json_format import MessageToDict
-
     if args.json:
-        out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-        for it in out.get("items", []):
-            it.setdefault("score", 0.0)
-        print(json.dumps(out))
+        print(json.dumps(dataclasses.asdict(resp)))
         return 0
     print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}")
     for rank, it in enumerate(resp.items, 1):
         print(f"{rank:>3}. {it.item_id:<20} {it.score:>9.4f}  {it.title[:70]}")
-        if it.HasField("explanation"):
-            e = it.explanation
+        e = it.explanation
+        if e is not None:
             src = ", ".join(f"{h.source}#{h.rank}" for h in e.sources)
             feats = ", ".join(f"{f.name}+{f.value:.2f}" for f in e.top_features)
             print(f"       found by {src}; fused {e.fused_score:.4f}" + (f"; up by {feats}" if feats else ""))
     return 0
 
 
-def _search(args):
-    from server._generated import tandem_pb2 as pb
-
-    return _items(args, _call(args, "Search", pb.SearchRequest(query=args.query, user_id=args.user or "", k=args.k,
-                                                                explain=args.explain)))
+def _search(args, client) -> int:
+    return _items(args, client.search(args.query, k=args.k, user_id=args.user, explain=args.explain))
 
 
-def _recommend(args):
-    from server._generated import tandem_pb2 as pb
-
-    return _items(args, _call(args, "Recommend", pb.RecommendRequest(user_id=args.user, k=args.k,
-                                                                      explain=args.explain)))
+def _recommend(args, client) -> int:
+    return _items(args, client.recommend(args.user, k=args.k, explain=args.explain))
 
 
-def _similar(args):
-    from server._generated import tandem_pb2 as pb
-
-    return _items(args, _call(args, "SimilarItems", pb.SimilarItemsRequest(item_id=args.item, k=args.k,
-                                                                            explain=args.explain)))
+def _similar(args, client) -> int:
+    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain))
 
 
-def _record(args):
-    from server._generated import tandem_pb2 as pb
+def _record(args, client) -> int:
+    from server.client import Event
 
-    resp = _call(args, "RecordEvents", pb.RecordEventsRequest(events=[
-        pb.Event(user_id=args.user, item_id=args.item, event=args.event, ts=args.ts)]))
+    resp = client.record(Event(args.user, args.item, event=args.event, ts=args.ts, value=args.value))
     if args.json:
-        print(json.dumps({"accepted": resp.accepted, "applied": resp.applied, "last_sequence": resp.last_sequence}))
+        print(json.dumps(dataclasses.asdict(resp)))
     else:
         print(f"recorded {resp.accepted} event(s), {resp.applied} applied, log position {resp.last_sequence}")
     return 0
 
 
-def _status(args):
-    from google.protobuf.json_format import MessageToDict
+def _get_item(args, client) -> int:
+    _print(args, client.get_item(args.item))
+    return 0
 
-    from server._generated import tandem_pb2 as pb
 
-    resp = _call(args, "GetStatus", pb.GetStatusRequest())
-    out = MessageToDict(resp, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
-    out = {k: getattr(resp, k) if isinstance(getattr(resp, k), int) else v for k, v in out.items()}  # 64-bit ints
-    if args.json:
-        print(json.dumps(out))
-        return 0
-    width = max(len(k) for k in out)
-    for key, value in out.items():
-        print(f"{key:<{width}}  {value if value != '' else '-'}")
+def _status(args, client) -> int:
+    _print(args, client.status())
+    return 0
+
+
+def _reload(args, client) -> int:
+    resp = client.reload_bundle(args.bundle_version)
+    _print(args, resp)
+    if resp.error:
+        print(f"tandem reload: the bundle was refused: {resp.error}", file=sys.stderr)
+        return 1
     return 0

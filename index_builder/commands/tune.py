@@ -12,13 +12,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tune", help="optuna search over two-tower and ranker settings (validation only)",
                               description="TPE search; the best settings are written as TOML for "
                                           "`tandem build --config`.")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR")
-    p.add_argument("--trials", type=int, default=20, metavar="N")
-    p.add_argument("--timeout", type=float, metavar="S", help="stop starting trials after S seconds")
-    p.add_argument("--config", type=Path, metavar="FILE", help="base config the search starts from")
-    p.add_argument("--out", type=Path, default=Path("tandem.tuned.toml"), metavar="FILE")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--max-users", type=int, metavar="N", help="use at most N validation users (faster trials)")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR",
+                   help="data folder with items.* and events.* (required)")
+    p.add_argument("--trials", type=int, default=20, metavar="N", help="settings to try (default 20)")
+    p.add_argument("--timeout", type=float, metavar="S",
+                   help="stop starting trials after S seconds (default: no limit)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="base config the search starts from (default: the built-in defaults)")
+    p.add_argument("--out", type=Path, default=Path("tandem.tuned.toml"), metavar="FILE",
+                   help="TOML config to write; the trials go beside it as FILE.trials.json "
+                   "(default tandem.tuned.toml)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the search and the trials (default 0)")
+    p.add_argument("--max-users", type=int, metavar="N",
+                   help="use at most N validation users, for faster trials (default: all)")
     p.set_defaults(handler=_run)
 
 

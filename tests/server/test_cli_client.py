@@ -1,5 +1,5 @@
-"""The CLI client (`tandem search/recommend/similar/record/status`) against an in-process server,
-plain and over TLS with a bearer token."""
+"""The CLI client (`tandem search/recommend/similar/record/get-item/status/reload`, over
+server.client) against an in-process server, plain and over TLS with a bearer token."""
 
 import json
 import shutil
@@ -63,7 +63,28 @@ def test_record_then_recommend_and_status(addr, capsys):
     assert fields["last_reload_error"] == "-"
 
 
+def test_get_item_and_reload(addr, capsys):
+    code, out, _ = run(capsys, "get-item", "--addr", addr, "--item", "i03", "--json")
+    assert code == 0 and json.loads(out) == {"item_id": "i03", "title": "item 3 black", "description": "",
+                                             "category": "Home > Kitchen", "brand": "acme", "price": 8.0,
+                                             "tags": [], "in_stock": True}
+    code, out, _ = run(capsys, "get-item", "--addr", addr, "--item", "i03")
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert code == 0 and fields["title"] == "item 3 black" and fields["description"] == "-"
+    code, out, _ = run(capsys, "status", "--addr", addr, "--token", "tok", "--json")
+    version = json.loads(out)["bundle_version"]
+    code, out, _ = run(capsys, "reload", "--addr", addr, "--token", "tok", "--json")
+    assert code == 0 and json.loads(out) == {"version": version, "swapped": False, "error": ""}
+    code, out, err = run(capsys, "reload", "--addr", addr, "--token", "tok", "--version", "v-missing")
+    fields = dict(line.split(None, 1) for line in out.splitlines())
+    assert code == 1 and fields["version"] == version and "v-missing" in fields["error"]
+    assert err.startswith("tandem reload: the bundle was refused: ")
+
+
 @pytest.mark.parametrize(("argv", "message"), [
+    (("get-item", "--item", "nope"), "NOT_FOUND: unknown item_id 'nope'"),
+    (("reload", "--version", "../x"), "UNAUTHENTICATED"),
+    (("reload", "--token", "tok", "--version", "../x"), "INVALID_ARGUMENT: version must be a bundle folder name"),
     (("recommend", "--user", "u", "--k", "0"), "INVALID_ARGUMENT: k must be between 1 and 1000, got 0"),
     (("similar", "--item", "nope"), "NOT_FOUND: unknown item_id 'nope'"),
     (("record", "--user", "u", "--item", "i01"), "UNAUTHENTICATED: missing or wrong bearer token"),
@@ -82,6 +103,11 @@ def test_unreachable_server(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["search", "--addr", "127.0.0.1:9", "--query", "x", "--timeout", "1"])
     assert exc.value.code == 1 and capsys.readouterr().err.split(":")[0] in {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+
+
+def test_missing_ca_file_is_a_one_line_usage_error(addr, tmp_path, capsys):
+    code, _, err = run(capsys, "status", "--addr", addr, "--tls-ca", str(tmp_path / "ca.pem"))
+    assert code == 2 and err.startswith("tandem status: error: tls_ca ") and len(err.splitlines()) == 1
 
 
 @pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")

@@ -1,0 +1,554 @@
+"""The Python client of a Tandem server: every RPC of ``tandem.v1.Tandem`` and ``TandemAdmin``,
+plus the standard health check, with typed results.
+
+Quick start::
+
+    from server.client import Event, Filters, TandemClient, TandemError
+
+    with TandemClient("127.0.0.1:50051", token="secret", timeout=5.0) as tandem:
+        tandem.wait_until_serving(timeout=30)
+        hits = tandem.search("wireless earbuds", k=5, filters=Filters(in_stock_only=True))
+        for item in hits.items:
+            print(item.item_id, item.score, item.title)
+        tandem.record(Event("u0000007", "i0004629", event="click"))
+        try:
+            tandem.recommend("u0000007", k=0)
+        except TandemError as exc:
+            print(exc.code, exc.field, exc.message)   # INVALID_ARGUMENT k k must be between 1 and 1000, got 0
+
+:class:`AsyncTandemClient` has the same methods as coroutines (``grpc.aio``); create it inside
+the running event loop (``async with AsyncTandemClient(...) as tandem:``).
+
+Errors. Every failed call raises :class:`TandemError`: ``.code`` is the gRPC status name
+(``"INVALID_ARGUMENT"``, ``"NOT_FOUND"``, ``"UNAUTHENTICATED"``, ``"UNAVAILABLE"``,
+``"DEADLINE_EXCEEDED"``, ...), ``.message`` the server's text and ``.field`` the request field
+the message names (``"k"``, ``"filters.price_min"``, ``"events[3].event"``, ``"item_id"``), or None.
+
+Deadlines and retries. ``timeout`` (per client, overridable per call) is the deadline of the
+whole call in seconds, retries and back-off included. Only calls that change nothing are
+retried: Search, Recommend, SimilarItems, GetItem, Ping, GetStatus and the health check.
+RecordEvents and StreamEvents are never retried (an event whose answer was lost may still
+have been logged, and would be logged twice), nor is ReloadBundle (a repeated reload answers
+``swapped=False`` and hides the first swap). A retried call is attempted again when it failed with
+
+- ``UNAVAILABLE``: no connection (server not started yet, restarting, unreachable) or the
+  server has no bundle loaded yet; or
+- ``DEADLINE_EXCEEDED`` of one attempt: only when :attr:`RetryPolicy.attempt_timeout_s` cut
+  the attempt short while the call's own deadline still has time left.
+
+Any other status is final. Between attempts the client sleeps an exponentially growing delay
+(``initial_backoff_s * multiplier ** (attempt - 1)``, capped at ``max_backoff_s``) of which a
+random half is jitter, and it never sleeps past the call's deadline.
+
+Authentication and TLS: ``token`` is sent as ``authorization: Bearer <token>`` metadata (the
+server demands it for RecordEvents, StreamEvents and the admin service when it runs with
+``--token``); ``tls_ca`` (a PEM file, the server's ``--tls-cert`` when self-signed) or
+``tls=True`` (the system's roots) connects with TLS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+from collections.abc import AsyncIterable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from server._generated import tandem_pb2 as pb
+from server._generated import tandem_pb2_grpc as pb_grpc
+from server.client_types import (
+    Event,
+    Explanation,
+    FeatureContribution,
+    Filters,
+    Item,
+    Recorded,
+    Reloaded,
+    Results,
+    ScoredItem,
+    SourceHit,
+    Status,
+    event_to_pb,
+    filters_to_pb,
+    item_from_pb,
+    recorded_from_pb,
+    reloaded_from_pb,
+    results_from_pb,
+    status_from_pb,
+)
+
+__all__ = ["TandemClient", "AsyncTandemClient", "TandemError", "RetryPolicy", "NO_RETRY", "IDEMPOTENT_RPCS",
+           "RETRIED_CODES", "Filters", "Event", "Results", "ScoredItem", "Explanation", "SourceHit",
+           "FeatureContribution", "Recorded", "Item", "Reloaded", "Status", "parse_field"]
+
+#: RPCs that read only, so a retry cannot do anything twice.
+IDEMPOTENT_RPCS: frozenset[str] = frozenset(
+    {"Search", "Recommend", "SimilarItems", "GetItem", "Ping", "GetStatus", "Health/Check"})
+#: Status codes after which an idempotent call is attempted again (DEADLINE_EXCEEDED only when
+#: the attempt's own deadline, not the call's, ran out).
+RETRIED_CODES: tuple[str, ...] = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
+
+# "k must be ...", "filters.price_min (3.0) must ...", "events[3].event must ...", "unknown item_id 'x' ..."
+_FIELD_RE = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])?)*)"
+                       r"(?: \([^)]*\))? must\b")
+_UNKNOWN_RE = re.compile(r"^unknown (?P<field>[a-z_][a-z0-9_.]*) '")
+
+
+def parse_field(message: str) -> str | None:
+    """The request field a server message names (``"k must be between 1 and 1000, got 0"`` -> ``"k"``)."""
+    m = _FIELD_RE.match(message) or _UNKNOWN_RE.match(message)
+    return m.group("field") if m else None
+
+
+class TandemError(Exception):
+    """A failed call. ``code``: the gRPC status name; ``message``: the server's (or client's) text;
+    ``field``: the request field the message names, or None; ``rpc``: the method called."""
+
+    def __init__(self, code: str, message: str, field: str | None = None, rpc: str = "") -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+        self.field = field
+        self.rpc = rpc
+
+    @classmethod
+    def from_rpc_error(cls, exc: grpc.RpcError, rpc: str) -> TandemError:
+        code = exc.code()
+        message = exc.details() or ""
+        return cls(code.name if code is not None else "UNKNOWN", message, parse_field(message), rpc)
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How idempotent calls are retried (see the module docstring); ``max_attempts`` counts the first."""
+
+    max_attempts: int = 5
+    initial_backoff_s: float = 0.2
+    max_backoff_s: float = 3.0
+    multiplier: float = 2.0
+    attempt_timeout_s: float | None = None   # each attempt's own deadline; None: the call's
+
+    def __post_init__(self) -> None:
+        if self.max_attempts < 1:
+            raise ValueError(f"max_attempts must be >= 1, got {self.max_attempts}")
+        if not 0 < self.initial_backoff_s <= self.max_backoff_s:
+            raise ValueError(f"initial_backoff_s must be > 0 and <= max_backoff_s ({self.max_backoff_s}), "
+                             f"got {self.initial_backoff_s}")
+        if self.multiplier < 1:
+            raise ValueError(f"multiplier must be >= 1, got {self.multiplier}")
+        if self.attempt_timeout_s is not None and self.attempt_timeout_s <= 0:
+            raise ValueError(f"attempt_timeout_s must be > 0 or None, got {self.attempt_timeout_s}")
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based): half fixed, half jitter."""
+        base = min(self.max_backoff_s, self.initial_backoff_s * self.multiplier ** (attempt - 1))
+        return base / 2 + rng.uniform(0, base / 2)
+
+
+#: One attempt, whatever the status.
+NO_RETRY = RetryPolicy(max_attempts=1)
+
+
+class _Attempts:
+    """The deadline bookkeeping of one call: each attempt's timeout and, after a failure, the
+    delay before the next attempt or None to give up."""
+
+    def __init__(self, policy: RetryPolicy, timeout: float, rng: random.Random) -> None:
+        self.policy = policy
+        self.deadline = time.monotonic() + timeout
+        self.rng = rng
+        self.n = 0
+        self.cut_short = False
+
+    def next_timeout(self) -> float:
+        self.n += 1
+        remaining = max(0.0, self.deadline - time.monotonic())
+        per = self.policy.attempt_timeout_s
+        self.cut_short = per is not None and per < remaining
+        return per if self.cut_short else remaining
+
+    def delay(self, code: grpc.StatusCode | None) -> float | None:
+        if self.n >= self.policy.max_attempts:
+            return None
+        if not (code == grpc.StatusCode.UNAVAILABLE or (code == grpc.StatusCode.DEADLINE_EXCEEDED and self.cut_short)):
+            return None
+        wait = self.policy.backoff(self.n, self.rng)
+        return wait if time.monotonic() + wait < self.deadline else None
+
+
+def _k(k: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < 2**32:
+        raise TandemError("INVALID_ARGUMENT", f"k must be a positive integer, got {k!r}", "k")
+    return k
+
+
+def _event(e: object, field: str) -> pb.Event:
+    if not isinstance(e, Event):
+        raise TandemError("INVALID_ARGUMENT", f"{field} must be an Event, got {type(e).__name__}", field)
+    try:
+        return event_to_pb(e)
+    except (TypeError, ValueError) as exc:  # e.g. ts="yesterday"
+        raise TandemError("INVALID_ARGUMENT", f"{field} must be an Event of the documented types ({exc})",
+                          field) from None
+
+
+def _events(events: Event | Iterable[Event], field: str = "events") -> list[pb.Event]:
+    if isinstance(events, Event):
+        events = [events]
+    return [_event(e, f"{field}[{i}]") for i, e in enumerate(events)]
+
+
+class _Base:
+    """Configuration, channel options and request building shared by both clients."""
+
+    def __init__(self, addr: str, *, token: str | None, tls_ca: str | Path | None, tls: bool,
+                 tls_server_name: str | None, timeout: float, retry: RetryPolicy,
+                 options: Iterable[tuple[str, object]]) -> None:
+        if not isinstance(addr, str) or not addr.strip():
+            raise ValueError(f"addr must be HOST:PORT, got {addr!r}")
+        if not timeout > 0:
+            raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
+        if token is not None and not token.strip():
+            raise ValueError("token must not be empty (pass None to send no token)")
+        self.addr = addr
+        self.timeout = float(timeout)
+        self.retry = retry
+        self._rng = random.Random()
+        self._metadata = (("authorization", f"Bearer {token}"),) if token else None
+        self._options = [
+            # reconnect on the client's own back-off schedule, not gRPC's (1 s, growing to 120 s)
+            ("grpc.initial_reconnect_backoff_ms", int(retry.initial_backoff_s * 1000)),
+            ("grpc.min_reconnect_backoff_ms", int(retry.initial_backoff_s * 1000)),
+            ("grpc.max_reconnect_backoff_ms", int(retry.max_backoff_s * 1000)),
+            *(("grpc.ssl_target_name_override", tls_server_name),) * (tls_server_name is not None),
+            *options,
+        ]
+        self._credentials = None
+        if tls_ca is not None:
+            path = Path(tls_ca)
+            if not path.is_file():
+                raise ValueError(f"tls_ca {path} is not a file (the PEM of the CA that signed the server's certificate)")
+            self._credentials = grpc.ssl_channel_credentials(root_certificates=path.read_bytes())
+        elif tls:
+            self._credentials = grpc.ssl_channel_credentials()
+
+    def _policy(self, rpc: str) -> RetryPolicy:
+        return self.retry if rpc in IDEMPOTENT_RPCS else NO_RETRY
+
+    @staticmethod
+    def _search(query: str, k: int, user_id: str | None, filters: Filters | None, explain: bool,
+                request_id: str) -> pb.SearchRequest:
+        return pb.SearchRequest(query=query, user_id=user_id or "", k=_k(k), filters=filters_to_pb(filters),
+                                explain=explain, request_id=request_id)
+
+    @staticmethod
+    def _recommend(user_id: str | None, k: int, context: Iterable[Event], filters: Filters | None, explain: bool,
+                   include_seen: bool, request_id: str) -> pb.RecommendRequest:
+        return pb.RecommendRequest(user_id=user_id or "", k=_k(k), context=_events(context, "context"),
+                                   filters=filters_to_pb(filters), explain=explain, include_seen=include_seen,
+                                   request_id=request_id)
+
+    @staticmethod
+    def _similar(item_id: str, k: int, filters: Filters | None, explain: bool,
+                 request_id: str) -> pb.SimilarItemsRequest:
+        return pb.SimilarItemsRequest(item_id=item_id, k=_k(k), filters=filters_to_pb(filters), explain=explain,
+                                      request_id=request_id)
+
+    def _serving_timeout(self, service: str, timeout: float, last: str) -> TandemError:
+        return TandemError("DEADLINE_EXCEEDED", f"{self.addr} did not report {service or 'the server'} SERVING "
+                           f"within {timeout:g}s (last: {last})", None, "Health/Check")
+
+
+def _stream_message(i: int, e: object, refused: list[TandemError]) -> pb.Event | None:
+    """The wire message of stream element ``i``, or None (and the error noted) when it is not an
+    :class:`Event`: an exception inside a request iterator would only cancel the call."""
+    try:
+        return _event(e, f"events[{i}]")
+    except TandemError as exc:
+        exc.rpc = "StreamEvents"
+        refused.append(exc)
+        return None
+
+
+def _stream_result(done: Recorded, refused: list[TandemError]) -> Recorded:
+    if refused:
+        exc = refused[0]
+        raise TandemError(exc.code, f"{exc.message}; the {done.accepted} events before it were accepted "
+                          f"(event log position {done.last_sequence})", exc.field, exc.rpc)
+    return done
+
+
+async def _aiter(items: Iterable[Event]):
+    for item in items:
+        yield item
+
+
+def _build(rpc: str, make):
+    """Build a request; a value protobuf refuses becomes INVALID_ARGUMENT (the client's own checks
+    raise TandemError naming the field already)."""
+    try:
+        return make()
+    except TandemError as exc:
+        exc.rpc = exc.rpc or rpc
+        raise
+    except (TypeError, ValueError) as exc:
+        raise TandemError("INVALID_ARGUMENT", f"cannot build the {rpc} request: {exc}", None, rpc) from None
+
+
+class TandemClient(_Base):
+    """Blocking client. Thread-safe; one per process is enough (it multiplexes one channel).
+
+    ``addr``: ``HOST:PORT``. ``timeout``: default deadline of a call in seconds (retries
+    included). ``retry``: see :class:`RetryPolicy`. ``options``: extra gRPC channel options.
+    """
+
+    def __init__(self, addr: str = "127.0.0.1:50051", *, token: str | None = None,
+                 tls_ca: str | Path | None = None, tls: bool = False, tls_server_name: str | None = None,
+                 timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(),
+                 options: Iterable[tuple[str, object]] = ()) -> None:
+        super().__init__(addr, token=token, tls_ca=tls_ca, tls=tls, tls_server_name=tls_server_name,
+                         timeout=timeout, retry=retry, options=options)
+        if self._credentials is not None:
+            self._channel = grpc.secure_channel(addr, self._credentials, options=self._options)
+        else:
+            self._channel = grpc.insecure_channel(addr, options=self._options)
+        self._stub = pb_grpc.TandemStub(self._channel)
+        self._admin = pb_grpc.TandemAdminStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    def __enter__(self) -> TandemClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def _call(self, rpc: str, method, request, timeout: float | None):
+        attempts = _Attempts(self._policy(rpc), self.timeout if timeout is None else timeout, self._rng)
+        while True:
+            try:
+                return method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                wait = attempts.delay(exc.code())
+                if wait is None:
+                    raise TandemError.from_rpc_error(exc, rpc) from None
+                time.sleep(wait)
+
+    def search(self, query: str, *, k: int = 10, user_id: str | None = None, filters: Filters | None = None,
+               explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+        """The top ``k`` items for a text query, personalised when ``user_id`` is given."""
+        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id))
+        return results_from_pb(self._call("Search", self._stub.Search, request, timeout))
+
+    def recommend(self, user_id: str | None, *, k: int = 10, context: Iterable[Event] = (),
+                  filters: Filters | None = None, explain: bool = False, include_seen: bool = False,
+                  request_id: str = "", timeout: float | None = None) -> Results:
+        """The top ``k`` items for a user (its stored history plus this session's ``context``
+        events); items the user interacted with are left out unless ``include_seen``."""
+        request = _build("Recommend", lambda: self._recommend(user_id, k, context, filters, explain, include_seen,
+                                                              request_id))
+        return results_from_pb(self._call("Recommend", self._stub.Recommend, request, timeout))
+
+    def similar_items(self, item_id: str, *, k: int = 10, filters: Filters | None = None, explain: bool = False,
+                      request_id: str = "", timeout: float | None = None) -> Results:
+        """The ``k`` items most similar to ``item_id`` (NOT_FOUND when the bundle lacks it)."""
+        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id))
+        return results_from_pb(self._call("SimilarItems", self._stub.SimilarItems, request, timeout))
+
+    def record(self, events: Event | Iterable[Event], *, request_id: str = "",
+               timeout: float | None = None) -> Recorded:
+        """Log one event or a batch (at most 10,000) durably; never retried. Needs the token."""
+        request = _build("RecordEvents", lambda: pb.RecordEventsRequest(events=_events(events), request_id=request_id))
+        return recorded_from_pb(self._call("RecordEvents", self._stub.RecordEvents, request, timeout))
+
+    def stream_events(self, events: Iterable[Event], *, timeout: float | None = None) -> Recorded:
+        """Stream events of any number in one call; never retried. When an event is refused, the
+        error's message says how many before it were accepted. Needs the token."""
+        refused: list[TandemError] = []
+
+        def messages():
+            for i, e in enumerate(events):
+                if (m := _stream_message(i, e, refused)) is None:
+                    return  # end the stream: the events before it are logged, then the error is raised
+                yield m
+
+        done = recorded_from_pb(self._call("StreamEvents", self._stub.StreamEvents, messages(), timeout))
+        return _stream_result(done, refused)
+
+    def get_item(self, item_id: str, *, timeout: float | None = None) -> Item:
+        """A catalog item of the serving bundle (NOT_FOUND when it lacks it)."""
+        request = _build("GetItem", lambda: pb.GetItemRequest(item_id=item_id))
+        return item_from_pb(self._call("GetItem", self._stub.GetItem, request, timeout))
+
+    def ping(self, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
+        """Echo ``payload``: the transport's latency floor."""
+        request = _build("Ping", lambda: pb.PingRequest(payload=payload))
+        return self._call("Ping", self._stub.Ping, request, timeout).payload
+
+    def reload_bundle(self, version: str = "", *, timeout: float | None = None) -> Reloaded:
+        """Load ``version`` ("" = whatever CURRENT names now); never retried. Needs the token."""
+        request = _build("ReloadBundle", lambda: pb.ReloadBundleRequest(version=version))
+        return reloaded_from_pb(self._call("ReloadBundle", self._admin.ReloadBundle, request, timeout))
+
+    def status(self, *, timeout: float | None = None) -> Status:
+        """The serving bundle, its counts, uptime and event-log position. Needs the token."""
+        return status_from_pb(self._call("GetStatus", self._admin.GetStatus, pb.GetStatusRequest(), timeout))
+
+    def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """The standard health check: ``"SERVING"`` or ``"NOT_SERVING"`` (while draining).
+        ``service``: "" (the server) or a service name such as ``"tandem.v1.Tandem"``."""
+        resp = self._call("Health/Check", self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    def wait_until_serving(self, timeout: float = 30.0, service: str = "") -> None:
+        """Block until the health check answers SERVING (the server may not be started yet);
+        DEADLINE_EXCEEDED after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=remaining,
+                                          wait_for_ready=True)
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise TandemError.from_rpc_error(exc, "Health/Check") from None
+                last = exc.code().name
+            else:
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        raise self._serving_timeout(service, timeout, last)
+
+
+class AsyncTandemClient(_Base):
+    """The :class:`TandemClient` API as coroutines over ``grpc.aio``. Create it inside the
+    running event loop and close it with ``await close()`` (or ``async with``)."""
+
+    def __init__(self, addr: str = "127.0.0.1:50051", *, token: str | None = None,
+                 tls_ca: str | Path | None = None, tls: bool = False, tls_server_name: str | None = None,
+                 timeout: float = 10.0, retry: RetryPolicy = RetryPolicy(),
+                 options: Iterable[tuple[str, object]] = ()) -> None:
+        super().__init__(addr, token=token, tls_ca=tls_ca, tls=tls, tls_server_name=tls_server_name,
+                         timeout=timeout, retry=retry, options=options)
+        if self._credentials is not None:
+            self._channel = grpc.aio.secure_channel(addr, self._credentials, options=self._options)
+        else:
+            self._channel = grpc.aio.insecure_channel(addr, options=self._options)
+        self._stub = pb_grpc.TandemStub(self._channel)
+        self._admin = pb_grpc.TandemAdminStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def __aenter__(self) -> AsyncTandemClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def _call(self, rpc: str, method, request, timeout: float | None):
+        attempts = _Attempts(self._policy(rpc), self.timeout if timeout is None else timeout, self._rng)
+        while True:
+            try:
+                return await method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                wait = attempts.delay(exc.code())
+                if wait is None:
+                    raise TandemError.from_rpc_error(exc, rpc) from None
+                await asyncio.sleep(wait)
+
+    async def search(self, query: str, *, k: int = 10, user_id: str | None = None, filters: Filters | None = None,
+                     explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+        """See :meth:`TandemClient.search`."""
+        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id))
+        return results_from_pb(await self._call("Search", self._stub.Search, request, timeout))
+
+    async def recommend(self, user_id: str | None, *, k: int = 10, context: Iterable[Event] = (),
+                        filters: Filters | None = None, explain: bool = False, include_seen: bool = False,
+                        request_id: str = "", timeout: float | None = None) -> Results:
+        """See :meth:`TandemClient.recommend`."""
+        request = _build("Recommend", lambda: self._recommend(user_id, k, context, filters, explain, include_seen,
+                                                              request_id))
+        return results_from_pb(await self._call("Recommend", self._stub.Recommend, request, timeout))
+
+    async def similar_items(self, item_id: str, *, k: int = 10, filters: Filters | None = None,
+                            explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+        """See :meth:`TandemClient.similar_items`."""
+        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id))
+        return results_from_pb(await self._call("SimilarItems", self._stub.SimilarItems, request, timeout))
+
+    async def record(self, events: Event | Iterable[Event], *, request_id: str = "",
+                     timeout: float | None = None) -> Recorded:
+        """See :meth:`TandemClient.record`."""
+        request = _build("RecordEvents", lambda: pb.RecordEventsRequest(events=_events(events), request_id=request_id))
+        return recorded_from_pb(await self._call("RecordEvents", self._stub.RecordEvents, request, timeout))
+
+    async def stream_events(self, events: Iterable[Event] | AsyncIterable[Event], *,
+                            timeout: float | None = None) -> Recorded:
+        """See :meth:`TandemClient.stream_events`; ``events`` may also be an async iterable."""
+        refused: list[TandemError] = []
+
+        async def messages():
+            i = 0
+            source = events if isinstance(events, AsyncIterable) else _aiter(events)
+            async for e in source:
+                if (m := _stream_message(i, e, refused)) is None:
+                    return
+                yield m
+                i += 1
+
+        done = recorded_from_pb(await self._call("StreamEvents", self._stub.StreamEvents, messages(), timeout))
+        return _stream_result(done, refused)
+
+    async def get_item(self, item_id: str, *, timeout: float | None = None) -> Item:
+        """See :meth:`TandemClient.get_item`."""
+        request = _build("GetItem", lambda: pb.GetItemRequest(item_id=item_id))
+        return item_from_pb(await self._call("GetItem", self._stub.GetItem, request, timeout))
+
+    async def ping(self, payload: bytes = b"", *, timeout: float | None = None) -> bytes:
+        """See :meth:`TandemClient.ping`."""
+        request = _build("Ping", lambda: pb.PingRequest(payload=payload))
+        return (await self._call("Ping", self._stub.Ping, request, timeout)).payload
+
+    async def reload_bundle(self, version: str = "", *, timeout: float | None = None) -> Reloaded:
+        """See :meth:`TandemClient.reload_bundle`."""
+        request = _build("ReloadBundle", lambda: pb.ReloadBundleRequest(version=version))
+        return reloaded_from_pb(await self._call("ReloadBundle", self._admin.ReloadBundle, request, timeout))
+
+    async def status(self, *, timeout: float | None = None) -> Status:
+        """See :meth:`TandemClient.status`."""
+        return status_from_pb(await self._call("GetStatus", self._admin.GetStatus, pb.GetStatusRequest(), timeout))
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        """See :meth:`TandemClient.health`."""
+        resp = await self._call("Health/Check", self._health.Check, health_pb2.HealthCheckRequest(service=service),
+                                timeout)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+
+    async def wait_until_serving(self, timeout: float = 30.0, service: str = "") -> None:
+        """See :meth:`TandemClient.wait_until_serving`."""
+        deadline = time.monotonic() + timeout
+        last = "no answer"
+        while (remaining := deadline - time.monotonic()) > 0:
+            try:
+                resp = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=remaining,
+                                                wait_for_ready=True)
+            except grpc.RpcError as exc:
+                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    raise TandemError.from_rpc_error(exc, "Health/Check") from None
+                last = exc.code().name
+            else:
+                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
+                if resp.status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+        raise self._serving_timeout(service, timeout, last)
