@@ -1,15 +1,30 @@
-"""The build configuration: defaults, then a TOML file, then ``TANDEM_*`` environment
-variables, then command-line overrides; validated at start-up with messages naming the field.
+"""The root configuration of ``tandem build`` and ``tandem serve``: one TOML file, one set of
+environment variables, one loader.
 
-Sections map to the components' own frozen dataclasses::
+Each command reads its own section of the file into its frozen dataclass, in this order:
+defaults, then the file, then ``TANDEM_<SECTION>__...`` environment variables, then the
+command's flags; the dataclass validates the result, and errors name the setting::
 
-    split = "none"                    # top-level BuildConfig fields
-    [two_tower]   dim = 64            # retrieval.two_tower.TwoTowerConfig
-    [ranker]      epochs = 30         # ranking.ranker.RankerConfig
-    ...
+    [build]                  # BuildConfig (this module)
+    split = "none"
+    [build.two_tower]        # retrieval.two_tower.TwoTowerConfig
+    dim = 64
+    [serve]                  # server.service.ServerConfig (the server reads it with load_section)
+    port = 50051
 
-An environment variable ``TANDEM_TWO_TOWER__DIM=128`` sets ``two_tower.dim`` (double underscore
-between section and field; values parsed as TOML literals, bare strings allowed).
+``TANDEM_BUILD__TWO_TOWER__DIM=128`` sets ``[build.two_tower] dim`` and ``TANDEM_SERVE__PORT=50052``
+sets ``[serve] port`` (double underscores between the parts; values are TOML literals, and a
+string setting takes the text as it is). The loader is generic over the fields of the dataclass,
+so a field added to a config is settable in the file and the environment at once.
+
+Refused with the valid names listed: an unknown section (``[biuld]``, ``TANDEM_SRVE__PORT``), an
+unknown setting, in the file or in a variable. A command checks its own section's settings and
+every section's name. ``TANDEM_*`` variables without a double underscore (``TANDEM_TOKEN``,
+``TANDEM_HOME``) are not settings, except the old un-namespaced build names below.
+
+Old layouts: build settings at the top level of the file are refused with a message saying where
+they go now; the old build variables (``TANDEM_TWO_TOWER__DIM``, ``TANDEM_SPLIT``) still set the
+build, with a ``FutureWarning`` naming the new variable (a namespaced one wins over an old one).
 """
 
 from __future__ import annotations
@@ -19,8 +34,9 @@ import os
 import tomllib
 import types
 import typing
+import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +50,12 @@ from retrieval.popularity import PopularityConfig
 from retrieval.text_tower import TextEncoderConfig
 from retrieval.two_tower import TwoTowerConfig
 
-__all__ = ["BuildConfig", "load_config", "config_to_dict", "ConfigError"]
+__all__ = ["SECTIONS", "BuildConfig", "ConfigError", "config_to_dict", "load_config", "load_section",
+           "read_config_file"]
+
+#: The sections of the root configuration file (and the namespaces of the environment variables).
+SECTIONS: tuple[str, ...] = ("build", "serve")
+_PREFIX = "TANDEM_"
 
 
 class ConfigError(ValueError):
@@ -70,6 +91,23 @@ class BuildConfig:
             raise ConfigError(f"ranker_max_users: expected >= 10, got {self.ranker_max_users}")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks: expected positive list lengths, got {self.eval_ks}")
+
+
+def _join(where: str, name: str) -> str:
+    return f"{where}.{name}" if where else name
+
+
+def _and(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def _optional_inner(tp: Any) -> Any:
+    """``X | None`` -> ``X``; any other type as it is."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0]
+    return tp
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -118,36 +156,77 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
         if not isinstance(value, str):
             raise ConfigError(f"{where}: expected a string, got {value!r}")
         return value
+    if tp is Path:
+        if not isinstance(value, (str, os.PathLike)) or value == "":
+            raise ConfigError(f"{where}: expected a path (a string), got {value!r}")
+        return Path(value)
     return value
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str = "") -> Any:
+def _settings(cls: type) -> dict[str, dataclasses.Field]:
+    return {f.name: f for f in fields(cls) if f.init}
+
+
+def _unknown(name: str, where: str, cls: type) -> ConfigError:
+    return ConfigError(f"unknown setting {_join(where, name)}; valid settings of {where or 'the top level'}: "
+                       f"{', '.join(sorted(_settings(cls)))}")
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return MISSING
+
+
+def _where_to_set(where: str, name: str) -> str:
+    if where.split(".")[0] not in SECTIONS:
+        return ""
+    var = f"{_PREFIX}{where.upper().replace('.', '__')}__{name.upper()}"
+    return f" (--{name.replace('_', '-')}, {name} under [{where}] in the config file, or {var})"
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str = "", base: Any = None) -> Any:
+    """``cls`` from a (partial) table of settings over its defaults, or over ``base`` when given.
+
+    A partial sub-table keeps the other fields of that section at their defaults."""
+    if not isinstance(values, Mapping):
+        raise ConfigError(f"{where}: expected a table of settings, got {values!r}")
     hints = typing.get_type_hints(cls)
-    known = {f.name for f in fields(cls) if f.init}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(f"unknown setting {prefix}{unknown[0]}; known settings of "
-                          f"{where or 'the top level'}: {', '.join(sorted(known))}")
+    known = _settings(cls)
+    for name in values:
+        if name not in known:
+            raise _unknown(name, where, cls)
     kwargs = {}
     for name, value in values.items():
-        path = f"{where}.{name}" if where else name
-        kwargs[name] = _coerce(value, hints[name], path)
-    defaults = cls()
-    merged = {f.name: getattr(defaults, f.name) for f in fields(cls) if f.init}
-    for name, value in kwargs.items():
-        current = merged[name]
-        if is_dataclass(current) and isinstance(value, type(current)):
-            # merge a partial section over the current values
-            merged[name] = dataclasses.replace(current, **{k: getattr(value, k) for k in values[name]})
+        path, tp = _join(where, name), hints[name]
+        if is_dataclass(tp) and isinstance(value, Mapping):
+            nested = getattr(base, name) if base is not None else _field_default(known[name])
+            kwargs[name] = _build(tp, value, path, None if nested is MISSING else nested)
         else:
-            merged[name] = value
+            kwargs[name] = _coerce(value, tp, path)
+    if base is None:
+        for name, f in known.items():
+            if name not in kwargs and f.default is MISSING and f.default_factory is MISSING:
+                raise ConfigError(f"{_join(where, name)} is required{_where_to_set(where, name)}")
     try:
-        return cls(**merged)
+        return dataclasses.replace(base, **kwargs) if base is not None else cls(**kwargs)
     except ConfigError:
         raise
     except (ValueError, TypeError) as exc:
         raise ConfigError(f"{where or 'config'}: {exc}") from exc
+
+
+def _check_keys(cls: type, table: Mapping[str, Any], where: str, origin: str) -> None:
+    """Refuse unknown settings in ``table`` (recursively), the message starting with ``origin``."""
+    hints = typing.get_type_hints(cls)
+    known = _settings(cls)
+    for name, value in table.items():
+        if name not in known:
+            raise ConfigError(f"{origin}{_unknown(name, where, cls)}")
+        if is_dataclass(hints[name]) and isinstance(value, Mapping):
+            _check_keys(hints[name], value, _join(where, name), origin)
 
 
 def _deep_merge(base: dict, extra: Mapping[str, Any]) -> dict:
@@ -167,36 +246,146 @@ def _parse_literal(text: str) -> Any:
         return text
 
 
-def _env_overrides(environ: Mapping[str, str]) -> dict:
-    out: dict = {}
-    for key, raw in environ.items():
-        if not key.startswith("TANDEM_") or key in ("TANDEM_HOME",):
+def _env_value(raw: str, tp: Any, where: str, var: str) -> Any:
+    """A variable's text as a value of ``tp``: a TOML literal, except that a string or path
+    setting takes the text as it is (so ``TANDEM_TOKEN=123456`` stays a string)."""
+    if _optional_inner(tp) in (str, Path):
+        quoted = _parse_literal(raw) if raw[:1] in "\"'" else None
+        value = quoted if isinstance(quoted, str) else raw
+    else:
+        value = _parse_literal(raw)
+    try:
+        return _coerce(value, tp, where)
+    except ConfigError as exc:
+        raise ConfigError(f"{exc} (from {var})") from None
+
+
+def _env_target(cls: type, parts: list[str], where: str, var: str) -> Any:
+    """The type of the setting ``parts`` names inside ``cls``; refuses unknown names."""
+    for i, name in enumerate(parts):
+        hints, known = typing.get_type_hints(cls), _settings(cls)
+        if name not in known:
+            raise ConfigError(f"{var}: {_unknown(name, where, cls)}")
+        where, tp = _join(where, name), hints[name]
+        if i == len(parts) - 1:
+            if is_dataclass(tp):
+                raise ConfigError(f"{var}: {where} is a section; set its settings one by one "
+                                  f"({var}__<SETTING>)")
+            return tp
+        if not is_dataclass(tp):
+            raise ConfigError(f"{var}: {where} is a setting, not a section")
+        cls = tp
+    raise AssertionError("unreachable")
+
+
+def _legacy_build_names() -> set[str]:
+    return set(_settings(BuildConfig))
+
+
+def _env_settings(cls: type, section: str, environ: Mapping[str, str], aliases: Mapping[str, str]) -> dict:
+    """The settings of ``section`` from ``TANDEM_<SECTION>__...`` variables (nested dicts)."""
+    legacy = _legacy_build_names()
+    namespaced: dict = {}
+    old: dict = {}
+    origins: dict[tuple[str, ...], str] = {}
+    for var, raw in sorted(environ.items()):
+        if not var.startswith(_PREFIX) or var in aliases:
             continue
-        parts = key[len("TANDEM_"):].lower().split("__")
-        node = out
+        name = var[len(_PREFIX):]
+        parts = name.lower().split("__")
+        if parts[0] in SECTIONS and len(parts) > 1:
+            if parts[0] != section:
+                continue
+            parts, target = parts[1:], namespaced
+        elif parts[0] in legacy:  # the build's variables before the sections: TANDEM_TWO_TOWER__DIM
+            if section != "build":
+                continue
+            warnings.warn(f"{var} is deprecated: use {_PREFIX}BUILD__{name} (the variables are namespaced "
+                          "by section: TANDEM_BUILD__..., TANDEM_SERVE__...)", FutureWarning, stacklevel=4)
+            target = old
+        elif len(parts) > 1:
+            raise ConfigError(f"{var}: unknown section {parts[0]!r}; settings are "
+                              f"{' and '.join(f'{_PREFIX}{s.upper()}__<SETTING>' for s in SECTIONS)} "
+                              f"({_and([f'[{s}]' for s in SECTIONS])} of the config file)")
+        else:
+            continue  # TANDEM_TOKEN, TANDEM_HOME, ...: not a setting
+        if not all(parts):
+            raise ConfigError(f"{var}: expected {_PREFIX}{section.upper()}__<SETTING>, with __ between the parts")
+        tp = _env_target(cls, parts, section, var)
+        node = target
         for p in parts[:-1]:
             node = node.setdefault(p, {})
-        node[parts[-1]] = _parse_literal(raw)
-    return out
+        node[parts[-1]] = _env_value(raw, tp, _join(section, ".".join(parts)), var)
+        if target is namespaced:
+            origins[tuple(parts)] = var
+    for var, setting in aliases.items():
+        raw = environ.get(var)
+        if not raw:  # empty: unset, as a shell's `VAR=` means
+            continue
+        parts = setting.split(".")
+        tp = _env_target(cls, parts, section, var)
+        value = _env_value(raw, tp, _join(section, setting), var)
+        node = namespaced
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        if parts[-1] in node and node[parts[-1]] != value:
+            raise ConfigError(f"{var} and {origins[tuple(parts)]} are both set, to different values: "
+                              f"they are the same setting ({section}.{setting}); set one")
+        node[parts[-1]] = value
+    return _deep_merge(old, namespaced)
+
+
+def read_config_file(path: str | Path) -> dict[str, dict]:
+    """The root configuration file: ``{section: table}``. Refuses invalid TOML, unknown sections
+    and build settings at the top level (the layout before sections)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    for key, value in data.items():
+        if key in SECTIONS and isinstance(value, Mapping):
+            continue
+        if key in _legacy_build_names():
+            raise ConfigError(f"{path}: {key!r} at the top level: build settings now go under [build], and its "
+                              "sections under [build.<section>] (e.g. [build.two_tower]); see docs/config.example.toml")
+        if key in SECTIONS:
+            raise ConfigError(f"{path}: {key} must be a section ([{key}]), got {value!r}")
+        raise ConfigError(f"{path}: unknown section [{key}]; the sections are {_and([f'[{s}]' for s in SECTIONS])}")
+    return data
+
+
+def load_section(cls: type, section: str, path: str | Path | None = None, *,
+                 overrides: Mapping[str, Any] | None = None, environ: Mapping[str, str] | None = None,
+                 aliases: Mapping[str, str] | None = None) -> Any:
+    """One section of the root configuration as ``cls`` (a frozen dataclass): its defaults <- the
+    ``[section]`` table of the TOML file ``path`` <- ``TANDEM_<SECTION>__*`` variables of
+    ``environ`` (default ``os.environ``) <- ``overrides`` (nested dicts, e.g. from flags).
+
+    ``aliases`` maps other variable names to settings (``{"TANDEM_TOKEN": "token"}``); such a
+    variable sets the same value as the namespaced one, and the two may not disagree.
+    """
+    if section not in SECTIONS:
+        raise ValueError(f"unknown section {section!r}; the sections are {', '.join(SECTIONS)}")
+    values: dict = {}
+    if path is not None:
+        table = read_config_file(path).get(section, {})
+        _check_keys(cls, table, section, f"{path}: ")
+        values = dict(table)
+    values = _deep_merge(values, _env_settings(cls, section, os.environ if environ is None else environ,
+                                               aliases or {}))
+    if overrides:
+        values = _deep_merge(values, overrides)
+    return _build(cls, values, section)
 
 
 def load_config(path: str | Path | None = None, *, overrides: Mapping[str, Any] | None = None,
                 environ: Mapping[str, str] | None = None) -> BuildConfig:
-    """Defaults <- TOML file <- ``TANDEM_*`` environment <- ``overrides`` (nested dicts)."""
-    values: dict = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            with open(path, "rb") as f:
-                values = tomllib.load(f)
-        except FileNotFoundError:
-            raise ConfigError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    values = _deep_merge(values, _env_overrides(os.environ if environ is None else environ))
-    if overrides:
-        values = _deep_merge(values, overrides)
-    return _build(BuildConfig, values)
+    """The ``[build]`` section: defaults <- TOML file <- ``TANDEM_BUILD__*`` <- ``overrides``."""
+    return load_section(BuildConfig, "build", path, overrides=overrides, environ=environ)
 
 
 def config_to_dict(config: Any) -> Any:
@@ -207,4 +396,6 @@ def config_to_dict(config: Any) -> Any:
         return [config_to_dict(v) for v in config]
     if isinstance(config, Mapping):
         return {k: config_to_dict(v) for k, v in config.items()}
+    if isinstance(config, Path):
+        return str(config)
     return config

@@ -140,15 +140,17 @@ def _toml_value(v: Any) -> str:
 
 
 def to_toml(config: BuildConfig, header: str = "") -> str:
-    """The config as TOML (None values are left out: they mean 'default')."""
+    """The config as the ``[build]`` section of a root config file (None values are left out:
+    they mean 'default')."""
     d = config_to_dict(config)
     lines = [f"# {line}" for line in header.splitlines()] if header else []
+    lines.append("[build]")
     for k, v in d.items():
         if not isinstance(v, dict) and v is not None:
             lines.append(f"{k} = {_toml_value(v)}")
     for section, values in d.items():
         if isinstance(values, dict):
-            lines.append(f"\n[{section}]")
+            lines.append(f"\n[build.{section}]")
             for k, v in values.items():
                 if v is None:
                     continue

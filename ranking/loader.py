@@ -3,6 +3,7 @@
 Layout inside ``<root>/<version>/``::
 
     manifest.json            written by retrieval.bundle (versions, files, sha256, metrics, ...)
+    manifest.sha256          the manifest's own digest (written last)
     catalog/                 catalog.jsonl.gz, catalog_flags.npz
     histories/               histories.npz, users.txt (base user histories)
     item_table/              item_table.npz (ranking features' per-item arrays)
@@ -65,7 +66,8 @@ def save_pipeline(pipeline: Pipeline, folder: Path) -> dict:
 
 
 def load_pipeline(folder: Path, *, verify: bool = True) -> Pipeline:
-    """Load a bundle folder (checksums verified first unless ``verify=False``)."""
+    """Load a bundle folder (the manifest's digest and every checksum verified first unless
+    ``verify=False``). The pipeline's version is the folder's name."""
     folder = Path(folder)
     t0 = time.perf_counter()
     manifest = verify_bundle(folder) if verify else json.loads((folder / "manifest.json").read_text())
@@ -84,7 +86,7 @@ def load_pipeline(folder: Path, *, verify: bool = True) -> Pipeline:
     histories = HistoryStore.load(folder / "histories")
     config = PipelineConfig.from_dict(json.loads((folder / "pipeline.json").read_text()))
     pipeline = Pipeline(catalog, sources, table, histories, rankers, config,
-                        version=manifest.get("version", folder.name), built_at=int(manifest.get("built_at", 0)))
+                        version=folder.name, built_at=int(manifest.get("built_at", 0)))
     log.info("loaded bundle %s (%d items, sources %s) in %.1fs", pipeline.version, len(catalog),
              ",".join(sorted(sources)), time.perf_counter() - t0)
     return pipeline

@@ -1,10 +1,17 @@
 """The versioned bundle on disk: ``<root>/<version>/`` plus ``<root>/CURRENT``.
 
 A bundle is written into a hidden staging folder, every file is hashed into ``manifest.json``,
-everything is fsynced, the folder is renamed to its version, and only then is ``CURRENT``
-replaced (write a temporary file, fsync, ``os.replace``). A reader therefore never sees a
-half-written bundle. Loaders call :func:`verify_bundle`, which refuses a bundle whose files do
-not match their checksums or whose format is newer than this code understands.
+the manifest's own sha256 is written last into ``manifest.sha256`` (``sha256sum`` format, so
+``sha256sum -c manifest.sha256`` checks it from inside the folder), everything is fsynced, the
+folder is renamed to its version, and only then is ``CURRENT`` replaced (write a temporary file,
+fsync, ``os.replace``). A reader therefore never sees a half-written bundle.
+
+Loaders call :func:`verify_bundle`, which refuses a bundle whose manifest does not match its
+digest, whose files do not match their checksums, whose manifest names a version other than its
+folder (the version a server reports is the folder it serves), or whose format is newer than this
+code understands, or older than the manifest digest (format 1: rebuild it). The digest catches
+edits and corruption; it is not a signature, so it does not stop someone who rewrites both files:
+the bundle root's permissions do.
 """
 
 from __future__ import annotations
@@ -31,8 +38,10 @@ __all__ = [
     "write_bundle",
 ]
 
-FORMAT_VERSION = 1
+#: 2: the manifest has a digest (``manifest.sha256``); format 1 bundles are refused.
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
+DIGEST = "manifest.sha256"
 CURRENT = "CURRENT"
 
 
@@ -76,10 +85,14 @@ def _fsync_tree(folder: Path) -> None:
 def _file_entries(folder: Path) -> list[dict]:
     entries = []
     for path in sorted(folder.rglob("*")):
-        if path.is_file() and path.name != MANIFEST:
-            rel = path.relative_to(folder).as_posix()
+        rel = path.relative_to(folder).as_posix()
+        if path.is_file() and rel not in (MANIFEST, DIGEST):
             entries.append({"path": rel, "sha256": sha256_file(path), "bytes": path.stat().st_size})
     return entries
+
+
+def _write_digest(folder: Path) -> None:
+    (folder / DIGEST).write_text(f"{sha256_file(folder / MANIFEST)}  {MANIFEST}\n", encoding="utf-8")
 
 
 def write_bundle(
@@ -114,6 +127,7 @@ def write_bundle(
         with open(staging / MANIFEST, "w", encoding="utf-8") as f:
             json.dump(manifest, f, indent=2, sort_keys=True)
             f.write("\n")
+        _write_digest(staging)  # last: it seals the manifest, which lists every other file
         _fsync_tree(staging)
         os.rename(staging, root / version)
         _fsync_dir(root)
@@ -128,8 +142,9 @@ def write_bundle(
 def set_current(root: str | Path, version: str) -> None:
     """Atomically point ``root/CURRENT`` at ``version`` (which must be a complete bundle)."""
     root = Path(root)
-    if not (root / version / MANIFEST).is_file():
-        raise BundleError(f"{root / version} is not a complete bundle (no {MANIFEST})")
+    for name in (MANIFEST, DIGEST):
+        if not (root / version / name).is_file():
+            raise BundleError(f"{root / version} is not a complete bundle (no {name})")
     tmp = root / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
     with open(tmp, "w", encoding="utf-8") as f:
         f.write(version + "\n")
@@ -167,16 +182,19 @@ def current_bundle(root: str | Path) -> Path:
 
 
 def read_manifest(folder: str | Path) -> dict:
-    """The manifest of a bundle folder, without checking files."""
-    path = Path(folder) / MANIFEST
+    """The manifest of a bundle folder, checked against its digest and its folder's name (the
+    files it lists are not checked: :func:`verify_bundle` does that)."""
+    folder = Path(folder)
+    path, digest_path = folder / MANIFEST, folder / DIGEST
     try:
-        with open(path, encoding="utf-8") as f:
-            manifest = json.load(f)
+        data = path.read_bytes()
     except FileNotFoundError as exc:
         raise BundleError(f"{path} is missing: {folder} is not a bundle") from exc
-    except json.JSONDecodeError as exc:
-        raise BundleError(f"{path} is not valid JSON ({exc})") from exc
-    fmt = manifest.get("format_version")
+    try:
+        manifest = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{path} is not valid JSON ({exc}); the bundle was modified or is corrupt: rebuild it") from exc
+    fmt = manifest.get("format_version") if isinstance(manifest, dict) else None
     if not isinstance(fmt, int):
         raise BundleError(f"{path}: field \"format_version\" missing or not an integer")
     if fmt > FORMAT_VERSION:
@@ -184,11 +202,31 @@ def read_manifest(folder: str | Path) -> dict:
             f"{path}: bundle format {fmt} is newer than this Tandem understands ({FORMAT_VERSION}); "
             "upgrade Tandem or rebuild the bundle with this version"
         )
+    if fmt < 2:
+        raise BundleError(f"{folder}: bundle format {fmt}, written before manifests had a digest ({DIGEST}), "
+                          "so its manifest cannot be verified; rebuild it with this Tandem (`tandem build`)")
+    try:
+        expected = digest_path.read_text(encoding="utf-8").split()
+    except FileNotFoundError:
+        raise BundleError(f"{digest_path} is missing: the bundle is incomplete or was modified; rebuild it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise BundleError(f"{digest_path} cannot be read ({exc})") from exc
+    if len(expected) != 2 or expected[1] != MANIFEST or len(expected[0]) != 64:
+        raise BundleError(f"{digest_path} is not a sha256 digest of {MANIFEST} (expected '<64 hex digits>  "
+                          f"{MANIFEST}'); the bundle was modified or is corrupt: rebuild it")
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected[0].lower():
+        raise BundleError(f"{path} does not match its digest in {digest_path} (digest {expected[0][:12]}…, "
+                          f"manifest {actual[:12]}…): the manifest was edited or is corrupt; rebuild the bundle")
+    if manifest.get("version") != folder.name:
+        raise BundleError(f"{path} names version {manifest.get('version')!r}, but the bundle folder is {folder.name}: "
+                          "a bundle's version is its folder's name; rename the folder back or rebuild the bundle")
     return manifest
 
 
 def verify_bundle(folder: str | Path) -> dict:
-    """Check every file against the manifest's sha256; return the manifest or raise BundleError.
+    """Check the manifest against its digest and every file against the manifest's sha256;
+    return the manifest or raise BundleError.
 
     Files present in the folder but absent from the manifest are refused too, so nothing can
     be slipped in beside a valid bundle.
@@ -211,8 +249,8 @@ def verify_bundle(folder: str | Path) -> dict:
                 f"{folder}: checksum mismatch for {rel} (manifest {str(digest)[:12]}…, file {actual[:12]}…); "
                 "the bundle was modified or is corrupt: rebuild it"
             )
-    extra = [p.relative_to(folder).as_posix() for p in folder.rglob("*")
-             if p.is_file() and p.name != MANIFEST and p.relative_to(folder).as_posix() not in listed]
+    extra = [rel for p in folder.rglob("*")
+             if p.is_file() and (rel := p.relative_to(folder).as_posix()) not in listed and rel not in (MANIFEST, DIGEST)]
     if extra:
         raise BundleError(f"{folder}: files not in the manifest: {', '.join(sorted(extra)[:5])}")
     return manifest

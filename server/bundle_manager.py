@@ -1,7 +1,9 @@
 """Hot swap: load the bundle ``<root>/CURRENT`` names, replay the event log into it, then swap
 the engine reference atomically. In-flight requests keep the engine they started with (they
 hold a reference), so no request fails during a swap. A bundle that fails verification or
-loading is refused and the old engine keeps serving.
+loading is refused and the old engine keeps serving. The manifest is checked against its digest
+here whatever the engine loader does, and an engine must report the folder's name as its version
+(the name GetStatus, responses, metrics and logs give).
 
 Event ingestion goes through :meth:`BundleManager.record` so that a swap cannot lose an event:
 the bulk of the replay runs while requests and ingestion go on; the last stretch of the log
@@ -13,7 +15,6 @@ replayed log or applied to the engine that serves after the swap.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import logging
 import threading
 import time
@@ -21,7 +22,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ranking.api import Engine
-from retrieval.bundle import current_bundle
+from retrieval.bundle import BundleError, current_bundle, read_manifest
 from retrieval.data import Event
 from server.event_log import EventLog
 
@@ -42,9 +43,9 @@ def check_version_name(version: str) -> str:
 
 def _created_epoch(folder: Path) -> float | None:
     try:
-        created = json.loads((folder / "manifest.json").read_text()).get("created_at")
+        created = read_manifest(folder).get("created_at")  # verified against its digest
         return dt.datetime.fromisoformat(created).timestamp() if created else None
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, BundleError):
         return None
 
 
@@ -116,7 +117,11 @@ class BundleManager:
                 if self.folder is not None and folder.resolve() == self.folder.resolve():
                     return False, ""
                 t0 = time.perf_counter()
+                read_manifest(folder)  # its digest and version, whatever the engine loader checks
                 engine = self.loader(folder)
+                if getattr(engine, "version", None) != folder.name:  # what every report names (status, metrics, logs)
+                    raise ValueError(f"the engine loader reported version {getattr(engine, 'version', None)!r} for "
+                                     f"the bundle folder {folder.name}; the version served is the folder's name")
                 replayed = 0
                 since_ts, received = int(engine.built_at), _created_epoch(folder)
                 mark = self.event_log.position() if self.event_log is not None else 0

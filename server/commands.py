@@ -16,9 +16,10 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["register", "load_engine_loader"]
+__all__ = ["register", "load_engine_loader", "serve_config"]
 
 
 def load_engine_loader(spec: str):
@@ -34,15 +35,19 @@ def load_engine_loader(spec: str):
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     s = subparsers.add_parser("serve", help="serve a bundle over gRPC (health, reflection, metrics)",
-                              description="Serve the bundle BUNDLES/CURRENT names; hot-swaps when CURRENT changes.")
-    s.add_argument("--bundles", type=Path, required=True, metavar="DIR",
-                   help="bundle root written by `tandem build --out` (required)")
-    s.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=50051, help="gRPC port; 0 picks a free one (default 50051)")
+                              description="Serve the bundle BUNDLES/CURRENT names; hot-swaps when CURRENT changes. "
+                              "Settings: defaults < the [serve] section of --config < TANDEM_SERVE__* variables "
+                              "(TANDEM_TOKEN for the token) < these flags.")
+    s.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML config; its [serve] section is read (see docs/config.example.toml; default: none)")
+    s.add_argument("--bundles", type=Path, metavar="DIR",
+                   help="bundle root written by `tandem build --out` (required here or in the config)")
+    s.add_argument("--host", help="bind address (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
     s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service "
-                   "(default: $TANDEM_TOKEN)")
+                   "(default: $TANDEM_TOKEN, alias of $TANDEM_SERVE__TOKEN)")
     s.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (with --tls-key; "
                    "default: plaintext)")
     s.add_argument("--tls-key", type=Path, metavar="PEM", help="the certificate's private key (default: none)")
@@ -52,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--user-memos", type=int, metavar="N",
                    help="users whose vector and history summary are kept between requests, the most recently "
                    "active computed at load; about 10 KB each (default 50000; 0: none)")
-    s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
+    s.add_argument("--grace", type=float, dest="grace_s", metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
                    help="function(bundle_folder) -> engine; a testing/extension hook "
@@ -123,10 +128,24 @@ _CLIENT_EPILOG = (" An RPC error exits with status 1 and prints CODE: message on
                   "retried while the server is unavailable, until --timeout.")
 
 
+def serve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None):
+    """The :class:`server.service.ServerConfig` of ``tandem serve``: defaults < ``[serve]`` of
+    ``--config`` < ``TANDEM_SERVE__*`` of ``environ`` (default ``os.environ``; ``TANDEM_TOKEN`` is
+    the token's alias) < flags. A flag whose dest is a ServerConfig field overrides that field."""
+    from index_builder.config import load_section
+    from server.service import ServerConfig
+
+    flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)
+             if getattr(args, f.name, None) is not None}
+    return load_section(ServerConfig, "serve", args.config, overrides=flags, environ=environ,
+                        aliases={"TANDEM_TOKEN": "token"})
+
+
 def _serve(args: argparse.Namespace) -> int:
     from server.logs import use_json_logs
-    from server.service import ServerConfig, TandemServer
+    from server.service import TandemServer
 
+    config = serve_config(args)  # before anything else: a bad setting exits 2 at once
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
     import torch
 
@@ -138,14 +157,6 @@ def _serve(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    kwargs = {} if args.workers is None else {"workers": args.workers}
-    if args.compute_slots is not None:
-        kwargs["compute_slots"] = args.compute_slots
-    if args.user_memos is not None:
-        kwargs["user_memos"] = args.user_memos
-    config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
-                          event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
-                          tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, **kwargs)
     server = TandemServer(config, load_engine_loader(args.engine_loader))
     done = threading.Event()
 
@@ -159,8 +170,8 @@ def _serve(args: argparse.Namespace) -> int:
     except RuntimeError as exc:
         print(f"tandem serve: error: {exc}", file=sys.stderr)
         return 2
-    print(f"tandem serving {server.manager.engine.version} on {args.host}:{port}"
-          + (f", metrics on {args.host}:{server.metrics_port}" if server.metrics_port is not None else ""),
+    print(f"tandem serving {server.manager.engine.version} on {config.host}:{port}"
+          + (f", metrics on {config.host}:{server.metrics_port}" if server.metrics_port is not None else ""),
           flush=True)
     done.wait()
     server.stop()  # drains in-flight requests, then closes the event log

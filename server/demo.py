@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     # keep the demo to a few minutes on a laptop: the two-tower model stops after 2 minutes of
     # training (early stopping usually ends it sooner); a real build has no such budget
-    os.environ.setdefault("TANDEM_TWO_TOWER__TIME_BUDGET_S", "120")
+    os.environ.setdefault("TANDEM_BUILD__TWO_TOWER__TIME_BUDGET_S", "120")
     out: Path = args.out
     if out.exists():
         shutil.rmtree(out)

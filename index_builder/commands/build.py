@@ -17,7 +17,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLES", help="bundle root folder")
     p.add_argument("--split", choices=("none", "leave-last-out", "temporal"),
                    help="evaluation split (default from config: none = train on everything)")
-    p.add_argument("--config", type=Path, metavar="FILE", help="TOML config (see docs/config.example.toml)")
+    p.add_argument("--config", type=Path, metavar="FILE",
+                   help="TOML config; its [build] section is read (see docs/config.example.toml)")
     p.add_argument("--events-log", type=Path, metavar="FILE",
                    help="the server's SQLite event log: its events are added to the data")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row")

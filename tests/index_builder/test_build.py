@@ -83,8 +83,9 @@ def test_tampered_bundle_refused_by_loader(built):
     from ranking.loader import load_engine
     from retrieval.bundle import BundleError, current_bundle
 
-    copy = built / "copy"
-    shutil.copytree(current_bundle(built / "bundles"), copy)
+    src = current_bundle(built / "bundles")
+    copy = built / "copy" / src.name  # a bundle's folder name is its version
+    shutil.copytree(src, copy)
     (copy / "sources" / "item_cf" / next(p.name for p in (copy / "sources" / "item_cf").iterdir())).write_bytes(b"x")
     with pytest.raises(BundleError, match="checksum mismatch"):
         load_engine(copy)

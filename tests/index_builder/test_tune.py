@@ -11,8 +11,8 @@ pytestmark = pytest.mark.slow
 def test_tune_writes_a_loadable_config(tiny_shop, tmp_path):
 
     base = tmp_path / "base.toml"
-    base.write_text('[two_tower]\nepochs = 2\nn_negatives = 32\n[ranker]\nepochs = 2\n'
-                    '[pipeline]\nper_source_k = 40\nfused_k = 50\n')
+    base.write_text('[build.two_tower]\nepochs = 2\nn_negatives = 32\n[build.ranker]\nepochs = 2\n'
+                    '[build.pipeline]\nper_source_k = 40\nfused_k = 50\n')
     out = tmp_path / "tuned.toml"
     assert main(["tune", "--data", str(tiny_shop), "--trials", "2", "--config", str(base), "--out", str(out),
                  "--max-users", "80"]) == 0

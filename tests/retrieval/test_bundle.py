@@ -86,3 +86,73 @@ def test_failed_fill_leaves_nothing(tmp_path):
     assert list(tmp_path.iterdir()) == []
     with pytest.raises(BundleError, match="no CURRENT file"):
         current_bundle(tmp_path)
+
+
+def test_the_manifest_has_a_digest_written_last(tmp_path):
+    import hashlib
+
+    folder = write_bundle(tmp_path, _fill(b"abc"), version="v1")
+    digest = (folder / "manifest.sha256").read_text()
+    # `sha256sum -c manifest.sha256` checks it from inside the folder
+    assert digest == hashlib.sha256((folder / "manifest.json").read_bytes()).hexdigest() + "  manifest.json\n"
+    assert "manifest.sha256" not in {e["path"] for e in verify_bundle(folder)["files"]}
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.update(version="v1-hotfix"),  # the server used to report the edited name
+    lambda m: m.update(n_items=4),
+    lambda m: m["files"].pop(),  # a file dropped from the list
+])
+def test_an_edited_manifest_is_refused(tmp_path, edit):
+    folder = write_bundle(tmp_path, _fill(b"abc"), version="v1")
+    m = json.loads((folder / "manifest.json").read_text())
+    edit(m)
+    (folder / "manifest.json").write_text(json.dumps(m, indent=2, sort_keys=True) + "\n")
+    with pytest.raises(BundleError, match=r"v1/manifest.json does not match its digest in .*v1/manifest.sha256"):
+        verify_bundle(folder)
+    with pytest.raises(BundleError, match="manifest.json does not match its digest"):
+        read_manifest(folder)
+
+
+def test_a_missing_or_garbled_digest_is_refused(tmp_path):
+    folder = write_bundle(tmp_path, _fill(b"abc"), version="v1")
+    (folder / "manifest.sha256").write_text("not a digest\n")
+    with pytest.raises(BundleError, match=r"v1/manifest.sha256 is not a sha256 digest of manifest.json"):
+        verify_bundle(folder)
+    (folder / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match=r"v1/manifest.sha256 is missing"):
+        verify_bundle(folder)
+    with pytest.raises(BundleError, match="not a complete bundle"):
+        set_current(tmp_path, "v1")
+
+
+def test_a_bundle_of_the_format_before_digests_is_refused(tmp_path):
+    folder = write_bundle(tmp_path, _fill(b"abc"), version="v1")
+    m = json.loads((folder / "manifest.json").read_text())
+    m["format_version"] = 1
+    (folder / "manifest.json").write_text(json.dumps(m))
+    (folder / "manifest.sha256").unlink()
+    with pytest.raises(BundleError, match="format 1, written before manifests had a digest.*rebuild it"):
+        verify_bundle(folder)
+
+
+def test_the_version_is_the_folder_name(tmp_path):
+    import os
+
+    folder = write_bundle(tmp_path, _fill(b"abc"), version="v1")
+    os.rename(folder, tmp_path / "v2")
+    with pytest.raises(BundleError, match=r"names version 'v1', but the bundle folder is v2"):
+        verify_bundle(tmp_path / "v2")
+
+
+def test_a_nested_file_named_like_the_manifest_is_checked(tmp_path):
+    def fill(folder):
+        (folder / "sub").mkdir()
+        (folder / "sub" / "manifest.json").write_text("{}")
+        return {}
+
+    folder = write_bundle(tmp_path, fill, version="v1")
+    assert {e["path"] for e in verify_bundle(folder)["files"]} == {"sub/manifest.json"}
+    (folder / "sub" / "manifest.json").write_text('{"x": 1}')
+    with pytest.raises(BundleError, match="checksum mismatch for sub/manifest.json"):
+        verify_bundle(folder)
