@@ -8,7 +8,8 @@ set (docs/data.md, "Cleaning"):
   the item is dropped, unless events refer to it (then it stays with an empty title: its
   interactions are real, and benchmark data sets such as Amazon Beauty hold such items); missing prices imputed with the median of the deepest category level that
   has prices (global median otherwise) and flagged; price outliers flagged, never deleted;
-* events: rows on items missing from the catalog dropped; exact duplicates (same user, item, ts,
+* events: rows dated more than ``max_future_s`` after the clean dropped; rows on items missing
+  from the catalog dropped; exact duplicates (same user, item, ts,
   event, value) dropped, the first kept; bot-like users removed; optional k-core filtering.
 
 Events stay in file order (``extra_events`` after the file's), so ties in time keep file
@@ -46,12 +47,13 @@ _log = logging.getLogger(__name__)
 
 
 def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, strict: bool = False,
-                 extra_events: Iterable[Event] | None = None) -> CleanResult:
+                 extra_events: Iterable[Event] | None = None, now: float | None = None) -> CleanResult:
     """Read, validate and clean a data folder (items, events; see docs/data.md).
 
     ``strict`` makes the first bad row a :class:`ReadError`; otherwise bad rows are skipped
     and counted in ``report.read``. ``extra_events`` (e.g. the server's event log) are appended
-    after the file's events and cleaned with them.
+    after the file's events and cleaned with them. Events dated more than
+    ``config.max_future_s`` after ``now`` (default: the wall clock) are dropped.
     """
     config = CleaningConfig() if config is None else config
     files = find_data_files(data_dir)
@@ -68,7 +70,7 @@ def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, str
         report.read["extra_events"] = extra.to_dict()
     catalog = build_catalog(items, cols.item_index, config, report)
     del items
-    interactions = clean_events(cols, catalog, config, report)
+    interactions = clean_events(cols, catalog, config, report, now)
     return CleanResult(catalog, interactions, report)
 
 

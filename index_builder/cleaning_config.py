@@ -28,6 +28,10 @@ class CleaningConfig:
 
     k-core: ``min_user_events`` / ``min_item_events`` > 0 repeatedly drop events of users / items
     with fewer events until nothing changes. Items stay in the catalog.
+
+    Future events: an event dated more than ``max_future_s`` seconds after the moment of the clean
+    (the wall clock of the build) is dropped (reason ``future_ts``): a clock error or a unit mistake,
+    and left in it would become "now" for every recency and trend feature.
     """
 
     min_user_events: int = 0
@@ -42,6 +46,7 @@ class CleaningConfig:
     outlier_min_scale: float = 0.25
     outlier_min_group: int = 5
     title_max_words: int = 12
+    max_future_s: int = 86_400
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -63,6 +68,8 @@ class CleaningConfig:
         for name in ("bot_max_z", "bot_min_scale", "bot_min_hourly_rate", "outlier_max_z", "outlier_min_scale"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"CleaningConfig.{name}: expected a number > 0, got {getattr(self, name)}")
+        if self.max_future_s < 0:
+            raise ValueError(f"CleaningConfig.max_future_s: expected seconds >= 0, got {self.max_future_s}")
         for name in ("outlier_min_group", "title_max_words"):
             if getattr(self, name) < 1:
                 raise ValueError(f"CleaningConfig.{name}: expected an integer >= 1, got {getattr(self, name)}")

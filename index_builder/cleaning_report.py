@@ -10,7 +10,7 @@ from retrieval.data import Catalog, Interactions
 __all__ = ["CleaningReport", "CleanResult", "DROP_REASONS"]
 
 #: Why cleaning drops an event (the keys of ``CleaningReport.events_dropped``).
-DROP_REASONS = ("unknown_item", "duplicate", "bot", "k_core")
+DROP_REASONS = ("future_ts", "unknown_item", "duplicate", "bot", "k_core")
 
 
 @dataclass

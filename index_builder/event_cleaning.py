@@ -4,6 +4,8 @@ users and optional k-core filtering dropped, each counted (docs/data.md, "Cleani
 from __future__ import annotations
 
 import logging
+import math
+import time
 from array import array
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -18,6 +20,7 @@ from retrieval.data import EVENT_CODE, Catalog, Event, Interactions
 __all__ = ["EventColumns", "extra_rows", "clean_events"]
 
 _log = logging.getLogger("index_builder.cleaning")
+_TS_LIMIT = 100_000_000_000  # as the readers: from here on it is not seconds (year 5138)
 
 
 class EventColumns:
@@ -72,10 +75,12 @@ def extra_rows(events: Iterable[Event], strict: bool, stats: ReadStats) -> Itera
             problem = ("user_id", f"expected a non-empty string id, got {e.user_id!r}")
         elif not (isinstance(e.item_id, str) and e.item_id):
             problem = ("item_id", f"expected a non-empty string id, got {e.item_id!r}")
-        elif isinstance(e.ts, bool) or not isinstance(e.ts, int):
-            problem = ("ts", f"expected int epoch seconds, got {e.ts!r}")
+        elif isinstance(e.ts, bool) or not isinstance(e.ts, int) or not 0 <= e.ts < _TS_LIMIT:
+            problem = ("ts", f"expected int epoch seconds from 1970 on, got {e.ts!r}")
         elif code is None:
             problem = ("event", f"expected one of {', '.join(EVENT_CODE)}, got {e.event!r}")
+        elif e.value is not None and not (isinstance(e.value, int | float) and math.isfinite(e.value)):
+            problem = ("value", f"expected a finite number or nothing, got {e.value!r}")
         if problem is not None:
             err = ReadError(stats.file, n, *problem)
             if strict:
@@ -230,11 +235,24 @@ def _k_core(users: np.ndarray, items: np.ndarray, n_users: int, n_items: int, co
     return keep
 
 
-def clean_events(cols: EventColumns, catalog: Catalog, config: CleaningConfig, report: CleaningReport) -> Interactions:
+def clean_events(cols: EventColumns, catalog: Catalog, config: CleaningConfig, report: CleaningReport,
+                 now: float | None = None) -> Interactions:
+    """The cleaned interactions; ``now`` (epoch seconds, default the wall clock) is the reference
+    of ``config.max_future_s``."""
     users, vocab_items, ts, events, values = cols.take()
     user_ids = list(cols.user_index)
     report.events_read = len(users)
     dropped = report.events_dropped
+
+    limit = int(time.time() if now is None else now) + config.max_future_s
+    future = ts > limit
+    dropped["future_ts"] = int(np.count_nonzero(future))
+    if dropped["future_ts"]:
+        _log.warning("dropped %d events dated after %d (the clean's clock + max_future_s %d s), e.g. ts %d",
+                     dropped["future_ts"], limit, config.max_future_s, int(ts[future][0]))
+        keep = ~future
+        users, vocab_items, ts, events, values = (users[keep], vocab_items[keep], ts[keep], events[keep],
+                                                  values[keep])
 
     # item vocabulary of the events -> catalog rows (-1: not in the catalog). Items dropped by the
     # item rules have no events by construction (see build_catalog).

@@ -106,15 +106,50 @@ def _check_columns(name: str, kind: str, columns: list[str], line: int) -> None:
                                              f"{kind} need {', '.join(_REQUIRED[kind])} (see docs/data.md)")
 
 
+def _not_utf8(cells: list[str]) -> int | None:
+    """Index of the first cell holding bytes that were not UTF-8 (decoded as surrogates), else None."""
+    try:
+        "".join(cells).encode("utf-8")  # one C call for the common, clean row
+        return None
+    except UnicodeEncodeError:
+        return next(k for k, cell in enumerate(cells) if not cell.isascii() and _has_surrogate(cell))
+
+
+def _has_surrogate(cell: str) -> bool:
+    try:
+        cell.encode("utf-8")
+        return False
+    except UnicodeEncodeError:
+        return True
+
+
+def _bad_bytes(cell: str) -> str:
+    raw = cell.encode("utf-8", "surrogateescape")
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return f"byte 0x{raw[exc.start]:02x} in {show_value(raw.decode('utf-8', 'replace'))}"
+    return "?"  # pragma: no cover
+
+
+_ENCODING_HINT = ("the file is not UTF-8 (Latin-1 / Windows-1252?); convert it, e.g. "
+                  "iconv -f cp1252 -t utf-8 FILE > FILE.utf8")
+
+
 def _csv_records(path: Path, kind: str, strict: bool, stats: ReadStats) -> Iterator[tuple[int, dict]]:
     name = path.name
     opener = gzip.open if name.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8-sig", newline="") as f:  # type: ignore[operator]
+    # bytes that are not UTF-8 decode to surrogates instead of failing a whole decoder chunk (which
+    # named the wrong line and dropped the rest of the file); rows holding them are reported below
+    with opener(path, "rt", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:  # type: ignore[operator]
         rdr = csv.reader(f)
         try:
             header = [h.strip() for h in next(rdr)]
         except StopIteration:
             header = []
+        bad = _not_utf8(header)
+        if bad is not None:
+            raise ReadError(name, 1, None, f"the header has {_bad_bytes(header[bad])}: {_ENCODING_HINT}")
         _check_columns(name, kind, header, 1)
         width = len(header)
         while True:
@@ -123,7 +158,7 @@ def _csv_records(path: Path, kind: str, strict: bool, stats: ReadStats) -> Itera
                 row = next(rdr)
             except StopIteration:
                 break
-            except (csv.Error, UnicodeDecodeError) as exc:
+            except csv.Error as exc:
                 stats.rows_read += 1
                 _skip(ReadError(name, start, None, f"malformed CSV: {exc}"), strict, stats, "csv")
                 continue
@@ -132,6 +167,12 @@ def _csv_records(path: Path, kind: str, strict: bool, stats: ReadStats) -> Itera
             stats.rows_read += 1
             if len(row) > width:
                 row = row[:width]
+            bad = _not_utf8(row)
+            if bad is not None:
+                field = header[bad] if bad < width else None
+                _skip(ReadError(name, start, field, f"{_bad_bytes(row[bad])}: {_ENCODING_HINT}"), strict, stats,
+                      "encoding")
+                continue
             yield start, dict(zip(header, row, strict=False))
 
 

@@ -143,11 +143,14 @@ def _epoch(dt: datetime) -> int:
 def _ts(rec: dict) -> int:
     v = rec.get("ts", _MISSING)
     try:
-        return parse_ts(v)
+        ts = parse_ts(v)
     except OverflowError:
         raise BadField("ts", "epoch seconds or ISO-8601", v, " (milliseconds? divide by 1000)") from None
     except (ValueError, TypeError):
         raise BadField("ts", "epoch seconds or ISO-8601", v) from None
+    if ts < 0:
+        raise BadField("ts", "a time in 1970 or later (epoch seconds >= 0)", v)
+    return ts
 
 
 def _event_code(rec: dict) -> int:
@@ -181,7 +184,7 @@ def parse_event_row(rec: dict) -> EventRow:
         code = EVENT_CODE[rec.get("event", "purchase")]
     except (KeyError, TypeError):
         return _event_row_slow(rec)
-    if (type(u) is str and u and type(i) is str and i and type(t) is int and -_TS_LIMIT < t < _TS_LIMIT
+    if (type(u) is str and u and type(i) is str and i and type(t) is int and 0 <= t < _TS_LIMIT
             and rec.get("value") is None):
         return (u, i, t, code, _NAN)
     return _event_row_slow(rec)
