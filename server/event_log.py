@@ -120,7 +120,9 @@ def inspect_log(path: str | Path) -> dict:
             return out
         out["has_event_id"] = "event_id" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
         rows, last = conn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM events").fetchone()
-        out["rows"], out["last_seq"] = int(rows), int(last)
+        counter = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        # a recovered log whose last numbers were lost ends with a gap: the counter is past the rows
+        out["rows"], out["last_seq"] = int(rows), max(int(last), int(counter[0]) if counter else 0)
         if "lost" in tables:
             out["lost"] = [(int(a), int(b)) for a, b in conn.execute("SELECT first, last FROM lost ORDER BY first")]
     except sqlite3.DatabaseError as exc:

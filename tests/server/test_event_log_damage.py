@@ -160,3 +160,24 @@ def test_serve_on_a_damaged_log_exits_2_naming_the_file(tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert f"tandem serve: error: event log {path} is damaged" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_a_restored_backup_is_refused_until_recovered_with_the_gap_recorded(tmp_path):
+    path = tmp_path / "events.sqlite3"
+    log = EventLog(path)
+    log.append(_events(100))
+    src, dst = sqlite3.connect(path), sqlite3.connect(tmp_path / "backup.sqlite3")
+    src.backup(dst)
+    src.close()
+    dst.close()
+    log.append(_events(50, 100))
+    log.close()
+    os.replace(tmp_path / "backup.sqlite3", path)  # the -acked file still says 150
+    with pytest.raises(EventLogDamaged, match="up to sequence 150 were acknowledged but the log ends at 100"):
+        EventLog(path)
+    report = recover_log(path, tmp_path / "new.sqlite3")
+    assert (report["salvaged"], report["lost"], report["lost_ranges"]) == (100, 50, [[101, 150]])
+    log = EventLog(tmp_path / "new.sqlite3")  # the lost tail is recorded: the new log opens and goes on at 151
+    assert log.position() == 150 and log.append(_events(1)) == 151
+    log.close()
+    assert inspect_log(tmp_path / "new.sqlite3")["problems"] == []
