@@ -6,6 +6,7 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import quote
 
 from retrieval.data import EVENT_TYPES, Event
 
@@ -13,12 +14,15 @@ __all__ = ["read_event_log"]
 
 
 def read_event_log(path: str | Path, batch: int = 10_000) -> Iterator[Event]:
-    """Events in log order; rows with an unknown event type are skipped (the server never writes them)."""
+    """Events in log order; rows with an unknown event type are skipped (the server never writes them).
+
+    Works on logs written before the ``event_id`` column existed (only the shared columns are read)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--events-log {path} does not exist; it is the server's --event-log file "
                                 "(default BUNDLES/events.sqlite3)")
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
+    # quoted: an unescaped '#' or '?' in the path would cut the URI and open (even create) another file
+    conn = sqlite3.connect(f"file:{quote(str(path.absolute()), safe='/')}?mode=ro", uri=True)
     try:
         try:
             cur = conn.execute("SELECT user_id, item_id, ts, event, value FROM events ORDER BY seq")

@@ -3,6 +3,13 @@
 The base part is a CSR snapshot written by the builder; live events recorded by the server
 are appended per user under a lock. Readers get numpy copies, so a request never sees a
 history change half-way.
+
+Live events are capped per user: at most ``live_max`` (default ``max_len``) of a user's newest
+live events (by ``ts``; equal times by arrival) are kept; a request never reads more than the
+``max_len`` newest of base and live together, so a cap of ``max_len`` loses nothing a request
+could see. The list is trimmed when it reaches twice the cap, so memory stays below
+``2 * live_max`` events a user. (The number of users with live events is not capped: it grows
+until the next bundle is loaded, when the event log is replayed into fresh stores.)
 """
 
 from __future__ import annotations
@@ -48,11 +55,19 @@ class UserHistory:
         return UserHistory(items_[order], ts_[order], ev_[order])
 
 
+def _ts_of(row: tuple[int, int, int]) -> int:
+    return row[1]
+
+
 class HistoryStore:
     """Thread-safe user histories over one catalog."""
 
     def __init__(self, user_ids: list[str], indptr: np.ndarray, items: np.ndarray, ts: np.ndarray,
-                 events: np.ndarray, max_len: int = 200) -> None:
+                 events: np.ndarray, max_len: int = 200, live_max: int | None = None) -> None:
+        if max_len < 1:
+            raise ValueError(f"history max_len must be >= 1, got {max_len}")
+        if live_max is not None and live_max < 1:
+            raise ValueError(f"history live_max must be >= 1 (live events kept per user), got {live_max}")
         self._user_index = {u: i for i, u in enumerate(user_ids)}
         self._user_ids = list(user_ids)
         self._indptr = np.asarray(indptr, dtype=np.int64)
@@ -64,13 +79,15 @@ class HistoryStore:
         self._clock = 0
         self._lock = threading.Lock()
         self.max_len = max_len
+        self.live_max = max_len if live_max is None else int(live_max)
         self.newest_ts = int(self._ts.max()) if self._ts.size else 0
 
     @classmethod
-    def from_interactions(cls, interactions: Interactions, max_len: int = 200) -> HistoryStore:
+    def from_interactions(cls, interactions: Interactions, max_len: int = 200,
+                          live_max: int | None = None) -> HistoryStore:
         indptr, rows = interactions.user_sequences()
         return cls(interactions.user_ids, indptr, interactions.items[rows], interactions.ts[rows],
-                   interactions.events[rows], max_len=max_len)
+                   interactions.events[rows], max_len=max_len, live_max=live_max)
 
     @property
     def user_ids(self) -> list[str]:
@@ -94,6 +111,11 @@ class HistoryStore:
                     newest[u] = max(newest.get(u, np.iinfo(np.int64).min), max(r[1] for r in rows))
         ranked = sorted((u for u, t in newest.items() if t > np.iinfo(np.int64).min), key=lambda u: -newest[u])
         return ranked[: max(0, n)]
+
+    def live_count(self, user_id: str) -> int:
+        """Live events held for ``user_id`` (at most ``2 * live_max``)."""
+        with self._lock:
+            return len(self._live.get(user_id, ()))
 
     def knows(self, user_id: str) -> bool:
         with self._lock:
@@ -134,8 +156,9 @@ class HistoryStore:
                     continue
                 rows = self._live.setdefault(ev.user_id, [])
                 rows.append((i, int(ev.ts), EVENT_CODE.get(ev.event, EVENT_CODE["purchase"])))
-                if len(rows) > 4 * self.max_len:
-                    del rows[: len(rows) - self.max_len]
+                if len(rows) >= 2 * self.live_max:
+                    rows.sort(key=_ts_of)  # stable: equal times keep their arrival order
+                    del rows[: len(rows) - self.live_max]
                 self.newest_ts = max(self.newest_ts, int(ev.ts))
                 self._clock += 1
                 self._versions[ev.user_id] = self._clock
@@ -153,13 +176,13 @@ class HistoryStore:
         return [path, users]
 
     @classmethod
-    def load(cls, folder: Path, max_len: int = 200) -> HistoryStore:
+    def load(cls, folder: Path, max_len: int = 200, live_max: int | None = None) -> HistoryStore:
         folder = Path(folder)
         with np.load(folder / "histories.npz", allow_pickle=False) as z:
             arrays = {k: z[k] for k in ("indptr", "items", "ts", "events")}
         text = (folder / "users.txt").read_text(encoding="utf-8")
         user_ids = text.split("\n")[:-1] if text else []
-        return cls(user_ids, max_len=max_len, **arrays)
+        return cls(user_ids, max_len=max_len, live_max=live_max, **arrays)
 
 
 class UserMemos:

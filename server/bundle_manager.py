@@ -71,16 +71,22 @@ class BundleManager:
         self._watcher: threading.Thread | None = None
 
     # -- ingestion ------------------------------------------------------------------------
-    def record(self, events: Sequence[Event]) -> tuple[int, int]:
-        """Log ``events`` durably, then apply them to the serving engine.
+    def record(self, events: Sequence[Event],
+               event_ids: Sequence[str | None] | None = None) -> tuple[int, int, int]:
+        """Log ``events`` durably, then apply them to the serving engine. An event whose
+        ``event_id`` the log already holds is a duplicate: acknowledged, neither logged nor applied again.
 
-        Returns ``(event-log position after the batch, events the engine applied)``.
+        Returns ``(event-log position after the batch, events the engine applied, duplicates)``.
         """
         with self._ingest_lock:
-            seq = self.event_log.append(events) if self.event_log is not None else 0
+            if self.event_log is not None:
+                seq, fresh = self.event_log.append_unique(events, event_ids)
+                new = events if len(fresh) == len(events) else [events[k] for k in fresh]
+            else:
+                seq, new = 0, events
             engine = self.engine
-            applied = engine.record_events(events) if engine is not None and events else 0
-        return seq, int(applied)
+            applied = engine.record_events(new) if engine is not None and new else 0
+        return seq, int(applied), len(events) - len(new)
 
     # -- loading --------------------------------------------------------------------------
     @staticmethod
@@ -126,6 +132,8 @@ class BundleManager:
                 since_ts, received = int(engine.built_at), _created_epoch(folder)
                 mark = self.event_log.position() if self.event_log is not None else 0
                 if self.event_log is not None:
+                    # every acknowledged event must be readable, or nothing is served from the log
+                    self.event_log.check_range(0, mark)
                     replayed = self._apply(engine, self.event_log.iter_events(since_ts, received, upto_seq=mark))
                 warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
                 if warm is not None and self.warm_users is not None:
@@ -140,6 +148,7 @@ class BundleManager:
                 # can be logged, then swap, so none is lost between the two engines
                 try:
                     if self.event_log is not None:
+                        self.event_log.check_range(mark, self.event_log.position())
                         replayed += self._apply(engine, self.event_log.iter_events(since_ts, received,
                                                                                   after_seq=mark))
                 except Exception as exc:  # noqa: BLE001

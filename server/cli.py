@@ -30,6 +30,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "index_builder.commands.export",
     "index_builder.commands.tune",
     "server.commands",
+    "server.event_commands",
 )
 
 

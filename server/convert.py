@@ -6,29 +6,42 @@ Every check raises :class:`InvalidArgument` whose message names the field, e.g.
 
 from __future__ import annotations
 
+import math
 import time
+from collections import Counter
 
 from ranking.api import Filters, RecommendRequest, Response, SearchRequest, SimilarRequest
 from retrieval.data import EVENT_TYPES, Event, Item
 from server._generated import tandem_pb2 as pb
 
-__all__ = ["InvalidArgument", "LIMITS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
+__all__ = ["InvalidArgument", "LIMITS", "REFUSAL_REASONS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
            "similar_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
 
-LIMITS = {"k_max": 1000, "query_max": 1000, "id_max": 256, "events_max": 10_000, "filter_values_max": 1000}
+LIMITS = {"k_max": 1000, "query_max": 1000, "id_max": 256, "events_max": 10_000, "filter_values_max": 1000,
+          "future_skew_s": 86_400, "stream_events_max": 100_000}
+
+#: Why an event is refused (the ``reason`` label of ``tandem_events_refused_total``).
+REFUSAL_REASONS: tuple[str, ...] = ("user_id", "item_id", "event_id", "event", "ts_negative", "ts_future",
+                                    "value_not_finite", "malformed")
 
 
 class InvalidArgument(ValueError):
-    """A request field out of its documented range; the message names the field."""
+    """A request field out of its documented range; the message names the field.
+
+    ``refused`` counts refused events by reason (see :data:`REFUSAL_REASONS`) when events were checked."""
+
+    def __init__(self, message: str, reason: str | None = None, refused: Counter | None = None) -> None:
+        super().__init__(message)
+        self.refused: Counter = refused if refused is not None else Counter({reason: 1} if reason else {})
 
 
-def check_id(value: str, field: str, required: bool = True) -> str:
+def check_id(value: str, field: str, required: bool = True, reason: str | None = None) -> str:
     if not value:
         if required:
-            raise InvalidArgument(f"{field} must not be empty")
+            raise InvalidArgument(f"{field} must not be empty", reason)
         return value
     if len(value) > LIMITS["id_max"]:
-        raise InvalidArgument(f"{field} must be at most {LIMITS['id_max']} characters, got {len(value)}")
+        raise InvalidArgument(f"{field} must be at most {LIMITS['id_max']} characters, got {len(value)}", reason)
     return value
 
 
@@ -47,6 +60,9 @@ def filters_from_pb(f: pb.Filters) -> Filters:
             check_id(v, f"filters.{name}")
     lo = f.price_min if f.HasField("price_min") else None
     hi = f.price_max if f.HasField("price_max") else None
+    for name, bound in (("price_min", lo), ("price_max", hi)):
+        if bound is not None and not math.isfinite(bound):
+            raise InvalidArgument(f"filters.{name} must be a finite number, got {bound}")
     if lo is not None and hi is not None and lo > hi:
         raise InvalidArgument(f"filters.price_min ({lo}) must not exceed filters.price_max ({hi})")
     return Filters(tuple(f.categories), tuple(f.brands), lo, hi, f.in_stock_only, tuple(f.exclude_item_ids),
@@ -63,23 +79,47 @@ def search_from_pb(r: pb.SearchRequest) -> SearchRequest:
 
 
 def event_from_pb(e: pb.Event, field: str, now: int) -> Event:
-    """One wire event; ``ts`` 0 becomes ``now`` (the receive time), ``event`` "" becomes purchase."""
-    check_id(e.user_id, f"{field}.user_id")
-    check_id(e.item_id, f"{field}.item_id")
+    """One wire event; ``ts`` 0 becomes ``now`` (the receive time), ``event`` "" becomes purchase.
+
+    Refused (naming the field, with a reason): an empty or over-long id, an unknown event type,
+    ``ts`` before 1970 or more than ``LIMITS["future_skew_s"]`` past ``now``, a ``value`` that is
+    NaN or infinite."""
+    check_id(e.user_id, f"{field}.user_id", reason="user_id")
+    check_id(e.item_id, f"{field}.item_id", reason="item_id")
+    check_id(e.event_id, f"{field}.event_id", required=False, reason="event_id")
     kind = e.event or "purchase"
     if kind not in EVENT_TYPES:
-        raise InvalidArgument(f"{field}.event must be one of {', '.join(EVENT_TYPES)}, got {kind[:40]!r}")
+        raise InvalidArgument(f"{field}.event must be one of {', '.join(EVENT_TYPES)}, got {kind[:40]!r}", "event")
     if e.ts < 0:
-        raise InvalidArgument(f"{field}.ts must be epoch seconds >= 0, got {e.ts}")
-    return Event(e.user_id, e.item_id, int(e.ts) or now, kind, e.value if e.HasField("value") else None)
+        raise InvalidArgument(f"{field}.ts must be epoch seconds >= 0, got {e.ts}", "ts_negative")
+    if e.ts > now + LIMITS["future_skew_s"]:
+        raise InvalidArgument(f"{field}.ts {e.ts} is more than {LIMITS['future_skew_s']} s past the server's clock "
+                              f"({now}); send epoch seconds (not milliseconds), or 0 for the receive time",
+                              "ts_future")
+    value = e.value if e.HasField("value") else None
+    if value is not None and not math.isfinite(value):
+        raise InvalidArgument(f"{field}.value must be a finite number, got {value}", "value_not_finite")
+    return Event(e.user_id, e.item_id, int(e.ts) or now, kind, value)
 
 
-def events_from_pb(events, field: str = "events") -> list[Event]:
+def events_from_pb(events, field: str = "events", now: int | None = None) -> list[Event]:
+    """Every event checked; one bad event refuses them all, the error names the first and
+    :attr:`InvalidArgument.refused` counts every refused one by reason."""
     events = list(events)
     if len(events) > LIMITS["events_max"]:
         raise InvalidArgument(f"{field} must have at most {LIMITS['events_max']} events per batch, got {len(events)}")
-    now = int(time.time())
-    return [event_from_pb(e, f"{field}[{i}]", now) for i, e in enumerate(events)]
+    now = int(time.time()) if now is None else now
+    out, first, refused = [], None, Counter()
+    for i, e in enumerate(events):
+        try:
+            out.append(event_from_pb(e, f"{field}[{i}]", now))
+        except InvalidArgument as exc:
+            refused.update(exc.refused)
+            first = first or exc
+    if first is not None:
+        more = sum(refused.values()) - 1
+        raise InvalidArgument(f"{first}" + (f" (and {more} more refused events)" if more else ""), refused=refused)
+    return out
 
 
 def recommend_from_pb(r: pb.RecommendRequest) -> RecommendRequest:

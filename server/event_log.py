@@ -2,24 +2,32 @@
 
 :meth:`EventLog.append` commits before it returns, so an acknowledged ``RecordEvents`` survives
 ``kill -9``; sequence numbers (``seq``) only ever grow. Schema (also read directly with sqlite3
-by ``tandem build --events-log``; documented in docs/operations.md)::
+by ``tandem build --events-log``; documented in docs/operations.md): :data:`SCHEMA`.
 
-    CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL,
-                         item_id TEXT NOT NULL, ts INTEGER NOT NULL, event TEXT NOT NULL,
-                         value REAL, received_at REAL NOT NULL)
+Damage is never served silently. Opening a log first checks it on a read-only connection (which
+cannot checkpoint, so a damaged WAL stays on disk for ``tandem events recover``):
+``PRAGMA quick_check``, the row count against the sequence numbers (gaps are only allowed where
+the ``lost`` table records them), and the newest sequence number against the side file
+``<log>-acked``, which holds the last acknowledged one (written after each commit). SQLite drops
+every WAL frame from the first damaged one on without a word; the side file is how the loss of
+acknowledged events shows. Any failure raises :class:`EventLogDamaged` naming the file and the
+commands that salvage it (:mod:`server.event_commands`).
 """
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from urllib.parse import quote
 
 from retrieval.data import Event
 
-__all__ = ["EventLog", "SCHEMA"]
+__all__ = ["EventLog", "EventLogDamaged", "SCHEMA", "acked_path", "read_acked", "sqlite_uri", "inspect_log",
+           "lost_count"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -29,10 +37,108 @@ CREATE TABLE IF NOT EXISTS events (
     ts INTEGER NOT NULL,
     event TEXT NOT NULL,
     value REAL,
-    received_at REAL NOT NULL
+    received_at REAL NOT NULL,
+    event_id TEXT
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
+CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id) WHERE event_id IS NOT NULL;
+CREATE TABLE IF NOT EXISTS lost (
+    first INTEGER NOT NULL,
+    last INTEGER NOT NULL,
+    reason TEXT NOT NULL,
+    recorded_at REAL NOT NULL
+);
 """
+
+_ACKED_WIDTH = 20  # the side file is one fixed-width decimal line, rewritten in place
+
+
+class EventLogDamaged(ValueError):
+    """The event log cannot be trusted; the message names the file and what to run."""
+
+
+def sqlite_uri(path: str | Path, mode: str | None = None) -> str:
+    """A ``file:`` URI for ``path`` with ``#``, ``?`` and ``%`` escaped (unescaped, ``#`` starts a
+    URI fragment and SQLite opens, and may create, the file named by the part before it)."""
+    uri = "file:" + quote(str(Path(path).absolute()), safe="/")
+    return uri + (f"?mode={mode}" if mode else "")
+
+
+def acked_path(path: str | Path) -> Path:
+    return Path(f"{path}-acked")
+
+
+def read_acked(path: str | Path) -> int | None:
+    """The last acknowledged sequence number from ``<log>-acked``; None when there is no such file."""
+    side = acked_path(path)
+    try:
+        text = side.read_text(encoding="ascii").strip()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise EventLogDamaged(f"event log {path}: cannot read {side} ({exc})") from None
+    if not text.isdigit():
+        raise EventLogDamaged(f"event log {path}: {side} should hold one sequence number, got {text[:40]!r}")
+    return int(text)
+
+
+def lost_count(lost: Sequence[tuple[int, int]], after: int = 0, upto: int | None = None) -> int:
+    """How many sequence numbers in ``after < seq <= upto`` the (first, last) ranges cover."""
+    upto = 2**62 if upto is None else upto
+    return sum(max(0, min(last, upto) - max(first, after + 1) + 1) for first, last in lost)
+
+
+def _damaged(path: Path, detail: str) -> EventLogDamaged:
+    return EventLogDamaged(
+        f"event log {path} is damaged: {detail}. Nothing was served from it. See `tandem events check {path}`; "
+        f"`tandem events recover {path} --out NEW.sqlite3` copies every readable event into a new log and lists "
+        "the sequence numbers that were lost; then serve with --event-log NEW.sqlite3 (or move it into place)")
+
+
+def inspect_log(path: str | Path) -> dict:
+    """Read-only checks of an existing log (nothing is written, the WAL is not checkpointed).
+
+    Returns ``{"problems": [...], "rows": N, "last_seq": S, "acked": A or None, "lost": [(first, last), ...],
+    "has_event_id": bool}``; an empty ``problems`` list means the log is sound."""
+    path = Path(path)
+    out: dict = {"problems": [], "rows": 0, "last_seq": 0, "acked": None, "lost": [], "has_event_id": True}
+    problems = out["problems"]
+    try:
+        out["acked"] = read_acked(path)
+    except EventLogDamaged as exc:
+        problems.append(str(exc))
+    conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
+    try:
+        verdict = [" ".join(str(r[0]).split()) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
+        if verdict != ["ok"]:
+            problems.append("PRAGMA quick_check: " + "; ".join(verdict))
+            return out
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "events" not in tables:
+            if tables - {"sqlite_sequence"}:
+                problems.append(f"it has no events table (tables: {', '.join(sorted(tables))})")
+            return out
+        out["has_event_id"] = "event_id" in {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+        rows, last = conn.execute("SELECT COUNT(*), COALESCE(MAX(seq), 0) FROM events").fetchone()
+        counter = conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        # a recovered log whose last numbers were lost ends with a gap: the counter is past the rows
+        out["rows"], out["last_seq"] = int(rows), max(int(last), int(counter[0]) if counter else 0)
+        if "lost" in tables:
+            out["lost"] = [(int(a), int(b)) for a, b in conn.execute("SELECT first, last FROM lost ORDER BY first")]
+    except sqlite3.DatabaseError as exc:
+        problems.append(f"SQLite cannot read it ({exc})")
+        return out
+    finally:
+        conn.close()
+    expected = out["last_seq"] - lost_count(out["lost"], 0, out["last_seq"])
+    if out["rows"] != expected:
+        problems.append(f"it holds {out['rows']} events but its sequence numbers run to {out['last_seq']} "
+                        f"({expected} expected)")
+    if out["acked"] is not None and out["acked"] > out["last_seq"]:
+        problems.append(f"events up to sequence {out['acked']} were acknowledged but the log ends at "
+                        f"{out['last_seq']}: {out['acked'] - out['last_seq']} acknowledged events are missing "
+                        "(SQLite drops a damaged WAL's frames from the first bad one on)")
+    return out
 
 
 class EventLog:
@@ -41,48 +147,142 @@ class EventLog:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._conn = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
+        if self.path.exists() and self.path.stat().st_size > 0:
+            found = inspect_log(self.path)
+            if found["problems"]:
+                raise _damaged(self.path, "; ".join(found["problems"]))
+        elif Path(f"{self.path}-wal").exists():
+            raise _damaged(self.path, f"the file is missing or empty but {self.path}-wal exists")
+        self._conn = sqlite3.connect(sqlite_uri(self.path), uri=True, check_same_thread=False,
+                                     isolation_level=None)
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.executescript(SCHEMA)
+        self._migrate()
         self._lock = threading.Lock()
         self._closed = False
         self._last = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+        self._lost = [(int(a), int(b)) for a, b in self._conn.execute("SELECT first, last FROM lost")]
+        seq_row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+        self._last = max(self._last, int(seq_row[0]) if seq_row else 0)  # a recovered log may end in a loss
+        self._acked_fd = os.open(acked_path(self.path), os.O_RDWR | os.O_CREAT, 0o644)
+        self._write_acked(self._last)
 
-    def append(self, events: Sequence[Event]) -> int:
+    def _migrate(self) -> None:
+        """Add what older logs lack (the event_id column and its index, the lost table)."""
+        conn = self._conn
+        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
+            if "event_id" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
+                conn.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+        conn.executescript(SCHEMA)
+
+    def _write_acked(self, seq: int) -> None:
+        # no fsync: the file only has to survive the process (kill -9); it is never ahead of a commit
+        os.pwrite(self._acked_fd, f"{seq:>{_ACKED_WIDTH}}\n".encode("ascii"), 0)
+
+    def append(self, events: Sequence[Event], event_ids: Sequence[str | None] | None = None) -> int:
         """Durably append; returns the sequence number of the last event (0 if none ever)."""
+        return self.append_unique(events, event_ids)[0]
+
+    def append_unique(self, events: Sequence[Event],
+                      event_ids: Sequence[str | None] | None = None) -> tuple[int, list[int]]:
+        """Durably append the events whose ``event_id`` (parallel to ``events``; None or "" = no id)
+        is not in the log yet, in one transaction. Returns ``(log position, indices of the events
+        appended)``; the others were duplicates (acknowledged before, or earlier in this batch)."""
+        ids = [None] * len(events) if event_ids is None else [i or None for i in event_ids]
+        if len(ids) != len(events):
+            raise ValueError(f"event_ids has {len(ids)} entries for {len(events)} events")
         if not events:
-            return self.position()
+            return self.position(), []
         now = time.time()
-        rows = [(e.user_id, e.item_id, int(e.ts), e.event, e.value, now) for e in events]
         with self._lock:
             if self._closed:
                 raise RuntimeError(f"event log {self.path} is closed (the server is shutting down)")
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                self._conn.executemany(
-                    "INSERT INTO events (user_id, item_id, ts, event, value, received_at) VALUES (?, ?, ?, ?, ?, ?)",
-                    rows)
-                last = int(self._conn.execute("SELECT MAX(seq) FROM events").fetchone()[0])
+                fresh = self._fresh(ids)
+                if fresh:
+                    self._conn.executemany(
+                        "INSERT INTO events (user_id, item_id, ts, event, value, received_at, event_id) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                        [(e.user_id, e.item_id, int(e.ts), e.event, e.value, now, ids[k])
+                         for k in fresh for e in (events[k],)])
+                last = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
-            self._last = last
-            return last
+            self._last = max(self._last, last)
+            self._write_acked(self._last)
+            return self._last, fresh
+
+    def _fresh(self, ids: list[str | None]) -> list[int]:
+        keyed = sorted({i for i in ids if i is not None})
+        known: set[str] = set()
+        for start in range(0, len(keyed), 500):  # SQLite's bound-parameter limit
+            chunk = keyed[start:start + 500]
+            known.update(r[0] for r in self._conn.execute(
+                f"SELECT event_id FROM events WHERE event_id IN ({','.join('?' * len(chunk))})", chunk))
+        fresh = []
+        for k, i in enumerate(ids):
+            if i is None:
+                fresh.append(k)
+            elif i not in known:
+                known.add(i)
+                fresh.append(k)
+        return fresh
+
+    def restore(self, rows: Sequence[tuple], lost: Sequence[tuple[int, int, str, float]], last: int) -> None:
+        """Fill an empty log from a salvage: ``rows`` are (seq, user_id, item_id, ts, event, value,
+        received_at, event_id) kept with their own ``seq``; ``lost`` (first, last, reason, recorded_at);
+        the log continues after ``last``."""
+        with self._lock:
+            if self._last:
+                raise RuntimeError(f"event log {self.path} is not empty; restore only fills a new log")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT INTO events (seq, user_id, item_id, ts, event, value, received_at, event_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)", rows)
+                self._conn.executemany("INSERT INTO lost (first, last, reason, recorded_at) VALUES (?, ?, ?, ?)",
+                                       lost)
+                self._conn.execute("DELETE FROM sqlite_sequence WHERE name = 'events'")
+                self._conn.execute("INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?)", (int(last),))
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._last = int(last)
+            self._lost = [(int(a), int(b)) for a, b, *_ in lost]
+            self._write_acked(self._last)
 
     def position(self) -> int:
         """The sequence number of the newest event (0 when empty)."""
         with self._lock:
             return self._last
 
+    def check_range(self, after_seq: int, upto_seq: int) -> None:
+        """Raise :class:`EventLogDamaged` unless every sequence number in ``after_seq < seq <= upto_seq``
+        is in the log or recorded as lost, so a replay can never be silently partial."""
+        conn = sqlite3.connect(sqlite_uri(self.path, "ro"), uri=True)
+        try:
+            found = int(conn.execute("SELECT COUNT(*) FROM events WHERE seq > ? AND seq <= ?",
+                                     (int(after_seq), int(upto_seq))).fetchone()[0])
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, f"reading it failed ({exc})") from None
+        finally:
+            conn.close()
+        expected = max(0, upto_seq - after_seq) - lost_count(self._lost, after_seq, upto_seq)
+        if found != expected:
+            raise _damaged(self.path, f"{found} events are readable between sequence numbers {after_seq + 1} and "
+                           f"{upto_seq}, {expected} were acknowledged")
+
     def iter_events(self, since_ts: int | None = None, received_since: float | None = None, *,
                     after_seq: int = 0, upto_seq: int | None = None, batch: int = 10_000) -> Iterator[Event]:
         """Events in sequence order: all of them, or those with ``ts >= since_ts`` or received at or
         after ``received_since`` (epoch seconds) when either is given; always restricted to
         ``after_seq < seq <= upto_seq`` (``upto_seq`` None = the end). Reads on its own connection,
-        so appends go on meanwhile."""
-        conn = sqlite3.connect(str(self.path))
+        so appends go on meanwhile. A read error raises :class:`EventLogDamaged`."""
+        conn = sqlite3.connect(sqlite_uri(self.path, "ro"), uri=True)
         everything = since_ts is None and received_since is None
         try:
             cur = conn.execute(
@@ -94,6 +294,8 @@ class EventLog:
             while rows := cur.fetchmany(batch):
                 for u, i, ts, ev, v in rows:
                     yield Event(u, i, int(ts), ev, v)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, f"reading it failed ({exc})") from None
         finally:
             conn.close()
 
@@ -107,3 +309,4 @@ class EventLog:
                 self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             finally:
                 self._conn.close()
+                os.close(self._acked_fd)

@@ -31,6 +31,12 @@ class ServiceMetrics:
         self.bundle_users = Gauge("tandem_bundle_users", "users with a history in the serving bundle",
                                   registry=r)
         self.events = Counter("tandem_events_ingested_total", "events durably logged", registry=r)
+        self.events_refused = Counter("tandem_events_refused_total",
+                                      "events refused by validation, by reason (nothing of their batch is logged)",
+                                      ["reason"], registry=r)
+        self.events_duplicate = Counter("tandem_events_duplicate_total",
+                                        "events acknowledged but not logged again: their event_id was already logged",
+                                        registry=r)
         self.events_applied = Counter("tandem_events_applied_total", "logged events on known items", registry=r)
         self.event_lag = Histogram("tandem_event_visible_lag_seconds",
                                    "time from an event's timestamp to its effect being visible", registry=r,

@@ -13,6 +13,7 @@ import os
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent import futures
 from contextlib import contextmanager
@@ -20,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -43,7 +45,6 @@ rpc_log = logging.getLogger("tandem.server.rpc")
 SERVICE_NAMES: tuple[str, ...] = (pb.DESCRIPTOR.services_by_name["Tandem"].full_name,
                                   pb.DESCRIPTOR.services_by_name["TandemAdmin"].full_name)
 
-_STREAM_BATCH = 1000
 _LAG_SAMPLE = 100  # events per batch whose visible lag is observed
 
 
@@ -206,53 +207,71 @@ class TandemServicer(pb_grpc.TandemServicer):
     def SimilarItems(self, request, context):
         return self._answer("SimilarItems", request, context, convert.similar_from_pb, "similar_items")
 
-    def _record(self, events) -> tuple[int, int]:
-        seq, applied = self.calls.manager.record(events)  # logged durably, then applied
+    def _record(self, events, event_ids=None) -> tuple[int, int, int]:
+        seq, applied, duplicates = self.calls.manager.record(events, event_ids)  # logged durably, then applied
         m = self.calls.metrics
-        m.events.inc(len(events))
+        m.events.inc(len(events) - duplicates)
+        m.events_duplicate.inc(duplicates)
         m.events_applied.inc(applied)
         now = time.time()
         for e in events[:_LAG_SAMPLE]:
             m.event_lag.observe(max(0.0, now - e.ts))
-        return seq, applied
+        return seq, applied, duplicates
+
+    def _refused(self, exc: convert.InvalidArgument) -> convert.InvalidArgument:
+        for reason, n in exc.refused.items():
+            self.calls.metrics.events_refused.labels(reason).inc(n)
+        return convert.InvalidArgument(f"{exc}; nothing of this batch was recorded", refused=exc.refused)
 
     def RecordEvents(self, request, context):
         def go():
             convert.check_id(request.request_id, "request_id", required=False)
-            events = convert.events_from_pb(request.events)
-            seq, applied = self._record(events)
-            return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq)
+            try:
+                events = convert.events_from_pb(request.events)
+            except convert.InvalidArgument as exc:
+                raise self._refused(exc) from None
+            seq, applied, duplicates = self._record(events, [e.event_id for e in request.events])
+            return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq,
+                                           duplicates=duplicates)
 
         return self.calls.run("RecordEvents", context, request.request_id, go)
 
     def StreamEvents(self, request_iterator, context):
+        """All or nothing: every message is read and checked first (they arrive as raw bytes, see
+        :func:`_add_tandem_servicer`), then all are logged in one transaction; one bad message
+        refuses the stream with INVALID_ARGUMENT naming it, and nothing is logged."""
+
         def go():
-            accepted = applied = 0
-            seq = self.event_log.position()
-            batch = []
             now = int(time.time())
-
-            def flush():
-                nonlocal accepted, applied, seq, batch
-                seq, n = self._record(batch)
-                accepted += len(batch)
-                applied += n
-                batch = []
-
-            for i, msg in enumerate(request_iterator):
+            events, ids, first, refused = [], [], None, Counter()
+            for i, raw in enumerate(request_iterator):
+                if i >= convert.LIMITS["stream_events_max"]:
+                    raise convert.InvalidArgument(
+                        f"a stream carries at most {convert.LIMITS['stream_events_max']} events (events[{i}] is one "
+                        "too many); split it into several streams; nothing of this stream was recorded")
                 try:
-                    batch.append(convert.event_from_pb(msg, f"events[{i}]", now))
-                except convert.InvalidArgument as exc:
-                    # earlier events are already durable; say so, so the client can resume after them
-                    if batch:
-                        flush()
-                    raise convert.InvalidArgument(f"{exc}; the {accepted} events before it were accepted "
-                                                  f"(event log position {seq})") from None
-                if len(batch) >= _STREAM_BATCH:
-                    flush()
-            if batch:
-                flush()
-            return pb.RecordEventsResponse(accepted=accepted, applied=applied, last_sequence=seq)
+                    msg = pb.Event.FromString(raw) if isinstance(raw, bytes) else raw
+                except DecodeError as exc:
+                    error = convert.InvalidArgument(f"events[{i}] is not a tandem.v1.Event message ({exc})",
+                                                    "malformed")
+                else:
+                    try:
+                        events.append(convert.event_from_pb(msg, f"events[{i}]", now))
+                        ids.append(msg.event_id)
+                        continue
+                    except convert.InvalidArgument as exc:
+                        error = exc
+                refused.update(error.refused)
+                first = first or error
+            if first is not None:
+                more = sum(refused.values()) - 1
+                raise self._refused(convert.InvalidArgument(
+                    f"{first}" + (f" (and {more} more refused events)" if more else ""), refused=refused))
+            if not context.is_active():  # the client went away: its stream was never acknowledged
+                raise RuntimeError("the client cancelled the stream before it ended; nothing was recorded")
+            seq, applied, duplicates = self._record(events, ids) if events else (self.event_log.position(), 0, 0)
+            return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq,
+                                           duplicates=duplicates)
 
         return self.calls.run("StreamEvents", context, "", go)
 
@@ -300,6 +319,30 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
         return self.calls.run("GetStatus", context, "", go)
 
 
+def _add_tandem_servicer(servicer: TandemServicer, server: grpc.Server) -> None:
+    """The generated registration, except that StreamEvents receives each message as raw bytes.
+
+    With the generated deserializer, a message that does not parse (e.g. a string field that is
+    not UTF-8) ends the stream with INTERNAL behind the handler's back and the handler sees a
+    normal end of stream; parsing in the handler makes it INVALID_ARGUMENT naming ``events[i]``."""
+
+    class _Capture:
+        def add_generic_rpc_handlers(self, handlers) -> None:
+            pass
+
+        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
+            self.service, self.handlers = service, handlers
+
+    capture = _Capture()
+    pb_grpc.add_TandemServicer_to_server(servicer, capture)
+    handlers = dict(capture.handlers)
+    handlers["StreamEvents"] = grpc.stream_unary_rpc_method_handler(
+        servicer.StreamEvents, request_deserializer=None,
+        response_serializer=pb.RecordEventsResponse.SerializeToString)
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
+    server.add_registered_method_handlers(capture.service, handlers)
+
+
 class TandemServer:
     """Assembles and runs the service; ``start()`` returns once the first bundle serves."""
 
@@ -339,7 +382,7 @@ class TandemServer:
                                   options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                                            ("grpc.so_reuseport", 0)])
         calls = _Calls(self.manager, self.metrics, cfg.compute_slots)
-        pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log), self.server)
+        _add_tandem_servicer(TandemServicer(calls, self.event_log), self.server)
         pb_grpc.add_TandemAdminServicer_to_server(AdminServicer(calls, self.event_log, time.time()), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,

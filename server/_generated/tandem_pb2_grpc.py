@@ -93,13 +93,15 @@ class TandemServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RecordEvents(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """All or nothing: one invalid event refuses the batch (INVALID_ARGUMENT naming events[i]).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def StreamEvents(self, request_iterator, context):
-        """Missing associated documentation comment in .proto file."""
+        """At most 100,000 events a stream, logged in one transaction when the stream ends; all or nothing.
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')

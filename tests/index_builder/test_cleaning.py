@@ -75,7 +75,7 @@ def test_every_rule_on_a_hand_made_shop(shop):
 
     # file rows 10 valid + 3 extra; 2 unknown (ghost, nope), 3 duplicates (2 in file, extra u1/i1)
     assert (rep.events_read, rep.extra_events, rep.events_kept) == (13, 3, 8)
-    assert rep.events_dropped == {"unknown_item": 2, "duplicate": 3, "bot": 0, "k_core": 0}
+    assert rep.events_dropped == {"future_ts": 0, "unknown_item": 2, "duplicate": 3, "bot": 0, "k_core": 0}
     assert rep.read["events"]["skipped"] == {"ts": 1}
     assert log.user_ids == ["u1", "u2", "u3"]
     assert log.users.tolist() == [0, 0, 0, 0, 0, 1, 1, 2]
@@ -253,7 +253,7 @@ def test_beauty_loads_whole_and_clean():
     assert (rep.users, rep.items, rep.events) == (22363, 12101, 198502)
     assert len(res.interactions) == 198502 and res.interactions.n_users == 22363 and len(res.catalog) == 12101
     assert rep.bot_users == [] and rep.rows_skipped == 0
-    assert rep.events_dropped == {"unknown_item": 0, "duplicate": 0, "bot": 0, "k_core": 0}
+    assert rep.events_dropped == {"future_ts": 0, "unknown_item": 0, "duplicate": 0, "bot": 0, "k_core": 0}
     assert rep.untitled_items_kept == 1  # item 10205 has no text but 17 purchases
 
 
@@ -266,3 +266,30 @@ def test_empty_and_all_unknown_event_files(tmp_path):
     res = load_dataset(tmp_path)
     assert res.report.events_dropped["unknown_item"] == 3 and res.report.users == 0
     assert res.interactions.users.dtype == np.int32 and len(res.interactions) == 0
+
+
+def test_events_dated_in_the_future_are_dropped_and_counted(shop):
+    now = T0 + 1_000
+    future = [{"user_id": "u9", "item_id": "i4", "ts": 4_102_444_800 + k} for k in range(300)]  # year 2100
+    _jsonl(shop / "events.jsonl", EVENT_ROWS + future + [{"user_id": "u9", "item_id": "i4", "ts": now + 86_000}])
+    res = load_dataset(shop, now=now)
+    assert res.report.events_dropped["future_ts"] == 300
+    assert int(res.interactions.ts.max()) == now + 86_000  # inside the default day of skew: kept
+    assert "future_ts 300" in res.report.summary()
+    tight = load_dataset(shop, CleaningConfig(max_future_s=0), now=now)
+    assert tight.report.events_dropped["future_ts"] == 301 and int(tight.interactions.ts.max()) < now
+    with pytest.raises(ValueError, match="CleaningConfig.max_future_s: expected seconds >= 0, got -1"):
+        CleaningConfig(max_future_s=-1)
+
+
+def test_extra_events_with_bad_values_are_skipped_naming_the_field(shop):
+    bad = [Event("u3", "i4", T0, "rate", float("inf")), Event("u3", "i4", -5), Event("u3", "i4", T0, "rate", math.nan),
+           Event("u3", "i4", T0 * 1000), Event("u3", "i4", T0 + 1, "rate", 3.0)]
+    res = load_dataset(shop, extra_events=bad)
+    read = res.report.read["extra_events"]
+    assert read["rows_ok"] == 1 and read["skipped"] == {"ts": 2, "value": 2}
+    assert read["errors"][0] == "extra_events:1: field \"value\": expected a finite number or nothing, got inf"
+    _jsonl(shop / "items.jsonl", ITEM_ROWS[:-1])  # no bad row in the files: strict reaches the extra events
+    _jsonl(shop / "events.jsonl", EVENT_ROWS[:9])
+    with pytest.raises(ReadError, match="extra_events:1: field \"value\""):
+        load_dataset(shop, extra_events=bad, strict=True)

@@ -293,3 +293,34 @@ def test_corrupt_gzip_is_a_read_error(tmp_path):
 def test_missing_file_raises_at_the_call(tmp_path):
     with pytest.raises(FileNotFoundError, match="no such file"):
         read_items(tmp_path / "items.jsonl")
+
+
+def test_negative_ts_is_refused(tmp_path):
+    _write_jsonl(tmp_path / "events.jsonl", [{"user_id": "u", "item_id": "a", "ts": -1},
+                                             {"user_id": "u", "item_id": "a", "ts": "1969-12-31T00:00:00Z"},
+                                             {"user_id": "u", "item_id": "a", "ts": 0}])
+    stats = ReadStats()
+    assert list(read_events(tmp_path / "events.jsonl", stats=stats)) == [Event("u", "a", 0)]
+    assert stats.errors[0] == ('events.jsonl:1: field "ts": expected a time in 1970 or later (epoch seconds >= 0), '
+                               'got -1')
+    assert stats.skipped == {"ts": 2}
+
+
+@pytest.mark.parametrize("name", ["items.csv", "items.csv.gz"])
+def test_a_latin1_csv_names_the_file_line_and_field_and_reads_the_rest(tmp_path, name):
+    rows = ["item_id,title,brand"] + [f"i{k},Soap {k},Acme" for k in range(3000)]
+    rows[2500] = "i2499,Soap,Caf\xe9 Cr\xe8me"  # line 2501 of the file, Latin-1 bytes in "brand"
+    data = ("\n".join(rows) + "\n").encode("latin-1")
+    (tmp_path / name).write_bytes(gzip.compress(data) if name.endswith(".gz") else data)
+    stats = ReadStats()
+    items = list(read_items(tmp_path / name, stats=stats))
+    assert len(items) == 2999 and items[-1].item_id == "i2999"  # the rest of the file is read
+    assert stats.skipped == {"encoding": 1}
+    assert stats.errors[0].startswith(f'{name}:2501: field "brand": byte 0xe9 in "Caf')
+    assert "is not UTF-8" in stats.errors[0] and "iconv" in stats.errors[0]
+    with pytest.raises(ReadError, match=rf'^{name}:2501: field "brand"'):
+        list(read_items(tmp_path / name, strict=True))
+    header = b"item_id,t\xeftle\ni1,Soap\n"
+    (tmp_path / name).write_bytes(gzip.compress(header) if name.endswith(".gz") else header)
+    with pytest.raises(ReadError, match=rf"^{name}:1: the header has byte 0xef"):
+        list(read_items(tmp_path / name))

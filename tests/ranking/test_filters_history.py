@@ -84,3 +84,26 @@ def test_user_memos_are_per_version_and_bounded():
     assert UserMemos(capacity=0).get("a", 0) is None
     with pytest.raises(ValueError, match="capacity"):
         UserMemos(capacity=-1)
+
+
+def test_live_history_is_capped_per_user_and_keeps_the_newest_by_time():
+    cat = _catalog()
+    rng = np.random.default_rng(3)
+    store = HistoryStore.from_interactions(Interactions(["u1"], [0], [0], [5], [3], [np.nan]), max_len=50)
+    assert store.live_max == 50
+    ts = rng.permutation(5_000) + 100  # arrival order unrelated to time; the newest come first half the time
+    ts[:300] = np.arange(10_000, 10_300)[::-1]  # the 300 newest arrive first, newest of all first
+    events = [Event("u1", "abcde"[k % 5], int(t), "view") for k, t in enumerate(ts)]
+    for start in range(0, len(events), 7):
+        store.record(events[start:start + 7], cat)
+        assert store.live_count("u1") < 2 * store.live_max  # memory stays bounded
+    oracle = sorted(range(len(events)), key=lambda k: events[k].ts)[-50:]  # the newest 50 by time
+    h = store.get("u1")
+    assert h.ts.tolist() == [events[k].ts for k in oracle]
+    assert h.items.tolist() == [cat.index[events[k].item_id] for k in oracle]
+    small = HistoryStore.from_interactions(Interactions(["u1"], [0], [0], [5], [3], [np.nan]), max_len=50,
+                                           live_max=10)
+    small.record(events, cat)
+    assert small.live_count("u1") < 20 and small.get("u1").ts.tolist()[-10:] == [events[k].ts for k in oracle[-10:]]
+    with pytest.raises(ValueError, match="live_max must be >= 1"):
+        HistoryStore.from_interactions(Interactions(["u1"], [0], [0], [5], [3], [np.nan]), live_max=0)

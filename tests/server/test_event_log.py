@@ -1,3 +1,5 @@
+import sqlite3
+
 import pytest
 
 from index_builder.event_log_reader import read_event_log
@@ -24,3 +26,40 @@ def test_reader_errors(tmp_path):
     bad.write_bytes(b"not a database at all" * 10)
     with pytest.raises(ValueError, match="is not a Tandem event log"):
         list(read_event_log(bad))
+
+
+def test_a_hash_or_question_mark_in_the_path_opens_that_file_and_no_other(tmp_path):
+    folder = tmp_path / "a#b?c%20d"
+    log = EventLog(folder / "ev#1.sqlite3")
+    log.append([Event("u", "a", 10)])
+    log.close()
+    assert list(read_event_log(folder / "ev#1.sqlite3")) == [Event("u", "a", 10)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a#b?c%20d"]  # no stray "a" beside it
+    assert {p.name for p in folder.iterdir()} <= {f"ev#1.sqlite3{s}" for s in ("", "-acked", "-wal", "-shm")}
+
+
+def test_an_old_log_gains_the_event_id_column_and_keeps_its_rows(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(path)
+    conn.executescript("""
+        CREATE TABLE events (seq INTEGER PRIMARY KEY AUTOINCREMENT, user_id TEXT NOT NULL, item_id TEXT NOT NULL,
+                             ts INTEGER NOT NULL, event TEXT NOT NULL, value REAL, received_at REAL NOT NULL);
+        CREATE INDEX events_ts ON events (ts);
+        INSERT INTO events (user_id, item_id, ts, event, value, received_at) VALUES ('u', 'a', 10, 'view', NULL, 1);
+        INSERT INTO events (user_id, item_id, ts, event, value, received_at) VALUES ('u', 'b', 11, 'rate', 4, 1);
+    """)
+    conn.commit()
+    conn.close()
+    log = EventLog(path)
+    assert log.position() == 2
+    assert log.append_unique([Event("v", "c", 12), Event("v", "d", 13), Event("v", "c", 12)],
+                             ["k1", None, "k1"]) == (4, [0, 1])
+    assert log.append_unique([Event("v", "c", 12)], ["k1"]) == (4, [])  # already logged: not again
+    log.close()
+    assert [e.item_id for e in read_event_log(path)] == ["a", "b", "c", "d"]
+    conn = sqlite3.connect(path)
+    assert [r[0] for r in conn.execute("SELECT event_id FROM events ORDER BY seq")] == [None, None, "k1", None]
+    with pytest.raises(sqlite3.IntegrityError):  # the unique index holds even against a direct insert
+        conn.execute("INSERT INTO events (user_id, item_id, ts, event, received_at, event_id) "
+                     "VALUES ('x', 'y', 1, 'view', 1, 'k1')")
+    conn.close()

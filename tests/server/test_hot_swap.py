@@ -160,7 +160,7 @@ def test_replay_on_load_uses_built_at_and_receive_time(tmp_path):
     manager = BundleManager(root, load_fake_engine, log)
     assert manager.reload() == (True, "")
     assert manager.engine.histories["alice"] == ["i03", "i12", "i05"] and manager.replayed == 2
-    seq, applied = manager.record([Event("alice", "i01", 1_800_000_000), Event("alice", "zzz", 1_800_000_000)])
+    seq, applied, _ = manager.record([Event("alice", "i01", 1_800_000_000), Event("alice", "zzz", 1_800_000_000)])
     assert (seq, applied) == (5, 1) and manager.engine.histories["alice"][-1] == "i01"
     log.close()
 

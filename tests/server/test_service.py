@@ -20,6 +20,7 @@ from server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
 TOKEN = "s3cret"
+NOW = int(time.time())
 AUTH = [("authorization", f"Bearer {TOKEN}")]
 
 
@@ -83,7 +84,7 @@ def test_recorded_event_changes_the_next_answer(stubs, served):
     assert not after.cold_start and ids(after) == ["i08", "i09", "i10"]
     logged = [(e.user_id, e.item_id, e.event) for e in served[0].event_log.iter_events()]
     assert ("carol", "i07", "cart") in logged and ("carol", "unknown-item", "purchase") in logged
-    streamed = t.StreamEvents(iter([pb.Event(user_id="dave", item_id=f"i{n:02d}", ts=1_800_000_000 + n)
+    streamed = t.StreamEvents(iter([pb.Event(user_id="dave", item_id=f"i{n:02d}", ts=NOW - 100 + n)
                                     for n in range(1, 13)]), metadata=AUTH)
     assert streamed.accepted == 12 and streamed.applied == 12 and streamed.last_sequence == ack.last_sequence + 12
     assert ids(t.Recommend(pb.RecommendRequest(user_id="dave", k=1))) == ["i13"]
@@ -91,7 +92,7 @@ def test_recorded_event_changes_the_next_answer(stubs, served):
     assert status.event_log_sequence == streamed.last_sequence
 
 
-def test_stream_of_many_events_and_a_bad_one_midway(stubs, served):
+def test_stream_of_many_events_and_a_bad_one_midway_records_nothing(stubs, served):
     t, _ = stubs
     events = [pb.Event(user_id="erin", item_id="i01", event="view")] * 2300
     start = served[0].event_log.position()
@@ -101,8 +102,44 @@ def test_stream_of_many_events_and_a_bad_one_midway(stubs, served):
         t.StreamEvents(iter([*events[:1200], pb.Event(user_id="erin", item_id="i01", event="like")]), metadata=AUTH)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.value.details().startswith("events[1200].event must be one of view, click, cart, purchase, rate")
-    assert "the 1200 events before it were accepted" in err.value.details()
-    assert served[0].event_log.position() == start + 3500
+    assert "nothing of this batch was recorded" in err.value.details()
+    assert served[0].event_log.position() == start + 2300  # all or nothing
+
+
+def _responses(server, rpc, code):
+    return server.metrics.registry.get_sample_value("tandem_rpc_responses_total", {"rpc": rpc, "code": code}) or 0
+
+
+def test_stream_with_a_message_that_does_not_parse_is_invalid_argument_and_records_nothing(served):
+    server, channel, _ = served
+    call = channel.stream_unary("/tandem.v1.Tandem/StreamEvents", request_serializer=lambda b: b,
+                                response_deserializer=pb.RecordEventsResponse.FromString)
+    good = pb.Event(user_id="frank", item_id="i01", event="view").SerializeToString()
+    start, ok_before = server.event_log.position(), _responses(server, "StreamEvents", "OK")
+    with pytest.raises(grpc.RpcError) as err:
+        call(iter([good] * 1001 + [b"\x0a\x02\xff\xfe"]), metadata=AUTH)  # user_id that is not UTF-8
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("events[1001] is not a tandem.v1.Event message")
+    assert server.event_log.position() == start
+    assert _responses(server, "StreamEvents", "OK") == ok_before  # logged with the status the client saw
+    assert server.metrics.registry.get_sample_value("tandem_events_refused_total", {"reason": "malformed"}) >= 1
+
+
+def test_event_id_makes_a_retry_idempotent(stubs, served):
+    t, _ = stubs
+    server = served[0]
+    batch = [pb.Event(user_id="gina", item_id="i03", event="view", event_id=f"gina-{n}") for n in range(3)]
+    first = t.RecordEvents(pb.RecordEventsRequest(events=batch), metadata=AUTH)
+    assert first.accepted == 3 and first.duplicates == 0
+    again = t.RecordEvents(pb.RecordEventsRequest(events=[*batch, pb.Event(user_id="gina", item_id="i04",
+                                                                           event_id="gina-3")]), metadata=AUTH)
+    assert again.accepted == 4 and again.duplicates == 3 and again.applied == 1
+    assert again.last_sequence == first.last_sequence + 1
+    streamed = t.StreamEvents(iter([*batch, batch[0], pb.Event(user_id="gina", item_id="i05")]), metadata=AUTH)
+    assert streamed.duplicates == 4 and streamed.accepted == 5 and streamed.last_sequence == again.last_sequence + 1
+    logged = [e.item_id for e in server.event_log.iter_events() if e.user_id == "gina"]
+    assert logged == ["i03", "i03", "i03", "i04", "i05"]
+    assert server.metrics.registry.get_sample_value("tandem_events_duplicate_total") >= 7
 
 
 def test_similar_get_item_ping_status_reload(stubs, served):
@@ -149,6 +186,24 @@ BAD = [
     ("negative ts", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i",
                                                                                       ts=-5)]), metadata=AUTH),
      "events[0].ts must be epoch seconds >= 0, got -5"),
+    ("NaN price", lambda t: t.Search(pb.SearchRequest(query="x", k=1, filters=pb.Filters(price_min=float("nan")))),
+     "filters.price_min must be a finite number, got nan"),
+    ("ts in 2100", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[
+        pb.Event(user_id="u", item_id="i"), pb.Event(user_id="u", item_id="i", ts=4_102_444_800)]), metadata=AUTH),
+     "events[1].ts 4102444800 is more than 86400 s past the server's clock"),
+    ("ts in milliseconds", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[
+        pb.Event(user_id="u", item_id="i", ts=NOW * 1000)] * 3), metadata=AUTH),
+     f"events[0].ts {NOW * 1000} is more than 86400 s past the server's clock"),
+    ("infinite value", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[
+        pb.Event(user_id="u", item_id="i", event="rate", value=float("inf"))]), metadata=AUTH),
+     "events[0].value must be a finite number, got inf"),
+    ("stream ts in 5138", lambda t: t.StreamEvents(iter([pb.Event(user_id="u", item_id="i"),
+                                                         pb.Event(user_id="u", item_id="i", ts=99_999_999_999)]),
+                                                   metadata=AUTH),
+     "events[1].ts 99999999999 is more than 86400 s past"),
+    ("long event_id", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[
+        pb.Event(user_id="u", item_id="i", event_id="e" * 257)]), metadata=AUTH),
+     "events[0].event_id must be at most 256 characters"),
     ("long event id", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i" * 257)]),
                                                metadata=AUTH), "events[0].item_id must be at most 256 characters"),
 ]
@@ -164,6 +219,25 @@ def test_bad_input_is_invalid_argument_naming_the_field(stubs, served, name, cal
     assert err.value.details().startswith(message), err.value.details()
     assert served[0].event_log.position() == position  # nothing of a refused batch is logged
     assert t.Ping(pb.PingRequest(payload=b"ok")).payload == b"ok"
+
+
+def test_refused_events_are_counted_by_reason(stubs, served):
+    t, _ = stubs
+    reg = served[0].metrics.registry
+
+    def refused(reason):
+        return reg.get_sample_value("tandem_events_refused_total", {"reason": reason}) or 0
+
+    before = {r: refused(r) for r in ("ts_future", "ts_negative", "value_not_finite")}
+    with pytest.raises(grpc.RpcError) as err:
+        t.RecordEvents(pb.RecordEventsRequest(events=[
+            pb.Event(user_id="u", item_id="i", ts=4_102_444_800), pb.Event(user_id="u", item_id="i", ts=-1),
+            pb.Event(user_id="u", item_id="i", ts=4_102_444_801), pb.Event(user_id="u", item_id="i", value=float("nan")),
+            pb.Event(user_id="u", item_id="i")]), metadata=AUTH)
+    assert "(and 3 more refused events)" in err.value.details()
+    assert refused("ts_future") == before["ts_future"] + 2
+    assert refused("ts_negative") == before["ts_negative"] + 1
+    assert refused("value_not_finite") == before["value_not_finite"] + 1
 
 
 def test_reload_bad_version_name_is_invalid_argument(stubs):
