@@ -127,6 +127,9 @@ class _Calls:
         if not self._slots.acquire(timeout=None if remaining is None else max(0.0, remaining)):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a compute slot")
         try:
+            gone = _gone(context)
+            if gone is not None:  # cancelled while it waited: spend no compute on it
+                context.abort(gone, "the client went away while the request waited for a compute slot")
             yield
         finally:
             self._slots.release()
@@ -154,7 +157,9 @@ class _Calls:
             if remaining is not None and remaining <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
                 context.abort(code, "deadline exceeded before the request was handled")
-            return fn()
+            result = fn()
+            code = _gone(context) or code  # the answer was computed, but nobody was waiting for it
+            return result
         except convert.InvalidArgument as exc:
             code = grpc.StatusCode.INVALID_ARGUMENT
             context.abort(code, str(exc))
@@ -165,6 +170,10 @@ class _Calls:
         except Exception as exc:
             if context.code() is not None:  # context.abort() above or in fn already set the status
                 code = context.code()
+                raise
+            gone = _gone(context)
+            if gone is not None:  # e.g. reading a stream the client cancelled: not a server fault
+                code = gone
                 raise
             code = grpc.StatusCode.INTERNAL
             error_id = uuid.uuid4().hex[:12]
@@ -177,6 +186,19 @@ class _Calls:
             self.metrics.responses.labels(rpc, code.name).inc()
             log_fields(rpc_log, logging.INFO, "rpc", rpc=rpc, request_id=request_id, status=code.name,
                        latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}))
+
+
+def _gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """DEADLINE_EXCEEDED or CANCELLED when the client no longer waits for this call, else None.
+
+    gRPC answers such a call with that status whatever the handler returns; the server's logs
+    and metrics must say the same."""
+    if context.is_active():
+        return None
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
 
 
 class TandemServicer(pb_grpc.TandemServicer):

@@ -217,6 +217,55 @@ def test_client_deadline_is_honoured(stubs):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 0.5
 
 
+def responses(server, rpc, code) -> float:
+    value = server.metrics.registry.get_sample_value("tandem_rpc_responses_total", {"rpc": rpc, "code": code})
+    return value or 0.0
+
+
+def wait_for(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_expired_and_cancelled_requests_are_counted_and_logged_as_such(stubs, served, caplog):
+    """The engine finishes after the client gave up: the server must not call that OK."""
+    t, _ = stubs
+    server = served[0]
+    before = {(rpc, code): responses(server, rpc, code) for rpc in ("Search", "StreamEvents")
+              for code in ("OK", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL")}
+
+    def statuses():
+        return {r.fields["request_id"]: r.fields["status"] for r in caplog.records
+                if getattr(r, "fields", {}).get("request_id") in ("late", "gone")}
+
+    def stalled_stream():
+        yield pb.Event(user_id="s", item_id="i01")
+        time.sleep(3)  # the client cancels meanwhile
+
+    with caplog.at_level(logging.INFO, logger="tandem.server"):
+        with pytest.raises(grpc.RpcError) as err:
+            t.Search(pb.SearchRequest(query="sleep 0.5 red", k=1, request_id="late"), timeout=0.1)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        future = t.Search.future(pb.SearchRequest(query="sleep 0.5 red", k=1, request_id="gone"), timeout=10)
+        time.sleep(0.2)
+        future.cancel()
+        stream = t.StreamEvents.future(stalled_stream(), metadata=AUTH, timeout=10)
+        time.sleep(0.3)
+        stream.cancel()
+        wait_for(lambda: len(statuses()) == 2
+                 and responses(server, "StreamEvents", "CANCELLED") > before["StreamEvents", "CANCELLED"])
+    assert statuses() == {"late": "DEADLINE_EXCEEDED", "gone": "CANCELLED"}
+    after = {key: responses(server, *key) for key in before}
+    # (>=: an earlier test's abandoned Search may still be finishing; the log lines above are exact)
+    assert after["Search", "DEADLINE_EXCEEDED"] >= before["Search", "DEADLINE_EXCEEDED"] + 1
+    assert after["Search", "CANCELLED"] == before["Search", "CANCELLED"] + 1
+    assert after["StreamEvents", "CANCELLED"] == before["StreamEvents", "CANCELLED"] + 1
+    assert after["StreamEvents", "INTERNAL"] == before["StreamEvents", "INTERNAL"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client going away is no error
+
+
 @pytest.mark.parametrize("metadata", [None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]])
 def test_token_required_for_events_and_admin(stubs, served, metadata):
     t, admin = stubs
