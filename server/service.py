@@ -43,6 +43,7 @@ rpc_log = logging.getLogger("tandem.server.rpc")
 SERVICE_NAMES: tuple[str, ...] = (pb.DESCRIPTOR.services_by_name["Tandem"].full_name,
                                   pb.DESCRIPTOR.services_by_name["TandemAdmin"].full_name)
 
+_OWN_METHODS = tuple(f"/{name}/" for name in SERVICE_NAMES)
 _STREAM_BATCH = 1000
 _LAG_SAMPLE = 100  # events per batch whose visible lag is observed
 
@@ -151,7 +152,7 @@ class _Calls:
     def run(self, rpc: str, context: grpc.ServicerContext, request_id: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
-        error_id = None
+        error_id = error = None
         try:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
@@ -161,8 +162,8 @@ class _Calls:
             code = _gone(context) or code  # the answer was computed, but nobody was waiting for it
             return result
         except convert.InvalidArgument as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            context.abort(code, str(exc))
+            code, error = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            context.abort(code, error)
         except UnknownItemError as exc:
             code = grpc.StatusCode.NOT_FOUND
             version = getattr(self.manager.engine, "version", "?")
@@ -185,7 +186,8 @@ class _Calls:
             self.metrics.latency.labels(rpc).observe(dt)
             self.metrics.responses.labels(rpc, code.name).inc()
             log_fields(rpc_log, logging.INFO, "rpc", rpc=rpc, request_id=request_id, status=code.name,
-                       latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}))
+                       latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}),
+                       **({"error": error} if error else {}))
 
 
 def _gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
@@ -199,6 +201,67 @@ def _gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
     if remaining is not None and remaining <= 0:
         return grpc.StatusCode.DEADLINE_EXCEEDED
     return grpc.StatusCode.CANCELLED
+
+
+class _Malformed:
+    """What a request message deserializes to when its bytes are not a valid message (so that
+    the servicer, not gRPC, answers it: gRPC would say INTERNAL and log a traceback)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, type_name: str, exc: Exception) -> None:
+        reason = str(exc).rsplit("': ", 1)[-1] or type(exc).__name__
+        self.message = f"is not a valid {type_name} message ({reason})"
+
+
+def _raise_malformed(request: _Malformed) -> None:
+    raise convert.InvalidArgument(f"the request {request.message}")
+
+
+class _DecodeGuard(grpc.ServerInterceptor):
+    """Parses the Tandem services' request messages itself: malformed protobuf bytes or a string
+    field that is not UTF-8 become INVALID_ARGUMENT through :meth:`_Calls.run` (counted, one
+    log line). A stream's malformed message reaches the servicer as a :class:`_Malformed`."""
+
+    def __init__(self, calls: _Calls) -> None:
+        self.calls = calls
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if not method.startswith(_OWN_METHODS):
+            return continuation(handler_call_details)
+        if method not in self._handlers:  # the method lookup behind this interceptor is static
+            self._handlers[method] = self._wrap(method, continuation(handler_call_details))
+        return self._handlers[method]
+
+    def _wrap(self, method: str, handler):
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        kind = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        type_name = kind.full_name if kind is not None else "request"
+
+        def safe_parse(raw: bytes):
+            try:
+                return parse(raw)
+            except Exception as exc:  # noqa: BLE001 - DecodeError, or anything a parser raises
+                return _Malformed(type_name, exc)
+
+        if handler.unary_unary is not None:
+            rpc, inner = method.rsplit("/", 1)[-1], handler.unary_unary
+
+            def unary(request, context):
+                if isinstance(request, _Malformed):
+                    return self.calls.run(rpc, context, "", lambda: _raise_malformed(request))
+                return inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=safe_parse,
+                                                       response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(handler.stream_unary, request_deserializer=safe_parse,
+                                                        response_serializer=handler.response_serializer)
+        return handler
 
 
 class TandemServicer(pb_grpc.TandemServicer):
@@ -263,6 +326,8 @@ class TandemServicer(pb_grpc.TandemServicer):
 
             for i, msg in enumerate(request_iterator):
                 try:
+                    if isinstance(msg, _Malformed):
+                        raise convert.InvalidArgument(f"events[{i}] {msg.message}")
                     batch.append(convert.event_from_pb(msg, f"events[{i}]", now))
                 except convert.InvalidArgument as exc:
                     # earlier events are already durable; say so, so the client can resume after them
@@ -355,12 +420,14 @@ class TandemServer:
             self.event_log.close()
             raise RuntimeError(f"cannot serve: no usable bundle under {self.config.bundles} ({error})")
         cfg = self.config
+        calls = _Calls(self.manager, self.metrics, cfg.compute_slots)
+        # the token check first: a denied call's bytes are never parsed
         interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
+        interceptors.append(_DecodeGuard(calls))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
                                   interceptors=interceptors,
                                   options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
                                            ("grpc.so_reuseport", 0)])
-        calls = _Calls(self.manager, self.metrics, cfg.compute_slots)
         pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log), self.server)
         pb_grpc.add_TandemAdminServicer_to_server(AdminServicer(calls, self.event_log, time.time()), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

@@ -266,6 +266,47 @@ def test_expired_and_cancelled_requests_are_counted_and_logged_as_such(stubs, se
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client going away is no error
 
 
+MALFORMED = [
+    ("Search", b"\x0a\x02\xc3\x28\x18\x05", "tandem.v1.SearchRequest message (String field had bad UTF-8)"),
+    ("Search", b"\x0a\x05abc", "tandem.v1.SearchRequest message (Wire format was corrupt)"),
+    ("Recommend", b"\xff\xff\xff\xff", "tandem.v1.RecommendRequest message (Wire format was corrupt)"),
+    ("GetItem", b"\x0a\x01\xff", "tandem.v1.GetItemRequest message (String field had bad UTF-8)"),
+]
+
+
+@pytest.mark.parametrize(("rpc", "raw", "message"), MALFORMED, ids=["bad utf-8", "truncated", "garbage", "item"])
+def test_malformed_request_bytes_are_invalid_argument_counted_and_logged_once(served, caplog, rpc, raw, message):
+    """Bytes that are no valid message (sent raw through a generic call) got INTERNAL "Exception
+    deserializing request!", a traceback in the log and no metric."""
+    server, channel, _ = served
+    call = channel.unary_unary(f"/tandem.v1.Tandem/{rpc}")  # no serializers: the bytes go as they are
+    before = responses(server, rpc, "INVALID_ARGUMENT")
+    with caplog.at_level(logging.INFO), pytest.raises(grpc.RpcError) as err:
+        call(raw, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"the request is not a valid {message}"
+    assert responses(server, rpc, "INVALID_ARGUMENT") == before + 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("rpc") == rpc]
+    assert len(lines) == 1 and lines[0].fields["status"] == "INVALID_ARGUMENT"
+    assert message in lines[0].fields["error"]
+    assert pb_grpc.TandemStub(channel).Search(pb.SearchRequest(query="red", k=1)).items  # serving on
+
+
+def test_malformed_event_in_a_stream_names_it_and_keeps_the_ones_before(served, caplog):
+    server, channel, _ = served
+    call = channel.stream_unary("/tandem.v1.Tandem/StreamEvents")
+    position = server.event_log.position()
+    good = pb.Event(user_id="raw", item_id="i01").SerializeToString()
+    with caplog.at_level(logging.INFO), pytest.raises(grpc.RpcError) as err:
+        call(iter([good, good, b"\x0a\x01\xff"]), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("events[2] is not a valid tandem.v1.Event message (String field had bad UTF-8); "
+                                   f"the 2 events before it were accepted (event log position {position + 2})")
+    assert server.event_log.position() == position + 2
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("metadata", [None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]])
 def test_token_required_for_events_and_admin(stubs, served, metadata):
     t, admin = stubs
