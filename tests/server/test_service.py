@@ -222,7 +222,7 @@ def responses(server, rpc, code) -> float:
     return value or 0.0
 
 
-def wait_for(predicate, timeout=5.0):
+def wait_for(predicate, timeout=15.0):
     deadline = time.monotonic() + timeout
     while not predicate():
         assert time.monotonic() < deadline, "timed out"
