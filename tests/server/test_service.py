@@ -328,6 +328,24 @@ def test_token_required_for_events_and_admin(stubs, served, metadata):
     assert admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH).items == 20
 
 
+@pytest.mark.parametrize("metadata", [AUTH * 2, [*AUTH, ("authorization", "Bearer wrong")],
+                                      [("authorization", "Bearer wrong"), *AUTH]])
+def test_several_authorization_headers_are_refused(stubs, served, metadata):
+    """Only the first header was read, so a right token followed by a wrong one passed."""
+    t, admin = stubs
+    position = served[0].event_log.position()
+    denied = responses(served[0], "RecordEvents", "UNAUTHENTICATED")
+    with pytest.raises(grpc.RpcError) as err:
+        t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="x", item_id="i01")]), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.value.details().startswith("2 authorization headers: send exactly one")
+    assert served[0].event_log.position() == position
+    assert responses(served[0], "RecordEvents", "UNAUTHENTICATED") == denied + 1
+    with pytest.raises(grpc.RpcError) as err:
+        admin.GetStatus(pb.GetStatusRequest(), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
 def test_health_serving_and_reflection_lists_services(served):
     _, channel, _ = served
     health = health_pb2_grpc.HealthStub(channel)
