@@ -35,7 +35,6 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise ValueError("--token must not be empty")
         self._expected = f"Bearer {token}".encode()
         self._on_denied = on_denied
-
         self._deny = {_DENIED: self._handlers(_DENIED)}
 
     @staticmethod

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from ranking.api import Engine, RecommendRequest, SearchRequest, SimilarRequest
-from retrieval.bundle import current_bundle
+from retrieval.bundle import current_bundle, list_bundles
 from retrieval.data import Event
 from server.event_log import EventLog
 
@@ -120,6 +120,17 @@ class BundleManager:
         if batch:
             applied += engine.record_events(batch)
         return applied
+
+    def bundle_folder(self, version: str) -> Path:
+        """``<root>/<version>`` when it is a bundle folder (one holding a manifest); else
+        ValueError naming the field and the bundles there are (``CURRENT``, the event log or a
+        missing folder are refused here, before anything is loaded)."""
+        folder = self.root / check_version_name(version)
+        if not (folder / "manifest.json").is_file():
+            there = list_bundles(self.root)
+            raise ValueError(f"version {version!r} is not a bundle folder under {self.root}; bundles there: "
+                             + (", ".join(there[-10:]) if there else "none"))
+        return folder
 
     def _resolve(self, version: str | None) -> Path:
         if version:

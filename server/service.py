@@ -29,7 +29,7 @@ from server import convert
 from server._generated import tandem_pb2 as pb
 from server._generated import tandem_pb2_grpc as pb_grpc
 from server.auth import AuthInterceptor
-from server.bundle_manager import BundleManager, check_version_name
+from server.bundle_manager import BundleManager
 from server.event_log import EventLog
 from server.logs import log_fields
 from server.metrics import ServiceMetrics
@@ -367,7 +367,7 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
             version = request.version or None
             if version is not None:
                 try:
-                    check_version_name(version)
+                    self.calls.manager.bundle_folder(version)
                 except ValueError as exc:
                     raise convert.InvalidArgument(str(exc)) from None
             swapped, error = self.calls.manager.reload(version)

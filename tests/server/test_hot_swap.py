@@ -109,15 +109,16 @@ def test_corrupted_bundle_refused_old_keeps_serving(tmp_path, serve):
     assert t.Search(pb.SearchRequest(query="red", k=2)).bundle_version == "v1"
     r = admin.ReloadBundle(pb.ReloadBundleRequest(version="v2"))
     assert not r.swapped and r.version == "v1" and "checksum mismatch" in r.error
-    r = admin.ReloadBundle(pb.ReloadBundleRequest(version="v9"))
-    assert not r.swapped and "no bundle 'v9'" in r.error
+    with pytest.raises(grpc.RpcError) as err:  # no such folder: refused before anything is tried
+        admin.ReloadBundle(pb.ReloadBundleRequest(version="v9"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'v9' is not a bundle folder" in err.value.details()
     # a good bundle afterwards is taken, and the error clears
     write_fake_bundle(root, version="v3")
     assert wait_for(lambda: server.manager.engine.version == "v3")
     assert admin.GetStatus(pb.GetStatusRequest()).last_reload_error == ""
     r = admin.ReloadBundle(pb.ReloadBundleRequest(version="v1"))
     assert r.swapped and r.version == "v1" and t.Ping(pb.PingRequest()).payload == b""
-    assert server.metrics.refused._value.get() == 3 and server.metrics.swaps._value.get() == 3
+    assert server.metrics.refused._value.get() == 2 and server.metrics.swaps._value.get() == 3
 
 
 def test_any_loader_failure_refuses_and_the_watcher_survives(tmp_path):

@@ -173,6 +173,18 @@ def test_reload_bad_version_name_is_invalid_argument(stubs):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("version must be")
 
 
+@pytest.mark.parametrize("version", ["CURRENT", "events.sqlite3", "no-such-version"])
+def test_reload_of_what_is_no_bundle_folder_is_invalid_argument(stubs, served, version):
+    """It answered OK with an error string (and counted a refused bundle)."""
+    _, admin = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        admin.ReloadBundle(pb.ReloadBundleRequest(version=version), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (f"version {version!r} is not a bundle folder under {served[0].config.bundles}; "
+                                   f"bundles there: {served[2].name}")
+    assert admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH).last_reload_error == ""
+
+
 @pytest.mark.parametrize("call", [
     lambda t: t.SimilarItems(pb.SimilarItemsRequest(item_id="nope", k=3)),
     lambda t: t.GetItem(pb.GetItemRequest(item_id="nope")),
