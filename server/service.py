@@ -387,6 +387,26 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
         return self.calls.run("GetStatus", context, "", go)
 
 
+def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    """The server credentials of a PEM certificate (chain) and its private key. Each file is
+    checked first, so that a bad one is named (gRPC only fails to bind the port)."""
+    import ssl
+
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=str(cert))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise RuntimeError(f"--tls-cert {cert} holds no PEM certificate that can be read ({exc}); give the "
+                           "certificate (chain) file, '-----BEGIN CERTIFICATE-----' ...") from None
+    try:
+        # an encrypted key gets an empty password instead of a prompt on the terminal
+        context.load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise RuntimeError(f"--tls-key {key} is not the PEM private key of --tls-cert {cert} ({exc}); give the "
+                           "unencrypted key the certificate was made with") from None
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
+
+
 class TandemServer:
     """Assembles and runs the service; ``start()`` returns once the first bundle serves."""
 
@@ -415,11 +435,16 @@ class TandemServer:
 
     def start(self) -> int:
         """Load the current bundle (replaying the event log), bind, serve; returns the gRPC port."""
+        cfg = self.config
+        try:  # before the (slow) bundle load: a bad file fails at once
+            creds = _tls_credentials(Path(cfg.tls_cert), Path(cfg.tls_key)) if cfg.tls_cert is not None else None
+        except RuntimeError:
+            self.event_log.close()
+            raise
         _, error = self.manager.reload()
         if self.manager.engine is None:
             self.event_log.close()
             raise RuntimeError(f"cannot serve: no usable bundle under {self.config.bundles} ({error})")
-        cfg = self.config
         calls = _Calls(self.manager, self.metrics, cfg.compute_slots)
         # the token check first: a denied call's bytes are never parsed
         interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
@@ -436,8 +461,7 @@ class TandemServer:
         reflection.enable_server_reflection(names, self.server)
         address = f"{cfg.host}:{cfg.port}"
         try:
-            if cfg.tls_cert is not None:
-                creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+            if creds is not None:
                 self.port = self.server.add_secure_port(address, creds)
             else:
                 self.port = self.server.add_insecure_port(address)

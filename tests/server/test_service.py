@@ -3,6 +3,8 @@ field names, NOT_FOUND, INTERNAL with an error id, auth, health, reflection, met
 
 import json
 import logging
+import shutil
+import subprocess
 import threading
 import time
 import urllib.request
@@ -406,6 +408,40 @@ def test_config_is_validated():
         ServerConfig(bundles="b", user_memos=-1)
     with pytest.raises(ValueError, match="--token must not be empty"):
         ServerConfig(bundles="b", token=" ")
+
+
+def _self_signed(folder, name):
+    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_a_bad_tls_file_is_named_at_start(tmp_path):
+    """Each of these said 'could not bind ...; is another server on that port?'."""
+    write_fake_bundle(tmp_path / "bundles")
+    cert, key = _self_signed(tmp_path, "a")
+    other_cert, other_key = _self_signed(tmp_path, "b")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    cases = [
+        (junk, key, f"--tls-cert {junk} holds no PEM certificate"),
+        (key, key, f"--tls-cert {key} holds no PEM certificate"),
+        (cert, junk, f"--tls-key {junk} is not the PEM private key of --tls-cert {cert}"),
+        (cert, other_key, f"--tls-key {other_key} is not the PEM private key of --tls-cert {cert}"),
+    ]
+    for tls_cert, tls_key, message in cases:
+        server = TandemServer(ServerConfig(bundles=tmp_path / "bundles", port=0, tls_cert=tls_cert, tls_key=tls_key),
+                              load_fake_engine)
+        with pytest.raises(RuntimeError) as err:
+            server.start()
+        assert str(err.value).startswith(message) and "another server" not in str(err.value)
+        server.stop(0)
+    server = TandemServer(ServerConfig(bundles=tmp_path / "bundles", port=0, tls_cert=other_cert, tls_key=other_key),
+                          load_fake_engine)
+    assert server.start() > 0  # the matching pair serves
+    server.stop(0)
 
 
 def test_no_bundle_refuses_to_start(tmp_path):
