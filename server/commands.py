@@ -50,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "active computed at load; about 10 KB each (default 50000; 0: none)")
     s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
+    s.add_argument("--handshake-timeout", type=float, metavar="SECONDS",
+                   help="close a connection that has not completed its handshake by then (default 10)")
+    s.add_argument("--idle-timeout", type=float, metavar="SECONDS",
+                   help="close a connection without calls for this long; clients reconnect (default 300)")
+    s.add_argument("--keepalive-time", type=float, metavar="SECONDS",
+                   help="ping a quiet connection after this long (default 60) ...")
+    s.add_argument("--keepalive-timeout", type=float, metavar="SECONDS",
+                   help="... and close it unless the ping is answered within this (default 20)")
+    s.add_argument("--min-ping-interval", type=float, metavar="SECONDS",
+                   help="clients may ping at most this often; faster ones get GOAWAY (default 10)")
     s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
                    help="function(bundle_folder) -> engine; a testing/extension hook (default: Tandem's pipeline)")
     s.set_defaults(handler=_serve)
@@ -110,6 +120,9 @@ def _serve(args: argparse.Namespace) -> int:
         kwargs["compute_slots"] = args.compute_slots
     if args.user_memos is not None:
         kwargs["user_memos"] = args.user_memos
+    for flag in ("handshake_timeout", "idle_timeout", "keepalive_time", "keepalive_timeout", "min_ping_interval"):
+        if getattr(args, flag) is not None:
+            kwargs[f"{flag}_s"] = getattr(args, flag)
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
                           tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, **kwargs)

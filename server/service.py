@@ -79,6 +79,16 @@ class ServerConfig:
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
+    #: a connection that has not finished the TLS/HTTP/2 handshake by then is closed
+    handshake_timeout_s: float = 10.0
+    #: a connection with no call for this long gets GOAWAY and is closed (clients reconnect)
+    idle_timeout_s: float = 300.0
+    #: the server pings a connection quiet for this long and closes it unless the ping is
+    #: answered within ``keepalive_timeout_s`` (a peer that vanished without closing)
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    #: clients may ping at most this often (a client pinging faster gets GOAWAY)
+    min_ping_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -99,8 +109,24 @@ class ServerConfig:
             raise ValueError(f"--compute-slots must be >= 1, got {self.compute_slots}")
         if self.user_memos < 0:
             raise ValueError(f"--user-memos must be >= 0, got {self.user_memos}")
+        for name in ("handshake_timeout_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
+                     "min_ping_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be > 0 seconds, "
+                                 f"got {getattr(self, name)}")
         if self.watch_interval_s <= 0 or self.grace_s < 0:
             raise ValueError("watch_interval_s must be > 0 and grace_s >= 0")
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The gRPC server channel arguments these settings stand for."""
+        ms = lambda seconds: max(1, round(seconds * 1000))  # noqa: E731
+        return [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout_s)),
+                ("grpc.max_connection_idle_ms", ms(self.idle_timeout_s)),
+                ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
+                ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+                ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_ping_interval_s))]
 
     @property
     def event_log_path(self) -> Path:
@@ -450,9 +476,7 @@ class TandemServer:
         interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
         interceptors.append(_DecodeGuard(calls))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
-                                  interceptors=interceptors,
-                                  options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
-                                           ("grpc.so_reuseport", 0)])
+                                  interceptors=interceptors, options=cfg.grpc_options())
         pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log), self.server)
         pb_grpc.add_TandemAdminServicer_to_server(AdminServicer(calls, self.event_log, time.time()), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

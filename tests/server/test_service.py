@@ -4,6 +4,7 @@ field names, NOT_FOUND, INTERNAL with an error id, auth, health, reflection, met
 import json
 import logging
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -442,6 +443,54 @@ def test_a_bad_tls_file_is_named_at_start(tmp_path):
                           load_fake_engine)
     assert server.start() > 0  # the matching pair serves
     server.stop(0)
+
+
+def _closed_after(port, preface: bytes, limit: float = 10.0) -> float | None:
+    """Seconds until the server closes a socket that sent ``preface`` and then nothing (None: held)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(0.2)
+        sock.sendall(preface)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            try:
+                if sock.recv(4096) == b"":
+                    return time.monotonic() - t0
+            except socket.timeout:
+                continue
+            except ConnectionResetError:
+                return time.monotonic() - t0
+    return None
+
+
+def test_idle_connections_are_closed_and_clients_reconnect(tmp_path):
+    """A socket that never says anything was held for ever (gRPC's own handshake limit is 120 s),
+    and so was an HTTP/2 connection that never sends a call."""
+    write_fake_bundle(tmp_path)
+    server = TandemServer(ServerConfig(bundles=tmp_path, port=0, handshake_timeout_s=0.5, idle_timeout_s=0.5),
+                          load_fake_engine)
+    port = server.start()
+    try:
+        silent = _closed_after(port, b"")
+        http2_idle = _closed_after(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5))
+        assert silent is not None and silent < 3 and http2_idle is not None and http2_idle < 3
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            t = pb_grpc.TandemStub(channel)
+            assert t.Ping(pb.PingRequest(payload=b"1"), timeout=5).payload == b"1"
+            time.sleep(1.2)  # the server closed the idle connection meanwhile
+            assert t.Ping(pb.PingRequest(payload=b"2"), timeout=5).payload == b"2"
+    finally:
+        server.stop(0)
+
+
+def test_connection_limits_have_sane_defaults_and_are_validated():
+    cfg = ServerConfig(bundles="b")
+    assert (cfg.handshake_timeout_s, cfg.idle_timeout_s, cfg.keepalive_time_s, cfg.keepalive_timeout_s,
+            cfg.min_ping_interval_s) == (10.0, 300.0, 60.0, 20.0, 10.0)
+    for name in ("handshake_timeout_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
+                 "min_ping_interval_s"):
+        flag = "--" + name.removesuffix("_s").replace("_", "-")
+        with pytest.raises(ValueError, match=f"{flag} must be > 0 seconds, got 0"):
+            ServerConfig(bundles="b", **{name: 0})
 
 
 def test_no_bundle_refuses_to_start(tmp_path):
