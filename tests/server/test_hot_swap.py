@@ -203,13 +203,17 @@ def test_every_request_path_is_computed_before_the_engine_serves(tmp_path):
 
     def loader(folder):
         engine = load_fake_engine(folder)
-        for name in ("search", "recommend", "similar_items"):
-            def spy(request, _name=name, _real=getattr(engine, name)):
-                serving = managers[0].engine is engine
-                calls.append((engine.version, _name, serving, request))
-                return _real(request)
+        def spy(name):
+            real = getattr(engine, name)
 
-            setattr(engine, name, spy)
+            def call(request):
+                calls.append((engine.version, name, managers[0].engine is engine, request))
+                return real(request)
+
+            return call
+
+        for name in ("search", "recommend", "similar_items"):
+            setattr(engine, name, spy(name))
         return engine
 
     managers.append(BundleManager(root, loader, None))

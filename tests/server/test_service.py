@@ -455,7 +455,7 @@ def _closed_after(port, preface: bytes, limit: float = 10.0) -> float | None:
             try:
                 if sock.recv(4096) == b"":
                     return time.monotonic() - t0
-            except socket.timeout:
+            except TimeoutError:
                 continue
             except ConnectionResetError:
                 return time.monotonic() - t0
