@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
@@ -81,11 +82,13 @@ class TextEncoderConfig:
 
 
 class TextEncoder:
-    """A frozen sentence encoder; the model is loaded on first use."""
+    """A frozen sentence encoder; the model is loaded on first use (once, even when several
+    threads ask at the same time)."""
 
     def __init__(self, config: TextEncoderConfig | None = None) -> None:
         self.config = config or TextEncoderConfig()
         self._model: Any = None
+        self._load_lock = threading.Lock()
 
     @property
     def model_id(self) -> str:
@@ -106,7 +109,11 @@ class TextEncoder:
         return int(getter())
 
     def _load(self) -> Any:
-        if self._model is None:
+        if self._model is not None:
+            return self._model
+        with self._load_lock:  # without it, every thread that arrives first loads its own copy
+            if self._model is not None:
+                return self._model
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             from sentence_transformers import SentenceTransformer
 
@@ -176,6 +183,7 @@ class TextSource:
         self.vectors: np.ndarray | None = None
         self._index: Any = None
         self._cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._cache_lock = threading.Lock()  # requests search from several threads at once
         #: how the ANN index is chosen and tuned (set before fit)
         self.ann_config = AnnConfig()
 
@@ -199,7 +207,8 @@ class TextSource:
             )
         self.vectors = vectors
         self._index = _build_index(vectors, self.ann_config) if len(vectors) else None
-        self._cache.clear()
+        with self._cache_lock:
+            self._cache.clear()
         return self
 
     def index_info(self) -> dict:
@@ -208,17 +217,20 @@ class TextSource:
 
     # -- answering -----------------------------------------------------------------------
     def encode_query(self, query: str) -> np.ndarray:
-        """The query's vector, float32 (d,), from a small LRU cache when seen recently."""
+        """The query's vector, float32 (d,), from a small LRU cache when seen recently.
+        Thread-safe: the cache is read and updated under a lock; the encoding runs outside it."""
         key = query.strip()
-        hit = self._cache.get(key)
-        if hit is not None:
-            self._cache.move_to_end(key)
-            return hit
+        with self._cache_lock:
+            hit = self._cache.get(key)
+            if hit is not None:
+                self._cache.move_to_end(key)
+                return hit
         vec = self.encoder.encode([key])[0]
         if self.config.cache_size:
-            self._cache[key] = vec
-            while len(self._cache) > self.config.cache_size:
-                self._cache.popitem(last=False)
+            with self._cache_lock:
+                self._cache[key] = vec
+                while len(self._cache) > self.config.cache_size:
+                    self._cache.popitem(last=False)
         return vec
 
     def history_vector(self, history: np.ndarray) -> np.ndarray | None:

@@ -20,10 +20,12 @@ PROTECTED_PREFIXES: tuple[str, ...] = (
 )
 
 _DENIED = "missing or wrong bearer token: send metadata 'authorization: Bearer <token>' (tandem ... --token T)"
+_SEVERAL = "{n} authorization headers: send exactly one, 'authorization: Bearer <token>'"
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Answers UNAUTHENTICATED unless the call carries ``authorization: Bearer <token>``.
+    """Answers UNAUTHENTICATED unless the call carries ``authorization: Bearer <token>``, once
+    (a call with several ``authorization`` headers is refused whatever they hold).
 
     ``on_denied(method)`` is called for each refused call (the server counts them in metrics).
     """
@@ -33,24 +35,32 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise ValueError("--token must not be empty")
         self._expected = f"Bearer {token}".encode()
         self._on_denied = on_denied
+        self._deny = {_DENIED: self._handlers(_DENIED)}
 
+    @staticmethod
+    def _handlers(message: str) -> tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]:
         def deny(request, context):  # noqa: ARG001 - the signature gRPC expects
-            context.abort(grpc.StatusCode.UNAUTHENTICATED, _DENIED)
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
 
-        self._deny_unary = grpc.unary_unary_rpc_method_handler(deny)
-        self._deny_stream = grpc.stream_unary_rpc_method_handler(deny)
+        return grpc.unary_unary_rpc_method_handler(deny), grpc.stream_unary_rpc_method_handler(deny)
 
-    def _allowed(self, metadata) -> bool:
-        for key, value in metadata or ():
-            if key == "authorization":
-                got = value.encode() if isinstance(value, str) else bytes(value)
-                return hmac.compare_digest(got, self._expected)
-        return False
+    def _refusal(self, metadata) -> str | None:
+        """Why the call is refused, or None when it carries exactly one header with the token."""
+        values = [value for key, value in metadata or () if key == "authorization"]
+        if len(values) > 1:  # which one would count? A proxy may have added one: refuse them all
+            return _SEVERAL.format(n=len(values))
+        if not values:
+            return _DENIED
+        got = values[0].encode() if isinstance(values[0], str) else bytes(values[0])
+        return None if hmac.compare_digest(got, self._expected) else _DENIED
 
     def intercept_service(self, continuation, handler_call_details):
         method = handler_call_details.method
-        if method.startswith(PROTECTED_PREFIXES) and not self._allowed(handler_call_details.invocation_metadata):
-            if self._on_denied is not None:
-                self._on_denied(method)
-            return self._deny_stream if method.endswith("/StreamEvents") else self._deny_unary
+        if method.startswith(PROTECTED_PREFIXES):
+            refusal = self._refusal(handler_call_details.invocation_metadata)
+            if refusal is not None:
+                if self._on_denied is not None:
+                    self._on_denied(method)
+                unary, stream = self._deny.get(refusal) or self._handlers(refusal)
+                return stream if method.endswith("/StreamEvents") else unary
         return continuation(handler_call_details)

@@ -5,6 +5,11 @@ loading is refused and the old engine keeps serving. The manifest is checked aga
 here whatever the engine loader does, and an engine must report the folder's name as its version
 (the name GetStatus, responses, metrics and logs give).
 
+Ready means ready: before an engine serves (at start, so before health says SERVING, and on
+every swap) it answers one Search, one Recommend and one SimilarItems built from its own
+catalog (:func:`warm_request_paths`), so that nothing a request needs (the query encoder, the
+ranker, compiled loops) is loaded by the first client. An engine that fails them is refused.
+
 Event ingestion goes through :meth:`BundleManager.record` so that a swap cannot lose an event:
 the bulk of the replay runs while requests and ingestion go on; the last stretch of the log
 (events appended during that replay) is applied under the ingestion lock, and the reference is
@@ -21,12 +26,12 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ranking.api import Engine
-from retrieval.bundle import BundleError, current_bundle, read_manifest
+from ranking.api import Engine, RecommendRequest, SearchRequest, SimilarRequest
+from retrieval.bundle import BundleError, current_bundle, list_bundles, read_manifest
 from retrieval.data import Event
 from server.event_log import EventLog
 
-__all__ = ["BundleManager", "check_version_name"]
+__all__ = ["BundleManager", "check_version_name", "warm_request_paths"]
 
 log = logging.getLogger("tandem.server.bundles")
 
@@ -39,6 +44,28 @@ def check_version_name(version: str) -> str:
     if not version or "/" in version or "\\" in version or version.startswith(".") or len(version) > 256:
         raise ValueError(f"version must be a bundle folder name under the bundle root, got {version[:80]!r}")
     return version
+
+
+#: the user id of the warm-up's Recommend with a history (sent as request context, never stored)
+_WARM_USER = "tandem-warm-up"
+
+
+def warm_request_paths(engine: Engine) -> str | None:
+    """Answer one request of each kind on ``engine`` through its public API: a cold Recommend
+    (which names a real item), a Search for that item's title, a SimilarItems of it, and a
+    Recommend whose history is that item (sent as context, so no stored state changes). Returns
+    the item used, or None when the engine recommends nothing (an empty catalog). Raises what
+    the engine raises."""
+    cold = engine.recommend(RecommendRequest(user_id=None, k=10))
+    if not cold.items:
+        return None
+    item = cold.items[0]
+    query = " ".join((item.title or engine.get_item(item.item_id).title).split()[:16])[:200] or item.item_id
+    engine.search(SearchRequest(query=query, k=10, explain=True))
+    engine.similar_items(SimilarRequest(item_id=item.item_id, k=10, explain=True))
+    context = (Event(_WARM_USER, item.item_id, int(engine.built_at)),)
+    engine.recommend(RecommendRequest(user_id=None, k=10, context=context, explain=True))
+    return item.item_id
 
 
 def _created_epoch(folder: Path) -> float | None:
@@ -101,6 +128,17 @@ class BundleManager:
             applied += engine.record_events(batch)
         return applied
 
+    def bundle_folder(self, version: str) -> Path:
+        """``<root>/<version>`` when it is a bundle folder (one holding a manifest); else
+        ValueError naming the field and the bundles there are (``CURRENT``, the event log or a
+        missing folder are refused here, before anything is loaded)."""
+        folder = self.root / check_version_name(version)
+        if not (folder / "manifest.json").is_file():
+            there = list_bundles(self.root)
+            raise ValueError(f"version {version!r} is not a bundle folder under {self.root}; bundles there: "
+                             + (", ".join(there[-10:]) if there else "none"))
+        return folder
+
     def _resolve(self, version: str | None) -> Path:
         if version:
             folder = self.root / check_version_name(version)
@@ -141,6 +179,10 @@ class BundleManager:
                     warmed = warm(self.warm_users)
                     log.info("bundle %s: %d users' memos filled in %.1fs", engine.version, warmed,
                              time.perf_counter() - t1)
+                t1 = time.perf_counter()
+                item = warm_request_paths(engine)
+                log.info("bundle %s: Search, Recommend and SimilarItems warmed (item %s) in %.2fs", engine.version,
+                         item, time.perf_counter() - t1)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, the old one serves on
                 return False, self._refuse(target, exc)
             with self._ingest_lock:

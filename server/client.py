@@ -95,7 +95,7 @@ RETRIED_CODES: tuple[str, ...] = ("UNAVAILABLE", "DEADLINE_EXCEEDED")
 
 # "k must be ...", "filters.price_min (3.0) must ...", "events[3].event must ...", "unknown item_id 'x' ..."
 _FIELD_RE = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*(?:\[\d+\])?(?:\.[a-z_][a-z0-9_]*(?:\[\d+\])?)*)"
-                       r"(?: \([^)]*\))? must\b")
+                       r"(?: \([^)]*\)| '[^']*'| -?[0-9][0-9.e+]*)? (?:must|is)\b")
 _UNKNOWN_RE = re.compile(r"^unknown (?P<field>[a-z_][a-z0-9_.]*) '")
 
 

@@ -59,6 +59,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "active computed at load; about 10 KB each (default 50000; 0: none)")
     s.add_argument("--grace", type=float, dest="grace_s", metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
+    s.add_argument("--handshake-timeout", type=float, dest="handshake_timeout_s", metavar="SECONDS",
+                   help="close a connection that has not completed its handshake by then (default 10)")
+    s.add_argument("--idle-timeout", type=float, dest="idle_timeout_s", metavar="SECONDS",
+                   help="close a connection without calls for this long; clients reconnect (default 300)")
+    s.add_argument("--keepalive-time", type=float, dest="keepalive_time_s", metavar="SECONDS",
+                   help="ping a quiet connection after this long (default 60) ...")
+    s.add_argument("--keepalive-timeout", type=float, dest="keepalive_timeout_s", metavar="SECONDS",
+                   help="... and close it unless the ping is answered within this (default 20)")
+    s.add_argument("--min-ping-interval", type=float, dest="min_ping_interval_s", metavar="SECONDS",
+                   help="clients may ping at most this often; faster ones get GOAWAY (default 10)")
     s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
                    help="function(bundle_folder) -> engine; a testing/extension hook "
                    "(default ranking.loader:load_engine, Tandem's pipeline)")

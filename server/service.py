@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
-from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
@@ -31,7 +30,7 @@ from server import convert
 from server._generated import tandem_pb2 as pb
 from server._generated import tandem_pb2_grpc as pb_grpc
 from server.auth import AuthInterceptor
-from server.bundle_manager import BundleManager, check_version_name
+from server.bundle_manager import BundleManager
 from server.event_log import EventLog
 from server.logs import log_fields
 from server.metrics import ServiceMetrics
@@ -45,6 +44,7 @@ rpc_log = logging.getLogger("tandem.server.rpc")
 SERVICE_NAMES: tuple[str, ...] = (pb.DESCRIPTOR.services_by_name["Tandem"].full_name,
                                   pb.DESCRIPTOR.services_by_name["TandemAdmin"].full_name)
 
+_OWN_METHODS = tuple(f"/{name}/" for name in SERVICE_NAMES)
 _LAG_SAMPLE = 100  # events per batch whose visible lag is observed
 
 
@@ -79,6 +79,16 @@ class ServerConfig:
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
+    #: a connection that has not finished the TLS/HTTP/2 handshake by then is closed
+    handshake_timeout_s: float = 10.0
+    #: a connection with no call for this long gets GOAWAY and is closed (clients reconnect)
+    idle_timeout_s: float = 300.0
+    #: the server pings a connection quiet for this long and closes it unless the ping is
+    #: answered within ``keepalive_timeout_s`` (a peer that vanished without closing)
+    keepalive_time_s: float = 60.0
+    keepalive_timeout_s: float = 20.0
+    #: clients may ping at most this often (a client pinging faster gets GOAWAY)
+    min_ping_interval_s: float = 10.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -99,8 +109,24 @@ class ServerConfig:
             raise ValueError(f"--compute-slots must be >= 1, got {self.compute_slots}")
         if self.user_memos < 0:
             raise ValueError(f"--user-memos must be >= 0, got {self.user_memos}")
+        for name in ("handshake_timeout_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
+                     "min_ping_interval_s"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be > 0 seconds, "
+                                 f"got {getattr(self, name)}")
         if self.watch_interval_s <= 0 or self.grace_s < 0:
             raise ValueError("watch_interval_s must be > 0 and grace_s >= 0")
+
+    def grpc_options(self) -> list[tuple[str, int]]:
+        """The gRPC server channel arguments these settings stand for."""
+        ms = lambda seconds: max(1, round(seconds * 1000))  # noqa: E731
+        return [("grpc.max_receive_message_length", self.max_message_bytes),
+                ("grpc.so_reuseport", 0),
+                ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout_s)),
+                ("grpc.max_connection_idle_ms", ms(self.idle_timeout_s)),
+                ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
+                ("grpc.keepalive_timeout_ms", ms(self.keepalive_timeout_s)),
+                ("grpc.http2.min_ping_interval_without_data_ms", ms(self.min_ping_interval_s))]
 
     @property
     def event_log_path(self) -> Path:
@@ -128,6 +154,9 @@ class _Calls:
         if not self._slots.acquire(timeout=None if remaining is None else max(0.0, remaining)):
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a compute slot")
         try:
+            gone = _gone(context)
+            if gone is not None:  # cancelled while it waited: spend no compute on it
+                context.abort(gone, "the client went away while the request waited for a compute slot")
             yield
         finally:
             self._slots.release()
@@ -149,16 +178,18 @@ class _Calls:
     def run(self, rpc: str, context: grpc.ServicerContext, request_id: str, fn: Callable[[], object]):
         t0 = time.perf_counter()
         code = grpc.StatusCode.OK
-        error_id = None
+        error_id = error = None
         try:
             remaining = context.time_remaining()
             if remaining is not None and remaining <= 0:
                 code = grpc.StatusCode.DEADLINE_EXCEEDED
                 context.abort(code, "deadline exceeded before the request was handled")
-            return fn()
+            result = fn()
+            code = _gone(context) or code  # the answer was computed, but nobody was waiting for it
+            return result
         except convert.InvalidArgument as exc:
-            code = grpc.StatusCode.INVALID_ARGUMENT
-            context.abort(code, str(exc))
+            code, error = grpc.StatusCode.INVALID_ARGUMENT, str(exc)
+            context.abort(code, error)
         except UnknownItemError as exc:
             code = grpc.StatusCode.NOT_FOUND
             version = getattr(self.manager.engine, "version", "?")
@@ -166,6 +197,10 @@ class _Calls:
         except Exception as exc:
             if context.code() is not None:  # context.abort() above or in fn already set the status
                 code = context.code()
+                raise
+            gone = _gone(context)
+            if gone is not None:  # e.g. reading a stream the client cancelled: not a server fault
+                code = gone
                 raise
             code = grpc.StatusCode.INTERNAL
             error_id = uuid.uuid4().hex[:12]
@@ -177,7 +212,82 @@ class _Calls:
             self.metrics.latency.labels(rpc).observe(dt)
             self.metrics.responses.labels(rpc, code.name).inc()
             log_fields(rpc_log, logging.INFO, "rpc", rpc=rpc, request_id=request_id, status=code.name,
-                       latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}))
+                       latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}),
+                       **({"error": error} if error else {}))
+
+
+def _gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
+    """DEADLINE_EXCEEDED or CANCELLED when the client no longer waits for this call, else None.
+
+    gRPC answers such a call with that status whatever the handler returns; the server's logs
+    and metrics must say the same."""
+    if context.is_active():
+        return None
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+class _Malformed:
+    """What a request message deserializes to when its bytes are not a valid message (so that
+    the servicer, not gRPC, answers it: gRPC would say INTERNAL and log a traceback)."""
+
+    __slots__ = ("message",)
+
+    def __init__(self, type_name: str, exc: Exception) -> None:
+        reason = str(exc).rsplit("': ", 1)[-1] or type(exc).__name__
+        self.message = f"is not a valid {type_name} message ({reason})"
+
+
+def _raise_malformed(request: _Malformed) -> None:
+    raise convert.InvalidArgument(f"the request {request.message}")
+
+
+class _DecodeGuard(grpc.ServerInterceptor):
+    """Parses the Tandem services' request messages itself: malformed protobuf bytes or a string
+    field that is not UTF-8 become INVALID_ARGUMENT through :meth:`_Calls.run` (counted, one
+    log line). A stream's malformed message reaches the servicer as a :class:`_Malformed`."""
+
+    def __init__(self, calls: _Calls) -> None:
+        self.calls = calls
+        self._handlers: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def intercept_service(self, continuation, handler_call_details):
+        method = handler_call_details.method
+        if not method.startswith(_OWN_METHODS):
+            return continuation(handler_call_details)
+        if method not in self._handlers:  # the method lookup behind this interceptor is static
+            self._handlers[method] = self._wrap(method, continuation(handler_call_details))
+        return self._handlers[method]
+
+    def _wrap(self, method: str, handler):
+        if handler is None or handler.request_deserializer is None:
+            return handler
+        parse = handler.request_deserializer
+        kind = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+        type_name = kind.full_name if kind is not None else "request"
+
+        def safe_parse(raw: bytes):
+            try:
+                return parse(raw)
+            except Exception as exc:  # noqa: BLE001 - DecodeError, or anything a parser raises
+                return _Malformed(type_name, exc)
+
+        if handler.unary_unary is not None:
+            rpc, inner = method.rsplit("/", 1)[-1], handler.unary_unary
+
+            def unary(request, context):
+                if isinstance(request, _Malformed):
+                    return self.calls.run(rpc, context, "", lambda: _raise_malformed(request))
+                return inner(request, context)
+
+            return grpc.unary_unary_rpc_method_handler(unary, request_deserializer=safe_parse,
+                                                       response_serializer=handler.response_serializer)
+        if handler.stream_unary is not None:
+            return grpc.stream_unary_rpc_method_handler(handler.stream_unary, request_deserializer=safe_parse,
+                                                        response_serializer=handler.response_serializer)
+        return handler
 
 
 class TandemServicer(pb_grpc.TandemServicer):
@@ -237,8 +347,8 @@ class TandemServicer(pb_grpc.TandemServicer):
         return self.calls.run("RecordEvents", context, request.request_id, go)
 
     def StreamEvents(self, request_iterator, context):
-        """All or nothing: every message is read and checked first (they arrive as raw bytes, see
-        :func:`_add_tandem_servicer`), then all are logged in one transaction; one bad message
+        """All or nothing: every message is read and checked first (a message that does not
+        parse arrives as a :class:`_Malformed`, see :class:`_DecodeGuard`), then all are logged in one transaction; one bad message
         refuses the stream with INVALID_ARGUMENT naming it, and nothing is logged."""
 
         def go():
@@ -250,17 +360,13 @@ class TandemServicer(pb_grpc.TandemServicer):
                         f"a stream carries at most {convert.LIMITS['stream_events_max']} events (events[{i}] is one "
                         "too many); split it into several streams; nothing of this stream was recorded")
                 try:
-                    msg = pb.Event.FromString(raw) if isinstance(raw, bytes) else raw
-                except DecodeError as exc:
-                    error = convert.InvalidArgument(f"events[{i}] is not a tandem.v1.Event message ({exc})",
-                                                    "malformed")
-                else:
-                    try:
-                        events.append(convert.event_from_pb(msg, f"events[{i}]", now))
-                        ids.append(msg.event_id)
-                        continue
-                    except convert.InvalidArgument as exc:
-                        error = exc
+                    if isinstance(raw, _Malformed):  # see _DecodeGuard
+                        raise convert.InvalidArgument(f"events[{i}] {raw.message}", "malformed")
+                    events.append(convert.event_from_pb(raw, f"events[{i}]", now))
+                    ids.append(raw.event_id)
+                    continue
+                except convert.InvalidArgument as exc:
+                    error = exc
                 refused.update(error.refused)
                 first = first or error
             if first is not None:
@@ -299,7 +405,7 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
             version = request.version or None
             if version is not None:
                 try:
-                    check_version_name(version)
+                    self.calls.manager.bundle_folder(version)
                 except ValueError as exc:
                     raise convert.InvalidArgument(str(exc)) from None
             swapped, error = self.calls.manager.reload(version)
@@ -319,28 +425,24 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
         return self.calls.run("GetStatus", context, "", go)
 
 
-def _add_tandem_servicer(servicer: TandemServicer, server: grpc.Server) -> None:
-    """The generated registration, except that StreamEvents receives each message as raw bytes.
+def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
+    """The server credentials of a PEM certificate (chain) and its private key. Each file is
+    checked first, so that a bad one is named (gRPC only fails to bind the port)."""
+    import ssl
 
-    With the generated deserializer, a message that does not parse (e.g. a string field that is
-    not UTF-8) ends the stream with INTERNAL behind the handler's back and the handler sees a
-    normal end of stream; parsing in the handler makes it INVALID_ARGUMENT naming ``events[i]``."""
-
-    class _Capture:
-        def add_generic_rpc_handlers(self, handlers) -> None:
-            pass
-
-        def add_registered_method_handlers(self, service: str, handlers: dict) -> None:
-            self.service, self.handlers = service, handlers
-
-    capture = _Capture()
-    pb_grpc.add_TandemServicer_to_server(servicer, capture)
-    handlers = dict(capture.handlers)
-    handlers["StreamEvents"] = grpc.stream_unary_rpc_method_handler(
-        servicer.StreamEvents, request_deserializer=None,
-        response_serializer=pb.RecordEventsResponse.SerializeToString)
-    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(capture.service, handlers),))
-    server.add_registered_method_handlers(capture.service, handlers)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_verify_locations(cafile=str(cert))
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise RuntimeError(f"--tls-cert {cert} holds no PEM certificate that can be read ({exc}); give the "
+                           "certificate (chain) file, '-----BEGIN CERTIFICATE-----' ...") from None
+    try:
+        # an encrypted key gets an empty password instead of a prompt on the terminal
+        context.load_cert_chain(str(cert), str(key), password=lambda: b"")
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise RuntimeError(f"--tls-key {key} is not the PEM private key of --tls-cert {cert} ({exc}); give the "
+                           "unencrypted key the certificate was made with") from None
+    return grpc.ssl_server_credentials([(key.read_bytes(), cert.read_bytes())])
 
 
 class TandemServer:
@@ -371,18 +473,23 @@ class TandemServer:
 
     def start(self) -> int:
         """Load the current bundle (replaying the event log), bind, serve; returns the gRPC port."""
+        cfg = self.config
+        try:  # before the (slow) bundle load: a bad file fails at once
+            creds = _tls_credentials(Path(cfg.tls_cert), Path(cfg.tls_key)) if cfg.tls_cert is not None else None
+        except RuntimeError:
+            self.event_log.close()
+            raise
         _, error = self.manager.reload()
         if self.manager.engine is None:
             self.event_log.close()
             raise RuntimeError(f"cannot serve: no usable bundle under {self.config.bundles} ({error})")
-        cfg = self.config
-        interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
-                                  interceptors=interceptors,
-                                  options=[("grpc.max_receive_message_length", cfg.max_message_bytes),
-                                           ("grpc.so_reuseport", 0)])
         calls = _Calls(self.manager, self.metrics, cfg.compute_slots)
-        _add_tandem_servicer(TandemServicer(calls, self.event_log), self.server)
+        # the token check first: a denied call's bytes are never parsed
+        interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
+        interceptors.append(_DecodeGuard(calls))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
+                                  interceptors=interceptors, options=cfg.grpc_options())
+        pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log), self.server)
         pb_grpc.add_TandemAdminServicer_to_server(AdminServicer(calls, self.event_log, time.time()), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -390,8 +497,7 @@ class TandemServer:
         reflection.enable_server_reflection(names, self.server)
         address = f"{cfg.host}:{cfg.port}"
         try:
-            if cfg.tls_cert is not None:
-                creds = grpc.ssl_server_credentials([(Path(cfg.tls_key).read_bytes(), Path(cfg.tls_cert).read_bytes())])
+            if creds is not None:
                 self.port = self.server.add_secure_port(address, creds)
             else:
                 self.port = self.server.add_insecure_port(address)

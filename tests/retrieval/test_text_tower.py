@@ -97,3 +97,55 @@ def test_config_validation() -> None:
         TextEncoderConfig(batch_size=0)
     with pytest.raises(ValueError, match="recency_decay"):
         TextSourceConfig(recency_decay=0.0)
+
+
+@pytest.mark.slow
+def test_concurrent_queries_load_the_model_once_and_share_a_consistent_cache(catalog, monkeypatch) -> None:
+    """8 threads search a fresh source at once, with distinct and repeated queries and a cache
+    smaller than the set of queries (so entries are evicted while others read them). Before the
+    locks every thread that arrived first loaded its own copy of the model (8 loads, ~25 s on
+    the 2-core CI box), and the cache's read-then-move could lose its key to another thread's
+    eviction (KeyError)."""
+    import threading
+
+    import sentence_transformers
+    import torch
+
+    loads = []
+
+    class Counted(sentence_transformers.SentenceTransformer):  # the real model, counted
+        def __init__(self, *args, **kwargs):
+            loads.append(1)
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Counted)
+    src = TextSource(TextSourceConfig(cache_size=3)).fit(catalog, vectors=np.eye(len(catalog), 384, dtype=np.float32))
+    queries = [[("red shoes", "green tea", "headphones", "blue shirt")[(n + t) % 4] if n % 3 else f"query {t} {n}"
+                for n in range(6)] for t in range(8)]
+    got: dict[int, list[np.ndarray]] = {}
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def work(t: int) -> None:
+        start.wait()
+        try:
+            got[t] = [src.encode_query(q) for q in queries[t]]
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(8)]
+    torch_threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as `tandem serve` runs it; 8 threads x intra-op pools only thrash
+    try:
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join(120)
+    finally:
+        torch.set_num_threads(torch_threads)
+    assert not errors, errors
+    assert len(loads) == 1
+    assert len(src._cache) <= 3
+    for t in range(8):
+        expected = src.encoder.encode(queries[t])
+        np.testing.assert_allclose(np.stack(got[t]), expected, atol=1e-5)

@@ -75,10 +75,11 @@ def test_get_item_and_reload(addr, capsys):
     version = json.loads(out)["bundle_version"]
     code, out, _ = run(capsys, "reload", "--addr", addr, "--token", "tok", "--json")
     assert code == 0 and json.loads(out) == {"version": version, "swapped": False, "error": ""}
-    code, out, err = run(capsys, "reload", "--addr", addr, "--token", "tok", "--version", "v-missing")
-    fields = dict(line.split(None, 1) for line in out.splitlines())
-    assert code == 1 and fields["version"] == version and "v-missing" in fields["error"]
-    assert err.startswith("tandem reload: the bundle was refused: ")
+    # a version that is no bundle folder is refused before anything loads (INVALID_ARGUMENT, exit 1)
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, "reload", "--addr", addr, "--token", "tok", "--version", "v-missing")
+    err = capsys.readouterr().err
+    assert exc.value.code == 1 and err.startswith("INVALID_ARGUMENT: version 'v-missing' is not a bundle folder")
 
 
 @pytest.mark.parametrize(("argv", "message"), [

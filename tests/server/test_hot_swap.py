@@ -109,15 +109,16 @@ def test_corrupted_bundle_refused_old_keeps_serving(tmp_path, serve):
     assert t.Search(pb.SearchRequest(query="red", k=2)).bundle_version == "v1"
     r = admin.ReloadBundle(pb.ReloadBundleRequest(version="v2"))
     assert not r.swapped and r.version == "v1" and "checksum mismatch" in r.error
-    r = admin.ReloadBundle(pb.ReloadBundleRequest(version="v9"))
-    assert not r.swapped and "no bundle 'v9'" in r.error
+    with pytest.raises(grpc.RpcError) as err:  # no such folder: refused before anything is tried
+        admin.ReloadBundle(pb.ReloadBundleRequest(version="v9"))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "'v9' is not a bundle folder" in err.value.details()
     # a good bundle afterwards is taken, and the error clears
     write_fake_bundle(root, version="v3")
     assert wait_for(lambda: server.manager.engine.version == "v3")
     assert admin.GetStatus(pb.GetStatusRequest()).last_reload_error == ""
     r = admin.ReloadBundle(pb.ReloadBundleRequest(version="v1"))
     assert r.swapped and r.version == "v1" and t.Ping(pb.PingRequest()).payload == b""
-    assert server.metrics.refused._value.get() == 3 and server.metrics.swaps._value.get() == 3
+    assert server.metrics.refused._value.get() == 2 and server.metrics.swaps._value.get() == 3
 
 
 def test_any_loader_failure_refuses_and_the_watcher_survives(tmp_path):
@@ -189,3 +190,54 @@ def test_engine_is_warmed_after_the_replay_and_before_it_serves(tmp_path):
     write_fake_bundle(root, version="v2", built_at=1_700_000_000)
     assert BundleManager(root, loader, log).reload() == (True, "") and len(seen) == 1
     log.close()
+
+
+def test_every_request_path_is_computed_before_the_engine_serves(tmp_path):
+    """Ready means ready: a loaded engine answers one Search, one Recommend (cold, and with a
+    history) and one SimilarItems on a real item before it takes traffic, at start and on a hot
+    swap; an engine that fails them is refused and the old one serves on."""
+    root = tmp_path / "bundles"
+    write_fake_bundle(root, version="v1")
+    calls = []
+    managers = []
+
+    def loader(folder):
+        engine = load_fake_engine(folder)
+        def spy(name):
+            real = getattr(engine, name)
+
+            def call(request):
+                calls.append((engine.version, name, managers[0].engine is engine, request))
+                return real(request)
+
+            return call
+
+        for name in ("search", "recommend", "similar_items"):
+            setattr(engine, name, spy(name))
+        return engine
+
+    managers.append(BundleManager(root, loader, None))
+    manager = managers[0]
+    assert manager.reload() == (True, "")
+    assert {name for _, name, _, _ in calls} == {"search", "recommend", "similar_items"}
+    assert not any(serving for _, _, serving, _ in calls)
+    by_name = {name: request for _, name, _, request in calls}
+    assert by_name["search"].query == "item 0 red"  # the first item's title: a query that finds something
+    assert by_name["similar_items"].item_id == "i00"
+    assert any(name == "recommend" and req.context for _, name, _, req in calls)  # the history path too
+    assert manager.engine.recorded == [] and manager.engine.histories == {"alice": ["i03"], "bob": ["i10", "i11"]}
+    calls.clear()
+    write_fake_bundle(root, version="v2")
+    assert manager.reload() == (True, "")
+    assert calls and all(version == "v2" and not serving for version, _, serving, _ in calls)
+
+    def broken(folder):  # loads, but cannot answer a Search
+        engine = load_fake_engine(folder)
+        engine.search = lambda request: (_ for _ in ()).throw(RuntimeError("no query encoder"))
+        return engine
+
+    manager.loader = broken
+    write_fake_bundle(root, version="v3")
+    swapped, error = manager.reload()
+    assert not swapped and error == "bundle v3 refused: RuntimeError: no query encoder"
+    assert manager.engine.version == "v2"

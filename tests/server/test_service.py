@@ -3,6 +3,9 @@ field names, NOT_FOUND, INTERNAL with an error id, auth, health, reflection, met
 
 import json
 import logging
+import shutil
+import socket
+import subprocess
 import threading
 import time
 import urllib.request
@@ -119,7 +122,7 @@ def test_stream_with_a_message_that_does_not_parse_is_invalid_argument_and_recor
     with pytest.raises(grpc.RpcError) as err:
         call(iter([good] * 1001 + [b"\x0a\x02\xff\xfe"]), metadata=AUTH)  # user_id that is not UTF-8
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert err.value.details().startswith("events[1001] is not a tandem.v1.Event message")
+    assert err.value.details().startswith("events[1001] is not a valid tandem.v1.Event message")
     assert server.event_log.position() == start
     assert _responses(server, "StreamEvents", "OK") == ok_before  # logged with the status the client saw
     assert server.metrics.registry.get_sample_value("tandem_events_refused_total", {"reason": "malformed"}) >= 1
@@ -247,6 +250,18 @@ def test_reload_bad_version_name_is_invalid_argument(stubs):
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and err.value.details().startswith("version must be")
 
 
+@pytest.mark.parametrize("version", ["CURRENT", "events.sqlite3", "no-such-version"])
+def test_reload_of_what_is_no_bundle_folder_is_invalid_argument(stubs, served, version):
+    """It answered OK with an error string (and counted a refused bundle)."""
+    _, admin = stubs
+    with pytest.raises(grpc.RpcError) as err:
+        admin.ReloadBundle(pb.ReloadBundleRequest(version=version), metadata=AUTH)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == (f"version {version!r} is not a bundle folder under {served[0].config.bundles}; "
+                                   f"bundles there: {served[2].name}")
+    assert admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH).last_reload_error == ""
+
+
 @pytest.mark.parametrize("call", [
     lambda t: t.SimilarItems(pb.SimilarItemsRequest(item_id="nope", k=3)),
     lambda t: t.GetItem(pb.GetItemRequest(item_id="nope")),
@@ -291,6 +306,96 @@ def test_client_deadline_is_honoured(stubs):
     assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED and time.monotonic() - t0 < 0.5
 
 
+def responses(server, rpc, code) -> float:
+    value = server.metrics.registry.get_sample_value("tandem_rpc_responses_total", {"rpc": rpc, "code": code})
+    return value or 0.0
+
+
+def wait_for(predicate, timeout=15.0):
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.02)
+
+
+def test_expired_and_cancelled_requests_are_counted_and_logged_as_such(stubs, served, caplog):
+    """The engine finishes after the client gave up: the server must not call that OK."""
+    t, _ = stubs
+    server = served[0]
+    before = {(rpc, code): responses(server, rpc, code) for rpc in ("Search", "StreamEvents")
+              for code in ("OK", "DEADLINE_EXCEEDED", "CANCELLED", "INTERNAL")}
+
+    def statuses():
+        return {r.fields["request_id"]: r.fields["status"] for r in caplog.records
+                if getattr(r, "fields", {}).get("request_id") in ("late", "gone")}
+
+    def stalled_stream():
+        yield pb.Event(user_id="s", item_id="i01")
+        time.sleep(3)  # the client cancels meanwhile
+
+    with caplog.at_level(logging.INFO, logger="tandem.server"):
+        with pytest.raises(grpc.RpcError) as err:
+            t.Search(pb.SearchRequest(query="sleep 0.5 red", k=1, request_id="late"), timeout=0.1)
+        assert err.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        future = t.Search.future(pb.SearchRequest(query="sleep 0.5 red", k=1, request_id="gone"), timeout=10)
+        time.sleep(0.2)
+        future.cancel()
+        stream = t.StreamEvents.future(stalled_stream(), metadata=AUTH, timeout=10)
+        time.sleep(0.3)
+        stream.cancel()
+        wait_for(lambda: len(statuses()) == 2
+                 and responses(server, "StreamEvents", "CANCELLED") > before["StreamEvents", "CANCELLED"])
+    assert statuses() == {"late": "DEADLINE_EXCEEDED", "gone": "CANCELLED"}
+    after = {key: responses(server, *key) for key in before}
+    # (>=: an earlier test's abandoned Search may still be finishing; the log lines above are exact)
+    assert after["Search", "DEADLINE_EXCEEDED"] >= before["Search", "DEADLINE_EXCEEDED"] + 1
+    assert after["Search", "CANCELLED"] == before["Search", "CANCELLED"] + 1
+    assert after["StreamEvents", "CANCELLED"] == before["StreamEvents", "CANCELLED"] + 1
+    assert after["StreamEvents", "INTERNAL"] == before["StreamEvents", "INTERNAL"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client going away is no error
+
+
+MALFORMED = [
+    ("Search", b"\x0a\x02\xc3\x28\x18\x05", "tandem.v1.SearchRequest message (String field had bad UTF-8)"),
+    ("Search", b"\x0a\x05abc", "tandem.v1.SearchRequest message (Wire format was corrupt)"),
+    ("Recommend", b"\xff\xff\xff\xff", "tandem.v1.RecommendRequest message (Wire format was corrupt)"),
+    ("GetItem", b"\x0a\x01\xff", "tandem.v1.GetItemRequest message (String field had bad UTF-8)"),
+]
+
+
+@pytest.mark.parametrize(("rpc", "raw", "message"), MALFORMED, ids=["bad utf-8", "truncated", "garbage", "item"])
+def test_malformed_request_bytes_are_invalid_argument_counted_and_logged_once(served, caplog, rpc, raw, message):
+    """Bytes that are no valid message (sent raw through a generic call) got INTERNAL "Exception
+    deserializing request!", a traceback in the log and no metric."""
+    server, channel, _ = served
+    call = channel.unary_unary(f"/tandem.v1.Tandem/{rpc}")  # no serializers: the bytes go as they are
+    before = responses(server, rpc, "INVALID_ARGUMENT")
+    with caplog.at_level(logging.INFO), pytest.raises(grpc.RpcError) as err:
+        call(raw, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == f"the request is not a valid {message}"
+    assert responses(server, rpc, "INVALID_ARGUMENT") == before + 1
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+    lines = [r for r in caplog.records if getattr(r, "fields", {}).get("rpc") == rpc]
+    assert len(lines) == 1 and lines[0].fields["status"] == "INVALID_ARGUMENT"
+    assert message in lines[0].fields["error"]
+    assert pb_grpc.TandemStub(channel).Search(pb.SearchRequest(query="red", k=1)).items  # serving on
+
+
+def test_malformed_event_in_a_stream_names_it_and_records_nothing(served, caplog):
+    server, channel, _ = served
+    call = channel.stream_unary("/tandem.v1.Tandem/StreamEvents")
+    position = server.event_log.position()
+    good = pb.Event(user_id="raw", item_id="i01").SerializeToString()
+    with caplog.at_level(logging.INFO), pytest.raises(grpc.RpcError) as err:
+        call(iter([good, good, b"\x0a\x01\xff"]), metadata=AUTH, timeout=5)
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details() == ("events[2] is not a valid tandem.v1.Event message (String field had bad UTF-8); "
+                                   "nothing of this batch was recorded")
+    assert server.event_log.position() == position  # all or nothing
+    assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
+
+
 @pytest.mark.parametrize("metadata", [None, [("authorization", "Bearer wrong")], [("authorization", TOKEN)]])
 def test_token_required_for_events_and_admin(stubs, served, metadata):
     t, admin = stubs
@@ -310,6 +415,24 @@ def test_token_required_for_events_and_admin(stubs, served, metadata):
     # reads need no token; the right token is accepted
     assert t.Search(pb.SearchRequest(query="red", k=1), metadata=metadata).items
     assert admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH).items == 20
+
+
+@pytest.mark.parametrize("metadata", [AUTH * 2, [*AUTH, ("authorization", "Bearer wrong")],
+                                      [("authorization", "Bearer wrong"), *AUTH]])
+def test_several_authorization_headers_are_refused(stubs, served, metadata):
+    """Only the first header was read, so a right token followed by a wrong one passed."""
+    t, admin = stubs
+    position = served[0].event_log.position()
+    denied = responses(served[0], "RecordEvents", "UNAUTHENTICATED")
+    with pytest.raises(grpc.RpcError) as err:
+        t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="x", item_id="i01")]), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert err.value.details().startswith("2 authorization headers: send exactly one")
+    assert served[0].event_log.position() == position
+    assert responses(served[0], "RecordEvents", "UNAUTHENTICATED") == denied + 1
+    with pytest.raises(grpc.RpcError) as err:
+        admin.GetStatus(pb.GetStatusRequest(), metadata=metadata)
+    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_health_serving_and_reflection_lists_services(served):
@@ -360,6 +483,88 @@ def test_config_is_validated():
         ServerConfig(bundles="b", user_memos=-1)
     with pytest.raises(ValueError, match="--token must not be empty"):
         ServerConfig(bundles="b", token=" ")
+
+
+def _self_signed(folder, name):
+    cert, key = folder / f"{name}-cert.pem", folder / f"{name}-key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
+                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True, timeout=60)
+    return cert, key
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command to make a test certificate")
+def test_a_bad_tls_file_is_named_at_start(tmp_path):
+    """Each of these said 'could not bind ...; is another server on that port?'."""
+    write_fake_bundle(tmp_path / "bundles")
+    cert, key = _self_signed(tmp_path, "a")
+    other_cert, other_key = _self_signed(tmp_path, "b")
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64 at all\n-----END CERTIFICATE-----\n")
+    cases = [
+        (junk, key, f"--tls-cert {junk} holds no PEM certificate"),
+        (key, key, f"--tls-cert {key} holds no PEM certificate"),
+        (cert, junk, f"--tls-key {junk} is not the PEM private key of --tls-cert {cert}"),
+        (cert, other_key, f"--tls-key {other_key} is not the PEM private key of --tls-cert {cert}"),
+    ]
+    for tls_cert, tls_key, message in cases:
+        server = TandemServer(ServerConfig(bundles=tmp_path / "bundles", port=0, tls_cert=tls_cert, tls_key=tls_key),
+                              load_fake_engine)
+        with pytest.raises(RuntimeError) as err:
+            server.start()
+        assert str(err.value).startswith(message) and "another server" not in str(err.value)
+        server.stop(0)
+    server = TandemServer(ServerConfig(bundles=tmp_path / "bundles", port=0, tls_cert=other_cert, tls_key=other_key),
+                          load_fake_engine)
+    assert server.start() > 0  # the matching pair serves
+    server.stop(0)
+
+
+def _closed_after(port, preface: bytes, limit: float = 10.0) -> float | None:
+    """Seconds until the server closes a socket that sent ``preface`` and then nothing (None: held)."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.settimeout(0.2)
+        sock.sendall(preface)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < limit:
+            try:
+                if sock.recv(4096) == b"":
+                    return time.monotonic() - t0
+            except TimeoutError:
+                continue
+            except ConnectionResetError:
+                return time.monotonic() - t0
+    return None
+
+
+def test_idle_connections_are_closed_and_clients_reconnect(tmp_path):
+    """A socket that never says anything was held for ever (gRPC's own handshake limit is 120 s),
+    and so was an HTTP/2 connection that never sends a call."""
+    write_fake_bundle(tmp_path)
+    server = TandemServer(ServerConfig(bundles=tmp_path, port=0, handshake_timeout_s=0.5, idle_timeout_s=0.5),
+                          load_fake_engine)
+    port = server.start()
+    try:
+        silent = _closed_after(port, b"")
+        http2_idle = _closed_after(port, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes(3) + b"\x04" + bytes(5))
+        assert silent is not None and silent < 3 and http2_idle is not None and http2_idle < 3
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            t = pb_grpc.TandemStub(channel)
+            assert t.Ping(pb.PingRequest(payload=b"1"), timeout=5).payload == b"1"
+            time.sleep(1.2)  # the server closed the idle connection meanwhile
+            assert t.Ping(pb.PingRequest(payload=b"2"), timeout=5).payload == b"2"
+    finally:
+        server.stop(0)
+
+
+def test_connection_limits_have_sane_defaults_and_are_validated():
+    cfg = ServerConfig(bundles="b")
+    assert (cfg.handshake_timeout_s, cfg.idle_timeout_s, cfg.keepalive_time_s, cfg.keepalive_timeout_s,
+            cfg.min_ping_interval_s) == (10.0, 300.0, 60.0, 20.0, 10.0)
+    for name in ("handshake_timeout_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
+                 "min_ping_interval_s"):
+        flag = "--" + name.removesuffix("_s").replace("_", "-")
+        with pytest.raises(ValueError, match=f"{flag} must be > 0 seconds, got 0"):
+            ServerConfig(bundles="b", **{name: 0})
 
 
 def test_no_bundle_refuses_to_start(tmp_path):
