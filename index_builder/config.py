@@ -167,10 +167,14 @@ def _parse_literal(text: str) -> Any:
         return text
 
 
+#: TANDEM_* variables that other parts of Tandem read (TANDEM_TOKEN: `tandem serve` and the client).
+_NOT_BUILD_SETTINGS = ("TANDEM_HOME", "TANDEM_TOKEN")
+
+
 def _env_overrides(environ: Mapping[str, str]) -> dict:
     out: dict = {}
     for key, raw in environ.items():
-        if not key.startswith("TANDEM_") or key in ("TANDEM_HOME",):
+        if not key.startswith("TANDEM_") or key in _NOT_BUILD_SETTINGS:
             continue
         parts = key[len("TANDEM_"):].lower().split("__")
         node = out

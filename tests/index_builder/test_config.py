@@ -42,3 +42,11 @@ def test_example_config_is_the_defaults():
 
     example = Path(__file__).resolve().parents[2] / "docs" / "config.example.toml"
     assert load_config(example, environ={}) == BuildConfig()
+
+
+def test_the_servers_token_variable_is_not_a_build_setting():
+    """TANDEM_TOKEN belongs to `tandem serve` and the CLI client; a shell (or container) that has it
+    set must still be able to run `tandem build`."""
+    assert load_config(environ={"TANDEM_TOKEN": "s3cret"}) == load_config(environ={})
+    with pytest.raises(ValueError, match="unknown setting"):
+        load_config(environ={"TANDEM_TOKN": "s3cret"})  # other unknown TANDEM_* still fail loudly
