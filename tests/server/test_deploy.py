@@ -100,7 +100,7 @@ def test_compose_wires_the_shipped_files_and_services():
     prom = (DEPLOY / "prometheus" / "prometheus.yml").read_text()
     host, port = re.search(r'targets: \["([a-z]+):(\d+)"\]', prom).groups()
     entrypoint = (DEPLOY / "entrypoint.sh").read_text()
-    assert host in services and f"TANDEM_METRICS_PORT:-{port}" in entrypoint
+    assert host in services and f"METRICS_PORT:-{port}" in entrypoint
     assert re.search(r"rule_files:\n  - alerts.yml\n", prom)
     datasource = (DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yaml").read_text()
     assert re.search(r"url: http://([a-z]+):9090", datasource).group(1) in services
