@@ -9,7 +9,7 @@ DEMO_DIR ?= demo_out
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast check lint proto venv clean
+.PHONY: demo test test-fast check lint proto venv clean prometheus
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,9 +24,18 @@ venv: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/python -m server.demo --out $(DEMO_DIR)
 
-# The full suite, slow tests included: this is what CI runs.
-test: $(VENV)/.installed
-	$(BIN)/python -m pytest -m "" -q -p no:cacheprovider
+# The full suite, slow tests included: this is what CI runs. -rs prints why a test skipped.
+test: $(VENV)/.installed prometheus
+	$(BIN)/python -m pytest -m "" -q -rs -p no:cacheprovider
+
+# The real-Prometheus test (tests/e2e/test_deploy_stack.py) needs Debian's `prometheus` package
+# (prometheus + promtool). Installed when missing and apt-get can (root, or sudo without a
+# password); when it cannot, that test skips and says why.
+prometheus:
+	@command -v prometheus >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
+	  || echo "make: could not install the Debian package prometheus: the real-Prometheus test will skip"; }
 
 # Unit tests only (slow ones skipped): the quick loop while developing.
 test-fast: $(VENV)/.installed

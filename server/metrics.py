@@ -22,7 +22,7 @@ class ServiceMetrics:
                                  buckets=_LATENCY_BUCKETS)
         self.responses = Counter("tandem_rpc_responses_total", "RPC responses by status code", ["rpc", "code"],
                                  registry=r)
-        self.candidates = Histogram("tandem_candidates_per_source", "candidates a source returned per request",
+        self.candidates = Histogram("tandem_retrieval_candidates", "candidates a source returned per request",
                                     ["source"], registry=r, buckets=(0, 1, 10, 50, 100, 200, 500, 1000))
         self.stage_seconds = Histogram("tandem_stage_seconds", "time per pipeline stage (ranker, each source)",
                                        ["stage"], registry=r, buckets=_LATENCY_BUCKETS)
@@ -44,6 +44,9 @@ class ServiceMetrics:
         self.swaps = Counter("tandem_bundle_swaps_total", "bundles swapped in", registry=r)
         self.refused = Counter("tandem_bundle_refused_total", "bundles refused (verification or load failed)",
                                registry=r)
+        self.slot_wait = Histogram("tandem_compute_slot_wait_seconds",
+                                   "time a Search/Recommend/SimilarItems call waited for a compute slot", registry=r,
+                                   buckets=(0.0, *_LATENCY_BUCKETS))
         self._http = None
         self._stat_children: dict[str, Histogram | bool] = {}
 

@@ -151,7 +151,10 @@ class _Calls:
         Recommend throughput at concurrency 16 is 239 req/s with 2 such calls at a time and 152
         with 8). Event ingestion, streams, health and admin calls never wait for a slot."""
         remaining = context.time_remaining()
-        if not self._slots.acquire(timeout=None if remaining is None else max(0.0, remaining)):
+        t0 = time.perf_counter()
+        acquired = self._slots.acquire(timeout=None if remaining is None else max(0.0, remaining))
+        self.metrics.slot_wait.observe(time.perf_counter() - t0)
+        if not acquired:
             context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, "deadline exceeded while waiting for a compute slot")
         try:
             gone = _gone(context)

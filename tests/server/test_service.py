@@ -462,7 +462,7 @@ def test_metrics_endpoint(stubs, served):
     assert 'tandem_rpc_latency_seconds_count{rpc="Search"}' in text
     assert 'tandem_rpc_responses_total{code="INVALID_ARGUMENT",rpc="Search"}' in text
     assert 'tandem_rpc_responses_total{code="UNAUTHENTICATED",rpc="RecordEvents"}' in text
-    assert 'tandem_candidates_per_source_count{source="fake"}' in text
+    assert 'tandem_retrieval_candidates_count{source="fake"}' in text
     assert 'tandem_stage_seconds_count{stage="fake"}' in text
     assert f'tandem_bundle_info{{built_at="1700000000",version="{served[2].name}"}} 1.0' in text
     assert "tandem_bundle_items 20.0" in text
@@ -636,6 +636,11 @@ def test_compute_slots_queue_engine_calls_but_never_events(tmp_path):
         assert done["late"] == grpc.StatusCode.DEADLINE_EXCEEDED
         # the second could only compute once the first released the slot, after its 0.6 s sleep
         assert isinstance(done["first"], float) and done["second"] - t0 >= 0.6
+        # every wait is measured, the one that ran out of deadline too: ~0 + ~0.45 s + 0.2 s
+        registry = server.metrics.registry
+        assert registry.get_sample_value("tandem_compute_slot_wait_seconds_count") == 3
+        assert 0.5 <= registry.get_sample_value("tandem_compute_slot_wait_seconds_sum") < 2.0
+        assert registry.get_sample_value("tandem_compute_slot_wait_seconds_bucket", {"le": "0.1"}) == 1
     finally:
         channel.close()
         server.stop(0)
