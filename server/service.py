@@ -167,6 +167,13 @@ class _Calls:
             if context.code() is not None:  # context.abort() above or in fn already set the status
                 code = context.code()
                 raise
+            if isinstance(exc, grpc.RpcError) and not context.is_active():
+                # the client cancelled (e.g. a stream it refused) or its deadline passed: gRPC raised
+                # this from the request iterator; there is no one to answer and nothing went wrong here
+                remaining = context.time_remaining()
+                code = grpc.StatusCode.DEADLINE_EXCEEDED if remaining is not None and remaining <= 0 \
+                    else grpc.StatusCode.CANCELLED
+                raise
             code = grpc.StatusCode.INTERNAL
             error_id = uuid.uuid4().hex[:12]
             log_fields(log, logging.ERROR, "internal error", exc_info=True, rpc=rpc, request_id=request_id,
