@@ -10,7 +10,7 @@ Quick start::
         hits = tandem.search("wireless earbuds", k=5, filters=Filters(in_stock_only=True))
         for item in hits.items:
             print(item.item_id, item.score, item.title)
-        tandem.record(Event("u0000007", "i0004629", event="click"))
+        tandem.record(Event("u0000007", "i0004629", event="click", event_id="3f0c9b2e-click-1"))
         try:
             tandem.recommend("u0000007", k=0)
         except TandemError as exc:
@@ -25,11 +25,15 @@ Errors. Every failed call raises :class:`TandemError`: ``.code`` is the gRPC sta
 the message names (``"k"``, ``"filters.price_min"``, ``"events[3].event"``, ``"item_id"``), or None.
 
 Deadlines and retries. ``timeout`` (per client, overridable per call) is the deadline of the
-whole call in seconds, retries and back-off included. Only calls that change nothing are
-retried: Search, Recommend, SimilarItems, GetItem, Ping, GetStatus and the health check.
-RecordEvents and StreamEvents are never retried (an event whose answer was lost may still
-have been logged, and would be logged twice), nor is ReloadBundle (a repeated reload answers
-``swapped=False`` and hides the first swap). A retried call is attempted again when it failed with
+whole call in seconds, retries and back-off included. Only calls that cannot do anything twice
+are retried: Search, Recommend, SimilarItems, GetItem, Ping, GetStatus, the health check, and a
+:meth:`~TandemClient.record` (RecordEvents) whose every event carries an ``event_id``: the server
+acknowledges an event whose id its log already holds without logging or applying it again, so
+repeating a batch whose answer was lost is safe (the retry's :attr:`Recorded.duplicates` then
+counts what the lost attempt logged). A ``record()`` with any event lacking an ``event_id`` is
+never retried (an event whose answer was lost may still have been logged, and would be logged
+twice), nor is StreamEvents (its iterator cannot be replayed) or ReloadBundle (a repeated reload
+answers ``swapped=False`` and hides the first swap). A retried call is attempted again when it failed with
 
 - ``UNAVAILABLE``: no connection (server not started yet, restarting, unreachable) or the
   server has no bundle loaded yet; or
@@ -39,6 +43,13 @@ have been logged, and would be logged twice), nor is ReloadBundle (a repeated re
 Any other status is final. Between attempts the client sleeps an exponentially growing delay
 (``initial_backoff_s * multiplier ** (attempt - 1)``, capped at ``max_backoff_s``) of which a
 random half is jitter, and it never sleeps past the call's deadline.
+
+Streams are all or nothing, as on the server: :meth:`~TandemClient.stream_events` sends events
+as its iterator yields them and the server logs them in one transaction when the stream ends.
+When an element is not an :class:`Event` of the documented types, or the iterator itself raises,
+the client cancels the call before the stream ends, so nothing of the stream is recorded, and
+raises ``TandemError("INVALID_ARGUMENT")`` naming ``events[i]`` (or the iterator's own exception,
+unchanged).
 
 Authentication and TLS: ``token`` is sent as ``authorization: Bearer <token>`` metadata (the
 server demands it for RecordEvents, StreamEvents and the admin service when it runs with
@@ -86,7 +97,8 @@ __all__ = ["TandemClient", "AsyncTandemClient", "TandemError", "RetryPolicy", "N
            "RETRIED_CODES", "Filters", "Event", "Results", "ScoredItem", "Explanation", "SourceHit",
            "FeatureContribution", "Recorded", "Item", "Reloaded", "Status", "parse_field"]
 
-#: RPCs that read only, so a retry cannot do anything twice.
+#: RPCs that read only, so a retry cannot do anything twice (RecordEvents is retried too when
+#: every event of the batch carries an ``event_id``).
 IDEMPOTENT_RPCS: frozenset[str] = frozenset(
     {"Search", "Recommend", "SimilarItems", "GetItem", "Ping", "GetStatus", "Health/Check"})
 #: Status codes after which an idempotent call is attempted again (DEADLINE_EXCEEDED only when
@@ -237,8 +249,10 @@ class _Base:
         elif tls:
             self._credentials = grpc.ssl_channel_credentials()
 
-    def _policy(self, rpc: str) -> RetryPolicy:
-        return self.retry if rpc in IDEMPOTENT_RPCS else NO_RETRY
+    def _policy(self, rpc: str, request) -> RetryPolicy:
+        if rpc in IDEMPOTENT_RPCS or (rpc == "RecordEvents" and all(e.event_id for e in request.events)):
+            return self.retry
+        return NO_RETRY
 
     @staticmethod
     def _search(query: str, k: int, user_id: str | None, filters: Filters | None, explain: bool,
@@ -264,23 +278,22 @@ class _Base:
                            f"within {timeout:g}s (last: {last})", None, "Health/Check")
 
 
-def _stream_message(i: int, e: object, refused: list[TandemError]) -> pb.Event | None:
-    """The wire message of stream element ``i``, or None (and the error noted) when it is not an
-    :class:`Event`: an exception inside a request iterator would only cancel the call."""
-    try:
-        return _event(e, f"events[{i}]")
-    except TandemError as exc:
-        exc.rpc = "StreamEvents"
-        refused.append(exc)
-        return None
+def _stream_failure(failed: list[Exception]) -> Exception:
+    """What a stream the client cancelled raises: the refused element's error, saying that nothing
+    was recorded, or the caller's iterator's own exception."""
+    if not failed:
+        return TandemError("CANCELLED", "the stream was cancelled before it ended; nothing of it was recorded",
+                           None, "StreamEvents")
+    exc = failed[0]
+    if isinstance(exc, TandemError):
+        return TandemError(exc.code, f"{exc.message}; nothing of this stream was recorded (the client cancelled "
+                           "the call before the stream ended)", exc.field, "StreamEvents")
+    return exc
 
 
-def _stream_result(done: Recorded, refused: list[TandemError]) -> Recorded:
-    if refused:
-        exc = refused[0]
-        raise TandemError(exc.code, f"{exc.message}; the {done.accepted} events before it were accepted "
-                          f"(event log position {done.last_sequence})", exc.field, exc.rpc)
-    return done
+#: sent as a refused stream's last message: an event the server refuses (empty ids), which makes
+#: it refuse the whole stream, so that nothing of it is logged
+_POISON = pb.Event()
 
 
 async def _aiter(items: Iterable[Event]):
@@ -331,7 +344,7 @@ class TandemClient(_Base):
         self._channel.close()
 
     def _call(self, rpc: str, method, request, timeout: float | None):
-        attempts = _Attempts(self._policy(rpc), self.timeout if timeout is None else timeout, self._rng)
+        attempts = _Attempts(self._policy(rpc, request), self.timeout if timeout is None else timeout, self._rng)
         while True:
             try:
                 return method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
@@ -364,23 +377,43 @@ class TandemClient(_Base):
 
     def record(self, events: Event | Iterable[Event], *, request_id: str = "",
                timeout: float | None = None) -> Recorded:
-        """Log one event or a batch (at most 10,000) durably; never retried. Needs the token."""
+        """Log one event or a batch (at most 10,000) durably, all or nothing. Retried (like the
+        reads) only when every event has an ``event_id``, which makes a repeat harmless: an event
+        whose id is logged already counts in ``duplicates`` and is not logged again. Needs the token."""
         request = _build("RecordEvents", lambda: pb.RecordEventsRequest(events=_events(events), request_id=request_id))
         return recorded_from_pb(self._call("RecordEvents", self._stub.RecordEvents, request, timeout))
 
     def stream_events(self, events: Iterable[Event], *, timeout: float | None = None) -> Recorded:
-        """Stream events of any number in one call; never retried. When an event is refused, the
-        error's message says how many before it were accepted. Needs the token."""
-        refused: list[TandemError] = []
+        """Stream up to 100,000 events in one call, all or nothing; never retried. When an element
+        is refused (by the client or the server) or the iterator raises, nothing of the stream is
+        recorded. Needs the token."""
+        failed: list[Exception] = []
 
-        def messages():
-            for i, e in enumerate(events):
-                if (m := _stream_message(i, e, refused)) is None:
-                    return  # end the stream: the events before it are logged, then the error is raised
-                yield m
+        def messages():  # runs in gRPC's sending thread
+            try:
+                for i, e in enumerate(events):
+                    yield _event(e, f"events[{i}]")
+            except Exception as exc:
+                failed.append(exc)
+                # end the stream with a message the server refuses, so that it refuses the whole
+                # stream (all or nothing). Cancelling instead races: the server can see a cancelled
+                # stream's last message as its normal end and commit what came before it.
+                yield _POISON
 
-        done = recorded_from_pb(self._call("StreamEvents", self._stub.StreamEvents, messages(), timeout))
-        return _stream_result(done, refused)
+        t = self.timeout if timeout is None else timeout
+        call = self._stub.StreamEvents.future(messages(), timeout=t, metadata=self._metadata)
+        try:
+            resp = call.result()
+        except grpc.RpcError as exc:
+            if failed:
+                raise _stream_failure(failed) from None
+            raise TandemError.from_rpc_error(exc, "StreamEvents") from None
+        except BaseException:  # e.g. KeyboardInterrupt: cancel before the sending thread ends the stream
+            call.cancel()
+            raise
+        if failed:  # cannot happen (the server refuses the poison message), but never report success
+            raise _stream_failure(failed)
+        return recorded_from_pb(resp)
 
     def get_item(self, item_id: str, *, timeout: float | None = None) -> Item:
         """A catalog item of the serving bundle (NOT_FOUND when it lacks it)."""
@@ -456,7 +489,7 @@ class AsyncTandemClient(_Base):
         await self._channel.close()
 
     async def _call(self, rpc: str, method, request, timeout: float | None):
-        attempts = _Attempts(self._policy(rpc), self.timeout if timeout is None else timeout, self._rng)
+        attempts = _Attempts(self._policy(rpc, request), self.timeout if timeout is None else timeout, self._rng)
         while True:
             try:
                 return await method(request, timeout=attempts.next_timeout(), metadata=self._metadata)
@@ -495,19 +528,29 @@ class AsyncTandemClient(_Base):
     async def stream_events(self, events: Iterable[Event] | AsyncIterable[Event], *,
                             timeout: float | None = None) -> Recorded:
         """See :meth:`TandemClient.stream_events`; ``events`` may also be an async iterable."""
-        refused: list[TandemError] = []
+        failed: list[Exception] = []
 
         async def messages():
             i = 0
-            source = events if isinstance(events, AsyncIterable) else _aiter(events)
-            async for e in source:
-                if (m := _stream_message(i, e, refused)) is None:
-                    return
-                yield m
-                i += 1
+            try:
+                async for e in events if isinstance(events, AsyncIterable) else _aiter(events):
+                    yield _event(e, f"events[{i}]")
+                    i += 1
+            except Exception as exc:
+                failed.append(exc)
+                yield _POISON  # the server refuses the whole stream (see TandemClient.stream_events)
 
-        done = recorded_from_pb(await self._call("StreamEvents", self._stub.StreamEvents, messages(), timeout))
-        return _stream_result(done, refused)
+        call = self._stub.StreamEvents(messages(), timeout=self.timeout if timeout is None else timeout,
+                                       metadata=self._metadata)
+        try:
+            resp = await call
+        except grpc.RpcError as exc:
+            if failed:
+                raise _stream_failure(failed) from None
+            raise TandemError.from_rpc_error(exc, "StreamEvents") from None
+        if failed:
+            raise _stream_failure(failed)
+        return recorded_from_pb(resp)
 
     async def get_item(self, item_id: str, *, timeout: float | None = None) -> Item:
         """See :meth:`TandemClient.get_item`."""

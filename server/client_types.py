@@ -46,14 +46,20 @@ class Filters:
 class Event:
     """One interaction (``tandem.v1.Event``). ``ts`` 0 means the server's receive time.
 
+    ``event_id``: an optional idempotency key (at most 256 characters, unique per event, e.g. a
+    UUID made by the caller): an event whose id the server's log already holds is acknowledged
+    (counted in :attr:`Recorded.duplicates`) but neither logged nor applied again, and a
+    :meth:`~server.client.TandemClient.record` call whose every event has one is retried.
+
     Every field that is not None is copied onto the wire message by name, so a field the
-    proto gains (an idempotency key, say) is one more line here."""
+    proto gains is one more line here."""
 
     user_id: str
     item_id: str
     event: str = "purchase"                # view, click, cart, purchase, rate
     ts: int = 0                            # epoch seconds
     value: float | None = None             # e.g. the rating of a "rate" event
+    event_id: str | None = None            # idempotency key; None (or "") = none
 
 
 @dataclass(frozen=True)
@@ -106,9 +112,10 @@ class Results:
 class Recorded:
     """The answer of RecordEvents and StreamEvents."""
 
-    accepted: int                          # durably logged
-    applied: int                           # on items the current bundle knows
+    accepted: int                          # acknowledged: durably logged, now or before (duplicates included)
+    applied: int                           # logged now and on items the current bundle knows
     last_sequence: int                     # event-log position after this batch
+    duplicates: int                        # of accepted: their event_id was logged already, so not again
 
 
 @dataclass(frozen=True)
@@ -180,7 +187,7 @@ def results_from_pb(m: pb.ItemsResponse) -> Results:
 
 
 def recorded_from_pb(m: pb.RecordEventsResponse) -> Recorded:
-    return Recorded(m.accepted, m.applied, m.last_sequence)
+    return Recorded(m.accepted, m.applied, m.last_sequence, m.duplicates)
 
 
 def item_from_pb(m: pb.Item) -> Item:

@@ -118,6 +118,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--value", type=float, metavar="X", help="e.g. the stars of a rate event (default: none)")
     p.add_argument("--ts", type=int, default=0, metavar="EPOCH_S",
                    help="when, in epoch seconds (default 0: the server's receive time)")
+    p.add_argument("--event-id", metavar="ID",
+                   help="idempotency key, at most 256 characters (e.g. a UUID): the server logs an id once and "
+                   "acknowledges a repeat as a duplicate, so with it the call is retried while the server is "
+                   "unavailable (default: none, never retried)")
     p.set_defaults(handler=_rpc(_record))
     p = client("get-item", "one catalog item of a running server",
                "Print one item of the serving bundle's catalog.")
@@ -134,8 +138,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_rpc(_reload))
 
 
-_CLIENT_EPILOG = (" An RPC error exits with status 1 and prints CODE: message on stderr. Read-only calls are "
-                  "retried while the server is unavailable, until --timeout.")
+_CLIENT_EPILOG = (" An RPC error exits with status 1 and prints CODE: message on stderr. Read-only calls, and "
+                  "record with --event-id, are retried while the server is unavailable, until --timeout.")
 
 
 def serve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = None):
@@ -248,11 +252,13 @@ def _similar(args, client) -> int:
 def _record(args, client) -> int:
     from server.client import Event
 
-    resp = client.record(Event(args.user, args.item, event=args.event, ts=args.ts, value=args.value))
+    resp = client.record(Event(args.user, args.item, event=args.event, ts=args.ts, value=args.value,
+                               event_id=args.event_id))
     if args.json:
         print(json.dumps(dataclasses.asdict(resp)))
     else:
-        print(f"recorded {resp.accepted} event(s), {resp.applied} applied, log position {resp.last_sequence}")
+        dup = f", {resp.duplicates} already logged (same event id)" if resp.duplicates else ""
+        print(f"recorded {resp.accepted} event(s), {resp.applied} applied{dup}, log position {resp.last_sequence}")
     return 0
 
 

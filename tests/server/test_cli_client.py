@@ -63,6 +63,16 @@ def test_record_then_recommend_and_status(addr, capsys):
     assert fields["last_reload_error"] == "-"
 
 
+def test_record_with_event_id_is_logged_once(addr, capsys):
+    argv = ("record", "--addr", addr, "--token", "tok", "--user", "yann", "--item", "i11", "--event-id", "yann-1")
+    code, out, _ = run(capsys, *argv, "--json")
+    first = json.loads(out)
+    assert code == 0 and (first["accepted"], first["applied"], first["duplicates"]) == (1, 1, 0)
+    code, out, _ = run(capsys, *argv)  # a repeat (e.g. a retried script) is acknowledged, not logged again
+    assert code == 0 and out.strip() == (f"recorded 1 event(s), 0 applied, 1 already logged (same event id), "
+                                         f"log position {first['last_sequence']}")
+
+
 def test_get_item_and_reload(addr, capsys):
     code, out, _ = run(capsys, "get-item", "--addr", addr, "--item", "i03", "--json")
     assert code == 0 and json.loads(out) == {"item_id": "i03", "title": "item 3 black", "description": "",

@@ -3,6 +3,7 @@ error mapping with the field, token, deadlines and retries."""
 
 import asyncio
 import dataclasses
+import logging
 import random
 import threading
 import time
@@ -127,7 +128,7 @@ def test_async_client_every_rpc(addr, server):
     (lambda c: c.record([Event("u", "i01"), ("u", "i02")]), "INVALID_ARGUMENT", "events[1]",
      "events[1] must be an Event, got tuple"),
     (lambda c: c.stream_events([Event("u", "i01"), "i02"]), "INVALID_ARGUMENT", "events[1]",
-     "events[1] must be an Event, got str; the 1 events before it were accepted"),
+     "events[1] must be an Event, got str; nothing of this stream was recorded"),
     (lambda c: c.record(Event("u", "i01", ts="yesterday")), "INVALID_ARGUMENT", "events[0]", "events[0] must be"),
 ])
 def test_errors_carry_code_field_and_message(client, call, code, field, message):
@@ -136,6 +137,92 @@ def test_errors_carry_code_field_and_message(client, call, code, field, message)
     err = exc.value
     assert (err.code, err.field) == (code, field) and err.message.startswith(message), err.message
     assert str(err) == f"{code}: {err.message}"
+
+
+def _good_then(bad, n=300):
+    """``n`` valid events (enough to reach the server before the bad element), then ``bad``."""
+    for k in range(n):
+        yield Event("hana", f"i{k % 20:02d}", event="view")
+    yield bad
+
+
+class _Boom(Exception):
+    pass
+
+
+def _good_then_raise(n=300):
+    yield from (Event("hana", "i01", event="view") for _ in range(n))
+    raise _Boom("the caller's iterator failed")
+
+
+def test_a_refused_stream_element_records_nothing(client, server, caplog):
+    """All or nothing, like the server: a bad element ends the stream with a message the server
+    refuses, so the events already sent are not committed. Repeated: cancelling the call instead
+    committed the 300 good events about one time in four."""
+    start = server.event_log.position()
+    with pytest.raises(TandemError) as exc:
+        client.stream_events(_good_then(Event("hana", "i01", ts="soon")))
+    err = exc.value
+    assert (err.code, err.field, err.rpc) == ("INVALID_ARGUMENT", "events[300]", "StreamEvents")
+    assert "nothing of this stream was recorded" in err.message, err.message
+    with pytest.raises(TandemError) as exc:
+        client.stream_events(_good_then(("hana", "i01")))
+    assert exc.value.field == "events[300]" and "got tuple" in exc.value.message
+    with pytest.raises(_Boom):  # the caller's own exception, unchanged; nothing recorded either
+        client.stream_events(_good_then_raise())
+    time.sleep(0.3)  # a commit the server were to make late would show by now
+    assert server.event_log.position() == start and client.status().event_log_sequence == start
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], "a refused stream is not a server error"
+    assert server.metrics.registry.get_sample_value("tandem_rpc_responses_total",
+                                                    {"rpc": "StreamEvents", "code": "INVALID_ARGUMENT"}) >= 3
+    done = client.stream_events(_good_then(Event("hana", "i02"), n=2))  # the channel still works
+    assert done.accepted == 3 and done.last_sequence == start + 3
+
+
+def test_async_refused_stream_element_records_nothing(addr, server):
+    start = server.event_log.position()
+
+    async def agood_then(bad, n=300):
+        for e in _good_then(bad, n):
+            yield e
+            if n > 1:
+                await asyncio.sleep(0)
+
+    async def go():
+        async with AsyncTandemClient(addr, token="tok", timeout=5) as c:
+            for source in (agood_then(Event("hana", "i01", value="x")), _good_then(42)):
+                with pytest.raises(TandemError) as exc:
+                    await c.stream_events(source)
+                err = exc.value
+                assert (err.code, err.field, err.rpc) == ("INVALID_ARGUMENT", "events[300]", "StreamEvents")
+                assert "nothing of this stream was recorded" in err.message, err.message
+            with pytest.raises(_Boom):
+                await c.stream_events(_good_then_raise())
+            await asyncio.sleep(0.3)
+            assert server.event_log.position() == start and (await c.status()).event_log_sequence == start
+            done = await c.stream_events(agood_then(Event("hana", "i02"), n=1))
+            assert done.accepted == 2 and done.last_sequence == start + 2
+
+    asyncio.run(go())
+
+
+def test_event_id_and_duplicates(client, addr):
+    batch = [Event("ivan", f"i0{n}", event="view", event_id=f"ivan-{n}") for n in range(3)]
+    first = client.record(batch)
+    assert (first.accepted, first.applied, first.duplicates) == (3, 3, 0)
+    again = client.record([*batch, Event("ivan", "i09", event_id="ivan-3")])
+    assert (again.accepted, again.applied, again.duplicates) == (4, 1, 3)
+    assert again.last_sequence == first.last_sequence + 1
+    streamed = client.stream_events(iter(batch))
+    assert (streamed.accepted, streamed.duplicates, streamed.last_sequence) == (3, 3, again.last_sequence)
+
+    async def go():
+        async with AsyncTandemClient(addr, token="tok", timeout=5) as c:
+            return await c.record(batch[0])
+    assert asyncio.run(go()).duplicates == 1
+    with pytest.raises(TandemError) as exc:
+        client.record([batch[0], Event("ivan", "i01", event_id="x" * 257)])
+    assert exc.value.field == "events[1].event_id" and "nothing of this batch was recorded" in exc.value.message
 
 
 def test_parse_field_of_server_messages():
@@ -191,7 +278,7 @@ def test_retries_until_a_late_server_starts(tmp_path):
     port = free_port()
     srv = TandemServer(ServerConfig(bundles=tmp_path, port=port, token="tok", workers=2), load_fake_engine)
     with TandemClient(f"127.0.0.1:{port}", token="tok", timeout=10) as c:
-        with pytest.raises(TandemError) as exc:  # writes are never retried: fails at once
+        with pytest.raises(TandemError) as exc:  # a write without event ids is never retried: fails at once
             c.record(Event("u", "i01"))
         assert exc.value.code == "UNAVAILABLE"
         with pytest.raises(TandemError) as exc:
@@ -211,6 +298,41 @@ def test_retries_until_a_late_server_starts(tmp_path):
         with pytest.raises(TandemError) as exc:  # the server has gone: retried, then given up at the deadline
             c.ping(timeout=0.5)
         assert exc.value.code == "UNAVAILABLE"
+
+
+def test_record_with_event_ids_is_retried_until_a_late_server_starts(tmp_path):
+    """A batch whose every event has an event_id is idempotent, so it is retried like a read;
+    one event without an id makes the whole batch a one-attempt call."""
+    write_fake_bundle(tmp_path)
+    port = free_port()
+    srv = TandemServer(ServerConfig(bundles=tmp_path, port=port, token="tok", workers=2), load_fake_engine)
+    batch = [Event("jo", "i01", event_id="jo-1"), Event("jo", "i02", event_id="jo-2")]
+    with TandemClient(f"127.0.0.1:{port}", token="tok", timeout=10) as c:
+        for events in ([*batch, Event("jo", "i03")], [Event("jo", "i03", event_id="")]):
+            t0 = time.monotonic()
+            with pytest.raises(TandemError) as exc:
+                c.record(events)
+            assert exc.value.code == "UNAVAILABLE" and time.monotonic() - t0 < 1
+
+        async def late_async():
+            async with AsyncTandemClient(f"127.0.0.1:{port}", token="tok", timeout=10) as ac:
+                return await ac.record(Event("jo", "i04", event_id="jo-4"))
+
+        starter = threading.Timer(0.8, srv.start)
+        starter.start()
+        try:
+            t0 = time.monotonic()
+            done = c.record(batch)  # UNAVAILABLE, retried until the server is up
+            assert 0.7 < time.monotonic() - t0 < 8
+            assert (done.accepted, done.duplicates) == (2, 0)
+            assert asyncio.run(late_async()).accepted == 1
+            again = c.record(batch)  # e.g. a retry whose first answer was lost: acknowledged, not logged
+            assert (again.accepted, again.duplicates, again.last_sequence) == (2, 2, done.last_sequence + 1)
+            logged = [(e.user_id, e.item_id) for e in srv.event_log.iter_events()]
+            assert logged == [("jo", "i01"), ("jo", "i02"), ("jo", "i04")]
+        finally:
+            starter.join()
+            srv.stop(0)
 
 
 def test_retry_policy():
