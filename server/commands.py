@@ -7,27 +7,17 @@ An RPC error exits with status 1 and prints ``CODE: message`` (e.g.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-__all__ = ["register", "load_engine_loader"]
-
-
-def load_engine_loader(spec: str):
-    """``module:function`` -> the function (an extension/testing hook for custom engines)."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--engine-loader must look like module:function, got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"--engine-loader {spec}: cannot import it ({exc})") from None
+__all__ = ["register", "serve"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -50,9 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "active computed at load; about 10 KB each (default 50000; 0: none)")
     s.add_argument("--grace", type=float, default=10.0, metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
-    s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
-                   help="function(bundle_folder) -> engine; a testing/extension hook (default: Tandem's pipeline)")
-    s.set_defaults(handler=_serve)
+    s.set_defaults(handler=serve)
 
     def client(name: str, help_: str) -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, help=help_)
@@ -90,7 +78,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=_status)
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None = None) -> int:
+    """``tandem serve``: the bundle's pipeline (``engine_loader(bundle_folder)`` when given, as
+    the process tests pass a stand-in engine) behind the gRPC server, until SIGTERM or SIGINT."""
     from server.logs import use_json_logs
     from server.service import ServerConfig, TandemServer
 
@@ -113,7 +103,9 @@ def _serve(args: argparse.Namespace) -> int:
     config = ServerConfig(bundles=args.bundles, host=args.host, port=args.port, metrics_port=args.metrics_port,
                           event_log=args.event_log, token=args.token or os.environ.get("TANDEM_TOKEN") or None,
                           tls_cert=args.tls_cert, tls_key=args.tls_key, grace_s=args.grace, **kwargs)
-    server = TandemServer(config, load_engine_loader(args.engine_loader))
+    if engine_loader is None:
+        from ranking.loader import load_engine as engine_loader
+    server = TandemServer(config, engine_loader)
     done = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001
