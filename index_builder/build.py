@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import platform
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -24,20 +24,19 @@ from index_builder.cleaning import CleanResult, load_dataset, load_queries
 from index_builder.config import BuildConfig, config_to_dict
 from index_builder.evaluate import evaluate_source
 from index_builder.splits import Split, Targets, leave_last_out, make_split
-from ranking.features import build_item_table, compute_features, feature_names
+from ranking.features import compute_features, feature_names
 from ranking.history import HistoryStore
+from ranking.item_table import build_item_table, item_table_inputs
 from ranking.loader import save_pipeline
-from ranking.pipeline import Pipeline
+from ranking.pipeline import KINDS, Pipeline
 from ranking.ranker import Ranker, RankingLists, ndcg_of_lists
+from retrieval.base import CandidateSource
 from retrieval.bundle import write_bundle
 from retrieval.data import Catalog, Event, Interactions
-from retrieval.item_cf import ItemCF
-from retrieval.lexical import Lexical
-from retrieval.popularity import Popularity
-from retrieval.text_tower import TextEncoder, TextSource, TextSourceConfig
-from retrieval.two_tower import TwoTower
+from retrieval.registry import SOURCES, FitContext
+from retrieval.text_tower import TextEncoder
 
-__all__ = ["BuildResult", "build", "fit_pipeline", "ranker_lists", "evaluate_pipeline"]
+__all__ = ["BuildResult", "build", "fit_pipeline", "fit_sources", "default_sources", "ranker_lists", "evaluate_pipeline"]
 
 log = logging.getLogger(__name__)
 
@@ -66,47 +65,43 @@ class _Timer:
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
-def _fit_sources(config: BuildConfig, catalog: Catalog, train: Interactions, valid: Targets | None,
-                 text_vectors: np.ndarray, encoder: TextEncoder, timer: _Timer,
-                 two_tower_epochs: int | None = None, suffix: str = "") -> dict[str, Any]:
-    wanted = set(config.pipeline.recommend_sources + config.pipeline.search_sources
-                 + config.pipeline.similar_sources) | {"popularity"}
-    sources: dict[str, Any] = {}
-    with timer.stage("popularity" + suffix):
-        sources["popularity"] = Popularity(config.popularity).fit(catalog, train)
-    if "item_cf" in wanted:
-        with timer.stage("item_cf" + suffix):
-            sources["item_cf"] = ItemCF(config.item_cf).fit(catalog, train)
-    if "lexical" in wanted:
-        with timer.stage("lexical" + suffix):
-            sources["lexical"] = Lexical(config.lexical).fit(catalog, train)
-    if "text" in wanted:
-        with timer.stage("text_index" + suffix):
-            text = TextSource(TextSourceConfig(encoder=config.text), encoder=encoder)
-            text.ann_config = config.ann
-            sources["text"] = text.fit(catalog, train, vectors=text_vectors)
-    if "two_tower" in wanted:
-        with timer.stage("two_tower" + suffix):
-            tt_config = config.two_tower
-            if two_tower_epochs is not None:
-                tt_config = replace(tt_config, epochs=max(1, two_tower_epochs))
-            tt = TwoTower(tt_config)
-            tt.ann_config = config.ann
-            sources["two_tower"] = tt.fit(
-                catalog, train, valid=valid if two_tower_epochs is None else None,
-                text_vectors=text_vectors, progress=False)
+def default_sources(config: BuildConfig, kinds: Iterable[str] = KINDS) -> tuple[str, ...]:
+    """The sources a bundle gets: those the pipeline config names for ``kinds`` and those every
+    bundle has (popularity, the cold-start fallback), in registry order."""
+    named = {name for kind in kinds for name in config.pipeline.sources_for(kind)}
+    return tuple(name for name, entry in SOURCES.items() if name in named or entry.always)
+
+
+def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] | None = None,
+                timer: _Timer | None = None, suffix: str = "") -> dict[str, CandidateSource]:
+    """Fit the sources ``names`` (default: every source the pipeline config names and those
+    every bundle has) in registry order, each with its ``config`` section, through its registry
+    entry."""
+    timer = timer or _Timer()
+    wanted = set(default_sources(config) if names is None else names)
+    sources: dict[str, CandidateSource] = {}
+    for name, entry in SOURCES.items():
+        if name in wanted:
+            with timer.stage((entry.stage or name) + suffix):
+                sources[name] = entry.fit(context, getattr(config, entry.config_field))
     return sources
 
 
-def _make_pipeline(config: BuildConfig, catalog: Catalog, sources: dict[str, Any], train: Interactions,
-                   text_vectors: np.ndarray, histories: HistoryStore, rankers: dict[str, Ranker] | None = None,
+def _make_pipeline(config: BuildConfig, catalog: Catalog, sources: Mapping[str, CandidateSource],
+                   train: Interactions, histories: HistoryStore, rankers: dict[str, Ranker] | None = None,
                    built_at: int = 0) -> Pipeline:
-    cf = sources.get("item_cf")
-    table = build_item_table(
-        catalog, train,
-        tt_vecs=sources["two_tower"].encode_items() if "two_tower" in sources else None,
-        text_vecs=text_vectors, cf=cf.similarity if cf is not None else None)
+    table = build_item_table(catalog, train, **item_table_inputs(sources))
     return Pipeline(catalog, sources, table, histories, rankers, config.pipeline, built_at=built_at)
+
+
+def _training_logs(sources: Mapping[str, CandidateSource]) -> dict[str, Any]:
+    """What each source trained in epochs recorded (its ``log``: best epoch, epochs run, seconds)."""
+    out = {}
+    for name, source in sources.items():
+        log_ = getattr(source, "log", None)
+        if log_ is not None:
+            out[name] = log_
+    return out
 
 
 def ranker_lists(pipeline: Pipeline, targets: Targets, rows: np.ndarray, kind: str = "recommend",
@@ -184,22 +179,22 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
     histories = HistoryStore.from_interactions(interactions)
     built_at = int(interactions.ts.max()) if len(interactions) else 0
-    sources = _fit_sources(config, catalog, fit_split.train, fit_split.valid, text_vectors, encoder, timer)
-    pipeline = _make_pipeline(config, catalog, sources, fit_split.train, text_vectors, histories,
-                              built_at=built_at)
+    context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
+                         encoder=encoder, ann=config.ann)
+    sources = fit_sources(config, context, timer=timer)
+    pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
     ranker, ranker_info = _train_ranker(config, pipeline, fit_split.valid, timer)
     info: dict[str, Any] = {"ranker": ranker_info}
-    tt = sources.get("two_tower")
-    if tt is not None and tt.log is not None:
-        info["two_tower"] = {"best_epoch": tt.log.best_epoch, "epochs_run": tt.log.epochs_run,
-                             "seconds": round(tt.log.seconds, 1),
-                             "valid": [list(e) for e in tt.log.evals[-3:]]}
+    logs = _training_logs(sources)
+    for name, tlog in logs.items():
+        info[name] = {"best_epoch": tlog.best_epoch, "epochs_run": tlog.epochs_run,
+                      "seconds": round(tlog.seconds, 1), "valid": [list(e) for e in tlog.evals[-3:]]}
     if config.split == "none" and config.refit_on_all:
-        epochs = tt.log.best_epoch if tt is not None and tt.log is not None else None
-        sources = _fit_sources(config, catalog, interactions, None, text_vectors, encoder, timer,
-                               two_tower_epochs=epochs, suffix="_refit")
-        pipeline = _make_pipeline(config, catalog, sources, interactions, text_vectors, histories,
-                                  built_at=built_at)
+        # every event this time; sources trained in epochs rerun their best epoch count
+        context = replace(context, train=interactions, valid=None,
+                          epochs={name: tlog.best_epoch for name, tlog in logs.items()})
+        sources = fit_sources(config, context, timer=timer, suffix="_refit")
+        pipeline = _make_pipeline(config, catalog, sources, interactions, histories, built_at=built_at)
     pipeline = Pipeline(pipeline.catalog, pipeline.sources, pipeline.table, pipeline.histories,
                         {"recommend": ranker}, pipeline.config, built_at=built_at)
     metrics: dict[str, dict[str, float]] = {}

@@ -44,7 +44,7 @@ from index_builder.cleaning import CleaningConfig
 from ranking.pipeline import PipelineConfig
 from ranking.ranker import RankerConfig
 from retrieval.ann import AnnConfig
-from retrieval.item_cf import ItemCFConfig
+from retrieval.item_cf import ItemCFConfig, UserCFConfig
 from retrieval.lexical import LexicalConfig
 from retrieval.popularity import PopularityConfig
 from retrieval.text_tower import TextEncoderConfig
@@ -78,6 +78,7 @@ class BuildConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
     item_cf: ItemCFConfig = field(default_factory=ItemCFConfig)
+    user_cf: UserCFConfig = field(default_factory=UserCFConfig)
     popularity: PopularityConfig = field(default_factory=PopularityConfig)
     lexical: LexicalConfig = field(default_factory=LexicalConfig)
     ann: AnnConfig = field(default_factory=AnnConfig)

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.build import _make_pipeline, ranker_lists
+from index_builder.build import _make_pipeline, default_sources, fit_sources, ranker_lists
 from index_builder.cleaning import load_dataset
 from index_builder.config import BuildConfig, config_to_dict
 from index_builder.splits import Targets, leave_last_out
@@ -26,10 +26,8 @@ from ranking.features import feature_names
 from ranking.history import HistoryStore
 from ranking.pipeline import Pipeline
 from ranking.ranker import Ranker, ndcg_of_lists
-from retrieval.item_cf import ItemCF
-from retrieval.popularity import Popularity
-from retrieval.text_tower import TextEncoder, TextSource, TextSourceConfig
-from retrieval.two_tower import TwoTower
+from retrieval.registry import FitContext
+from retrieval.text_tower import TextEncoder
 
 __all__ = ["tune", "to_toml"]
 
@@ -52,6 +50,10 @@ def _subset(t: Targets, rows: np.ndarray) -> Targets:
     return Targets(t.user_ids, t.users[rows], np.array(tgt_ptr, np.int64), cat(tgt, np.int64),
                    np.array(h_ptr, np.int64), cat(h_items, np.int64), cat(h_ts, np.int64),
                    cat(h_ev, np.int8), t.now)
+
+
+#: The sources whose config :func:`_suggest` changes: refitted in every trial.
+_TUNED_SOURCES = ("two_tower",)
 
 
 def _suggest(trial: Any, base: BuildConfig) -> BuildConfig:
@@ -94,20 +96,20 @@ def tune(data_dir: Path, trials: int, timeout_s: float | None, base: BuildConfig
     encoder = TextEncoder(base.text)
     text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
     histories = HistoryStore.from_interactions(split.train)
-    fixed = {
-        "popularity": Popularity(base.popularity).fit(catalog, split.train),
-        "item_cf": ItemCF(base.item_cf).fit(catalog, split.train),
-        "text": TextSource(TextSourceConfig(encoder=base.text), encoder=encoder).fit(
-            catalog, split.train, vectors=text_vectors),
-    }
+    context = FitContext(catalog, split.train, valid=fit_valid, text_vectors=text_vectors, encoder=encoder,
+                         ann=base.ann)
+    # the sources a recommend-only bundle has, fitted as the build fits them; those whose config
+    # the search space changes are refitted in every trial
+    names = default_sources(base, ("recommend",))
+    fixed = fit_sources(base, context, [n for n in names if n not in _TUNED_SOURCES])
 
     def objective(trial: Any) -> float:
         cfg = _suggest(trial, base)
+        cfg = replace(cfg, two_tower=replace(cfg.two_tower, seed=seed))
         t0 = time.perf_counter()
-        sources = dict(fixed)
-        sources["two_tower"] = TwoTower(replace(cfg.two_tower, seed=seed)).fit(
-            catalog, split.train, valid=fit_valid, text_vectors=text_vectors)
-        p: Pipeline = _make_pipeline(cfg, catalog, sources, split.train, text_vectors, histories)
+        tuned = fit_sources(cfg, context, [n for n in names if n in _TUNED_SOURCES])
+        sources = {name: fixed[name] if name in fixed else tuned[name] for name in names}
+        p: Pipeline = _make_pipeline(cfg, catalog, sources, split.train, histories)
         train_lists, _ = ranker_lists(p, fit_valid, np.arange(len(fit_valid)))
         score_lists, _ = ranker_lists(p, score_valid, np.arange(len(score_valid)))
         ranker = Ranker(feature_names(p.available("recommend")), replace(cfg.ranker, seed=seed))

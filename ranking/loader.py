@@ -14,40 +14,22 @@ Layout inside ``<root>/<version>/``::
 
 from __future__ import annotations
 
-import importlib
 import json
 import logging
 import time
 from pathlib import Path
 
-from ranking.features import load_item_table, save_item_table
 from ranking.history import HistoryStore
+from ranking.item_table import item_table_inputs, load_item_table, save_item_table
 from ranking.pipeline import Pipeline, PipelineConfig
 from ranking.ranker import Ranker
 from retrieval.bundle import current_bundle, verify_bundle
 from retrieval.catalog_io import load_catalog, save_catalog
+from retrieval.registry import source_entry
 
-__all__ = ["SOURCE_CLASSES", "save_pipeline", "load_pipeline", "load_engine"]
+__all__ = ["save_pipeline", "load_pipeline", "load_engine"]
 
 log = logging.getLogger(__name__)
-
-#: Source name -> "module:Class" with ``load(folder, catalog)``.
-SOURCE_CLASSES: dict[str, str] = {
-    "popularity": "retrieval.popularity:Popularity",
-    "item_cf": "retrieval.item_cf:ItemCF",
-    "user_cf": "retrieval.item_cf:UserCF",
-    "lexical": "retrieval.lexical:Lexical",
-    "text": "retrieval.text_tower:TextSource",
-    "two_tower": "retrieval.two_tower:TwoTower",
-}
-
-
-def _source_class(name: str) -> type:
-    try:
-        module, cls = SOURCE_CLASSES[name].split(":")
-    except KeyError as exc:
-        raise ValueError(f"unknown candidate source {name!r}; known: {', '.join(sorted(SOURCE_CLASSES))}") from exc
-    return getattr(importlib.import_module(module), cls)
 
 
 def save_pipeline(pipeline: Pipeline, folder: Path) -> dict:
@@ -74,15 +56,10 @@ def load_pipeline(folder: Path, *, verify: bool = True) -> Pipeline:
     catalog = load_catalog(folder / "catalog")
     sources = {}
     for name in manifest.get("sources", []):
-        sources[name] = _source_class(name).load(folder / "sources" / name, catalog)
+        entry = source_entry(name, f"{folder / 'manifest.json'}: sources")
+        sources[name] = entry.load(folder / "sources" / name, catalog)
     rankers = {kind: Ranker.load(folder / "rankers" / kind) for kind in manifest.get("rankers", [])}
-    cf = sources.get("item_cf")
-    table = load_item_table(
-        folder / "item_table",
-        tt_vecs=sources["two_tower"].encode_items() if "two_tower" in sources else None,
-        text_vecs=sources["text"].vectors if "text" in sources else None,
-        cf=cf.similarity if cf is not None else None,
-    )
+    table = load_item_table(folder / "item_table", **item_table_inputs(sources))
     histories = HistoryStore.load(folder / "histories")
     config = PipelineConfig.from_dict(json.loads((folder / "pipeline.json").read_text()))
     pipeline = Pipeline(catalog, sources, table, histories, rankers, config,

@@ -14,7 +14,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -77,7 +77,6 @@ class RankingLists:
     features: np.ndarray
     mask: np.ndarray
     labels: np.ndarray
-    baseline_order: np.ndarray = field(default=None)  # type: ignore[assignment]
 
     @classmethod
     def from_lists(cls, feats: Sequence[np.ndarray], labels: Sequence[np.ndarray], max_list: int) -> RankingLists:

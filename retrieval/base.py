@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from retrieval.data import Catalog, Interactions
 
 __all__ = [
-    "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta"]
+    "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta",
+    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +178,78 @@ class CandidateSource(Protocol):
     @classmethod
     def load(cls, folder: Path, catalog: Catalog) -> CandidateSource:
         """Read back what :meth:`save` wrote."""
+        ...
+
+
+# -- capabilities ----------------------------------------------------------------------------
+# What a source can do beyond retrieving. The ranking stage asks for a capability, never for a
+# source by name; the registry (retrieval.registry) declares which sources have which, and the
+# shared contract test checks that each declared capability is really there and consistent.
+
+
+@runtime_checkable
+class ItemVectors(Protocol):
+    """A source whose items live in a vector space."""
+
+    def encode_items(self) -> np.ndarray:
+        """float32 (n_items, d): every catalog item's vector, row = catalog index."""
+        ...
+
+
+@runtime_checkable
+class UserEncoder(Protocol):
+    """A source that maps a user's history to a vector in the space of its item vectors
+    (the ranking features' user-item dot product)."""
+
+    def encode_items(self) -> np.ndarray:
+        """float32 (n_items, d), as :class:`ItemVectors`."""
+        ...
+
+    def encode_users(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
+        """float32 (b, d): one vector per request, from its history; the same vector whether a
+        request comes alone or in a batch. Keeps the vector in a request's memo when it has one."""
+        ...
+
+
+@runtime_checkable
+class QueryEncoder(Protocol):
+    """A source that maps a search query to a vector in the space of its item vectors
+    (the ranking features' query-item and history-item similarities)."""
+
+    def encode_items(self) -> np.ndarray:
+        """float32 (n_items, d), as :class:`ItemVectors`."""
+        ...
+
+    def encode_query(self, query: str) -> np.ndarray:
+        """float32 (d,): the query's vector."""
+        ...
+
+
+@runtime_checkable
+class ItemSimilarity(Protocol):
+    """A source holding an item-item similarity matrix: ``similarity`` csr float32 (n, n),
+    row = an item a user had, column = a candidate (the ranking features' CF columns)."""
+
+    similarity: Any
+
+
+@runtime_checkable
+class HistoryMemo(Protocol):
+    """A source that derives something from the history alone and keeps it in the request's
+    memo (:attr:`RetrievalRequest.memo`); the pipeline's warm-up calls it for recent users."""
+
+    def remember(self, request: RetrievalRequest) -> Any:
+        """Compute (or read) the request's history-derived state, keeping it in ``request.memo``."""
+        ...
+
+
+@runtime_checkable
+class CatalogScorer(Protocol):
+    """A source that scores the whole catalog for a batch of requests (the evaluator's full
+    ranking); a request's row is the same alone or in a batch."""
+
+    def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
+        """float32 (b, n_items): every item's score for each request (history not excluded)."""
         ...
 
 

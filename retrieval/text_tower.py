@@ -215,6 +215,12 @@ class TextSource:
         """The ANN index's kind, factory string, parameters and measured recall."""
         return {} if self._index is None else self._index.info()
 
+    def encode_items(self) -> np.ndarray:
+        """float32 (n_items, d): every item's text vector, row = catalog index."""
+        if self.vectors is None:
+            raise RuntimeError("TextSource.encode_items called before fit() or load()")
+        return self.vectors
+
     # -- answering -----------------------------------------------------------------------
     def encode_query(self, query: str) -> np.ndarray:
         """The query's vector, float32 (d,), from a small LRU cache when seen recently.

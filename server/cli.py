@@ -34,10 +34,6 @@ COMMAND_MODULES: tuple[str, ...] = (
 )
 
 
-class CommandError(Exception):
-    """A user-facing failure: printed without a traceback, exit status 2."""
-
-
 def _version() -> str:
     try:
         return importlib.metadata.version("tandem")
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     # a missing, incomplete or tampered bundle, an unreadable file, a bad value: one line, no traceback
-    except (CommandError, BundleError, OSError, ValueError) as exc:
+    except (BundleError, OSError, ValueError) as exc:
         print(f"tandem {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

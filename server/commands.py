@@ -9,28 +9,17 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import logging
 import os
 import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import Any
 
-__all__ = ["register", "load_engine_loader", "serve_config"]
-
-
-def load_engine_loader(spec: str):
-    """``module:function`` -> the function (an extension/testing hook for custom engines)."""
-    module, _, name = spec.partition(":")
-    if not module or not name:
-        raise ValueError(f"--engine-loader must look like module:function, got {spec!r}")
-    try:
-        return getattr(importlib.import_module(module), name)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"--engine-loader {spec}: cannot import it ({exc})") from None
+__all__ = ["register", "serve", "serve_config"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -69,10 +58,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="... and close it unless the ping is answered within this (default 20)")
     s.add_argument("--min-ping-interval", type=float, dest="min_ping_interval_s", metavar="SECONDS",
                    help="clients may ping at most this often; faster ones get GOAWAY (default 10)")
-    s.add_argument("--engine-loader", default="ranking.loader:load_engine", metavar="MODULE:FUNCTION",
-                   help="function(bundle_folder) -> engine; a testing/extension hook "
-                   "(default ranking.loader:load_engine, Tandem's pipeline)")
-    s.set_defaults(handler=_serve)
+    s.set_defaults(handler=serve)
 
     def client(name: str, help_: str, description: str) -> argparse.ArgumentParser:
         p = subparsers.add_parser(name, help=help_, description=description + _CLIENT_EPILOG)
@@ -155,7 +141,9 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
                         aliases={"TANDEM_TOKEN": "token"})
 
 
-def _serve(args: argparse.Namespace) -> int:
+def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None = None) -> int:
+    """``tandem serve``: the bundle's pipeline (``engine_loader(bundle_folder)`` when given, as
+    the process tests pass a stand-in engine) behind the gRPC server, until SIGTERM or SIGINT."""
     from server.logs import use_json_logs
     from server.service import TandemServer
 
@@ -171,7 +159,9 @@ def _serve(args: argparse.Namespace) -> int:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(1)
-    server = TandemServer(config, load_engine_loader(args.engine_loader))
+    if engine_loader is None:
+        from ranking.loader import load_engine as engine_loader
+    server = TandemServer(config, engine_loader)
     done = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001

@@ -46,12 +46,15 @@ class Server:
     """One `tandem serve` subprocess on a free loopback port; its output goes to ``log`` (appended,
     so a restart on the same log keeps both runs), by default ``BUNDLES/server-PORT.log``."""
 
+    #: what runs after the interpreter: the product CLI's serve command
+    COMMAND: tuple[str, ...] = ("-m", "server.cli", "serve")
+
     def __init__(self, bundles: Path, *extra: str, log: Path | None = None) -> None:
         self.port = free_port()
         self.addr = f"127.0.0.1:{self.port}"
         self.log = open(log or bundles / f"server-{self.port}.log", "a")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--bundles", str(bundles),
+        self.proc = subprocess.Popen([sys.executable, *self.COMMAND, "--bundles", str(bundles),
                                       "--port", str(self.port), *extra], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
 

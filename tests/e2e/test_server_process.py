@@ -1,5 +1,6 @@
-"""`python -m server.cli serve` as a real process over the FakeEngine (``--engine-loader``):
-kill -9 loses no acknowledged event, a restart replays the log, SIGTERM drains in-flight requests."""
+"""`tandem serve` as a real process over the FakeEngine (``python -m tests.e2e.fake_serve``, the
+serve command with the test engine loader): kill -9 loses no acknowledged event, a restart
+replays the log, SIGTERM drains in-flight requests."""
 
 import signal
 import sqlite3
@@ -17,14 +18,14 @@ from server._generated import tandem_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, Server
 from tests.server.fake_engine import write_fake_bundle
 
-LOADER = "tests.server.fake_engine:load_fake_engine"
-
 
 class Proc(Server):
     """`tandem serve` over the FakeEngine, with stubs; ``close`` kills it (no drain)."""
 
+    COMMAND = ("-m", "tests.e2e.fake_serve")
+
     def __init__(self, bundles: Path, log: Path, *extra: str) -> None:
-        super().__init__(bundles, "--engine-loader", LOADER, *extra, log=log)
+        super().__init__(bundles, *extra, log=log)
         self.channel = grpc.insecure_channel(self.addr)
         self.tandem = pb_grpc.TandemStub(self.channel)
         self.admin = pb_grpc.TandemAdminStub(self.channel)
@@ -129,12 +130,12 @@ def test_sigterm_drains_in_flight_requests_and_closes_the_log(tmp_path, procs):
     assert '"msg": "stopped"' in text and '"rpc": "Search", "request_id": "", "status": "OK"' in text
 
 
-def test_bad_engine_loader_and_missing_bundle_exit_with_a_message(tmp_path):
+def test_missing_bundle_exits_with_a_message_and_there_is_no_engine_hook(tmp_path):
     def serve(*extra):
         return subprocess.run([sys.executable, "-m", "server.cli", "serve", "--bundles", str(tmp_path), "--port", "0",
                                *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
-    r = serve("--engine-loader", "nowhere")
-    assert r.returncode == 2 and "--engine-loader must look like module:function" in r.stderr
-    r = serve("--engine-loader", LOADER)
+    r = serve("--engine-loader", "tests.server.fake_engine:load_fake_engine")
+    assert r.returncode == 2 and "unrecognized arguments: --engine-loader" in r.stderr
+    r = serve()
     assert r.returncode == 2 and "no usable bundle" in r.stderr and "tandem build" in r.stderr

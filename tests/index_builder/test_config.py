@@ -126,3 +126,23 @@ def test_example_config_names_every_build_setting():
                 assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"{section}.{f.name} is not in the example"
 
     walk(BuildConfig, "build")
+
+
+def test_source_names_are_checked_against_the_registry():
+    with pytest.raises(ConfigError, match=r"pipeline.recommend_sources: unknown candidate source 'two_towr'; "
+                                          r"known sources: popularity, item_cf, user_cf, lexical, text, two_tower"):
+        load_config(overrides={"pipeline": {"recommend_sources": ["two_towr"]}}, environ={})
+    with pytest.raises(ConfigError, match="pipeline.similar_sources: unknown candidate source 'bm25'"):
+        load_config(overrides={"pipeline": {"similar_sources": ["item_cf", "bm25"]}}, environ={})
+    with pytest.raises(ConfigError, match="pipeline.source_weights: unknown candidate source 'txt'"):
+        load_config(overrides={"pipeline": {"source_weights": {"txt": 2.0}}}, environ={})
+    ok = load_config(overrides={"pipeline": {"recommend_sources": ["user_cf", "popularity"]}}, environ={})
+    assert ok.pipeline.recommend_sources == ("user_cf", "popularity")
+
+
+def test_every_registered_source_has_its_config_section():
+    from retrieval.registry import SOURCES
+
+    defaults = BuildConfig()
+    for name, entry in SOURCES.items():
+        assert isinstance(getattr(defaults, entry.config_field), entry.config_type), name

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.features import _C, _OTHER_COLUMNS, ItemTable, RequestContext, summarise_history
+from ranking.features import _C, _OTHER_COLUMNS
+from ranking.item_table import ItemTable
+from ranking.request_context import RequestContext, summarise_history
 from retrieval.sparse import row_entries, rows_values
 
 

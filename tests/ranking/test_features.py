@@ -2,13 +2,9 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranking.features import (
-    RequestContext,
-    build_item_table,
-    compute_features,
-    feature_names,
-    request_context,
-)
+from ranking.features import compute_features, feature_names
+from ranking.item_table import build_item_table
+from ranking.request_context import RequestContext, request_context
 from retrieval.data import Catalog, Interactions, Item
 from retrieval.sparse import rows_values
 from tests.ranking.reference_features import reference_features
@@ -77,7 +73,7 @@ def test_item_table_sorts_cf_indices_for_lookups():
 
 
 def test_reverse_cf_feature_is_the_same_without_the_transposed_copy(monkeypatch):
-    import ranking.features as features
+    import ranking.item_table as item_table
 
     rng = np.random.default_rng(5)
     cat = Catalog.from_items(Item(f"i{i}", f"item {i}", tags=(f"t{i % 4}",)) for i in range(30))
@@ -86,7 +82,7 @@ def test_reverse_cf_feature_is_the_same_without_the_transposed_copy(monkeypatch)
     args = (items, np.linspace(1, 0, 12).astype(np.float32), np.ones((1, 12), np.int32), np.ones((1, 12), np.float32))
     with_t = build_item_table(cat, Interactions.empty(), cf=cf.copy())
     assert with_t.cf_t is not None
-    monkeypatch.setattr(features, "CF_TRANSPOSE_MAX_NNZ", 0)
+    monkeypatch.setattr(item_table, "CF_TRANSPOSE_MAX_NNZ", 0)
     without = build_item_table(cat, Interactions.empty(), cf=cf.copy())
     assert without.cf_t is None
     history = np.array([3, 17, 8, 3, 25, 11])

@@ -9,8 +9,9 @@ from index_builder.cleaning import load_dataset
 from index_builder.splits import leave_last_out
 from index_builder.synthetic import SyntheticConfig, generate
 from ranking.api import Filters, RecommendRequest, SimilarRequest, UnknownItemError
-from ranking.features import build_item_table, compute_features, feature_names
+from ranking.features import compute_features, feature_names
 from ranking.history import HistoryStore
+from ranking.item_table import build_item_table
 from ranking.pipeline import Pipeline, PipelineConfig
 from ranking.ranker import Ranker, RankerConfig, RankingLists
 from retrieval.base import RetrievalRequest

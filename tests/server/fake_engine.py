@@ -12,8 +12,8 @@ predictable:
   sleeps first (drain and deadline tests).
 - ``similar_items``: the nearest items in catalog order; unknown ids raise ``UnknownItemError``.
 
-Used in-process by ``tests/server`` and, through ``--engine-loader
-tests.server.fake_engine:load_fake_engine``, by the subprocess tests in ``tests/e2e``.
+Used in-process by ``tests/server`` and, through ``python -m tests.e2e.fake_serve`` (the serve
+command with this loader), by the subprocess tests in ``tests/e2e``.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ def write_fake_bundle(root: Path, *, n_items: int = 20, built_at: int = 1_700_00
 
 
 def load_fake_engine(path: Path) -> FakeEngine:
-    """The ``--engine-loader`` of the tests: a bundle root (its CURRENT) or a bundle folder."""
+    """The engine loader of the server tests: a bundle root (its CURRENT) or a bundle folder."""
     folder = current_bundle(path)
     manifest = verify_bundle(folder)
     data = json.loads((folder / CATALOG_FILE).read_text())

@@ -1,0 +1,72 @@
+"""Pipeline step 4, respond: business filters and diversity caps over the ranked list, a
+popularity backfill when filters leave too few, explanations, and the plain response."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ranking.api import Explanation, Filters, Response, ScoredItem, SourceHit
+from ranking.filters import FilterIndex, apply_filters
+from ranking.item_table import ItemTable
+from ranking.ranker import Ranker
+from ranking.rerank import Ranked
+from retrieval.base import IdSet
+from retrieval.data import Catalog
+
+__all__ = ["Responder"]
+
+
+class Responder:
+    """The catalog side of one bundle: item ids and titles, the filter index, popularity."""
+
+    def __init__(self, catalog: Catalog, table: ItemTable, explain_features: int = 3) -> None:
+        self.catalog = catalog
+        self.table = table
+        self.explain_features = explain_features
+        self.filter_index = FilterIndex(catalog)
+
+    def respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: IdSet | None,
+                cold: bool, ranker: Ranker | None, version: str) -> Response:
+        """The top ``k`` of ``ranked`` that pass ``filters`` and are not in ``exclude``."""
+        pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude)
+        items = ranked.items[pos]
+        scores = ranked.scores[pos]
+        backfill = np.zeros(0, dtype=np.int64)
+        if len(items) < k and filters != Filters():
+            # restrictive filters emptied the candidate list: fill up with the most popular items
+            # that pass them, ranked below everything retrieval found
+            by_pop = np.argsort(-self.table.log_pop, kind="stable")
+            taken = items if exclude is None else np.concatenate([items, np.flatnonzero(exclude.table[:-1])])
+            extra = apply_filters(self.filter_index, by_pop, filters, k - len(items), taken)
+            backfill = by_pop[extra]
+            floor = float(scores.min()) if len(scores) else 0.0
+            items = np.concatenate([items, backfill])
+            scores = np.concatenate([scores, (floor - 1.0 - np.arange(len(backfill))).astype(np.float32)])
+        explanations: list[Explanation | None] = [None] * len(items)
+        if explain and len(pos):
+            fpos = ranked.order[pos]
+            top: list[tuple] = [()] * len(items)
+            if ranked.features is not None and ranker is not None:
+                top = ranker.explain(ranked.features[fpos], top=self.explain_features)
+            fused = ranked.fused
+            for j, p in enumerate(fpos):
+                hits = tuple(
+                    SourceHit(src, int(fused.ranks[s, p]), float(fused.source_scores[s, p]))
+                    for s, src in enumerate(fused.sources) if fused.ranks[s, p] > 0
+                )
+                explanations[j] = Explanation(
+                    sources=hits,
+                    fused_score=float(fused.scores[p]),
+                    ranker_score=None if ranked.ranker_scores is None else float(ranked.ranker_scores[p]),
+                    top_features=tuple(top[j]),
+                )
+        if explain:
+            for j in range(len(pos), len(items)):
+                explanations[j] = Explanation(sources=(SourceHit("filter_backfill", j - len(pos) + 1,
+                                                                 float(self.table.log_pop[items[j]])),),
+                                              fused_score=0.0, ranker_score=None)
+        out = tuple(
+            ScoredItem(self.catalog.item_ids[int(i)], float(s), self.catalog.titles[int(i)], e)
+            for i, s, e in zip(items, scores, explanations, strict=True)
+        )
+        return Response(items=out, bundle_version=version, cold_start=cold)

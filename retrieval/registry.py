@@ -1,0 +1,143 @@
+"""The candidate sources Tandem knows, by name: class, config type, capabilities, and one way
+to fit each.
+
+Every caller that fits, loads or asks a source for something beyond candidates goes through
+this table (the build, tune, the bundle loader, the pipeline), so adding a source is one entry
+here plus its module. A source is fitted with ``SOURCES[name].fit(context, config)`` where
+:class:`FitContext` carries everything any source may need; each entry's adapter takes what its
+source uses. Configured names are checked with :func:`check_source_names`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from retrieval.ann import AnnConfig
+from retrieval.base import (
+    CandidateSource,
+    CatalogScorer,
+    HistoryMemo,
+    ItemSimilarity,
+    ItemVectors,
+    QueryEncoder,
+    UserEncoder,
+)
+from retrieval.data import Catalog, Interactions
+from retrieval.item_cf import ItemCF, ItemCFConfig, UserCF, UserCFConfig
+from retrieval.lexical import Lexical, LexicalConfig
+from retrieval.popularity import Popularity, PopularityConfig
+from retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
+from retrieval.two_tower import TwoTower, TwoTowerConfig
+
+__all__ = ["FitContext", "SourceEntry", "SOURCES", "source_entry", "check_source_names", "first_with"]
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """Everything a source may learn from; each source takes what it uses.
+
+    ``catalog`` and ``train`` (training interactions) always; ``valid`` validation targets
+    (``index_builder.splits.Targets``) for early stopping, or None; ``text_vectors`` float32
+    (n_items, d) the catalog's text vectors from ``encoder`` (encoded here when None);
+    ``ann`` how approximate indexes are built; ``epochs`` source name -> the exact number of
+    epochs to train, without early stopping (the refit on every event reruns the first fit's
+    best epoch count); ``progress`` show training progress.
+    """
+
+    catalog: Catalog
+    train: Interactions
+    valid: Any = None
+    text_vectors: np.ndarray | None = None
+    encoder: TextEncoder | None = None
+    ann: AnnConfig = field(default_factory=AnnConfig)
+    epochs: Mapping[str, int] = field(default_factory=dict)
+    progress: bool = False
+
+
+@dataclass(frozen=True)
+class SourceEntry:
+    """One candidate source: ``cls`` (with ``load(folder, catalog)``), ``config_type`` and the
+    :class:`~index_builder.config.BuildConfig` section holding it (``config_field``), the
+    adapter fitting it from a :class:`FitContext`, the capabilities its fitted instances have
+    (protocols of :mod:`retrieval.base`), the build's stage name, and whether every bundle
+    has it (popularity: the cold-start fallback)."""
+
+    name: str
+    cls: type
+    config_type: type
+    config_field: str
+    fit_with: Callable[[Any, FitContext], CandidateSource]
+    capabilities: tuple[type, ...] = ()
+    stage: str = ""
+    always: bool = False
+
+    def fit(self, context: FitContext, config: Any = None) -> CandidateSource:
+        """A fitted source (``config`` None: the config type's defaults)."""
+        config = self.config_type() if config is None else config
+        if not isinstance(config, self.config_type):
+            raise TypeError(f"source {self.name!r} is configured with {self.config_type.__name__}, "
+                            f"got {type(config).__name__}")
+        return self.fit_with(config, context)
+
+    def load(self, folder: Any, catalog: Catalog) -> CandidateSource:
+        """Read back what the fitted source's ``save`` wrote."""
+        return self.cls.load(folder, catalog)
+
+
+def _fit_text(config: TextEncoderConfig, ctx: FitContext) -> TextSource:
+    source = TextSource(TextSourceConfig(encoder=config), encoder=ctx.encoder)
+    source.ann_config = ctx.ann
+    return source.fit(ctx.catalog, ctx.train, vectors=ctx.text_vectors, progress=ctx.progress)
+
+
+def _fit_two_tower(config: TwoTowerConfig, ctx: FitContext) -> TwoTower:
+    valid = ctx.valid
+    if "two_tower" in ctx.epochs:
+        config = replace(config, epochs=max(1, int(ctx.epochs["two_tower"])))
+        valid = None
+    source = TwoTower(config)
+    source.ann_config = ctx.ann
+    return source.fit(ctx.catalog, ctx.train, valid=valid, text_vectors=ctx.text_vectors, progress=ctx.progress)
+
+
+#: Every source, in the order the build fits them.
+SOURCES: dict[str, SourceEntry] = {e.name: e for e in (
+    SourceEntry("popularity", Popularity, PopularityConfig, "popularity",
+                lambda c, ctx: Popularity(c).fit(ctx.catalog, ctx.train), capabilities=(CatalogScorer,), always=True),
+    SourceEntry("item_cf", ItemCF, ItemCFConfig, "item_cf",
+                lambda c, ctx: ItemCF(c).fit(ctx.catalog, ctx.train), capabilities=(ItemSimilarity, CatalogScorer)),
+    SourceEntry("user_cf", UserCF, UserCFConfig, "user_cf", lambda c, ctx: UserCF(c).fit(ctx.catalog, ctx.train),
+                capabilities=(CatalogScorer,)),
+    SourceEntry("lexical", Lexical, LexicalConfig, "lexical", lambda c, ctx: Lexical(c).fit(ctx.catalog, ctx.train)),
+    SourceEntry("text", TextSource, TextEncoderConfig, "text", _fit_text,
+                capabilities=(ItemVectors, QueryEncoder, HistoryMemo), stage="text_index"),
+    SourceEntry("two_tower", TwoTower, TwoTowerConfig, "two_tower", _fit_two_tower,
+                capabilities=(ItemVectors, UserEncoder, CatalogScorer)),
+)}
+
+
+def source_entry(name: str, where: str = "source") -> SourceEntry:
+    """The entry of ``name``; a ValueError naming ``where`` and the known sources otherwise."""
+    entry = SOURCES.get(name)
+    if entry is None:
+        raise ValueError(f"{where}: unknown candidate source {name!r}; known sources: {', '.join(SOURCES)}")
+    return entry
+
+
+def check_source_names(names: Iterable[str], where: str) -> None:
+    """Raise a ValueError naming ``where`` when a name is not a registered source."""
+    for name in names:
+        source_entry(name, where)
+
+
+def first_with(capability: type, sources: Mapping[str, CandidateSource]) -> CandidateSource | None:
+    """The first of ``sources`` (in registry order) that has ``capability``, or None."""
+    for name in SOURCES:
+        source = sources.get(name)
+        if source is not None and isinstance(source, capability):
+            return source
+    return None
