@@ -115,6 +115,10 @@ def run_step(step: str, cmd: list[str], *, env: dict[str, str] | None = None,
         for p in pumps:
             p.join()
         raise StepFailed(step, cmd, f"still running after {timeout:.0f} s, stopped", "".join(err), env) from None
+    except BaseException:  # Ctrl-C or SIGTERM: no step outlives the demo
+        proc.kill()
+        proc.wait()
+        raise
     for p in pumps:
         p.join()
     if status != 0:
@@ -260,6 +264,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything (emptied first)")
     p.add_argument("--items", type=_positive(int, "--items"), default=1000, help="catalog size (default 1000)")
     p.add_argument("--users", type=_positive(int, "--users"), default=700, help="shoppers (default 700)")
+    p.add_argument("--queries", type=_positive(int, "--queries"), default=100,
+                   help="graded search queries; half train the search ranker (default 100)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML build config passed to `tandem build`")
     p.add_argument("--rpc-timeout", type=_positive(float, "--rpc-timeout"), default=120.0, metavar="SECONDS",
@@ -280,7 +286,7 @@ def _demo(args: argparse.Namespace) -> None:
     client_wait = args.rpc_timeout + 120
 
     run_step("generate", [*tandem, "generate", "--out", str(data), "--items", str(args.items),
-                          "--users", str(args.users), "--seed", str(args.seed)])
+                          "--users", str(args.users), "--queries", str(args.queries), "--seed", str(args.seed)])
     run_step("clean", [*tandem, "clean", "--data", str(data), "--report", str(report)])
     run_step("popularity baseline", [*tandem, "eval", "--data", str(data), "--json", str(out / "popularity.json")])
     build = [*tandem, "build", "--data", str(data), "--out", str(bundles), "--split", "leave-last-out"]
@@ -327,11 +333,16 @@ def _demo(args: argparse.Namespace) -> None:
     server.stop()
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops the running step and the server, as Ctrl-C does
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     t0 = time.perf_counter()
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         _demo(args)
     except StepFailed as exc:
@@ -340,7 +351,10 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt:
+        print(f"\ndemo stopped after {time.perf_counter() - t0:.0f} s", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     print(f"\ndemo finished in {time.perf_counter() - t0:.0f} s; everything is under {args.out}/")
     return 0
 

@@ -2,12 +2,16 @@
 command's own error output, and the demo exits non-zero without a Python traceback.
 (The demo end to end: tests/e2e/test_demo.py.)"""
 
+import signal
+import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from server.demo import ServerProcess, StepFailed, build_parser, main, run_step
-from tests.conftest import free_port
+from tests.conftest import ROOT, free_port
 
 
 def test_run_step_streams_output_and_returns_stdout(capsys):
@@ -94,3 +98,39 @@ def test_a_real_server_without_a_bundle_fails_the_demo_with_its_own_message(tmp_
     report = info.value.report()
     assert "before it reported SERVING" in report
     assert "tandem serve: error: cannot serve: no usable bundle" in report
+
+
+def _processes_mentioning(text: str) -> list[str]:
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile
+            continue
+        if text in args:
+            found.append(args)
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
+def test_sigterm_stops_the_demo_and_the_step_it_runs(tmp_path):
+    out = tmp_path / "demo"
+    proc = subprocess.Popen([sys.executable, "-m", "server.demo", "--out", str(out), "--items", "300",
+                             "--users", "200", "--queries", "40"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        for line in proc.stdout:
+            if line.startswith("== build"):
+                break
+        time.sleep(1)
+        assert any(" build --data " in p for p in _processes_mentioning(str(out)))
+        proc.send_signal(signal.SIGTERM)
+        proc.stdout.read()
+        err = proc.stderr.read()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert "demo stopped after" in err and "Traceback" not in err
+    assert _processes_mentioning(str(out)) == []
