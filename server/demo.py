@@ -275,22 +275,45 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _demo(args: argparse.Namespace) -> None:
-    out: Path = args.out
+#: written into --out, so that a later demo may empty that folder again
+MARKER = ".tandem-demo"
+
+
+def _prepare(out: Path) -> None:
+    """Empty ``out`` for a new run, but only a folder an earlier demo wrote (or an empty one)."""
     if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"--out {out}: exists and is not a folder")
+        earlier = (out / MARKER).is_file() or (out / "shop" / "truth.json").is_file()
+        if not earlier and any(out.iterdir()):
+            raise ValueError(f"--out {out}: the folder holds files the demo did not write and the demo empties "
+                             "its folder first; remove it or pick another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
+    (out / MARKER).write_text("written by python -m server.demo; the next demo run empties this folder\n")
+
+
+def _demo(args: argparse.Namespace) -> None:
+    out: Path = args.out
+    _prepare(out)
     data, bundles, report = out / "shop", out / "bundles", out / "cleaning_report.json"
     tandem = [sys.executable, "-m", "server.cli"]
+    # One thread each for torch, OpenBLAS and OpenMP in the offline steps (`tandem serve` pins
+    # itself). Most of a build is request-sized work (ranker lists, evaluation, query encoding),
+    # where a second spinning thread only waits; on a busy 2-core machine two threads made one
+    # query encoding ~15x slower in wall time (docs: benchmarks/README.md, "make demo").
+    offline = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     # a client call's own deadline ends it; this only catches a client that hangs before its call
     client_wait = args.rpc_timeout + 120
 
     run_step("generate", [*tandem, "generate", "--out", str(data), "--items", str(args.items),
-                          "--users", str(args.users), "--queries", str(args.queries), "--seed", str(args.seed)])
-    run_step("clean", [*tandem, "clean", "--data", str(data), "--report", str(report)])
-    run_step("popularity baseline", [*tandem, "eval", "--data", str(data), "--json", str(out / "popularity.json")])
+                          "--users", str(args.users), "--queries", str(args.queries), "--seed", str(args.seed)],
+             env=offline)
+    run_step("clean", [*tandem, "clean", "--data", str(data), "--report", str(report)], env=offline)
+    run_step("popularity baseline", [*tandem, "eval", "--data", str(data), "--json", str(out / "popularity.json")],
+             env=offline)
     build = [*tandem, "build", "--data", str(data), "--out", str(bundles), "--split", "leave-last-out"]
-    run_step("build", build + (["--config", str(args.config)] if args.config else []))
+    run_step("build", build + (["--config", str(args.config)] if args.config else []), env=offline)
 
     user = _pick_user(data, report)
     query, graded_best = _first_query(data)
@@ -349,6 +372,9 @@ def main(argv: list[str] | None = None) -> int:
         print(exc.report(), file=sys.stderr)
         print(f"\ndemo FAILED after {time.perf_counter() - t0:.0f} s; what it wrote is under {args.out}/",
               file=sys.stderr)
+        return 1
+    except (OSError, ValueError, KeyError) as exc:  # the demo's own files: --out, the shop it reads ids from
+        print(f"\ndemo failed: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"\ndemo stopped after {time.perf_counter() - t0:.0f} s", file=sys.stderr)

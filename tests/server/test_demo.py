@@ -134,3 +134,18 @@ def test_sigterm_stops_the_demo_and_the_step_it_runs(tmp_path):
             proc.kill()
     assert "demo stopped after" in err and "Traceback" not in err
     assert _processes_mentioning(str(out)) == []
+
+
+def test_the_demo_empties_only_a_folder_it_wrote(tmp_path, capsys):
+    mine = tmp_path / "notes"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("years of work")
+    assert main(["--out", str(mine)]) == 1
+    assert "--out " + str(mine) + ": the folder holds files the demo did not write" in capsys.readouterr().err
+    assert (mine / "thesis.tex").read_text() == "years of work"
+    # a folder of an earlier run is emptied (here the run fails at once, after emptying it)
+    earlier = tmp_path / "demo"
+    assert main(["--out", str(earlier), "--items", "5"]) == 1
+    (earlier / "leftover.txt").write_text("from the earlier run")
+    assert main(["--out", str(earlier), "--items", "5"]) == 1
+    assert not (earlier / "leftover.txt").exists() and (earlier / ".tandem-demo").is_file()
