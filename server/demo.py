@@ -262,8 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m server.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything (emptied first)")
-    p.add_argument("--items", type=_positive(int, "--items"), default=1000, help="catalog size (default 1000)")
-    p.add_argument("--users", type=_positive(int, "--users"), default=700, help="shoppers (default 700)")
+    p.add_argument("--items", type=_positive(int, "--items"), default=500, help="catalog size (default 500)")
+    p.add_argument("--users", type=_positive(int, "--users"), default=400, help="shoppers (default 400)")
     p.add_argument("--queries", type=_positive(int, "--queries"), default=100,
                    help="graded search queries; half train the search ranker (default 100)")
     p.add_argument("--seed", type=int, default=7)
@@ -303,6 +303,10 @@ def _demo(args: argparse.Namespace) -> None:
     # where a second spinning thread only waits; on a busy 2-core machine two threads made one
     # query encoding ~15x slower in wall time (docs: benchmarks/README.md, "make demo").
     offline = {"OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    # The demo's two-tower model trains for at most 45 s (early stopping may end it sooner;
+    # `tandem build` itself has no such budget). It keeps the demo to minutes on a busy machine,
+    # at the price of weights that depend on the machine's speed when the budget ends training.
+    offline["TANDEM_TWO_TOWER__TIME_BUDGET_S"] = os.environ.get("TANDEM_TWO_TOWER__TIME_BUDGET_S", "45")
     # a client call's own deadline ends it; this only catches a client that hangs before its call
     client_wait = args.rpc_timeout + 120
 
