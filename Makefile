@@ -1,18 +1,25 @@
 # The two set-up commands of the README: `make demo` and `make test`.
-# Both create .venv when it is missing and install the project with its dev extra.
+# Both create .venv when it is missing and install the project with its dev extra (the first time:
+# about 2 minutes and 2.0 GB on a 2-core machine).
 # torch is pinned in the same pip command so that pip takes the CPU wheel (see docs/operations.md).
+# `make demo DEMO_ARGS="--items 3000 --users 2000"` passes flags to `python -m server.demo`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_PIN ?= torch==2.13.0
 DEMO_DIR ?= demo_out
+DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
 .PHONY: demo test test-fast check lint proto venv clean prometheus
 
+# A failed `venv` (e.g. Debian without python3-venv) leaves no half-made .venv behind that a second
+# `make` would take for a working one.
 $(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { \
+		echo "Tandem needs Python 3.11 or newer: '$(PYTHON)' is missing or older (pick one: make PYTHON=python3.11)"; exit 1; }
+	$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); exit 1; }
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -22,7 +29,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m server.demo --out $(DEMO_DIR)
+	$(BIN)/python -m server.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 # The full suite, slow tests included: this is what CI runs. -rs prints why a test skipped.
 test: $(VENV)/.installed prometheus
