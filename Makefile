@@ -2,7 +2,7 @@
 # Both create .venv when it is missing and install the project with its dev extra (the first time:
 # about 2 minutes and 2.0 GB on a 2-core machine).
 # torch is pinned in the same pip command so that pip takes the CPU wheel (see docs/operations.md).
-# `make demo DEMO_ARGS="--items 3000 --users 2000"` passes flags to `python -m server.demo`.
+# `make demo DEMO_ARGS="--items 3000 --users 2000"` passes flags to `python -m tandem.server.demo`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -29,7 +29,7 @@ $(VENV)/.installed: pyproject.toml | $(BIN)/python
 venv: $(VENV)/.installed
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m server.demo --out $(DEMO_DIR) $(DEMO_ARGS)
+	$(BIN)/python -m tandem.server.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 # The full suite, slow tests included: this is what CI runs. -rs prints why a test skipped.
 test: $(VENV)/.installed prometheus
@@ -54,7 +54,7 @@ lint: $(VENV)/.installed
 check: lint test
 
 proto: $(VENV)/.installed
-	$(BIN)/python -m server.protogen
+	$(BIN)/python -m tandem.server.protogen
 
 clean:
 	rm -rf $(DEMO_DIR) .pytest_cache .ruff_cache

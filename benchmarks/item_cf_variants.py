@@ -49,11 +49,11 @@ from pathlib import Path
 
 import numpy as np
 
-from index_builder.cleaning import load_dataset
-from index_builder.splits import Targets, leave_last_out
-from retrieval.data import Catalog, Interactions
-from retrieval.item_cf import ItemCF, ItemCFConfig, UserCF
-from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
+from tandem.index_builder.cleaning import load_dataset
+from tandem.index_builder.splits import Targets, leave_last_out
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_cf import ItemCF, ItemCFConfig, UserCF
+from tandem.retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 
 _BATCH = 2048
 

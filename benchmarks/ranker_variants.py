@@ -38,12 +38,12 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from index_builder.build import ranker_lists
-    from index_builder.cleaning import load_dataset
-    from index_builder.splits import make_split
-    from ranking.loader import load_engine
-    from ranking.ranker import ndcg_of_lists
-    from retrieval.bundle import current_bundle
+    from tandem.index_builder.build import ranker_lists
+    from tandem.index_builder.cleaning import load_dataset
+    from tandem.index_builder.splits import make_split
+    from tandem.ranking.loader import load_engine
+    from tandem.ranking.ranker import ndcg_of_lists
+    from tandem.retrieval.bundle import current_bundle
 
     torch.set_num_threads(1)
     folder = current_bundle(args.bundle)

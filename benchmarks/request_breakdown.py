@@ -34,10 +34,10 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)  # as tandem serve runs a request
-    from ranking.api import RecommendRequest
-    from ranking.features import compute_features
-    from ranking.loader import load_engine
-    from retrieval.fusion import fuse
+    from tandem.ranking.api import RecommendRequest
+    from tandem.ranking.features import compute_features
+    from tandem.ranking.loader import load_engine
+    from tandem.retrieval.fusion import fuse
 
     p = load_engine(args.bundles)
     users = p.histories.user_ids[: args.users + args.warmup]

@@ -107,18 +107,18 @@ def main() -> None:
         args.data = args.work / "shop"
         args.bundles = args.work / "bundles"
         if not (args.bundles / "CURRENT").exists():
-            subprocess.run([sys.executable, "-m", "server.cli", "generate", "--out", str(args.data), "--items",
+            subprocess.run([sys.executable, "-m", "tandem.server.cli", "generate", "--out", str(args.data), "--items",
                             str(args.items), "--users", str(args.users or args.items // 2)], check=True, cwd=ROOT)
-            subprocess.run([sys.executable, "-m", "server.cli", "build", "--data", str(args.data), "--out",
+            subprocess.run([sys.executable, "-m", "tandem.server.cli", "build", "--data", str(args.data), "--out",
                             str(args.bundles)], check=True, cwd=ROOT)
     if args.bundles is None or args.data is None:
         ap.error("give --bundles and --data, or --items to generate and build a synthetic bundle")
 
     import grpc
 
-    from ranking.loader import load_engine
-    from server._generated import tandem_pb2 as pb
-    from server._generated import tandem_pb2_grpc as pb_grpc
+    from tandem.ranking.loader import load_engine
+    from tandem.server._generated import tandem_pb2 as pb
+    from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 
     with gzip.open(next(args.data.glob("events.*")), "rt") as f:
         users = list({json.loads(next(f))["user_id"] for _ in range(2000)})
@@ -137,7 +137,7 @@ def main() -> None:
 
     port = _free_port()
     log = open(args.work / "bench_server.log", "w") if args.work.exists() else subprocess.DEVNULL
-    proc = subprocess.Popen([sys.executable, "-m", "server.cli", "serve", "--bundles", str(args.bundles),
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.server.cli", "serve", "--bundles", str(args.bundles),
                              "--port", str(port), "--event-log", str(args.work / "bench_events.sqlite3"),
                              *([] if args.workers is None else ["--workers", str(args.workers)])],
                             cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)

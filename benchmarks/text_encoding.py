@@ -28,8 +28,8 @@ def main() -> None:
     import torch
     from sentence_transformers import SentenceTransformer
 
-    from index_builder.cleaning import load_dataset
-    from retrieval.text_tower import TextEncoder, TextEncoderConfig, default_model_path
+    from tandem.index_builder.cleaning import load_dataset
+    from tandem.retrieval.text_tower import TextEncoder, TextEncoderConfig, default_model_path
 
     cat = load_dataset(args.data).catalog
     texts = [cat.text(i) for i in range(min(args.n, len(cat)))]

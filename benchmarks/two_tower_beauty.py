@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from retrieval.data import EVENT_CODE, Catalog, Interactions, Item
-from retrieval.text_tower import TextEncoder
-from retrieval.two_tower import TwoTower, TwoTowerConfig
+from tandem.retrieval.data import EVENT_CODE, Catalog, Interactions, Item
+from tandem.retrieval.text_tower import TextEncoder
+from tandem.retrieval.two_tower import TwoTower, TwoTowerConfig
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -34,7 +34,7 @@ def _read_jsonl(path: Path) -> list[dict]:
 def load_beauty(data_dir: Path) -> tuple[Catalog, Interactions]:
     """Catalog and interactions from items.jsonl.gz / events.jsonl.gz."""
     try:
-        from index_builder.cleaning import load_dataset
+        from tandem.index_builder.cleaning import load_dataset
     except ImportError:
         load_dataset = None
     if load_dataset is not None:
@@ -91,7 +91,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from index_builder.splits import leave_last_out
+    from tandem.index_builder.splits import leave_last_out
 
     t0 = time.perf_counter()
     catalog, interactions = load_beauty(args.data)

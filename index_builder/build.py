@@ -20,21 +20,21 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.cleaning import CleanResult, load_dataset, load_queries
-from index_builder.config import BuildConfig, config_to_dict
-from index_builder.evaluate import evaluate_source
-from index_builder.splits import Split, Targets, leave_last_out, make_split
-from ranking.features import compute_features, feature_names
-from ranking.history import HistoryStore
-from ranking.item_table import build_item_table, item_table_inputs
-from ranking.loader import save_pipeline
-from ranking.pipeline import KINDS, Pipeline
-from ranking.ranker import Ranker, RankingLists, ndcg_of_lists
-from retrieval.base import CandidateSource
-from retrieval.bundle import write_bundle
-from retrieval.data import Catalog, Event, Interactions
-from retrieval.registry import SOURCES, FitContext
-from retrieval.text_tower import TextEncoder
+from tandem.index_builder.cleaning import CleanResult, load_dataset, load_queries
+from tandem.index_builder.config import BuildConfig, config_to_dict
+from tandem.index_builder.evaluate import evaluate_source
+from tandem.index_builder.splits import Split, Targets, leave_last_out, make_split
+from tandem.ranking.features import compute_features, feature_names
+from tandem.ranking.history import HistoryStore
+from tandem.ranking.item_table import build_item_table, item_table_inputs
+from tandem.ranking.loader import save_pipeline
+from tandem.ranking.pipeline import KINDS, Pipeline
+from tandem.ranking.ranker import Ranker, RankingLists, ndcg_of_lists
+from tandem.retrieval.base import CandidateSource
+from tandem.retrieval.bundle import write_bundle
+from tandem.retrieval.data import Catalog, Event, Interactions
+from tandem.retrieval.registry import SOURCES, FitContext
+from tandem.retrieval.text_tower import TextEncoder
 
 __all__ = ["BuildResult", "build", "fit_pipeline", "fit_sources", "default_sources", "ranker_lists", "evaluate_pipeline"]
 
@@ -206,7 +206,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
 
 def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: _Timer) -> None:
     """Train the search ranker on half of the graded queries; evaluate search on the other half."""
-    from index_builder.search_eval import evaluate_search, group_queries, search_lists, split_queries
+    from tandem.index_builder.search_eval import evaluate_search, group_queries, search_lists, split_queries
 
     p = result.pipeline
     qs = group_queries(queries, p.catalog)

@@ -7,12 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from index_builder.build import evaluate_pipeline
-from index_builder.cleaning import CleaningConfig, load_dataset, load_queries
-from index_builder.config import _build
-from index_builder.splits import make_split
-from ranking.loader import load_pipeline
-from retrieval.bundle import current_bundle
+from tandem.index_builder.build import evaluate_pipeline
+from tandem.index_builder.cleaning import CleaningConfig, load_dataset, load_queries
+from tandem.index_builder.config import _build
+from tandem.index_builder.splits import make_split
+from tandem.ranking.loader import load_pipeline
+from tandem.retrieval.bundle import current_bundle
 
 __all__ = ["evaluate_bundle"]
 
@@ -44,7 +44,7 @@ def evaluate_bundle(bundle: Path, data_dir: Path, ks: Sequence[int] = (10, 50, 2
     }
     queries = load_queries(data_dir, clean.catalog)
     if queries:
-        from index_builder.search_eval import evaluate_search, group_queries, split_queries
+        from tandem.index_builder.search_eval import evaluate_search, group_queries, split_queries
 
         _, eval_q = split_queries(group_queries(queries, clean.catalog))
         if len(eval_q):

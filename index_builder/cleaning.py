@@ -16,9 +16,9 @@ Events stay in file order (``extra_events`` after the file's), so ties in time k
 order. Events stream from the reader into compact typed columns: a 10M-row file needs about
 21 bytes per row plus the id dictionaries, never one Python object per event.
 
-This module assembles the stages; the rules live in :mod:`index_builder.item_cleaning` and
-:mod:`index_builder.event_cleaning`, the thresholds in :mod:`index_builder.cleaning_config`, the
-counts in :mod:`index_builder.cleaning_report`. The public names stay importable from here.
+This module assembles the stages; the rules live in :mod:`tandem.index_builder.item_cleaning` and
+:mod:`tandem.index_builder.event_cleaning`, the thresholds in :mod:`tandem.index_builder.cleaning_config`, the
+counts in :mod:`tandem.index_builder.cleaning_report`. The public names stay importable from here.
 """
 
 from __future__ import annotations
@@ -27,12 +27,12 @@ import logging
 from collections.abc import Iterable
 from pathlib import Path
 
-from index_builder.cleaning_config import CleaningConfig
-from index_builder.cleaning_report import CleaningReport, CleanResult
-from index_builder.event_cleaning import EventColumns, clean_events, extra_rows
-from index_builder.item_cleaning import build_catalog, read_catalog, title_from_description
-from index_builder.readers import ReadStats, find_data_files, read_event_rows, read_queries
-from retrieval.data import Catalog, Event, Query
+from tandem.index_builder.cleaning_config import CleaningConfig
+from tandem.index_builder.cleaning_report import CleaningReport, CleanResult
+from tandem.index_builder.event_cleaning import EventColumns, clean_events, extra_rows
+from tandem.index_builder.item_cleaning import build_catalog, read_catalog, title_from_description
+from tandem.index_builder.readers import ReadStats, find_data_files, read_event_rows, read_queries
+from tandem.retrieval.data import Catalog, Event, Query
 
 __all__ = [
     "CleaningConfig",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from retrieval.data import Catalog, Interactions
+from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = ["CleaningReport", "CleanResult", "DROP_REASONS"]
 

@@ -40,15 +40,15 @@ from dataclasses import MISSING, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
-from index_builder.cleaning import CleaningConfig
-from ranking.pipeline import PipelineConfig
-from ranking.ranker import RankerConfig
-from retrieval.ann import AnnConfig
-from retrieval.item_cf import ItemCFConfig, UserCFConfig
-from retrieval.lexical import LexicalConfig
-from retrieval.popularity import PopularityConfig
-from retrieval.text_tower import TextEncoderConfig
-from retrieval.two_tower import TwoTowerConfig
+from tandem.index_builder.cleaning import CleaningConfig
+from tandem.ranking.pipeline import PipelineConfig
+from tandem.ranking.ranker import RankerConfig
+from tandem.retrieval.ann import AnnConfig
+from tandem.retrieval.item_cf import ItemCFConfig, UserCFConfig
+from tandem.retrieval.lexical import LexicalConfig
+from tandem.retrieval.popularity import PopularityConfig
+from tandem.retrieval.text_tower import TextEncoderConfig
+from tandem.retrieval.two_tower import TwoTowerConfig
 
 __all__ = ["SECTIONS", "BuildConfig", "ConfigError", "config_to_dict", "load_config", "load_section",
            "read_config_file"]

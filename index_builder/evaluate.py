@@ -25,11 +25,11 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.splits import Split, Targets, make_split
-from retrieval.base import RetrievalRequest
-from retrieval.data import Catalog, Interactions
-from retrieval.metrics import ranking_metrics, top_k_excluding
-from retrieval.popularity import Popularity
+from tandem.index_builder.splits import Split, Targets, make_split
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.metrics import ranking_metrics, top_k_excluding
+from tandem.retrieval.popularity import Popularity
 
 __all__ = [
     "DEFAULT_KS",

@@ -12,14 +12,14 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.cleaning_config import MAD_TO_SIGMA, CleaningConfig
-from index_builder.cleaning_report import CleaningReport
-from index_builder.readers import EventRow, ReadError, ReadStats
-from retrieval.data import EVENT_CODE, Catalog, Event, Interactions
+from tandem.index_builder.cleaning_config import MAD_TO_SIGMA, CleaningConfig
+from tandem.index_builder.cleaning_report import CleaningReport
+from tandem.index_builder.readers import EventRow, ReadError, ReadStats
+from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Interactions
 
 __all__ = ["EventColumns", "extra_rows", "clean_events"]
 
-_log = logging.getLogger("index_builder.cleaning")
+_log = logging.getLogger("tandem.index_builder.cleaning")
 _TS_LIMIT = 100_000_000_000  # as the readers: from here on it is not seconds (year 5138)
 
 

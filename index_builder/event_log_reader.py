@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from retrieval.data import EVENT_TYPES, Event
+from tandem.retrieval.data import EVENT_TYPES, Event
 
 __all__ = ["read_event_log"]
 

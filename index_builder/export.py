@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ranking.pipeline import Pipeline
-from retrieval.base import RetrievalRequest
-from retrieval.data import Catalog
+from tandem.ranking.pipeline import Pipeline
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog
 
 __all__ = ["WHAT", "FORMATS", "METADATA_PREFIX", "embeddings", "export_metadata", "write_embeddings",
            "export_embeddings"]

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import numpy as np
 
-from index_builder.cleaning_config import MAD_TO_SIGMA, CleaningConfig
-from index_builder.cleaning_report import CleaningReport
-from index_builder.readers import ReadStats, read_items
-from retrieval.data import Catalog, Item
+from tandem.index_builder.cleaning_config import MAD_TO_SIGMA, CleaningConfig
+from tandem.index_builder.cleaning_report import CleaningReport
+from tandem.index_builder.readers import ReadStats, read_items
+from tandem.retrieval.data import Catalog, Item
 
 __all__ = ["title_from_description", "read_catalog", "build_catalog"]
 
-_log = logging.getLogger("index_builder.cleaning")
+_log = logging.getLogger("tandem.index_builder.cleaning")
 
 _MIN_PRICE = 0.01  # log of a zero price
 _TAG_RE = re.compile(r"<[^>]+>")

@@ -17,9 +17,9 @@ corrupt gzip stream) raise in both modes.
 :func:`read_event_rows` is the lean path the cleaning stage uses for large event files: it yields
 plain tuples instead of :class:`~retrieval.data.Event` objects.
 
-The work is split by job: :mod:`index_builder.data_files` (which files, which format),
-:mod:`index_builder.row_parsing` (one record -> a validated row), :mod:`index_builder.record_sources`
-(records of a JSONL, CSV or Parquet file), :mod:`index_builder.read_report` (errors and counts);
+The work is split by job: :mod:`tandem.index_builder.data_files` (which files, which format),
+:mod:`tandem.index_builder.row_parsing` (one record -> a validated row), :mod:`tandem.index_builder.record_sources`
+(records of a JSONL, CSV or Parquet file), :mod:`tandem.index_builder.read_report` (errors and counts);
 every public name stays importable from here.
 """
 
@@ -30,11 +30,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from index_builder.data_files import SUFFIXES, DataFiles, file_format, find_data_files
-from index_builder.read_report import ReadError, ReadStats
-from index_builder.record_sources import jsonl_rows, table_rows
-from index_builder.row_parsing import EventRow, parse_event_row, parse_item, parse_query, parse_ts
-from retrieval.data import EVENT_TYPES, Event, Item, Query
+from tandem.index_builder.data_files import SUFFIXES, DataFiles, file_format, find_data_files
+from tandem.index_builder.read_report import ReadError, ReadStats
+from tandem.index_builder.record_sources import jsonl_rows, table_rows
+from tandem.index_builder.row_parsing import EventRow, parse_event_row, parse_item, parse_query, parse_ts
+from tandem.retrieval.data import EVENT_TYPES, Event, Item, Query
 
 __all__ = [
     "SUFFIXES",

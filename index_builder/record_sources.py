@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
-from index_builder.data_files import file_format
-from index_builder.read_report import ReadError, ReadStats
-from index_builder.row_parsing import BadField, show_value
+from tandem.index_builder.data_files import file_format
+from tandem.index_builder.read_report import ReadError, ReadStats
+from tandem.index_builder.row_parsing import BadField, show_value
 
 __all__ = ["jsonl_rows", "table_rows"]
 

@@ -1,7 +1,7 @@
 """One raw record (a dict from JSONL, CSV or Parquet) -> a validated row of the data contract.
 
 Each helper returns the clean value or raises :class:`BadField` naming the field, what was
-expected and what was found; the record sources (:mod:`index_builder.record_sources`) turn that
+expected and what was found; the record sources (:mod:`tandem.index_builder.record_sources`) turn that
 into a :class:`~index_builder.read_report.ReadError` with the file and line.
 """
 
@@ -13,7 +13,7 @@ from datetime import UTC, date, datetime
 from decimal import Decimal
 from typing import Any
 
-from retrieval.data import EVENT_CODE, EVENT_TYPES, Item, Query
+from tandem.retrieval.data import EVENT_CODE, EVENT_TYPES, Item, Query
 
 __all__ = ["EventRow", "BadField", "show_value", "parse_ts", "parse_item", "parse_event_row", "parse_query"]
 

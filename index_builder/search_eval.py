@@ -14,12 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ranking.features import compute_features
-from ranking.pipeline import Pipeline
-from ranking.ranker import RankingLists
-from retrieval.base import RetrievalRequest
-from retrieval.data import Catalog, Query
-from retrieval.metrics import ndcg_at_k, recall_at_k
+from tandem.ranking.features import compute_features
+from tandem.ranking.pipeline import Pipeline
+from tandem.ranking.ranker import RankingLists
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog, Query
+from tandem.retrieval.metrics import ndcg_at_k, recall_at_k
 
 __all__ = ["QuerySet", "group_queries", "split_queries", "search_lists", "evaluate_search"]
 

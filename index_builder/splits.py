@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.base import RetrievalRequest
-from retrieval.data import Interactions
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Interactions
 
 __all__ = [
     "SPLIT_PROTOCOLS",

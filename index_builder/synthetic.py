@@ -10,9 +10,9 @@
     truth_items.npy    per-item truth as a structured array (row k = item ``i{k:07d}``): leaf,
                        brand, price tier, release time, popularity, true price, event count ...
 
-The world (category tree, vocabularies, complements) is in :mod:`index_builder.synthetic_vocab`,
-the catalog in :mod:`index_builder.synthetic_catalog`, shoppers in
-:mod:`index_builder.synthetic_events`, queries in :mod:`index_builder.synthetic_queries`.
+The world (category tree, vocabularies, complements) is in :mod:`tandem.index_builder.synthetic_vocab`,
+the catalog in :mod:`tandem.index_builder.synthetic_catalog`, shoppers in
+:mod:`tandem.index_builder.synthetic_events`, queries in :mod:`tandem.index_builder.synthetic_queries`.
 
 Dirt, injected at the configured rates into disjoint sets of items and into ordinary users'
 events, so that every count in ``truth.json["dirt"]`` is exact: duplicate item ids (a later row
@@ -38,12 +38,12 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.synthetic_catalog import SyntheticCatalog, item_id, make_catalog
-from index_builder.synthetic_events import EventChunk, ShopSimulator
-from index_builder.synthetic_queries import make_queries
-from index_builder.synthetic_vocab import MAX_ATTRIBUTES, shop_vocabulary
-from index_builder.writers import open_text_out
-from retrieval.data import EVENT_TYPES
+from tandem.index_builder.synthetic_catalog import SyntheticCatalog, item_id, make_catalog
+from tandem.index_builder.synthetic_events import EventChunk, ShopSimulator
+from tandem.index_builder.synthetic_queries import make_queries
+from tandem.index_builder.synthetic_vocab import MAX_ATTRIBUTES, shop_vocabulary
+from tandem.index_builder.writers import open_text_out
+from tandem.retrieval.data import EVENT_TYPES
 
 __all__ = ["SyntheticConfig", "GenerationSummary", "generate", "TRUTH_FORMAT", "ITEM_TRUTH_DTYPE"]
 
@@ -368,7 +368,7 @@ def generate(out_dir: str | Path, config: SyntheticConfig | None = None) -> Gene
     with_events = untitled_no_text[item_events[untitled_no_text] > 0]
     truth = {
         "format": TRUTH_FORMAT,
-        "generator": "index_builder.synthetic",
+        "generator": "tandem.index_builder.synthetic",
         "seed": config.seed,
         "config": asdict(config),
         "window": {"start": start, "end": end},

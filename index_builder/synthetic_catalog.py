@@ -19,7 +19,7 @@ from functools import cache
 
 import numpy as np
 
-from index_builder.synthetic_vocab import BRANDS_PER_TOP, MAX_ATTRIBUTES, Vocabulary
+from tandem.index_builder.synthetic_vocab import BRANDS_PER_TOP, MAX_ATTRIBUTES, Vocabulary
 
 __all__ = ["SyntheticCatalog", "ItemSampler", "make_catalog", "item_id", "N_TIERS"]
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index_builder.synthetic_catalog import N_TIERS, ItemSampler, SyntheticCatalog
-from index_builder.synthetic_vocab import BRANDS_PER_TOP, Vocabulary
-from retrieval.data import EVENT_CODE
+from tandem.index_builder.synthetic_catalog import N_TIERS, ItemSampler, SyntheticCatalog
+from tandem.index_builder.synthetic_vocab import BRANDS_PER_TOP, Vocabulary
+from tandem.retrieval.data import EVENT_CODE
 
 __all__ = ["EventChunk", "ShopSimulator", "SESSION_MAX_SECONDS"]
 

@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from index_builder.synthetic_catalog import SyntheticCatalog, item_id
-from index_builder.synthetic_vocab import Vocabulary
-from retrieval.data import Query
+from tandem.index_builder.synthetic_catalog import SyntheticCatalog, item_id
+from tandem.index_builder.synthetic_vocab import Vocabulary
+from tandem.retrieval.data import Query
 
 __all__ = ["QueryTruth", "make_queries", "JUDGED_PER_GRADE"]
 

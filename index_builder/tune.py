@@ -18,16 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from index_builder.build import _make_pipeline, default_sources, fit_sources, ranker_lists
-from index_builder.cleaning import load_dataset
-from index_builder.config import BuildConfig, config_to_dict
-from index_builder.splits import Targets, leave_last_out
-from ranking.features import feature_names
-from ranking.history import HistoryStore
-from ranking.pipeline import Pipeline
-from ranking.ranker import Ranker, ndcg_of_lists
-from retrieval.registry import FitContext
-from retrieval.text_tower import TextEncoder
+from tandem.index_builder.build import _make_pipeline, default_sources, fit_sources, ranker_lists
+from tandem.index_builder.cleaning import load_dataset
+from tandem.index_builder.config import BuildConfig, config_to_dict
+from tandem.index_builder.splits import Targets, leave_last_out
+from tandem.ranking.features import feature_names
+from tandem.ranking.history import HistoryStore
+from tandem.ranking.pipeline import Pipeline
+from tandem.ranking.ranker import Ranker, ndcg_of_lists
+from tandem.retrieval.registry import FitContext
+from tandem.retrieval.text_tower import TextEncoder
 
 __all__ = ["tune", "to_toml"]
 

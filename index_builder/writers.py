@@ -13,7 +13,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import IO
 
-from retrieval.data import Event, Item, Query
+from tandem.retrieval.data import Event, Item, Query
 
 __all__ = ["open_text_out", "item_record", "event_record", "query_record", "write_items", "write_events",
            "write_queries"]

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from retrieval.data import Event, Item
+from tandem.retrieval.data import Event, Item
 
 __all__ = [
     "Filters",

@@ -13,9 +13,9 @@ from collections.abc import Sequence
 import numba as nb
 import numpy as np
 
-from ranking.item_table import ItemTable
-from ranking.request_context import RequestContext, summarise_history
-from retrieval.sparse import rows_values
+from tandem.ranking.item_table import ItemTable
+from tandem.ranking.request_context import RequestContext, summarise_history
+from tandem.retrieval.sparse import rows_values
 
 __all__ = ["feature_names", "compute_features"]
 

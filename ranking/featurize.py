@@ -7,12 +7,12 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ranking.features import compute_features
-from ranking.item_table import ItemTable
-from ranking.request_context import RequestContext, request_context
-from retrieval.base import CandidateSource, QueryEncoder, RetrievalRequest, UserEncoder
-from retrieval.fusion import Fused
-from retrieval.registry import first_with
+from tandem.ranking.features import compute_features
+from tandem.ranking.item_table import ItemTable
+from tandem.ranking.request_context import RequestContext, request_context
+from tandem.retrieval.base import CandidateSource, QueryEncoder, RetrievalRequest, UserEncoder
+from tandem.retrieval.fusion import Fused
+from tandem.retrieval.registry import first_with
 
 __all__ = ["Featurizer"]
 

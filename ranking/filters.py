@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.api import Filters
-from retrieval.base import IdSet
-from retrieval.data import Catalog
+from tandem.ranking.api import Filters
+from tandem.retrieval.base import IdSet
+from tandem.retrieval.data import Catalog
 
 __all__ = ["FilterIndex", "apply_filters"]
 

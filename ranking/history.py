@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data import EVENT_CODE, Catalog, Event, Interactions
+from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Interactions
 
 __all__ = ["UserHistory", "HistoryStore", "UserMemos", "DEFAULT_USER_MEMOS"]
 

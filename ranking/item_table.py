@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.base import CandidateSource, ItemSimilarity, QueryEncoder, ScratchTables, UserEncoder
-from retrieval.data import Catalog, Interactions
-from retrieval.registry import first_with
+from tandem.retrieval.base import CandidateSource, ItemSimilarity, QueryEncoder, ScratchTables, UserEncoder
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.registry import first_with
 
 __all__ = ["ItemTable", "build_item_table", "save_item_table", "load_item_table", "item_table_inputs",
            "CF_TRANSPOSE_MAX_NNZ"]

@@ -19,13 +19,13 @@ import logging
 import time
 from pathlib import Path
 
-from ranking.history import HistoryStore
-from ranking.item_table import item_table_inputs, load_item_table, save_item_table
-from ranking.pipeline import Pipeline, PipelineConfig
-from ranking.ranker import Ranker
-from retrieval.bundle import current_bundle, verify_bundle
-from retrieval.catalog_io import load_catalog, save_catalog
-from retrieval.registry import source_entry
+from tandem.ranking.history import HistoryStore
+from tandem.ranking.item_table import item_table_inputs, load_item_table, save_item_table
+from tandem.ranking.pipeline import Pipeline, PipelineConfig
+from tandem.ranking.ranker import Ranker
+from tandem.retrieval.bundle import current_bundle, verify_bundle
+from tandem.retrieval.catalog_io import load_catalog, save_catalog
+from tandem.retrieval.registry import source_entry
 
 __all__ = ["save_pipeline", "load_pipeline", "load_engine"]
 

@@ -1,8 +1,8 @@
 """The assembled search / recommend / similar-items pipeline.
 
-Four steps, one module each: retrieve (several sources, fused; :mod:`ranking.retrieve`) ->
-featurize (:mod:`ranking.featurize`) -> rerank (neural ranker; :mod:`ranking.rerank`) ->
-respond (business filters and diversity, explanations; :mod:`ranking.respond`). The server
+Four steps, one module each: retrieve (several sources, fused; :mod:`tandem.ranking.retrieve`) ->
+featurize (:mod:`tandem.ranking.featurize`) -> rerank (neural ranker; :mod:`tandem.ranking.rerank`) ->
+respond (business filters and diversity, explanations; :mod:`tandem.ranking.respond`). The server
 calls one :class:`Pipeline`; the evaluator calls the very same object through
 :meth:`Pipeline.rank_requests`, so reported numbers come from the code that serves.
 """
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from ranking.api import (
+from tandem.ranking.api import (
     Filters,
     RecommendRequest,
     Response,
@@ -26,19 +26,26 @@ from ranking.api import (
     SimilarRequest,
     UnknownItemError,
 )
-from ranking.features import feature_names
-from ranking.featurize import Featurizer
-from ranking.history import DEFAULT_USER_MEMOS, HistoryStore, UserHistory, UserMemos
-from ranking.item_table import ItemTable
-from ranking.pipeline_config import KINDS, PipelineConfig
-from ranking.ranker import Ranker
-from ranking.request_context import RequestContext
-from ranking.rerank import Ranked, rerank
-from ranking.respond import Responder
-from ranking.retrieve import Retriever
-from retrieval.base import Candidates, CandidateSource, HistoryMemo, IdSet, RetrievalRequest, UserEncoder
-from retrieval.data import EVENT_CODE, Catalog, Event, Item
-from retrieval.fusion import Fused
+from tandem.ranking.features import feature_names
+from tandem.ranking.featurize import Featurizer
+from tandem.ranking.history import DEFAULT_USER_MEMOS, HistoryStore, UserHistory, UserMemos
+from tandem.ranking.item_table import ItemTable
+from tandem.ranking.pipeline_config import KINDS, PipelineConfig
+from tandem.ranking.ranker import Ranker
+from tandem.ranking.request_context import RequestContext
+from tandem.ranking.rerank import Ranked, rerank
+from tandem.ranking.respond import Responder
+from tandem.ranking.retrieve import Retriever
+from tandem.retrieval.base import (
+    Candidates,
+    CandidateSource,
+    HistoryMemo,
+    IdSet,
+    RetrievalRequest,
+    UserEncoder,
+)
+from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Item
+from tandem.retrieval.fusion import Fused
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
 

@@ -6,8 +6,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from retrieval.fusion import FusionConfig
-from retrieval.registry import check_source_names
+from tandem.retrieval.fusion import FusionConfig
+from tandem.retrieval.registry import check_source_names
 
 __all__ = ["PipelineConfig", "KINDS"]
 

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
-from retrieval.two_tower import deterministic_training
+from tandem.retrieval.two_tower import deterministic_training
 
 __all__ = ["RankerConfig", "RankingLists", "DCNRanker", "Ranker", "ndcg_of_lists"]
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ranking.item_table import ItemTable
-from retrieval.sparse import row_entries
+from tandem.ranking.item_table import ItemTable
+from tandem.retrieval.sparse import row_entries
 
 __all__ = ["HistorySummary", "RequestContext", "summarise_history", "request_context", "MEMO_KEY"]
 

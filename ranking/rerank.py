@@ -8,10 +8,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ranking.featurize import Featurizer
-from ranking.ranker import Ranker
-from retrieval.base import RetrievalRequest
-from retrieval.fusion import Fused
+from tandem.ranking.featurize import Featurizer
+from tandem.ranking.ranker import Ranker
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.fusion import Fused
 
 __all__ = ["Ranked", "rerank"]
 

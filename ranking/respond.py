@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.api import Explanation, Filters, Response, ScoredItem, SourceHit
-from ranking.filters import FilterIndex, apply_filters
-from ranking.item_table import ItemTable
-from ranking.ranker import Ranker
-from ranking.rerank import Ranked
-from retrieval.base import IdSet
-from retrieval.data import Catalog
+from tandem.ranking.api import Explanation, Filters, Response, ScoredItem, SourceHit
+from tandem.ranking.filters import FilterIndex, apply_filters
+from tandem.ranking.item_table import ItemTable
+from tandem.ranking.ranker import Ranker
+from tandem.ranking.rerank import Ranked
+from tandem.retrieval.base import IdSet
+from tandem.retrieval.data import Catalog
 
 __all__ = ["Responder"]
 

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from ranking.pipeline_config import PipelineConfig
-from retrieval.base import Candidates, CandidateSource, RetrievalRequest
-from retrieval.fusion import Fused, fuse
-from retrieval.registry import SOURCES
+from tandem.ranking.pipeline_config import PipelineConfig
+from tandem.retrieval.base import Candidates, CandidateSource, RetrievalRequest
+from tandem.retrieval.fusion import Fused, fuse
+from tandem.retrieval.registry import SOURCES
 
 __all__ = ["Retriever"]
 

@@ -17,7 +17,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from retrieval.data import Catalog, Interactions
+from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = [
     "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta",

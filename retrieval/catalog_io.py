@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.data import Catalog
+from tandem.retrieval.data import Catalog
 
 __all__ = ["save_catalog", "load_catalog"]
 

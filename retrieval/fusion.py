@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numba as nb
 import numpy as np
 
-from retrieval.base import Candidates, ScratchTables
+from tandem.retrieval.base import Candidates, ScratchTables
 
 __all__ = ["FUSION_METHODS", "FusionConfig", "Fused", "fuse"]
 

@@ -35,8 +35,8 @@ import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.base import Candidates, IdSet, RetrievalRequest, ScratchTables, read_source_meta
-from retrieval.data import Catalog, Interactions
+from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, ScratchTables, read_source_meta
+from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = ["CF_SIMILARITIES", "ItemCFConfig", "ItemCF", "UserCFConfig", "UserCF"]
 

@@ -20,8 +20,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.base import Candidates, RetrievalRequest, read_source_meta
-from retrieval.data import Catalog, Interactions
+from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = ["LEXICAL_STEMMERS", "LexicalConfig", "Lexical", "plural_stem"]
 

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.base import Candidates, RetrievalRequest, read_source_meta
-from retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
+from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from tandem.retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
 
 __all__ = ["PopularityConfig", "Popularity"]
 

@@ -16,8 +16,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.ann import AnnConfig
-from retrieval.base import (
+from tandem.retrieval.ann import AnnConfig
+from tandem.retrieval.base import (
     CandidateSource,
     CatalogScorer,
     HistoryMemo,
@@ -26,12 +26,12 @@ from retrieval.base import (
     QueryEncoder,
     UserEncoder,
 )
-from retrieval.data import Catalog, Interactions
-from retrieval.item_cf import ItemCF, ItemCFConfig, UserCF, UserCFConfig
-from retrieval.lexical import Lexical, LexicalConfig
-from retrieval.popularity import Popularity, PopularityConfig
-from retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
-from retrieval.two_tower import TwoTower, TwoTowerConfig
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_cf import ItemCF, ItemCFConfig, UserCF, UserCFConfig
+from tandem.retrieval.lexical import Lexical, LexicalConfig
+from tandem.retrieval.popularity import Popularity, PopularityConfig
+from tandem.retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
+from tandem.retrieval.two_tower import TwoTower, TwoTowerConfig
 
 __all__ = ["FitContext", "SourceEntry", "SOURCES", "source_entry", "check_source_names", "first_with"]
 
@@ -63,7 +63,7 @@ class SourceEntry:
     """One candidate source: ``cls`` (with ``load(folder, catalog)``), ``config_type`` and the
     :class:`~index_builder.config.BuildConfig` section holding it (``config_field``), the
     adapter fitting it from a :class:`FitContext`, the capabilities its fitted instances have
-    (protocols of :mod:`retrieval.base`), the build's stage name, and whether every bundle
+    (protocols of :mod:`tandem.retrieval.base`), the build's stage name, and whether every bundle
     has it (popularity: the cold-start fallback)."""
 
     name: str

@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.ann import AnnConfig, AnnIndex
-from retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
-from retrieval.data import Catalog, Interactions
+from tandem.retrieval.ann import AnnConfig, AnnIndex
+from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
+from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
 

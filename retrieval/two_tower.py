@@ -26,12 +26,12 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from retrieval.ann import AnnConfig
-from retrieval.base import Candidates, RetrievalRequest, read_source_meta
-from retrieval.data import Catalog, Interactions
-from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
-from retrieval.text_tower import _build_index, _load_index
-from retrieval.two_tower_model import (
+from tandem.retrieval.ann import AnnConfig
+from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
+from tandem.retrieval.text_tower import _build_index, _load_index
+from tandem.retrieval.two_tower_model import (
     EVENT_UNKNOWN,
     ItemFeatures,
     ItemTower,

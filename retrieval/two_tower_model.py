@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from retrieval.data import EVENT_TYPES, Catalog
+from tandem.retrieval.data import EVENT_TYPES, Catalog
 
 __all__ = [
     "GAP_EDGES_S",

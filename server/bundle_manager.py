@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from ranking.api import Engine, RecommendRequest, SearchRequest, SimilarRequest
-from retrieval.bundle import BundleError, current_bundle, list_bundles, read_manifest
-from retrieval.data import Event
-from server.event_log import EventLog
+from tandem.ranking.api import Engine, RecommendRequest, SearchRequest, SimilarRequest
+from tandem.retrieval.bundle import BundleError, current_bundle, list_bundles, read_manifest
+from tandem.retrieval.data import Event
+from tandem.server.event_log import EventLog
 
 __all__ = ["BundleManager", "check_version_name", "warm_request_paths"]
 

@@ -15,22 +15,22 @@ import logging
 import os
 import sys
 
-from retrieval.bundle import BundleError
-from server.logs import NOISY_LOGGERS, quiet_third_party
+from tandem.retrieval.bundle import BundleError
+from tandem.server.logs import NOISY_LOGGERS, quiet_third_party
 
 __all__ = ["main", "build_parser"]
 
 # Module paths; each registers one or more subcommands.
 COMMAND_MODULES: tuple[str, ...] = (
-    "index_builder.commands.generate",
-    "index_builder.commands.importers",
-    "index_builder.commands.clean",
-    "index_builder.commands.evaluate",
-    "index_builder.commands.build",
-    "index_builder.commands.export",
-    "index_builder.commands.tune",
-    "server.commands",
-    "server.event_commands",
+    "tandem.index_builder.commands.generate",
+    "tandem.index_builder.commands.importers",
+    "tandem.index_builder.commands.clean",
+    "tandem.index_builder.commands.evaluate",
+    "tandem.index_builder.commands.build",
+    "tandem.index_builder.commands.export",
+    "tandem.index_builder.commands.tune",
+    "tandem.server.commands",
+    "tandem.server.event_commands",
 )
 
 

@@ -3,7 +3,7 @@ plus the standard health check, with typed results.
 
 Quick start::
 
-    from server.client import Event, Filters, TandemClient, TandemError
+    from tandem.server.client import Event, Filters, TandemClient, TandemError
 
     with TandemClient("127.0.0.1:50051", token="secret", timeout=5.0) as tandem:
         tandem.wait_until_serving(timeout=30)
@@ -70,9 +70,9 @@ from pathlib import Path
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
-from server.client_types import (
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server.client_types import (
     Event,
     Explanation,
     FeatureContribution,

@@ -1,7 +1,7 @@
 """The Python client's request and result types: frozen dataclasses mirroring ``tandem.v1``
 messages, and their conversion to and from the generated protobuf classes.
 
-Callers import these from :mod:`server.client`; this module only keeps the client module small.
+Callers import these from :mod:`tandem.server.client`; this module only keeps the client module small.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, fields
 
-from server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2 as pb
 
 __all__ = ["Filters", "Event", "SourceHit", "FeatureContribution", "Explanation", "ScoredItem", "Results",
            "Recorded", "Item", "Reloaded", "Status", "filters_to_pb", "event_to_pb", "results_from_pb",

@@ -1,4 +1,4 @@
-"""``tandem serve`` and the CLI client (over :mod:`server.client`): ``search``, ``recommend``, ``similar``,
+"""``tandem serve`` and the CLI client (over :mod:`tandem.server.client`): ``search``, ``recommend``, ``similar``,
 ``record``, ``get-item``, ``status`` and ``reload``.
 
 An RPC error exits with status 1 and prints ``CODE: message`` (e.g.
@@ -132,8 +132,8 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
     """The :class:`server.service.ServerConfig` of ``tandem serve``: defaults < ``[serve]`` of
     ``--config`` < ``TANDEM_SERVE__*`` of ``environ`` (default ``os.environ``; ``TANDEM_TOKEN`` is
     the token's alias) < flags. A flag whose dest is a ServerConfig field overrides that field."""
-    from index_builder.config import load_section
-    from server.service import ServerConfig
+    from tandem.index_builder.config import load_section
+    from tandem.server.service import ServerConfig
 
     flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(ServerConfig)
              if getattr(args, f.name, None) is not None}
@@ -144,8 +144,8 @@ def serve_config(args: argparse.Namespace, environ: Mapping[str, str] | None = N
 def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None = None) -> int:
     """``tandem serve``: the bundle's pipeline (``engine_loader(bundle_folder)`` when given, as
     the process tests pass a stand-in engine) behind the gRPC server, until SIGTERM or SIGINT."""
-    from server.logs import use_json_logs
-    from server.service import TandemServer
+    from tandem.server.logs import use_json_logs
+    from tandem.server.service import TandemServer
 
     config = serve_config(args)  # before anything else: a bad setting exits 2 at once
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
@@ -160,7 +160,7 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
 
     threadpool_limits(1)
     if engine_loader is None:
-        from ranking.loader import load_engine as engine_loader
+        from tandem.ranking.loader import load_engine as engine_loader
     server = TandemServer(config, engine_loader)
     done = threading.Event()
 
@@ -186,7 +186,7 @@ def _rpc(handler):
     """A client command: connect with the common flags, run ``handler(args, client)``, and turn a
     TandemError into ``CODE: message`` on stderr with exit status 1."""
     def run(args: argparse.Namespace) -> int:
-        from server.client import TandemClient, TandemError
+        from tandem.server.client import TandemClient, TandemError
 
         token = args.token or os.environ.get("TANDEM_TOKEN") or None
         try:
@@ -240,7 +240,7 @@ def _similar(args, client) -> int:
 
 
 def _record(args, client) -> int:
-    from server.client import Event
+    from tandem.server.client import Event
 
     resp = client.record(Event(args.user, args.item, event=args.event, ts=args.ts, value=args.value,
                                event_id=args.event_id))

@@ -10,9 +10,9 @@ import math
 import time
 from collections import Counter
 
-from ranking.api import Filters, RecommendRequest, Response, SearchRequest, SimilarRequest
-from retrieval.data import EVENT_TYPES, Event, Item
-from server._generated import tandem_pb2 as pb
+from tandem.ranking.api import Filters, RecommendRequest, Response, SearchRequest, SimilarRequest
+from tandem.retrieval.data import EVENT_TYPES, Event, Item
+from tandem.server._generated import tandem_pb2 as pb
 
 __all__ = ["InvalidArgument", "LIMITS", "REFUSAL_REASONS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
            "similar_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]

@@ -259,7 +259,7 @@ def _positive(kind: type, name: str):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m server.demo", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m tandem.server.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=Path("demo_out"), help="folder for everything (emptied first)")
     p.add_argument("--items", type=_positive(int, "--items"), default=500, help="catalog size (default 500)")
@@ -290,14 +290,14 @@ def _prepare(out: Path) -> None:
                              "its folder first; remove it or pick another --out")
         shutil.rmtree(out)
     out.mkdir(parents=True)
-    (out / MARKER).write_text("written by python -m server.demo; the next demo run empties this folder\n")
+    (out / MARKER).write_text("written by python -m tandem.server.demo; the next demo run empties this folder\n")
 
 
 def _demo(args: argparse.Namespace) -> None:
     out: Path = args.out
     _prepare(out)
     data, bundles, report = out / "shop", out / "bundles", out / "cleaning_report.json"
-    tandem = [sys.executable, "-m", "server.cli"]
+    tandem = [sys.executable, "-m", "tandem.server.cli"]
     # One thread each for torch, OpenBLAS and OpenMP in the offline steps (`tandem serve` pins
     # itself). Most of a build is request-sized work (ranker lists, evaluation, query encoding),
     # where a second spinning thread only waits; on a busy 2-core machine two threads made one

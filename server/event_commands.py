@@ -37,8 +37,8 @@ def _fmt_ranges(ranges) -> str:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from server.event_log import inspect_log
-    from server.event_salvage import salvage_rows
+    from tandem.server.event_log import inspect_log
+    from tandem.server.event_salvage import salvage_rows
 
     if not args.log.is_file():
         raise FileNotFoundError(f"no event log at {args.log}")
@@ -65,7 +65,7 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _recover(args: argparse.Namespace) -> int:
-    from server.event_salvage import recover_log
+    from tandem.server.event_salvage import recover_log
 
     try:
         report = recover_log(args.log, args.out)

@@ -11,7 +11,7 @@ the ``lost`` table records them), and the newest sequence number against the sid
 ``<log>-acked``, which holds the last acknowledged one (written after each commit). SQLite drops
 every WAL frame from the first damaged one on without a word; the side file is how the loss of
 acknowledged events shows. Any failure raises :class:`EventLogDamaged` naming the file and the
-commands that salvage it (:mod:`server.event_commands`).
+commands that salvage it (:mod:`tandem.server.event_commands`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
-from retrieval.data import Event
+from tandem.retrieval.data import Event
 
 __all__ = ["EventLog", "EventLogDamaged", "SCHEMA", "acked_path", "read_acked", "sqlite_uri", "inspect_log",
            "lost_count"]

@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from retrieval.data import EVENT_TYPES
+from tandem.retrieval.data import EVENT_TYPES
 
 __all__ = ["SalvagedRow", "salvage_rows", "recover_log"]
 
@@ -197,7 +197,7 @@ def _ranges(numbers: list[int]) -> list[tuple[int, int]]:
 
 def _readable_meta(path: Path) -> tuple[int, list[tuple[int, int]]]:
     """What SQLite can still read of the bookkeeping: (sqlite_sequence for events, lost ranges)."""
-    from server.event_log import sqlite_uri
+    from tandem.server.event_log import sqlite_uri
 
     top, lost = 0, []
     try:
@@ -225,7 +225,7 @@ def recover_log(source: str | Path, target: str | Path) -> dict:
     that highest number, so a lost number is never reused. Returns a report: ``salvaged``,
     ``lost`` (count), ``lost_ranges`` ([first, last] pairs), ``previously_lost``,
     ``unacknowledged_dropped``, ``last_seq``, ``acked`` and the scan counts."""
-    from server.event_log import EventLog, read_acked
+    from tandem.server.event_log import EventLog, read_acked
 
     source, target = Path(source), Path(target)
     if not source.is_file() and not Path(f"{source}-wal").is_file():

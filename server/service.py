@@ -24,16 +24,16 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ranking.api import Engine, UnknownItemError
-from ranking.history import DEFAULT_USER_MEMOS
-from server import convert
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
-from server.auth import AuthInterceptor
-from server.bundle_manager import BundleManager
-from server.event_log import EventLog
-from server.logs import log_fields
-from server.metrics import ServiceMetrics
+from tandem.ranking.api import Engine, UnknownItemError
+from tandem.ranking.history import DEFAULT_USER_MEMOS
+from tandem.server import convert
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server.auth import AuthInterceptor
+from tandem.server.bundle_manager import BundleManager
+from tandem.server.event_log import EventLog
+from tandem.server.logs import log_fields
+from tandem.server.metrics import ServiceMetrics
 
 __all__ = ["ServerConfig", "TandemServer", "TandemServicer", "AdminServicer", "SERVICE_NAMES"]
 

@@ -20,7 +20,7 @@ def free_port() -> int:
 
 @pytest.fixture(scope="session")
 def tiny_shop(tmp_path_factory):
-    from index_builder.synthetic import SyntheticConfig, generate
+    from tandem.index_builder.synthetic import SyntheticConfig, generate
 
     out = tmp_path_factory.mktemp("shop")
     generate(out, SyntheticConfig(items=300, users=200, seed=5, queries=40, events_per_user=15))
@@ -34,8 +34,8 @@ TINY_CONFIG = {"two_tower": {"dim": 16, "layers": 1, "max_len": 10, "epochs": 3,
 @pytest.fixture(scope="session")
 def tiny_bundles(tiny_shop, tmp_path_factory):
     """A bundle root with one bundle built from the tiny shop (split none, like production)."""
-    from index_builder.build import build
-    from index_builder.config import load_config
+    from tandem.index_builder.build import build
+    from tandem.index_builder.config import load_config
 
     root = tmp_path_factory.mktemp("bundles")
     build(tiny_shop, root, load_config(overrides=TINY_CONFIG, environ={}))
@@ -47,7 +47,7 @@ class Server:
     so a restart on the same log keeps both runs), by default ``BUNDLES/server-PORT.log``."""
 
     #: what runs after the interpreter: the product CLI's serve command
-    COMMAND: tuple[str, ...] = ("-m", "server.cli", "serve")
+    COMMAND: tuple[str, ...] = ("-m", "tandem.server.cli", "serve")
 
     def __init__(self, bundles: Path, *extra: str, log: Path | None = None) -> None:
         self.port = free_port()

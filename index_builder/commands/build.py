@@ -28,15 +28,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from index_builder.build import build
-    from index_builder.config import load_config
-    from index_builder.evaluate import format_table
+    from tandem.index_builder.build import build
+    from tandem.index_builder.config import load_config
+    from tandem.index_builder.evaluate import format_table
 
     overrides = {"split": args.split} if args.split else None
     config = load_config(args.config, overrides=overrides)
     extra = None
     if args.events_log is not None:
-        from index_builder.event_log_reader import read_event_log
+        from tandem.index_builder.event_log_reader import read_event_log
 
         extra = read_event_log(args.events_log)
     result = build(args.data, args.out, config, extra_events=extra, strict=args.strict)

@@ -41,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from index_builder.cleaning import CleaningConfig, load_dataset, load_queries
+    from tandem.index_builder.cleaning import CleaningConfig, load_dataset, load_queries
 
     config = CleaningConfig(min_user_events=args.min_user_events, min_item_events=args.min_item_events)
     result = load_dataset(args.data, config, strict=args.strict)

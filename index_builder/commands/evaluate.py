@@ -62,8 +62,8 @@ def _run(args: argparse.Namespace) -> int:
     if args.dump is not None:
         raise ValueError("--dump needs --bundle: only a bundle has a final ranked list to dump")
 
-    from index_builder.cleaning import load_dataset
-    from index_builder.evaluate import evaluate_dataset, format_table
+    from tandem.index_builder.cleaning import load_dataset
+    from tandem.index_builder.evaluate import evaluate_dataset, format_table
 
     if not args.data.is_dir():
         raise FileNotFoundError(f"--data {args.data} is not a folder; point it at the folder holding "
@@ -96,8 +96,8 @@ def _write_json(path: Path, report: dict) -> None:
 
 
 def _run_bundle(args: argparse.Namespace) -> int:
-    from index_builder.bundle_eval import evaluate_bundle
-    from index_builder.evaluate import format_table
+    from tandem.index_builder.bundle_eval import evaluate_bundle
+    from tandem.index_builder.evaluate import format_table
 
     report = evaluate_bundle(args.bundle, args.data, ks=args.k, dump=args.dump)
     p = report["protocol"]

@@ -26,8 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from index_builder.export import export_embeddings
-    from ranking.loader import load_engine
+    from tandem.index_builder.export import export_embeddings
+    from tandem.ranking.loader import load_engine
 
     paths = export_embeddings(load_engine(args.bundle), args.what, args.format, args.out)
     print("wrote " + ", ".join(str(p) for p in paths))

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from index_builder.synthetic import SyntheticConfig, generate
+    from tandem.index_builder.synthetic import SyntheticConfig, generate
 
     config = SyntheticConfig(items=args.items, users=args.users, seed=args.seed,
                              events_per_user=args.events_per_user, days=args.days, queries=args.queries,

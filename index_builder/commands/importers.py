@@ -45,14 +45,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run_seqrec(args: argparse.Namespace) -> int:
-    from index_builder.importers.seqrec import import_seqrec
+    from tandem.index_builder.importers.seqrec import import_seqrec
 
     print(import_seqrec(args.sequences, args.items_tsv, args.out, args.attributes).summary())
     return 0
 
 
 def _run_amazon(args: argparse.Namespace) -> int:
-    from index_builder.importers.amazon_reviews import import_amazon_reviews
+    from tandem.index_builder.importers.amazon_reviews import import_amazon_reviews
 
     s = import_amazon_reviews(args.reviews, args.meta, args.out, min_rating=args.min_rating, strict=args.strict)
     print(s.summary())

@@ -31,8 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _run(args: argparse.Namespace) -> int:
     import json
 
-    from index_builder.config import load_config
-    from index_builder.tune import to_toml, tune
+    from tandem.index_builder.config import load_config
+    from tandem.index_builder.tune import to_toml, tune
 
     if args.trials < 1:
         raise ValueError(f"--trials must be >= 1, got {args.trials}")

@@ -47,10 +47,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
 
-from index_builder.cleaning import title_from_description
-from index_builder.readers import SUFFIXES, ReadError, ReadStats
-from index_builder.writers import open_text_out, write_events, write_items
-from retrieval.data import Event, Item
+from tandem.index_builder.cleaning import title_from_description
+from tandem.index_builder.readers import SUFFIXES, ReadError, ReadStats
+from tandem.index_builder.writers import open_text_out, write_events, write_items
+from tandem.retrieval.data import Event, Item
 
 __all__ = ["AmazonImportSummary", "import_amazon_reviews", "parse_record", "parse_price", "meta_layout",
            "review_layout"]

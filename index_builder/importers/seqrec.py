@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from index_builder.readers import SUFFIXES
-from index_builder.writers import write_events, write_items
-from retrieval.data import Event, Item
+from tandem.index_builder.readers import SUFFIXES
+from tandem.index_builder.writers import write_events, write_items
+from tandem.retrieval.data import Event, Item
 
 __all__ = ["SYNTHETIC_TS_BASE", "SYNTHETIC_TS_STEP", "TITLE_COLUMNS", "SeqrecSummary", "import_seqrec"]
 

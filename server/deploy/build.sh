@@ -26,7 +26,7 @@ bake() {
     HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false $PYTHON - <<'PY'
 import torch
 
-from retrieval.text_tower import TextEncoder, default_model_path
+from tandem.retrieval.text_tower import TextEncoder, default_model_path
 
 assert torch.version.cuda is None, f"torch {torch.__version__} is a CUDA build; the image wants the CPU wheel"
 encoder = TextEncoder()

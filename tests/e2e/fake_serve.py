@@ -7,8 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
-from server.cli import build_parser
-from server.commands import serve
+from tandem.server.cli import build_parser
+from tandem.server.commands import serve
 from tests.server.fake_engine import load_fake_engine
 
 

@@ -1,4 +1,4 @@
-"""`make demo` end to end (`python -m server.demo`) on a tiny shop with tiny models: every step
+"""`make demo` end to end (`python -m tandem.server.demo`) on a tiny shop with tiny models: every step
 runs, the server is waited for, and the key lines reach the terminal."""
 
 import subprocess
@@ -34,7 +34,7 @@ def test_the_demo_runs_end_to_end_on_a_small_shop(tmp_path):
     config = tmp_path / "tiny.toml"
     config.write_text(TINY_TOML)
     out = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "server.demo", "--out", str(out), "--items", "300",
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.server.demo", "--out", str(out), "--items", "300",
                              "--users", "200", "--queries", "40", "--config", str(config)],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:

@@ -31,7 +31,7 @@ def shims(folder: Path) -> dict[str, str]:
     """An environment whose `tandem` and `python` are this checkout under the test's interpreter,
     as they are the installed package and the image's python in the container."""
     folder.mkdir(exist_ok=True)
-    for name, cmd in (("tandem", f'exec "{sys.executable}" -m server.cli "$@"'),
+    for name, cmd in (("tandem", f'exec "{sys.executable}" -m tandem.server.cli "$@"'),
                       ("python", f'exec "{sys.executable}" "$@"')):
         (folder / name).write_text(f"#!/bin/sh\n{cmd}\n")
         (folder / name).chmod(0o755)
@@ -69,7 +69,7 @@ class Entrypoint:
     def wait_healthy(self, timeout: float = 1200.0) -> subprocess.CompletedProcess:
         """Poll health in-process (the build takes a while: no interpreter start a second), then
         run the image's healthcheck.py once."""
-        from server.client import TandemClient, TandemError
+        from tandem.server.client import TandemClient, TandemError
 
         deadline = time.monotonic() + timeout
         with TandemClient(self.addr, timeout=2.0) as client:
@@ -183,7 +183,7 @@ def prometheus(entrypoint, tmp_path_factory):
 def bounded_load(addr: str, seconds: float = 4.0, per_thread: int = 100, threads: int = 3) -> dict[str, int]:
     """Every RPC kind, errors included: each thread's first round always runs, then more rounds
     for at most ``seconds`` and ``per_thread`` rounds. Returns the requests made per thread."""
-    from server.client import Event, TandemClient, TandemError
+    from tandem.server.client import Event, TandemClient, TandemError
 
     counts: dict[str, int] = {}
     lock = threading.Lock()

@@ -13,10 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from retrieval.bundle import current_bundle, read_manifest, set_current, write_bundle
-from retrieval.catalog_io import load_catalog
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.retrieval.bundle import current_bundle, read_manifest, set_current, write_bundle
+from tandem.retrieval.catalog_io import load_catalog
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tests.conftest import Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]

@@ -11,8 +11,8 @@ import time
 import grpc
 import pytest
 
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, TINY_CONFIG, Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -94,7 +94,7 @@ def test_bad_input_gets_clear_status(server, call, code, text):
 
 
 def test_cli_client_json_and_error(server, tiny_shop):
-    run = lambda *a: subprocess.run([sys.executable, "-m", "server.cli", *a], cwd=ROOT, capture_output=True,  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "tandem.server.cli", *a], cwd=ROOT, capture_output=True,  # noqa: E731
                                     text=True, timeout=60)
     ok = run("recommend", "--addr", server.addr, "--user", a_user(tiny_shop), "--k", "3", "--json")
     assert ok.returncode == 0
@@ -158,7 +158,7 @@ def test_kill9_loses_no_acknowledged_event(tiny_bundles, tmp_path):
     ch.close()
     s.log.close()
     assert len(acked) > 10
-    from server.event_log import EventLog
+    from tandem.server.event_log import EventLog
 
     users = {e.user_id for e in EventLog(log).iter_events()}
     assert {f"k9-{i}" for i in acked} <= users
@@ -173,9 +173,9 @@ def test_kill9_loses_no_acknowledged_event(tiny_bundles, tmp_path):
 
 
 def test_hot_swap_under_load_and_tampered_bundle_refused(tiny_shop, tmp_path):
-    from index_builder.build import build
-    from index_builder.config import load_config
-    from retrieval.bundle import set_current
+    from tandem.index_builder.build import build
+    from tandem.index_builder.config import load_config
+    from tandem.retrieval.bundle import set_current
 
     root = tmp_path / "bundles"
     cfg = load_config(overrides=TINY_CONFIG, environ={})

@@ -13,8 +13,8 @@ from pathlib import Path
 import grpc
 import pytest
 
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tests.conftest import ROOT, Server
 from tests.server.fake_engine import write_fake_bundle
 
@@ -132,7 +132,7 @@ def test_sigterm_drains_in_flight_requests_and_closes_the_log(tmp_path, procs):
 
 def test_missing_bundle_exits_with_a_message_and_there_is_no_engine_hook(tmp_path):
     def serve(*extra):
-        return subprocess.run([sys.executable, "-m", "server.cli", "serve", "--bundles", str(tmp_path), "--port", "0",
+        return subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--bundles", str(tmp_path), "--port", "0",
                                *extra], cwd=ROOT, capture_output=True, text=True, timeout=60)
 
     r = serve("--engine-loader", "tests.server.fake_engine:load_fake_engine")

@@ -6,7 +6,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from server.cli import main
+from tandem.server.cli import main
 from tests.conftest import TINY_CONFIG
 
 pytestmark = pytest.mark.slow
@@ -14,8 +14,8 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def built(tiny_shop, tmp_path_factory):
-    from index_builder.config import load_config
-    from index_builder.tune import to_toml
+    from tandem.index_builder.config import load_config
+    from tandem.index_builder.tune import to_toml
 
     root = tmp_path_factory.mktemp("b")
     cfg = root / "tiny.toml"
@@ -26,7 +26,7 @@ def built(tiny_shop, tmp_path_factory):
 
 
 def test_manifest_describes_everything(built):
-    from retrieval.bundle import current_bundle, verify_bundle
+    from tandem.retrieval.bundle import current_bundle, verify_bundle
 
     folder = current_bundle(built / "bundles")
     m = verify_bundle(folder)
@@ -80,8 +80,8 @@ def test_export_npy_and_parquet(built):
 def test_tampered_bundle_refused_by_loader(built):
     import shutil
 
-    from ranking.loader import load_engine
-    from retrieval.bundle import BundleError, current_bundle
+    from tandem.ranking.loader import load_engine
+    from tandem.retrieval.bundle import BundleError, current_bundle
 
     src = current_bundle(built / "bundles")
     copy = built / "copy" / src.name  # a bundle's folder name is its version

@@ -6,10 +6,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_builder.cleaning import CleaningConfig, load_dataset, load_queries, title_from_description
-from index_builder.readers import ReadError
-from index_builder.writers import write_events, write_items, write_queries
-from retrieval.data import EVENT_CODE, Event, Item, Query
+from tandem.index_builder.cleaning import CleaningConfig, load_dataset, load_queries, title_from_description
+from tandem.index_builder.readers import ReadError
+from tandem.index_builder.writers import write_events, write_items, write_queries
+from tandem.retrieval.data import EVENT_CODE, Event, Item, Query
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 T0 = 1388534400
@@ -224,7 +224,7 @@ def test_load_queries(shop):
 
 
 def _cli(argv):
-    from index_builder.commands import clean
+    from tandem.index_builder.commands import clean
 
     parser = argparse.ArgumentParser()
     clean.register(parser.add_subparsers())

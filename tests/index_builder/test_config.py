@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from index_builder.config import BuildConfig, ConfigError, load_config
-from index_builder.tune import to_toml
+from tandem.index_builder.config import BuildConfig, ConfigError, load_config
+from tandem.index_builder.tune import to_toml
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "config.example.toml"
 
@@ -141,7 +141,7 @@ def test_source_names_are_checked_against_the_registry():
 
 
 def test_every_registered_source_has_its_config_section():
-    from retrieval.registry import SOURCES
+    from tandem.retrieval.registry import SOURCES
 
     defaults = BuildConfig()
     for name, entry in SOURCES.items():

@@ -5,11 +5,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_builder.evaluate import evaluate_dataset, evaluate_source, format_table, rank_targets
-from index_builder.splits import leave_last_out, no_split
-from retrieval.base import Candidates
-from retrieval.data import EVENT_CODE, Catalog, Event, Interactions, Item
-from retrieval.popularity import Popularity
+from tandem.index_builder.evaluate import evaluate_dataset, evaluate_source, format_table, rank_targets
+from tandem.index_builder.splits import leave_last_out, no_split
+from tandem.retrieval.base import Candidates
+from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Interactions, Item
+from tandem.retrieval.popularity import Popularity
 
 DATA = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 
@@ -127,7 +127,7 @@ def _eval_cli(argv):
     # the command's own parser: server.cli lists every command module, some owned by other packages
     import argparse
 
-    from index_builder.commands.evaluate import register
+    from tandem.index_builder.commands.evaluate import register
 
     parser = argparse.ArgumentParser(prog="tandem")
     register(parser.add_subparsers(dest="command"))
@@ -136,8 +136,8 @@ def _eval_cli(argv):
 
 
 def test_cli_eval(tmp_path, capsys):
-    pytest.importorskip("index_builder.cleaning")
-    from index_builder.writers import write_events, write_items
+    pytest.importorskip("tandem.index_builder.cleaning")
+    from tandem.index_builder.writers import write_events, write_items
 
     write_items(tmp_path / "items.jsonl.gz", (Item(str(i), f"item number {i}") for i in range(6)))
     write_events(tmp_path / "events.jsonl.gz",
@@ -158,7 +158,7 @@ def test_cli_eval(tmp_path, capsys):
 def test_parse_ks():
     import argparse
 
-    from index_builder.commands.evaluate import parse_ks
+    from tandem.index_builder.commands.evaluate import parse_ks
 
     assert parse_ks("200,10, 50,10") == (10, 50, 200)
     for bad in ("", "ten", "0,5"):
@@ -170,7 +170,7 @@ def test_parse_ks():
 def test_popularity_on_beauty_lands_near_published_poprec():
     if not (DATA / "beauty" / "events.jsonl.gz").exists():
         pytest.skip("Amazon Beauty data not present under shared/data/beauty")
-    cleaning = pytest.importorskip("index_builder.cleaning")
+    cleaning = pytest.importorskip("tandem.index_builder.cleaning")
     clean = cleaning.load_dataset(DATA / "beauty")
     rep = evaluate_dataset(clean.catalog, clean.interactions, ks=(10, 50))
     m = rep["metrics"]["popularity"]

@@ -6,9 +6,9 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from index_builder.export import METADATA_PREFIX, write_embeddings
-from retrieval.data import Catalog
-from server.cli import main
+from tandem.index_builder.export import METADATA_PREFIX, write_embeddings
+from tandem.retrieval.data import Catalog
+from tandem.server.cli import main
 
 META = {"what": "items", "bundle_version": "v1", "model": "two_tower", "dimension": "3", "metric": "dot"}
 
@@ -64,8 +64,8 @@ def test_bad_input(tmp_path, ids, vecs, message):
 
 @pytest.mark.slow
 def test_export_command_on_a_real_bundle(tiny_bundles, tmp_path, capsys):
-    from ranking.loader import load_engine
-    from retrieval.bundle import current_bundle, read_manifest
+    from tandem.ranking.loader import load_engine
+    from tandem.retrieval.bundle import current_bundle, read_manifest
 
     manifest = read_manifest(current_bundle(tiny_bundles))
     catalog = load_engine(tiny_bundles).catalog

@@ -5,16 +5,16 @@ from pathlib import Path
 
 import pytest
 
-from index_builder.importers.amazon_reviews import (
+from tandem.index_builder.importers.amazon_reviews import (
     import_amazon_reviews,
     meta_layout,
     parse_price,
     parse_record,
     review_layout,
 )
-from index_builder.importers.seqrec import SYNTHETIC_TS_BASE, import_seqrec
-from index_builder.readers import ReadError
-from server.cli import main
+from tandem.index_builder.importers.seqrec import SYNTHETIC_TS_BASE, import_seqrec
+from tandem.index_builder.readers import ReadError
+from tandem.server.cli import main
 
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 DAY = 86400

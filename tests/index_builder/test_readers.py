@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from index_builder.readers import (
+from tandem.index_builder.readers import (
     DataFiles,
     ReadError,
     ReadStats,
@@ -19,7 +19,7 @@ from index_builder.readers import (
     read_items,
     read_queries,
 )
-from retrieval.data import Event, Item, Query
+from tandem.retrieval.data import Event, Item, Query
 
 T0 = 1388534400  # 2014-01-01T00:00:00Z
 

@@ -2,10 +2,10 @@
 
 import numpy as np
 
-from index_builder.build import _search_ranker
-from index_builder.config import load_config
-from ranking.features import feature_names
-from ranking.ranker import RankingLists
+from tandem.index_builder.build import _search_ranker
+from tandem.index_builder.config import load_config
+from tandem.ranking.features import feature_names
+from tandem.ranking.ranker import RankingLists
 
 
 class _Sources:

@@ -3,8 +3,15 @@ import time
 import numpy as np
 import pytest
 
-from index_builder.splits import SPLIT_PROTOCOLS, Targets, leave_last_out, make_split, no_split, temporal
-from retrieval.data import EVENT_CODE, Interactions
+from tandem.index_builder.splits import (
+    SPLIT_PROTOCOLS,
+    Targets,
+    leave_last_out,
+    make_split,
+    no_split,
+    temporal,
+)
+from tandem.retrieval.data import EVENT_CODE, Interactions
 
 
 def _log(rows, user_ids):

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from index_builder import synthetic
-from index_builder.readers import read_events, read_items, read_queries
-from index_builder.synthetic import ITEM_TRUTH_DTYPE, SyntheticConfig, generate
-from index_builder.synthetic_catalog import ItemSampler
-from index_builder.synthetic_vocab import shop_vocabulary
-from retrieval.data import EVENT_TYPES
+from tandem.index_builder import synthetic
+from tandem.index_builder.readers import read_events, read_items, read_queries
+from tandem.index_builder.synthetic import ITEM_TRUTH_DTYPE, SyntheticConfig, generate
+from tandem.index_builder.synthetic_catalog import ItemSampler
+from tandem.index_builder.synthetic_vocab import shop_vocabulary
+from tandem.retrieval.data import EVENT_TYPES
 
 FILES = ("items.jsonl.gz", "events.jsonl.gz", "queries.jsonl.gz", "truth.json", "truth_items.npy")
 
@@ -333,7 +333,7 @@ def test_cleaning_report_finds_exactly_the_injected_dirt(dirty):
     within the leaf), needs no tolerance: honest prices stay within exp(0.6) of the leaf median
     and every leaf has at least 5 priced items, below the rule's smallest threshold exp(0.875),
     while injected outliers are 50x or 0.01x."""
-    from index_builder.cleaning import load_dataset
+    from tandem.index_builder.cleaning import load_dataset
 
     expected = _truth(dirty)["expected_cleaning"]
     result = load_dataset(dirty)
@@ -390,7 +390,7 @@ def test_config_errors_name_the_field():
 
 
 def test_generate_command(tmp_path, capsys):
-    from index_builder.commands import generate as command
+    from tandem.index_builder.commands import generate as command
 
     parser = argparse.ArgumentParser()
     command.register(parser.add_subparsers(dest="command"))
@@ -408,7 +408,7 @@ def test_generate_command(tmp_path, capsys):
 def test_cleaning_matches_truth_at_a_larger_size(tmp_path):
     """Bots among 25,000 users and outliers among 50,000 items: the statistical rules still
     find exactly the injected sets (measured too at 1M items / 10M events, see the report)."""
-    from index_builder.cleaning import load_dataset
+    from tandem.index_builder.cleaning import load_dataset
 
     generate(tmp_path, SyntheticConfig(items=50_000, users=25_000, seed=21, queries=10))
     truth = _truth(tmp_path)

@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from index_builder.config import load_config
-from server.cli import main
+from tandem.index_builder.config import load_config
+from tandem.server.cli import main
 
 pytestmark = pytest.mark.slow
 

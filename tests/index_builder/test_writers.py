@@ -1,8 +1,8 @@
 import gzip
 import json
 
-from index_builder.writers import write_events, write_items, write_queries
-from retrieval.data import Event, Item, Query
+from tandem.index_builder.writers import write_events, write_items, write_queries
+from tandem.retrieval.data import Event, Item, Query
 
 
 def test_items_jsonl_gz_deterministic(tmp_path):

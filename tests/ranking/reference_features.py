@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ranking.features import _C, _OTHER_COLUMNS
-from ranking.item_table import ItemTable
-from ranking.request_context import RequestContext, summarise_history
-from retrieval.sparse import row_entries, rows_values
+from tandem.ranking.features import _C, _OTHER_COLUMNS
+from tandem.ranking.item_table import ItemTable
+from tandem.ranking.request_context import RequestContext, summarise_history
+from tandem.retrieval.sparse import row_entries, rows_values
 
 
 def _lookup(ids: np.ndarray, values: np.ndarray, keys: np.ndarray) -> np.ndarray:

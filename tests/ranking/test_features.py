@@ -2,11 +2,11 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from ranking.features import compute_features, feature_names
-from ranking.item_table import build_item_table
-from ranking.request_context import RequestContext, request_context
-from retrieval.data import Catalog, Interactions, Item
-from retrieval.sparse import rows_values
+from tandem.ranking.features import compute_features, feature_names
+from tandem.ranking.item_table import build_item_table
+from tandem.ranking.request_context import RequestContext, request_context
+from tandem.retrieval.data import Catalog, Interactions, Item
+from tandem.retrieval.sparse import rows_values
 from tests.ranking.reference_features import reference_features
 
 
@@ -73,7 +73,7 @@ def test_item_table_sorts_cf_indices_for_lookups():
 
 
 def test_reverse_cf_feature_is_the_same_without_the_transposed_copy(monkeypatch):
-    import ranking.item_table as item_table
+    import tandem.ranking.item_table as item_table
 
     rng = np.random.default_rng(5)
     cat = Catalog.from_items(Item(f"i{i}", f"item {i}", tags=(f"t{i % 4}",)) for i in range(30))

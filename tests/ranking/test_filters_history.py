@@ -1,10 +1,10 @@
 import numpy as np
 import pytest
 
-from ranking.api import Filters
-from ranking.filters import FilterIndex, apply_filters
-from ranking.history import HistoryStore, UserMemos
-from retrieval.data import Catalog, Event, Interactions
+from tandem.ranking.api import Filters
+from tandem.ranking.filters import FilterIndex, apply_filters
+from tandem.ranking.history import HistoryStore, UserMemos
+from tandem.retrieval.data import Catalog, Event, Interactions
 
 
 def _catalog():

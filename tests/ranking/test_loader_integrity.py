@@ -1,12 +1,12 @@
-"""ranking.loader on a real bundle: the manifest is verified, and the version is the folder's name."""
+"""tandem.ranking.loader on a real bundle: the manifest is verified, and the version is the folder's name."""
 
 import json
 import shutil
 
 import pytest
 
-from ranking.loader import load_engine, load_pipeline
-from retrieval.bundle import BundleError, current_bundle
+from tandem.ranking.loader import load_engine, load_pipeline
+from tandem.retrieval.bundle import BundleError, current_bundle
 
 pytestmark = pytest.mark.slow
 

@@ -5,20 +5,20 @@ two-tower model as sources and a trained ranker (the text tower is covered by th
 import numpy as np
 import pytest
 
-from index_builder.cleaning import load_dataset
-from index_builder.splits import leave_last_out
-from index_builder.synthetic import SyntheticConfig, generate
-from ranking.api import Filters, RecommendRequest, SimilarRequest, UnknownItemError
-from ranking.features import compute_features, feature_names
-from ranking.history import HistoryStore
-from ranking.item_table import build_item_table
-from ranking.pipeline import Pipeline, PipelineConfig
-from ranking.ranker import Ranker, RankerConfig, RankingLists
-from retrieval.base import RetrievalRequest
-from retrieval.data import Event
-from retrieval.item_cf import ItemCF
-from retrieval.popularity import Popularity
-from retrieval.two_tower import TwoTower, TwoTowerConfig
+from tandem.index_builder.cleaning import load_dataset
+from tandem.index_builder.splits import leave_last_out
+from tandem.index_builder.synthetic import SyntheticConfig, generate
+from tandem.ranking.api import Filters, RecommendRequest, SimilarRequest, UnknownItemError
+from tandem.ranking.features import compute_features, feature_names
+from tandem.ranking.history import HistoryStore
+from tandem.ranking.item_table import build_item_table
+from tandem.ranking.pipeline import Pipeline, PipelineConfig
+from tandem.ranking.ranker import Ranker, RankerConfig, RankingLists
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Event
+from tandem.retrieval.item_cf import ItemCF
+from tandem.retrieval.popularity import Popularity
+from tandem.retrieval.two_tower import TwoTower, TwoTowerConfig
 
 pytestmark = pytest.mark.slow  # the fixture trains a two-tower model and a ranker (~20 s)
 
@@ -153,7 +153,7 @@ def test_user_memos_change_nothing_but_the_work(shop):
 def test_stats_are_per_thread_and_per_request(shop):
     import threading
 
-    from ranking.api import SearchRequest
+    from tandem.ranking.api import SearchRequest
 
     p, clean, _ = shop
     user = clean.interactions.user_ids[2]

@@ -7,15 +7,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ranking.api import Filters, RecommendRequest, SearchRequest, SimilarRequest
-from ranking.features import feature_names
-from ranking.history import HistoryStore
-from ranking.item_table import build_item_table, item_table_inputs
-from ranking.pipeline import Pipeline, PipelineConfig
-from ranking.ranker import Ranker, RankerConfig
-from ranking.rerank import rerank
-from retrieval.data import Catalog, Interactions, Item
-from retrieval.registry import SOURCES, FitContext
+from tandem.ranking.api import Filters, RecommendRequest, SearchRequest, SimilarRequest
+from tandem.ranking.features import feature_names
+from tandem.ranking.history import HistoryStore
+from tandem.ranking.item_table import build_item_table, item_table_inputs
+from tandem.ranking.pipeline import Pipeline, PipelineConfig
+from tandem.ranking.ranker import Ranker, RankerConfig
+from tandem.ranking.rerank import rerank
+from tandem.retrieval.data import Catalog, Interactions, Item
+from tandem.retrieval.registry import SOURCES, FitContext
 
 CONFIG = PipelineConfig(recommend_sources=("item_cf", "user_cf", "popularity"), search_sources=("lexical",),
                         similar_sources=("item_cf",), per_source_k=20, fused_k=25)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from ranking.ranker import Ranker, RankerConfig, RankingLists, ndcg_of_lists
+from tandem.ranking.ranker import Ranker, RankerConfig, RankingLists, ndcg_of_lists
 
 
 def _lists(n_lists=300, m=20, seed=0):

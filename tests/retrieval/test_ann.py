@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.ann import ANN_KINDS, AnnConfig, AnnIndex
+from tandem.retrieval.ann import ANN_KINDS, AnnConfig, AnnIndex
 
 
 def _data(n: int = 4000, d: int = 32, q: int = 200, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from retrieval.bundle import (
+from tandem.retrieval.bundle import (
     FORMAT_VERSION,
     BundleError,
     current_bundle,

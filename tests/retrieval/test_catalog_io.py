@@ -1,7 +1,7 @@
 import numpy as np
 
-from retrieval.catalog_io import load_catalog, save_catalog
-from retrieval.data import Catalog, Item
+from tandem.retrieval.catalog_io import load_catalog, save_catalog
+from tandem.retrieval.data import Catalog, Item
 
 
 def test_roundtrip(tmp_path):

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.base import Candidates
-from retrieval.fusion import FusionConfig, fuse
+from tandem.retrieval.base import Candidates
+from tandem.retrieval.fusion import FusionConfig, fuse
 
 
 def C(items, scores, source):

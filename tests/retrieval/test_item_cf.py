@@ -8,10 +8,10 @@ import math
 import numpy as np
 import pytest
 
-import retrieval.item_cf as item_cf
-from retrieval.base import RetrievalRequest
-from retrieval.data import Catalog, Interactions, Item
-from retrieval.item_cf import ItemCF, ItemCFConfig, UserCF, UserCFConfig
+import tandem.retrieval.item_cf as item_cf
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog, Interactions, Item
+from tandem.retrieval.item_cf import ItemCF, ItemCFConfig, UserCF, UserCFConfig
 
 N_ITEMS = 30
 

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from retrieval.base import RetrievalRequest
-from retrieval.data import Catalog, Item
-from retrieval.lexical import Lexical, LexicalConfig, plural_stem
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog, Item
+from tandem.retrieval.lexical import Lexical, LexicalConfig, plural_stem
 
 
 def _catalog() -> Catalog:

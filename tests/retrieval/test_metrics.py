@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from retrieval.metrics import (
+from tandem.retrieval.metrics import (
     catalog_coverage,
     hit_rate_at_k,
     mrr_at_k,

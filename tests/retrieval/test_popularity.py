@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from retrieval.base import CandidateSource, RetrievalRequest
-from retrieval.data import EVENT_CODE, Catalog, Interactions, Item
-from retrieval.popularity import Popularity, PopularityConfig
+from tandem.retrieval.base import CandidateSource, RetrievalRequest
+from tandem.retrieval.data import EVENT_CODE, Catalog, Interactions, Item
+from tandem.retrieval.popularity import Popularity, PopularityConfig
 
 DAY = 86_400
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from retrieval.base import (
+from tandem.retrieval.base import (
     Candidates,
     CandidateSource,
     CatalogScorer,
@@ -25,12 +25,12 @@ from retrieval.base import (
     RetrievalRequest,
     UserEncoder,
 )
-from retrieval.data import Catalog, Interactions, Item
-from retrieval.item_cf import ItemCFConfig
-from retrieval.popularity import PopularityConfig
-from retrieval.registry import SOURCES as REGISTRY
-from retrieval.registry import FitContext
-from retrieval.two_tower import TwoTowerConfig
+from tandem.retrieval.data import Catalog, Interactions, Item
+from tandem.retrieval.item_cf import ItemCFConfig
+from tandem.retrieval.popularity import PopularityConfig
+from tandem.retrieval.registry import SOURCES as REGISTRY
+from tandem.retrieval.registry import FitContext
+from tandem.retrieval.two_tower import TwoTowerConfig
 
 _TINY_TOWER = TwoTowerConfig(dim=16, layers=1, max_len=8, epochs=2, n_negatives=16)
 
@@ -184,7 +184,7 @@ def test_similar_items_never_returns_the_seed(request, data, label, name, config
 
 
 def test_id_set_matches_isin_including_out_of_range_ids():
-    from retrieval.base import IdSet
+    from tandem.retrieval.base import IdSet
 
     rng = np.random.default_rng(0)
     members = np.concatenate([rng.integers(0, 50, 30), [-1, 50, 99]])  # out-of-range members are ignored

@@ -1,7 +1,7 @@
 import numpy as np
 import scipy.sparse as sp
 
-from retrieval.sparse import row_entries, rows_values
+from tandem.retrieval.sparse import row_entries, rows_values
 
 
 def test_rows_values_match_dense_lookup():

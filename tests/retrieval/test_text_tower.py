@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retrieval.base import RetrievalRequest
-from retrieval.data import Catalog, Item
-from retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog, Item
+from tandem.retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
 
 
 @pytest.fixture(scope="module")

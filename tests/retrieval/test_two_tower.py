@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from index_builder.splits import leave_last_out
-from retrieval.base import Candidates, RetrievalRequest
-from retrieval.data import Catalog, Interactions, Item
-from retrieval.two_tower import TwoTower, TwoTowerConfig
+from tandem.index_builder.splits import leave_last_out
+from tandem.retrieval.base import Candidates, RetrievalRequest
+from tandem.retrieval.data import Catalog, Interactions, Item
+from tandem.retrieval.two_tower import TwoTower, TwoTowerConfig
 
 N_ITEMS = 40
 SMALL = TwoTowerConfig(
@@ -193,7 +193,7 @@ def test_config_validation_names_the_field() -> None:
 @pytest.mark.parametrize("layers,heads", [(1, 2), (2, 1)])
 def test_request_path_equals_the_training_forward(layers, heads) -> None:
     """UserTower.infer_last (the serving path) gives forward()'s last position, padded or not."""
-    from retrieval.two_tower_model import UserTower
+    from tandem.retrieval.two_tower_model import UserTower
 
     torch.manual_seed(0)
     tower = UserTower("sasrec", 16, layers, heads, 8, 0.3).eval()
@@ -217,8 +217,8 @@ def test_request_path_equals_the_training_forward(layers, heads) -> None:
 def test_same_seed_same_model_at_a_size_where_threads_reduce_in_parallel(tmp_path) -> None:
     # the small catalogs above never reach torch's parallel reductions; at the demo shop's size,
     # two threads gave weights that differed from run to run before deterministic_training
-    from index_builder.cleaning import load_dataset
-    from index_builder.synthetic import SyntheticConfig, generate
+    from tandem.index_builder.cleaning import load_dataset
+    from tandem.index_builder.synthetic import SyntheticConfig, generate
 
     generate(tmp_path, SyntheticConfig(items=3000, users=2000, seed=5, queries=0))
     clean = load_dataset(tmp_path)

@@ -24,7 +24,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ranking.api import (
+from tandem.ranking.api import (
     Explanation,
     RecommendRequest,
     Response,
@@ -34,8 +34,8 @@ from ranking.api import (
     SourceHit,
     UnknownItemError,
 )
-from retrieval.bundle import current_bundle, verify_bundle, write_bundle
-from retrieval.data import Event, Item
+from tandem.retrieval.bundle import current_bundle, verify_bundle, write_bundle
+from tandem.retrieval.data import Event, Item
 
 __all__ = ["FakeEngine", "load_fake_engine", "write_fake_bundle", "CATALOG_FILE"]
 

@@ -10,9 +10,9 @@ import time
 import grpc
 import pytest
 
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
-from server.service import ServerConfig, TandemServer
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.cli import build_parser, main
+from tandem.server.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -86,7 +86,7 @@ def test_missing_or_broken_bundle_is_one_line_and_exit_2(argv, bundle, broken_bu
 def test_readme_quick_start_ids_exist_in_the_generated_shop(tmp_path):
     """The quick start generates a shop and then queries ids of it: they must be real ones, or the
     reader silently gets a cold start."""
-    from index_builder.synthetic import SyntheticConfig, generate
+    from tandem.index_builder.synthetic import SyntheticConfig, generate
 
     quick = re.search(r"## Quick start\n(.*?)\n## ", (ROOT / "README.md").read_text(), re.S).group(1)
     gen = re.search(r"tandem generate --out \S+ --items (\d+) --users (\d+) --seed (\d+)", quick)

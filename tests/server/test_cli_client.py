@@ -8,8 +8,8 @@ import subprocess
 import grpc
 import pytest
 
-from server.cli import main
-from server.service import ServerConfig, TandemServer
+from tandem.server.cli import main
+from tandem.server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
 

@@ -1,4 +1,4 @@
-"""server.client against a real in-process server (the fake engine): every RPC, sync and async,
+"""tandem.server.client against a real in-process server (the fake engine): every RPC, sync and async,
 error mapping with the field, token, deadlines and retries."""
 
 import asyncio
@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from server.client import (
+from tandem.server.client import (
     AsyncTandemClient,
     Event,
     Filters,
@@ -24,7 +24,7 @@ from server.client import (
     TandemError,
     parse_field,
 )
-from server.service import ServerConfig, TandemServer
+from tandem.server.service import ServerConfig, TandemServer
 from tests.conftest import free_port
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 

@@ -1,7 +1,7 @@
 import pytest
 
-from server import convert
-from server._generated import tandem_pb2 as pb
+from tandem.server import convert
+from tandem.server._generated import tandem_pb2 as pb
 
 
 def test_filters_and_requests_convert():

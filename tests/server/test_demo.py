@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from server.demo import ServerProcess, StepFailed, build_parser, main, run_step
+from tandem.server.demo import ServerProcess, StepFailed, build_parser, main, run_step
 from tests.conftest import ROOT, free_port
 
 
@@ -46,7 +46,7 @@ def test_the_demo_reports_a_failing_tandem_command_and_exits_non_zero(tmp_path, 
     assert status == 1
     err = capsys.readouterr().err
     assert "demo failed at step 'generate': exit status 2" in err
-    assert "-m server.cli generate --out" in err and "--items 5" in err
+    assert "-m tandem.server.cli generate --out" in err and "--items 5" in err
     assert "tandem generate: error: items:" in err  # the command's own message
     assert "Traceback" not in err and "CalledProcessError" not in err
 
@@ -88,7 +88,7 @@ def test_sizes_and_timeouts_must_be_positive(flag, capsys):
 def test_a_real_server_without_a_bundle_fails_the_demo_with_its_own_message(tmp_path):
     (tmp_path / "bundles").mkdir()
     port = free_port()
-    server = ServerProcess([sys.executable, "-m", "server.cli", "serve", "--bundles", str(tmp_path / "bundles"),
+    server = ServerProcess([sys.executable, "-m", "tandem.server.cli", "serve", "--bundles", str(tmp_path / "bundles"),
                             "--port", str(port)], port, tmp_path / "server.log")
     try:
         with pytest.raises(StepFailed) as info:
@@ -116,7 +116,7 @@ def _processes_mentioning(text: str) -> list[str]:
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="lists processes through /proc")
 def test_sigterm_stops_the_demo_and_the_step_it_runs(tmp_path):
     out = tmp_path / "demo"
-    proc = subprocess.Popen([sys.executable, "-m", "server.demo", "--out", str(out), "--items", "300",
+    proc = subprocess.Popen([sys.executable, "-m", "tandem.server.demo", "--out", str(out), "--items", "300",
                              "--users", "200", "--queries", "40"], cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     try:

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from prometheus_client.metrics import MetricWrapperBase
 
-from server.metrics import ServiceMetrics
+from tandem.server.metrics import ServiceMetrics
 from tests.conftest import ROOT
 
 DEPLOY = ROOT / "server" / "deploy"

@@ -2,9 +2,9 @@ import sqlite3
 
 import pytest
 
-from index_builder.event_log_reader import read_event_log
-from retrieval.data import Event
-from server.event_log import EventLog
+from tandem.index_builder.event_log_reader import read_event_log
+from tandem.retrieval.data import Event
+from tandem.server.event_log import EventLog
 
 
 def test_append_iterate_and_builder_reader(tmp_path):

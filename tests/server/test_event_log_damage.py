@@ -10,11 +10,11 @@ import textwrap
 
 import pytest
 
-from retrieval.data import Event
-from server.bundle_manager import BundleManager
-from server.cli import main
-from server.event_log import EventLog, EventLogDamaged, inspect_log
-from server.event_salvage import recover_log
+from tandem.retrieval.data import Event
+from tandem.server.bundle_manager import BundleManager
+from tandem.server.cli import main
+from tandem.server.event_log import EventLog, EventLogDamaged, inspect_log
+from tandem.server.event_salvage import recover_log
 from tests.conftest import ROOT
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
@@ -89,8 +89,8 @@ def test_truncated_or_garbage_file_is_refused(tmp_path):
 _KILLED_WRITER = textwrap.dedent("""
     import os, sys
     sys.path.insert(0, {root!r})
-    from retrieval.data import Event
-    from server.event_log import EventLog
+    from tandem.retrieval.data import Event
+    from tandem.server.event_log import EventLog
     log = EventLog({path!r})
     for b in range(76):
         log.append([Event(f"u{{b}}", f"i{{k}}", 1000 + b, "view") for k in range(16)])
@@ -154,7 +154,7 @@ def test_serve_on_a_damaged_log_exits_2_naming_the_file(tmp_path):
     _write_log(path, batches=20)
     _garble(path, _leaf_page_at_middle(path))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "server.cli", "serve", "--bundles", str(tmp_path), "--port", "0",
+    proc = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--bundles", str(tmp_path), "--port", "0",
                            "--engine-loader", "tests.server.fake_engine:load_fake_engine"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

@@ -8,13 +8,13 @@ import time
 import grpc
 import pytest
 
-from retrieval.bundle import set_current
-from retrieval.data import Event
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
-from server.bundle_manager import BundleManager
-from server.event_log import EventLog
-from server.service import ServerConfig, TandemServer
+from tandem.retrieval.bundle import set_current
+from tandem.retrieval.data import Event
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server.bundle_manager import BundleManager
+from tandem.server.event_log import EventLog
+from tandem.server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
 

@@ -1,4 +1,4 @@
-from server.metrics import ServiceMetrics
+from tandem.server.metrics import ServiceMetrics
 
 
 def test_engine_stats_become_labelled_histograms():

@@ -1,4 +1,4 @@
-from server.protogen import OUT, generate
+from tandem.server.protogen import OUT, generate
 
 
 def test_committed_stubs_are_fresh(tmp_path):

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from index_builder.config import ConfigError, load_section
-from server.cli import build_parser, main
-from server.commands import serve_config
-from server.service import ServerConfig
+from tandem.index_builder.config import ConfigError, load_section
+from tandem.server.cli import build_parser, main
+from tandem.server.commands import serve_config
+from tandem.server.service import ServerConfig
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "docs" / "config.example.toml"
 

@@ -15,11 +15,11 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from retrieval.data import Event
-from server._generated import tandem_pb2 as pb
-from server._generated import tandem_pb2_grpc as pb_grpc
-from server.logs import JsonFormatter
-from server.service import ServerConfig, TandemServer
+from tandem.retrieval.data import Event
+from tandem.server._generated import tandem_pb2 as pb
+from tandem.server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server.logs import JsonFormatter
+from tandem.server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
 TOKEN = "s3cret"
