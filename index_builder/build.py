@@ -28,16 +28,18 @@ from ranking.features import build_item_table, compute_features, feature_names
 from ranking.history import HistoryStore
 from ranking.loader import save_pipeline
 from ranking.pipeline import Pipeline
-from ranking.ranker import Ranker, RankingLists, ndcg_of_lists
+from ranking.bootstrap import paired_bootstrap
+from ranking.ranker import Ranker, RankingLists, ndcg_per_list
 from retrieval.bundle import write_bundle
 from retrieval.data import Catalog, Event, Interactions
 from retrieval.item_cf import ItemCF
 from retrieval.lexical import Lexical
 from retrieval.popularity import Popularity
+from retrieval.progress import Progress
 from retrieval.text_tower import TextEncoder, TextSource, TextSourceConfig
 from retrieval.two_tower import TwoTower
 
-__all__ = ["BuildResult", "build", "fit_pipeline", "ranker_lists", "evaluate_pipeline"]
+__all__ = ["BuildResult", "build", "fit_pipeline", "ranker_lists", "evaluate_pipeline", "format_stage_table"]
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,20 @@ class _Timer:
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
         log.info("stage %s done in %.1fs", name, self.seconds[name])
+
+
+def format_stage_table(timings: dict[str, float], total_s: float | None = None) -> str:
+    """The build's stages in the order they ran, with seconds and share of the total, and the
+    stages that took most of it ("where the time went")."""
+    total = total_s if total_s is not None else sum(timings.values())
+    width = max([len(n) for n in timings] + [len("stage"), len("total")])
+    lines = [f"{'stage':<{width}}  {'seconds':>8}  {'share':>6}"]
+    for name, sec in timings.items():
+        lines.append(f"{name:<{width}}  {sec:>8.1f}  {100 * sec / max(total, 1e-9):>5.1f}%")
+    lines.append(f"{'total':<{width}}  {total:>8.1f}  {'':>6}")
+    top = sorted(timings.items(), key=lambda kv: -kv[1])[:3]
+    lines.append("most time: " + ", ".join(f"{n} {100 * sec / max(total, 1e-9):.0f}%" for n, sec in top))
+    return "\n".join(lines)
 
 
 def _fit_sources(config: BuildConfig, catalog: Catalog, train: Interactions, valid: Targets | None,
@@ -94,7 +110,7 @@ def _fit_sources(config: BuildConfig, catalog: Catalog, train: Interactions, val
             tt.ann_config = config.ann
             sources["two_tower"] = tt.fit(
                 catalog, train, valid=valid if two_tower_epochs is None else None,
-                text_vectors=text_vectors, progress=False)
+                text_vectors=text_vectors, progress=True)
     return sources
 
 
@@ -113,10 +129,14 @@ def ranker_lists(pipeline: Pipeline, targets: Targets, rows: np.ndarray, kind: s
                  progress: Callable[[int], None] | None = None) -> tuple[RankingLists, dict[str, float]]:
     """Candidate lists of the given target rows, featurised and labelled with their targets.
 
-    Returns the lists and the fused list's recall (share of rows whose target was retrieved)."""
+    Returns the lists and the fused list's recall (share of rows whose target was retrieved).
+    Shows a progress bar (or logs periodic lines, see ``retrieval.progress``); ``progress``, if
+    given, is also called with the row number every 1000 rows."""
     feats, labels = [], []
     found = 0
+    bar = Progress("ranker lists", len(rows), unit="user", logger=log)
     for n, i in enumerate(rows):
+        bar.update(1)
         req = targets.request(int(i))
         ranked = pipeline.rank(req, kind, use_ranker=False)
         fused = ranked.fused
@@ -130,6 +150,7 @@ def ranker_lists(pipeline: Pipeline, targets: Targets, rows: np.ndarray, kind: s
         labels.append(y)
         if progress is not None and n % 1000 == 0:
             progress(n)
+    bar.close()
     lists = RankingLists.from_lists(feats, labels, max_list=pipeline.config.fused_k)
     return lists, {"lists": float(len(feats)), "fused_recall": found / max(1, len(rows))}
 
@@ -164,7 +185,7 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
         stages["final"] = lambda reqs, k: pipeline.rank_requests(reqs, k)
     for name, stage in stages.items():
         with timer.stage(f"eval_{name}"):
-            out[name] = evaluate_source(stage, split, n, ks, "test")
+            out[name] = evaluate_source(stage, split, n, ks, "test", desc=name)
     return out
 
 
@@ -238,9 +259,11 @@ def _search_ranker(p: Pipeline, lists: RankingLists, config: BuildConfig) -> tup
     """Train the search ranker on the training queries' lists and decide whether to ship it.
 
     A fifth of the training queries (at least 5) is held out; the ranker is kept only when it
-    orders them better (graded NDCG@10) than the fused hybrid order it would replace. With the
-    ~150 training queries of a small shop it often does not, and a ranker that makes search
-    worse must not be served. The evaluation queries play no part in the decision."""
+    orders them better (graded NDCG@10) than the fused hybrid order it would replace by more
+    than the noise of so few queries: the whole 95% paired-bootstrap interval of the per-query
+    gain must lie above zero (``ranking.bootstrap``). With the ~150 training queries of a small
+    shop it often does not, and a ranker that makes search worse must not be served. The
+    evaluation queries play no part in the decision."""
     rng = np.random.default_rng(config.seed)
     perm = rng.permutation(len(lists))
     n_valid = max(5, len(lists) // 5)
@@ -252,13 +275,16 @@ def _search_ranker(p: Pipeline, lists: RankingLists, config: BuildConfig) -> tup
     except ValueError as exc:  # e.g. no positive left in the fitting part
         log.warning("search ranker not trained: %s", exc)
         return ranker, {"trained": False, "kept": False, "reason": str(exc)}
-    fused = ndcg_of_lists(valid.features[..., names.index("fused_score")], valid)
-    ranked = ndcg_of_lists(ranker.score_lists(valid), valid)
-    kept = ranked > fused
-    log.info("search ranker %s: held-out training queries NDCG@10 %.4f against %.4f for the fused order",
-             "kept" if kept else "not kept", ranked, fused)
+    fused = ndcg_per_list(valid.features[..., names.index("fused_score")], valid)
+    ranked = ndcg_per_list(ranker.score_lists(valid), valid)
+    gain = paired_bootstrap(ranked, fused, seed=config.seed)
+    kept = gain.significant
+    log.info("search ranker %s: held-out training queries NDCG@10 %.4f against %.4f for the fused order "
+             "(gain %+.4f, %.0f%% interval [%+.4f, %+.4f] over %d queries)", "kept" if kept else "not kept",
+             ranked.mean(), fused.mean(), gain.mean, 100 * gain.level, gain.low, gain.high, gain.lists)
     return ranker, {"trained": True, "kept": bool(kept), "valid_queries": int(n_valid),
-                    "valid_ndcg@10": float(ranked), "fused_valid_ndcg@10": float(fused)}
+                    "valid_ndcg@10": float(ranked.mean()), "fused_valid_ndcg@10": float(fused.mean()),
+                    "gain_ndcg@10": gain.to_dict()}
 
 
 def _library_versions() -> dict[str, str]:
@@ -277,6 +303,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
           extra_events: Iterable[Event] | None = None, strict: bool = False) -> BuildResult:
     """The whole offline job; returns the result with ``folder`` set to the new bundle."""
     config = config or BuildConfig()
+    started = time.perf_counter()
     timer = _Timer()
     with timer.stage("clean"):
         clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
@@ -310,4 +337,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     pipeline.version = folder.name
     result.folder = folder
     result.timings = timer.seconds
+    result.info["wall_s"] = round(time.perf_counter() - started, 2)
+    log.info("build %s done in %.1fs; where the time went:\n%s", folder.name, result.info["wall_s"],
+             format_stage_table(timer.seconds, result.info["wall_s"]))
     return result

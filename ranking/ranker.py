@@ -23,9 +23,10 @@ from safetensors.torch import load_file, save_file
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from retrieval.progress import Progress
 from retrieval.two_tower import deterministic_training
 
-__all__ = ["RankerConfig", "RankingLists", "DCNRanker", "Ranker", "ndcg_of_lists"]
+__all__ = ["RankerConfig", "RankingLists", "DCNRanker", "Ranker", "ndcg_of_lists", "ndcg_per_list"]
 
 log = logging.getLogger(__name__)
 _FORMAT = 1
@@ -102,7 +103,14 @@ class RankingLists:
 
 
 def ndcg_of_lists(scores: np.ndarray, lists: RankingLists, k: int = 10) -> float:
-    """Mean binary NDCG@k of lists ordered by ``scores`` float (L, M); masked slots never rank."""
+    """Mean NDCG@k of lists ordered by ``scores`` float (L, M); masked slots never rank."""
+    out = ndcg_per_list(scores, lists, k)
+    return float(out.mean()) if out.size else 0.0
+
+
+def ndcg_per_list(scores: np.ndarray, lists: RankingLists, k: int = 10) -> np.ndarray:
+    """float64 (L,): NDCG@k of each list ordered by ``scores`` float (L, M) (labels are the
+    gains; a list without a positive scores 0); masked slots never rank."""
     s = np.where(lists.mask, scores, -np.inf)
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     rel = np.take_along_axis(lists.labels, order, axis=1)
@@ -111,8 +119,7 @@ def ndcg_of_lists(scores: np.ndarray, lists: RankingLists, k: int = 10) -> float
     dcg = (rel * disc).sum(1)
     ideal_rel = -np.sort(-lists.labels, axis=1)[:, :k]
     idcg = (ideal_rel * disc[: ideal_rel.shape[1]]).sum(1)
-    out = np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
-    return float(out.mean()) if out.size else 0.0
+    return np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
 
 
 class _Cross(nn.Module):
@@ -256,6 +263,7 @@ class Ranker:
         m_all = torch.from_numpy(lists.mask)
         y_all = torch.from_numpy(lists.labels)
         best, best_state, bad = -1.0, None, 0
+        bar = Progress("ranker epochs", cfg.epochs, unit="epoch", logger=log, interval=0)
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             self.model.train()
@@ -274,14 +282,15 @@ class Ranker:
             score = ndcg_of_lists(self.score_lists(valid), valid)
             self.history.append({"epoch": epoch + 1, "loss": total / order.size, "valid_ndcg@10": score,
                                  "seconds": time.perf_counter() - t0})
-            log.info("ranker epoch %d loss %.4f valid ndcg@10 %.4f", epoch + 1, total / order.size, score)
             if score > best + 1e-5:
                 best, bad = score, 0
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
             else:
                 bad += 1
-                if bad >= cfg.patience:
-                    break
+            bar.update(1, loss=total / order.size, **{"valid ndcg@10": score, "best": best})
+            if bad >= cfg.patience:
+                break
+        bar.close()
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from collections.abc import Iterator, Sequence
@@ -30,6 +31,7 @@ from retrieval.ann import AnnConfig
 from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
 from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
+from retrieval.progress import Progress
 from retrieval.text_tower import _build_index, _load_index
 from retrieval.two_tower_model import (
     EVENT_UNKNOWN,
@@ -47,6 +49,8 @@ _WEIGHTS = "two_tower.safetensors"
 _META = "two_tower.json"
 _ITEMS = "two_tower_items.npy"
 _INDEX_DIR = "two_tower_index"
+
+log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
@@ -372,6 +376,7 @@ class TwoTower:
         losses: list[float] = []
         best, best_epoch, best_state, stale = -1.0, 0, None, 0
         epoch = 0
+        bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress)
         for epoch in range(1, c.epochs + 1):
             net.train()
             total, steps = 0.0, 0
@@ -384,26 +389,25 @@ class TwoTower:
                 steps += 1
             losses.append(total / max(steps, 1))
             out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
+            shown: dict[str, float] = {"loss": losses[-1]}
             if valid is not None and len(valid) and (epoch % c.eval_every == 0 or out_of_time):
                 recall, ndcg = self.evaluate(valid, c.eval_k)
                 evals.append((epoch, recall, ndcg))
-                if progress:
-                    print(
-                        f"epoch {epoch} loss {losses[-1]:.4f} valid recall@{c.eval_k} {recall:.4f} "
-                        f"ndcg@{c.eval_k} {ndcg:.4f} ({time.perf_counter() - start:.0f}s)",
-                        flush=True,
-                    )
+                shown[f"valid recall@{c.eval_k}"] = recall
+                shown[f"ndcg@{c.eval_k}"] = ndcg
                 if recall > best:
                     best, best_epoch, stale = recall, epoch, 0
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
                 else:
                     stale += 1
-                    if stale >= c.patience:
-                        break
-            elif progress:
-                print(f"epoch {epoch} loss {losses[-1]:.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
-            if out_of_time:
+                shown["best epoch"] = best_epoch
+            bar.update(1, **shown)
+            if stale >= c.patience:
                 break
+            if out_of_time:
+                log.info("two-tower: time budget of %.0fs spent after epoch %d", c.time_budget_s, epoch)
+                break
+        bar.close(summary=progress)
         if best_state is not None:
             net.load_state_dict(best_state)
         else:
