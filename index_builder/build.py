@@ -213,7 +213,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     tt = sources.get("two_tower")
     if tt is not None and tt.log is not None:
         info["two_tower"] = {"best_epoch": tt.log.best_epoch, "epochs_run": tt.log.epochs_run,
-                             "seconds": round(tt.log.seconds, 1),
+                             "seconds": round(tt.log.seconds, 1), "stopped": tt.log.stopped,
                              "valid": [list(e) for e in tt.log.evals[-3:]]}
     if config.split == "none" and config.refit_on_all:
         epochs = tt.log.best_epoch if tt is not None and tt.log is not None else None

@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from retrieval.early_stopping import Patience
 from retrieval.progress import Progress
 from retrieval.two_tower import deterministic_training
 
@@ -41,6 +42,9 @@ class RankerConfig:
     weight_decay: float = 1e-5
     epochs: int = 30
     patience: int = 4
+    #: the least rise of validation NDCG@10 that resets patience; None: half the standard error
+    #: of the validation NDCG (the per-list spread over the square root of the number of lists)
+    min_improvement: float | None = None
     batch_lists: int = 128
     max_list: int = 200
     valid_fraction: float = 0.1
@@ -55,6 +59,8 @@ class RankerConfig:
             raise ValueError(f"ranker.dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0 or self.epochs < 1 or self.patience < 1 or self.batch_lists < 1:
             raise ValueError("ranker.lr, epochs, patience and batch_lists must be positive")
+        if self.min_improvement is not None and not self.min_improvement >= 0:
+            raise ValueError(f"ranker.min_improvement must be >= 0 or unset, got {self.min_improvement}")
         if not 0.0 < self.valid_fraction < 0.5:
             raise ValueError(f"ranker.valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
 
@@ -262,7 +268,8 @@ class Ranker:
         x_all = torch.from_numpy(lists.features)
         m_all = torch.from_numpy(lists.mask)
         y_all = torch.from_numpy(lists.labels)
-        best, best_state, bad = -1.0, None, 0
+        best_state = None
+        patience = Patience(cfg.patience, cfg.min_improvement)
         bar = Progress("ranker epochs", cfg.epochs, unit="epoch", logger=log, interval=0)
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
@@ -279,16 +286,15 @@ class Ranker:
                 loss.backward()
                 opt.step()
                 total += loss.item() * rows.numel()
-            score = ndcg_of_lists(self.score_lists(valid), valid)
+            per_list = ndcg_per_list(self.score_lists(valid), valid)
+            score = float(per_list.mean()) if per_list.size else 0.0
             self.history.append({"epoch": epoch + 1, "loss": total / order.size, "valid_ndcg@10": score,
                                  "seconds": time.perf_counter() - t0})
-            if score > best + 1e-5:
-                best, bad = score, 0
+            noise = float(per_list.std()) / np.sqrt(max(per_list.size, 1))  # standard error of the mean
+            if patience.observe(score, noise):
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                bad += 1
-            bar.update(1, loss=total / order.size, **{"valid ndcg@10": score, "best": best})
-            if bad >= cfg.patience:
+            bar.update(1, loss=total / order.size, **{"valid ndcg@10": score, "best": patience.best})
+            if patience.stop:
                 break
         bar.close()
         if best_state is not None:

@@ -30,6 +30,7 @@ from torch import nn
 from retrieval.ann import AnnConfig
 from retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from retrieval.data import Catalog, Interactions
+from retrieval.early_stopping import Patience, recall_standard_error
 from retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from retrieval.progress import Progress
 from retrieval.text_tower import _build_index, _load_index
@@ -61,14 +62,21 @@ def deterministic_training() -> Iterator[None]:
     With more than one intra-op thread some CPU kernels' reductions vary from run to run, so a
     seeded fit gave other weights every time: two ``tandem build`` runs of the same demo shop
     had two-tower losses apart in the 7th digit and recommend rankers at final R@10 0.4164 and
-    0.4125. Training the demo shop's two-tower takes the same time either way (2.2-2.3 s)."""
+    0.4125. Training the demo shop's two-tower takes the same time either way (2.2-2.3 s).
+
+    Deterministic mode also fills every new tensor's memory with NaN by default (a debugging aid
+    against reads of uninitialised memory, which no kernel we use does); on the 5k-item shop that
+    filling was 13% of a two-tower training step's CPU time, so it is off in the body."""
     was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    fill = torch.utils.deterministic.fill_uninitialized_memory  # type: ignore[attr-defined]
     torch.use_deterministic_algorithms(True)
+    torch.utils.deterministic.fill_uninitialized_memory = False  # type: ignore[attr-defined]
     try:
         with torch.random.fork_rng(devices=[]):
             yield
     finally:
         torch.use_deterministic_algorithms(was, warn_only=warn_only)
+        torch.utils.deterministic.fill_uninitialized_memory = fill  # type: ignore[attr-defined]
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,11 @@ class TwoTowerConfig:
     ``user_encoder`` "sasrec" (causal self-attention) or "gru"; ``loss`` "sampled" (in-batch
     + ``n_negatives`` uniform negatives, logQ-corrected) or "full" (softmax over the catalog);
     ``similarity`` "dot" or "cosine" (unit vectors, learned temperature). ``eval_every`` epochs
-    between validation runs; ``patience`` validation runs without improvement before stopping;
+    between validation runs; ``patience`` validation runs without progress before stopping, where
+    progress is a validation recall above the last progress by more than ``min_improvement``
+    (None: half the standard error of the recall estimate, sqrt(r (1 - r) / n) over the n
+    validation users, so a small shop's noisy plateau ends training as soon as a large one's;
+    0: any new best counts); the weights of the best validation run are kept either way.
     ``time_budget_s`` stops training after that many seconds (None: no limit).
     """
 
@@ -104,6 +116,7 @@ class TwoTowerConfig:
     patience: int = 5
     eval_every: int = 1
     eval_k: int = 10
+    min_improvement: float | None = None
     time_budget_s: float | None = None
     seed: int = 0
 
@@ -142,6 +155,8 @@ class TwoTowerConfig:
             )
         if self.max_tags < 0 or self.category_levels < 0 or self.price_buckets < 0:
             raise ValueError("TwoTowerConfig.max_tags, category_levels and price_buckets must be >= 0")
+        if self.min_improvement is not None and not self.min_improvement >= 0:
+            raise ValueError(f"TwoTowerConfig.min_improvement must be >= 0 or None, got {self.min_improvement}")
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"TwoTowerConfig.time_budget_s must be > 0 or None, got {self.time_budget_s}")
 
@@ -149,13 +164,15 @@ class TwoTowerConfig:
 @dataclass
 class TrainingLog:
     """What :meth:`TwoTower.fit` did: per validation run ``(epoch, recall, ndcg)``, the best
-    epoch, the number of epochs run, the mean training loss per epoch, and seconds."""
+    epoch, the number of epochs run, the mean training loss per epoch, seconds, and why it
+    stopped ("patience", "time budget" or "epochs")."""
 
     evals: list[tuple[int, float, float]]
     losses: list[float]
     best_epoch: int
     epochs_run: int
     seconds: float
+    stopped: str = "epochs"
 
 
 class _EvalTargets(Protocol):
@@ -374,7 +391,9 @@ class TwoTower:
         start = time.perf_counter()
         evals: list[tuple[int, float, float]] = []
         losses: list[float] = []
-        best, best_epoch, best_state, stale = -1.0, 0, None, 0
+        best_epoch, best_state = 0, None
+        patience = Patience(c.patience, c.min_improvement)
+        stopped = "epochs"
         epoch = 0
         bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress)
         for epoch in range(1, c.epochs + 1):
@@ -395,16 +414,16 @@ class TwoTower:
                 evals.append((epoch, recall, ndcg))
                 shown[f"valid recall@{c.eval_k}"] = recall
                 shown[f"ndcg@{c.eval_k}"] = ndcg
-                if recall > best:
-                    best, best_epoch, stale = recall, epoch, 0
+                if patience.observe(recall, recall_standard_error(max(patience.progress_at, recall), len(valid))):
+                    best_epoch = epoch
                     best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                else:
-                    stale += 1
                 shown["best epoch"] = best_epoch
             bar.update(1, **shown)
-            if stale >= c.patience:
+            if patience.stop:
+                stopped = "patience"
                 break
             if out_of_time:
+                stopped = "time budget"
                 log.info("two-tower: time budget of %.0fs spent after epoch %d", c.time_budget_s, epoch)
                 break
         bar.close(summary=progress)
@@ -413,7 +432,7 @@ class TwoTower:
         else:
             best_epoch = epoch
         net.eval()
-        self.log = TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start)
+        self.log = TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
         self._finish()
         return self
 
@@ -661,7 +680,8 @@ class TwoTower:
         if meta.get("training"):
             t = meta["training"]
             model.log = TrainingLog(
-                [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"]
+                [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"],
+                t.get("stopped", "epochs"),
             )
         model._item_vectors = np.load(folder / _ITEMS, allow_pickle=False)
         model._table_cache = model._table()
