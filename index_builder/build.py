@@ -24,11 +24,11 @@ from index_builder.cleaning import CleanResult, load_dataset, load_queries
 from index_builder.config import BuildConfig, config_to_dict
 from index_builder.evaluate import evaluate_source
 from index_builder.splits import Split, Targets, leave_last_out, make_split
+from ranking.bootstrap import paired_bootstrap
 from ranking.features import build_item_table, compute_features, feature_names
 from ranking.history import HistoryStore
 from ranking.loader import save_pipeline
 from ranking.pipeline import Pipeline
-from ranking.bootstrap import paired_bootstrap
 from ranking.ranker import Ranker, RankingLists, ndcg_per_list
 from retrieval.bundle import write_bundle
 from retrieval.data import Catalog, Event, Interactions

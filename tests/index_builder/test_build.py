@@ -49,7 +49,7 @@ def test_build_logs_progress_and_ends_with_a_stage_table(built):
     def having(prefix):
         return [m for m in lines if prefix in m]
 
-    assert having("retrieval.two_tower: two-tower epochs: 1/3 epoch") and "valid recall@10" in \
+    assert having("retrieval.two_tower_training: two-tower epochs: 1/3 epoch") and "valid recall@10" in \
         having("two-tower epochs: 1/3")[0]
     assert having("ranking.ranker: ranker epochs: 1/3 epoch")
     assert having("index_builder.build: ranker lists: 1/") and having("ranker lists: done")

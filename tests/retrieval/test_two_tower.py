@@ -243,14 +243,14 @@ def test_training_progress_goes_to_the_log(caplog) -> None:
     # validation recall, and a summary; nothing is printed
     catalog, inter = _catalog(), _chain_interactions(n_users=120)
     split = leave_last_out(inter)
-    caplog.set_level(logging.INFO, logger="retrieval.two_tower")
+    caplog.set_level(logging.INFO, logger="retrieval.two_tower_training")
     model = TwoTower(dataclasses.replace(SMALL, epochs=3, patience=3)).fit(
         catalog, split.train, valid=split.valid, progress=True)
-    lines = [r.getMessage() for r in caplog.records if r.name == "retrieval.two_tower"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "retrieval.two_tower_training"]
     epochs = [m for m in lines if m.startswith("two-tower epochs: ") and "/3 epoch" in m]
     assert len(epochs) == model.log.epochs_run == 3
     assert "loss " in epochs[0] and "valid recall@10 " in epochs[0] and "best epoch 1" in epochs[0]
     assert lines[-1].startswith("two-tower epochs: done, 3 epoch")
     caplog.clear()
     TwoTower(dataclasses.replace(SMALL, epochs=2)).fit(catalog, split.train)  # progress off: quiet
-    assert not [r for r in caplog.records if r.name == "retrieval.two_tower"]
+    assert not [r for r in caplog.records if r.name == "retrieval.two_tower_training"]
