@@ -270,7 +270,7 @@ class Ranker:
         y_all = torch.from_numpy(lists.labels)
         best_state = None
         patience = Patience(cfg.patience, cfg.min_improvement)
-        bar = Progress("ranker epochs", cfg.epochs, unit="epoch", logger=log, interval=0)
+        bar = Progress("ranker epochs", cfg.epochs, unit="epoch", logger=log, interval=0, eta=False)
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             self.model.train()

@@ -49,12 +49,14 @@ class Progress:
     ``total`` the expected count (None: unknown); ``postfix`` values (a loss, a recall) are shown
     beside the count. ``bar`` True draws a tqdm bar, False logs lines to ``logger`` at INFO,
     None picks by :func:`on_terminal`. ``enabled`` False makes every call a no-op. ``interval``
-    the least seconds between log lines (0: every update)."""
+    the least seconds between log lines (0: every update). ``eta`` False leaves out the time
+    left (for epochs, where early stopping, not the total, decides the end)."""
 
     def __init__(self, desc: str, total: int | None = None, *, unit: str = "it",
                  logger: logging.Logger | None = None, interval: float | None = None,
-                 bar: bool | None = None, enabled: bool = True) -> None:
+                 bar: bool | None = None, enabled: bool = True, eta: bool = True) -> None:
         self.desc = desc
+        self.eta = eta
         self.total = total
         self.unit = unit
         self.n = 0
@@ -107,7 +109,7 @@ class Progress:
             share = self.n / self.total
             left = el / share - el if share > 0 else float("nan")
             parts = [f"{self.desc}: {self.n}/{self.total} {self.unit} ({100 * share:.0f}%), {el:.0f}s"
-                     + (f", ~{left:.0f}s left" if math.isfinite(left) else "")]
+                     + (f", ~{left:.0f}s left" if self.eta and math.isfinite(left) else "")]
         else:
             parts = [f"{self.desc}: {self.n} {self.unit}, {el:.0f}s"]
         parts += [f"{k} {_fmt(v)}" for k, v in self.postfix.items()]

@@ -79,7 +79,8 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
     patience = Patience(c.patience, c.min_improvement)
     stopped = "epochs"
     epoch = 0
-    bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress)
+    bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress,
+                   eta=False)
     for epoch in range(1, c.epochs + 1):
         net.train()
         total, steps = 0.0, 0

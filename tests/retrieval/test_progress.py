@@ -48,3 +48,11 @@ def test_disabled_is_silent(caplog):
     with Progress("off", 3, logger=logging.getLogger("t"), interval=0, enabled=False) as p:
         p.update(3)
     assert caplog.records == [] and p.n == 0
+
+
+def test_time_left_only_where_the_total_decides_the_end(caplog):
+    caplog.set_level(logging.INFO, logger="t")
+    Progress("a", 4, logger=logging.getLogger("t"), interval=0, bar=False).update(1)
+    Progress("b", 200, unit="epoch", logger=logging.getLogger("t"), interval=0, bar=False, eta=False).update(1)
+    a, b = (r.getMessage() for r in caplog.records)
+    assert "s left" in a and "s left" not in b
