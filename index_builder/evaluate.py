@@ -30,6 +30,7 @@ from tandem.retrieval.base import RetrievalRequest
 from tandem.retrieval.data import Catalog, Interactions
 from tandem.retrieval.metrics import ranking_metrics, top_k_excluding
 from tandem.retrieval.popularity import Popularity
+from tandem.retrieval.progress import Progress
 
 __all__ = [
     "DEFAULT_KS",
@@ -81,42 +82,57 @@ def _drop_history(rows: np.ndarray, t: Targets, lo: int, k: int) -> np.ndarray:
     return out
 
 
-def rank_targets(stage: Any, targets: Targets, n_items: int, k: int, *, batch_size: int = 1024) -> np.ndarray:
+def rank_targets(stage: Any, targets: Targets, n_items: int, k: int, *, batch_size: int = 1024,
+                 desc: str | None = None) -> np.ndarray:
     """Top-``k`` lists for every row of ``targets``: int64 (len(targets), k), -1 padded,
-    never containing the row's history. See the module docstring for what ``stage`` may be."""
+    never containing the row's history. See the module docstring for what ``stage`` may be.
+    ``desc`` names the progress bar (or periodic log line) shown while it runs."""
     u = len(targets)
     out = np.full((u, k), -1, dtype=np.int64)
+    bar = Progress(desc or f"rank {_stage_name(stage)}", u, unit="user", logger=log)
     for lo in range(0, u, batch_size):
         hi = min(lo + batch_size, u)
-        reqs = targets.requests(lo, hi)
-        if hasattr(stage, "score_all"):
-            scores = np.asarray(stage.score_all(reqs))
-            if scores.shape != (hi - lo, n_items):
-                raise ValueError(f"{type(stage).__name__}.score_all returned shape {scores.shape}, expected "
-                                 f"({hi - lo}, {n_items}) (one row per request, one column per item)")
-            ptr = targets.history_indptr[lo:hi + 1]
-            hist = (ptr - ptr[0], targets.history_items[ptr[0]:ptr[-1]])
-            out[lo:hi] = top_k_excluding(scores, hist, k, batch_size=batch_size)
-        elif hasattr(stage, "retrieve"):
-            for r, req in enumerate(reqs):
-                c = stage.retrieve(req, k + np.unique(req.history).shape[0])
-                items = np.asarray(c.items, dtype=np.int64)
-                items = items[~np.isin(items, req.history)][:k]
-                out[lo + r, : items.shape[0]] = items
-        elif callable(stage):
-            got = np.asarray(stage(reqs, k))
-            if got.ndim != 2 or got.shape[0] != hi - lo or not np.issubdtype(got.dtype, np.integer):
-                raise ValueError(f"the ranking callable returned {got.dtype} {got.shape}; expected int64 "
-                                 f"({hi - lo}, <= {k}) item indices padded with -1")
-            out[lo:hi] = _drop_history(got[:, :k], targets, lo, k)
-        else:
-            raise TypeError(f"cannot evaluate {type(stage).__name__}: give an object with score_all(requests) "
-                            "or retrieve(request, k), or a callable rank(requests, k)")
+        _rank_batch(stage, targets, n_items, k, lo, hi, out, batch_size)
+        bar.update(hi - lo)
+    bar.close()
     return out
 
 
+def _stage_name(stage: Any) -> str:
+    return str(getattr(stage, "name", type(stage).__name__))
+
+
+def _rank_batch(stage: Any, targets: Targets, n_items: int, k: int, lo: int, hi: int, out: np.ndarray,
+                batch_size: int) -> None:
+    reqs = targets.requests(lo, hi)
+    if hasattr(stage, "score_all"):
+        scores = np.asarray(stage.score_all(reqs))
+        if scores.shape != (hi - lo, n_items):
+            raise ValueError(f"{type(stage).__name__}.score_all returned shape {scores.shape}, expected "
+                             f"({hi - lo}, {n_items}) (one row per request, one column per item)")
+        ptr = targets.history_indptr[lo:hi + 1]
+        hist = (ptr - ptr[0], targets.history_items[ptr[0]:ptr[-1]])
+        out[lo:hi] = top_k_excluding(scores, hist, k, batch_size=batch_size)
+    elif hasattr(stage, "retrieve"):
+        for r, req in enumerate(reqs):
+            c = stage.retrieve(req, k + np.unique(req.history).shape[0])
+            items = np.asarray(c.items, dtype=np.int64)
+            items = items[~np.isin(items, req.history)][:k]
+            out[lo + r, : items.shape[0]] = items
+    elif callable(stage):
+        got = np.asarray(stage(reqs, k))
+        if got.ndim != 2 or got.shape[0] != hi - lo or not np.issubdtype(got.dtype, np.integer):
+            raise ValueError(f"the ranking callable returned {got.dtype} {got.shape}; expected int64 "
+                             f"({hi - lo}, <= {k}) item indices padded with -1")
+        out[lo:hi] = _drop_history(got[:, :k], targets, lo, k)
+    else:
+        raise TypeError(f"cannot evaluate {type(stage).__name__}: give an object with score_all(requests) "
+                        "or retrieve(request, k), or a callable rank(requests, k)")
+
+
 def evaluate_source(source: Any, split: Split, n_items: int, ks: Sequence[int] = DEFAULT_KS,
-                    targets: str = "test", *, batch_size: int = 1024, coverage_k: int = 10) -> dict[str, float]:
+                    targets: str = "test", *, batch_size: int = 1024, coverage_k: int = 10,
+                    desc: str | None = None) -> dict[str, float]:
     """recall@K, ndcg@K, mrr@K and hit_rate@K for every K in ``ks`` plus coverage@``coverage_k``
     of one stage on ``split.test`` (``targets="test"``) or ``split.valid``, and ``users``: the
     number of users measured. The stage must already be fitted (on ``split.train``, or on
@@ -124,18 +140,19 @@ def evaluate_source(source: Any, split: Split, n_items: int, ks: Sequence[int] =
     ks = _check_ks(ks)
     t = _stage_targets(split, targets)
     t0 = time.perf_counter()
-    ranked = rank_targets(source, t, n_items, max(max(ks), coverage_k), batch_size=batch_size)
+    ranked = rank_targets(source, t, n_items, max(max(ks), coverage_k), batch_size=batch_size,
+                          desc=f"eval {desc or _stage_name(source)} on {targets}")
     out = ranking_metrics(ranked, t, ks, n_items=n_items, coverage_k=coverage_k)
     out["users"] = float(len(t))
-    log.info("evaluated %s on %d %s users in %.1fs", getattr(source, "name", type(source).__name__),
-             len(t), targets, time.perf_counter() - t0)
+    log.info("evaluated %s on %d %s users in %.1fs", desc or _stage_name(source), len(t), targets,
+             time.perf_counter() - t0)
     return out
 
 
 def evaluate_stages(stages: Mapping[str, Any], split: Split, n_items: int, ks: Sequence[int] = DEFAULT_KS,
                     targets: str = "test", *, batch_size: int = 1024) -> dict[str, dict[str, float]]:
     """:func:`evaluate_source` for each named stage, in order: ``{stage name: metrics}``."""
-    return {name: evaluate_source(stage, split, n_items, ks, targets, batch_size=batch_size)
+    return {name: evaluate_source(stage, split, n_items, ks, targets, batch_size=batch_size, desc=name)
             for name, stage in stages.items()}
 
 

@@ -23,9 +23,11 @@ from safetensors.torch import load_file, save_file
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
+from tandem.retrieval.early_stopping import Patience
+from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower import deterministic_training
 
-__all__ = ["RankerConfig", "RankingLists", "DCNRanker", "Ranker", "ndcg_of_lists"]
+__all__ = ["RankerConfig", "RankingLists", "DCNRanker", "Ranker", "ndcg_of_lists", "ndcg_per_list"]
 
 log = logging.getLogger(__name__)
 _FORMAT = 1
@@ -40,6 +42,9 @@ class RankerConfig:
     weight_decay: float = 1e-5
     epochs: int = 30
     patience: int = 4
+    #: the least rise of validation NDCG@10 that resets patience; None: half the standard error
+    #: of the validation NDCG (the per-list spread over the square root of the number of lists)
+    min_improvement: float | None = None
     batch_lists: int = 128
     max_list: int = 200
     valid_fraction: float = 0.1
@@ -54,6 +59,8 @@ class RankerConfig:
             raise ValueError(f"ranker.dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0 or self.epochs < 1 or self.patience < 1 or self.batch_lists < 1:
             raise ValueError("ranker.lr, epochs, patience and batch_lists must be positive")
+        if self.min_improvement is not None and not self.min_improvement >= 0:
+            raise ValueError(f"ranker.min_improvement must be >= 0 or unset, got {self.min_improvement}")
         if not 0.0 < self.valid_fraction < 0.5:
             raise ValueError(f"ranker.valid_fraction must be in (0, 0.5), got {self.valid_fraction}")
 
@@ -101,7 +108,14 @@ class RankingLists:
 
 
 def ndcg_of_lists(scores: np.ndarray, lists: RankingLists, k: int = 10) -> float:
-    """Mean binary NDCG@k of lists ordered by ``scores`` float (L, M); masked slots never rank."""
+    """Mean NDCG@k of lists ordered by ``scores`` float (L, M); masked slots never rank."""
+    out = ndcg_per_list(scores, lists, k)
+    return float(out.mean()) if out.size else 0.0
+
+
+def ndcg_per_list(scores: np.ndarray, lists: RankingLists, k: int = 10) -> np.ndarray:
+    """float64 (L,): NDCG@k of each list ordered by ``scores`` float (L, M) (labels are the
+    gains; a list without a positive scores 0); masked slots never rank."""
     s = np.where(lists.mask, scores, -np.inf)
     order = np.argsort(-s, axis=1, kind="stable")[:, :k]
     rel = np.take_along_axis(lists.labels, order, axis=1)
@@ -110,8 +124,7 @@ def ndcg_of_lists(scores: np.ndarray, lists: RankingLists, k: int = 10) -> float
     dcg = (rel * disc).sum(1)
     ideal_rel = -np.sort(-lists.labels, axis=1)[:, :k]
     idcg = (ideal_rel * disc[: ideal_rel.shape[1]]).sum(1)
-    out = np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
-    return float(out.mean()) if out.size else 0.0
+    return np.where(idcg > 0, dcg / np.maximum(idcg, 1e-12), 0.0)
 
 
 class _Cross(nn.Module):
@@ -254,7 +267,9 @@ class Ranker:
         x_all = torch.from_numpy(lists.features)
         m_all = torch.from_numpy(lists.mask)
         y_all = torch.from_numpy(lists.labels)
-        best, best_state, bad = -1.0, None, 0
+        best_state = None
+        patience = Patience(cfg.patience, cfg.min_improvement)
+        bar = Progress("ranker epochs", cfg.epochs, unit="epoch", logger=log, interval=0, eta=False)
         for epoch in range(cfg.epochs):
             t0 = time.perf_counter()
             self.model.train()
@@ -270,17 +285,17 @@ class Ranker:
                 loss.backward()
                 opt.step()
                 total += loss.item() * rows.numel()
-            score = ndcg_of_lists(self.score_lists(valid), valid)
+            per_list = ndcg_per_list(self.score_lists(valid), valid)
+            score = float(per_list.mean()) if per_list.size else 0.0
             self.history.append({"epoch": epoch + 1, "loss": total / order.size, "valid_ndcg@10": score,
                                  "seconds": time.perf_counter() - t0})
-            log.info("ranker epoch %d loss %.4f valid ndcg@10 %.4f", epoch + 1, total / order.size, score)
-            if score > best + 1e-5:
-                best, bad = score, 0
+            noise = float(per_list.std()) / np.sqrt(max(per_list.size, 1))  # standard error of the mean
+            if patience.observe(score, noise):
                 best_state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-            else:
-                bad += 1
-                if bad >= cfg.patience:
-                    break
+            bar.update(1, loss=total / order.size, **{"valid ndcg@10": score, "best": patience.best})
+            if patience.stop:
+                break
+        bar.close()
         if best_state is not None:
             self.model.load_state_dict(best_state)
         self.model.eval()

@@ -27,6 +27,8 @@ from typing import Any
 
 import numpy as np
 
+from tandem.retrieval.progress import Progress
+
 __all__ = ["ANN_KINDS", "AnnConfig", "AnnIndex"]
 
 log = logging.getLogger(__name__)
@@ -253,17 +255,21 @@ class AnnIndex:
         truth = _exact(vectors, queries, k)
         curve: list[dict[str, Any]] = []
         best: dict[str, Any] | None = None
-        for params in self._candidate_params(config, k):
+        candidates = self._candidate_params(config, k)
+        bar = Progress(f"ann tuning {self.factory}", len(candidates), unit="setting", logger=log)
+        for params in candidates:
             self.params.update(params)
             self._apply_params()
             recall = _recall(self.search(queries, k)[1], truth)
             point = {**params, "recall": round(recall, 5)}
             curve.append(point)
+            bar.update(1, **point)
             if best is None or recall > best["recall"]:
                 best = point
             if recall >= config.recall_target:
                 best = point
                 break
+        bar.close()
         assert best is not None
         self.params.update({key: v for key, v in best.items() if key != "recall"})
         self._apply_params()

@@ -7,38 +7,33 @@ logQ (the expected number of times each candidate is sampled), or a full softmax
 catalog. AdamW, dropout, a fixed seed, and early stopping on validation Recall@10 with the
 best state kept. At request time the user vector is computed from ``request.history`` (with
 its timestamps and event types), so a new event changes the recommendations at once.
+
+Modules: ``two_tower_config`` (settings, training log, deterministic training),
+``two_tower_model`` (the towers), ``two_tower_windows`` (sequence windows),
+``two_tower_training`` (the training loop); this one fits, encodes, answers, saves and loads.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from tandem.retrieval.ann import AnnConfig
 from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
 from tandem.retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from tandem.retrieval.text_tower import _build_index, _load_index
-from tandem.retrieval.two_tower_model import (
-    EVENT_UNKNOWN,
-    ItemFeatures,
-    ItemTower,
-    UserTower,
-    gap_buckets,
-    length_buckets,
-)
+from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training
+from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
+from tandem.retrieval.two_tower_training import EvalTargets, train
+from tandem.retrieval.two_tower_windows import _request_arrays, _stack, _window
 
 __all__ = ["TwoTowerConfig", "TwoTower", "TrainingLog", "deterministic_training"]
 
@@ -49,248 +44,8 @@ _ITEMS = "two_tower_items.npy"
 _INDEX_DIR = "two_tower_index"
 
 
-@contextlib.contextmanager
-def deterministic_training() -> Iterator[None]:
-    """torch's deterministic algorithms for the body, and a forked CPU RNG (the fit seeds it),
-    the caller's setting and RNG state restored after.
-
-    With more than one intra-op thread some CPU kernels' reductions vary from run to run, so a
-    seeded fit gave other weights every time: two ``tandem build`` runs of the same demo shop
-    had two-tower losses apart in the 7th digit and recommend rankers at final R@10 0.4164 and
-    0.4125. Training the demo shop's two-tower takes the same time either way (2.2-2.3 s)."""
-    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
-    torch.use_deterministic_algorithms(True)
-    try:
-        with torch.random.fork_rng(devices=[]):
-            yield
-    finally:
-        torch.use_deterministic_algorithms(was, warn_only=warn_only)
-
-
-@dataclass(frozen=True)
-class TwoTowerConfig:
-    """Model and training settings (defaults follow the SASRec recipe; nothing dataset-specific).
-
-    ``user_encoder`` "sasrec" (causal self-attention) or "gru"; ``loss`` "sampled" (in-batch
-    + ``n_negatives`` uniform negatives, logQ-corrected) or "full" (softmax over the catalog);
-    ``similarity`` "dot" or "cosine" (unit vectors, learned temperature). ``eval_every`` epochs
-    between validation runs; ``patience`` validation runs without improvement before stopping;
-    ``time_budget_s`` stops training after that many seconds (None: no limit).
-    """
-
-    dim: int = 64
-    layers: int = 2
-    heads: int = 1
-    max_len: int = 50
-    dropout: float = 0.5
-    user_encoder: str = "sasrec"
-    similarity: str = "dot"
-    use_text: bool = True
-    use_item_features: bool = True
-    max_tags: int = 16
-    category_levels: int = 3
-    price_buckets: int = 10
-    loss: str = "sampled"
-    n_negatives: int = 2048
-    logq_correction: bool = True
-    lr: float = 1e-3
-    weight_decay: float = 0.01
-    batch_size: int = 128
-    epochs: int = 200
-    patience: int = 5
-    eval_every: int = 1
-    eval_k: int = 10
-    time_budget_s: float | None = None
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        positive = (
-            "dim",
-            "layers",
-            "heads",
-            "max_len",
-            "batch_size",
-            "epochs",
-            "patience",
-            "eval_every",
-            "eval_k",
-        )
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"TwoTowerConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.dim % self.heads:
-            raise ValueError(f"TwoTowerConfig.dim={self.dim} must be divisible by heads={self.heads}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise ValueError(f"TwoTowerConfig.dropout must be in [0, 1), got {self.dropout}")
-        choices = {
-            "user_encoder": ("sasrec", "gru"),
-            "similarity": ("dot", "cosine"),
-            "loss": ("sampled", "full"),
-        }
-        for name, allowed in choices.items():
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"TwoTowerConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
-        if self.n_negatives < 0:
-            raise ValueError(f"TwoTowerConfig.n_negatives must be >= 0, got {self.n_negatives}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ValueError(
-                f"TwoTowerConfig: lr must be > 0 and weight_decay >= 0, got {self.lr}, {self.weight_decay}"
-            )
-        if self.max_tags < 0 or self.category_levels < 0 or self.price_buckets < 0:
-            raise ValueError("TwoTowerConfig.max_tags, category_levels and price_buckets must be >= 0")
-        if self.time_budget_s is not None and self.time_budget_s <= 0:
-            raise ValueError(f"TwoTowerConfig.time_budget_s must be > 0 or None, got {self.time_budget_s}")
-
-
-@dataclass
-class TrainingLog:
-    """What :meth:`TwoTower.fit` did: per validation run ``(epoch, recall, ndcg)``, the best
-    epoch, the number of epochs run, the mean training loss per epoch, and seconds."""
-
-    evals: list[tuple[int, float, float]]
-    losses: list[float]
-    best_epoch: int
-    epochs_run: int
-    seconds: float
-
-
-class _EvalTargets(Protocol):
-    """What evaluation needs from targets (``index_builder.splits.Targets`` fits): CSR target
-    items ``indptr``/``items``, the history CSR offsets, and one request per row."""
-
-    indptr: np.ndarray
-    items: np.ndarray
-    history_indptr: np.ndarray
-
-    def __len__(self) -> int: ...
-    def request(self, i: int) -> RetrievalRequest: ...
-
-
-class _Net(nn.Module):
-    def __init__(
-        self,
-        config: TwoTowerConfig,
-        n_items: int,
-        features: ItemFeatures | None,
-        text_vectors: np.ndarray | None,
-    ) -> None:
-        super().__init__()
-        c = config
-        self.items = ItemTower(n_items, c.dim, features, text_vectors)
-        self.user = UserTower(c.user_encoder, c.dim, c.layers, c.heads, c.max_len, c.dropout)
-        self.cosine = c.similarity == "cosine"
-        # log of the inverse temperature, used only for cosine similarity
-        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
-
-    def item_out(self, vec: torch.Tensor) -> torch.Tensor:
-        """Item-tower output (..., d) -> the vector scored against users."""
-        return F.normalize(vec, dim=-1) if self.cosine else vec
-
-    def user_out(self, h: torch.Tensor) -> torch.Tensor:
-        if self.cosine:
-            return F.normalize(h, dim=-1) * self.log_scale.exp().clamp(max=100.0)
-        return h
-
-
-@dataclass
-class _Batch:
-    """Left-padded windows; rows are 1-based item rows (0 = padding), all int64 (b, l)."""
-
-    items: np.ndarray
-    events: np.ndarray
-    gaps: np.ndarray
-    lengths: np.ndarray
-    recency: np.ndarray
-
-
 #: The user vector's key in a request's memo (see ``RetrievalRequest.memo``).
 _MEMO_KEY = "two_tower.user"
-
-
-def _distinct(items: np.ndarray, ts: np.ndarray, events: np.ndarray) -> tuple[np.ndarray, ...]:
-    """One history -> its distinct items in first-interaction order, with the first timestamp
-    and the strongest event code per item."""
-    uniq, first, inv = np.unique(items, return_index=True, return_inverse=True)
-    strongest = np.full(uniq.shape[0], -1, dtype=np.int64)
-    np.maximum.at(strongest, inv, events.astype(np.int64))
-    order = np.argsort(first, kind="stable")
-    return uniq[order], ts[first[order]], strongest[order]
-
-
-def _request_arrays(req: RetrievalRequest, n_items: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, bool]:
-    hist = np.asarray(req.history, dtype=np.int64)
-    h = hist.shape[0]
-    ts = np.asarray(req.history_ts, dtype=np.int64)
-    has_ts = ts.shape == (h,) and h > 0
-    if not has_ts:
-        ts = np.zeros(h, dtype=np.int64)
-    ev = np.asarray(req.history_events, dtype=np.int64)
-    if ev.shape != (h,):
-        ev = np.full(h, -1, dtype=np.int64)
-    keep = (hist >= 0) & (hist < n_items)
-    items, ts, ev = _distinct(hist[keep], ts[keep], ev[keep])
-    return items, ts, ev, has_ts
-
-
-def _window(
-    items: np.ndarray, ts: np.ndarray, ev: np.ndarray, has_ts: bool, now: int | None, max_len: int
-) -> tuple[np.ndarray, ...]:
-    """Right-aligned model inputs of one distinct history (the last ``max_len`` items)."""
-    n = items.shape[0]
-    lo = max(0, n - max_len)
-    it, t, e = items[lo:] + 1, ts[lo:], ev[lo:]
-    prev_known = np.arange(lo, n) > 0
-    prev_ts = np.concatenate([ts[lo - 1 : lo] if lo > 0 else np.zeros(1, dtype=np.int64), t[:-1]])
-    gaps = gap_buckets(t - prev_ts, prev_known & has_ts)
-    events = np.where(e >= 0, e + 1, EVENT_UNKNOWN)
-    length = length_buckets(np.arange(lo + 1, n + 1))
-    recency = np.ones(it.shape[0], dtype=np.int64)
-    if now is not None and has_ts and n:
-        recency[-1] = gap_buckets(np.array([now - ts[-1]]), np.array([True]))[0]
-    return it, events, gaps, length, recency
-
-
-def _stack(windows: Sequence[tuple[np.ndarray, ...]], width: int) -> _Batch:
-    b = len(windows)
-    arrays = [np.zeros((b, width), dtype=np.int64) for _ in range(5)]
-    for r, win in enumerate(windows):
-        n = win[0].shape[0]
-        if n:
-            for a, w in zip(arrays, win, strict=True):
-                a[r, width - n :] = w
-    return _Batch(*arrays)
-
-
-def _training_windows(interactions: Interactions, n_items: int, max_len: int) -> tuple[_Batch, np.ndarray]:
-    """Every user's distinct training sequence cut into windows of ``max_len + 1`` (the
-    window's items are the inputs of its next positions). Returns the stacked windows
-    (width max_len + 1) and per-window non-padding lengths."""
-    indptr, rows = interactions.user_sequences()
-    items_all, ts_all, ev_all = interactions.items, interactions.ts, interactions.events
-    windows = []
-    width = max_len + 1
-    for u in range(interactions.n_users):
-        r = rows[indptr[u] : indptr[u + 1]]
-        if r.shape[0] < 2:
-            continue
-        items, ts, ev = _distinct(items_all[r].astype(np.int64), ts_all[r], ev_all[r])
-        n = items.shape[0]
-        if n < 2:
-            continue
-        it = items + 1
-        prev_ts = np.concatenate([ts[:1], ts[:-1]])
-        known = np.arange(n) > 0
-        gaps = gap_buckets(ts - prev_ts, known)
-        events = np.where(ev >= 0, ev + 1, EVENT_UNKNOWN)
-        length = length_buckets(np.arange(1, n + 1))
-        # the time from an item to the next event is what "now - last event" is at serving
-        recency = np.ones(n, dtype=np.int64)
-        recency[:-1] = gap_buckets(ts[1:] - ts[:-1], np.ones(n - 1, dtype=bool))
-        for end in range(n, 1, -max_len):
-            lo = max(0, end - width)
-            windows.append(tuple(a[lo:end] for a in (it, events, gaps, length, recency)))
-    batch = _stack(windows, width)
-    return batch, (batch.items > 0).sum(1)
 
 
 class TwoTower:
@@ -300,7 +55,7 @@ class TwoTower:
 
     def __init__(self, config: TwoTowerConfig | None = None) -> None:
         self.config = config or TwoTowerConfig()
-        self.net: _Net | None = None
+        self.net: TwoTowerNet | None = None
         self.features: ItemFeatures | None = None
         self.n_items = 0
         self.text_dim: int | None = None
@@ -316,17 +71,17 @@ class TwoTower:
     # -- building ------------------------------------------------------------------------
     def _make_net(
         self, catalog: Catalog, text_vectors: np.ndarray | None, features: ItemFeatures | None
-    ) -> _Net:
+    ) -> TwoTowerNet:
         self.n_items = len(catalog)
         self.features = features
         self.text_dim = None if text_vectors is None else int(text_vectors.shape[1])
-        return _Net(self.config, self.n_items, features, text_vectors)
+        return TwoTowerNet(self.config, self.n_items, features, text_vectors)
 
     def fit(
         self,
         catalog: Catalog,
         interactions: Interactions,
-        valid: _EvalTargets | None = None,
+        valid: EvalTargets | None = None,
         text_vectors: np.ndarray | None = None,
         progress: bool = False,
     ) -> TwoTower:
@@ -335,144 +90,12 @@ class TwoTower:
         the frozen text-tower vectors (used when ``config.use_text``). Reproducible: the same
         inputs and ``config.seed`` give the same weights (see :func:`deterministic_training`)."""
         with deterministic_training():
-            return self._fit(catalog, interactions, valid, text_vectors, progress)
-
-    def _fit(self, catalog: Catalog, interactions: Interactions, valid: _EvalTargets | None,
-             text_vectors: np.ndarray | None, progress: bool) -> TwoTower:
-        c = self.config
-        self._table_cache = None
-        torch.manual_seed(c.seed)
-        rng = np.random.default_rng(c.seed)
-        gen = torch.Generator().manual_seed(c.seed)
-        if text_vectors is not None:
-            text_vectors = np.asarray(text_vectors, dtype=np.float32)
-            if text_vectors.ndim != 2 or text_vectors.shape[0] != len(catalog):
-                raise ValueError(
-                    f"TwoTower.fit: text_vectors have shape {text_vectors.shape}, expected "
-                    f"({len(catalog)}, d) - one row per catalog item (TextEncoder output)"
-                )
-        features = (
-            ItemFeatures.build(catalog, c.max_tags, c.category_levels, c.price_buckets)
-            if c.use_item_features
-            else None
-        )
-        net = self._make_net(catalog, text_vectors if c.use_text else None, features)
-        self.net = net
-        windows, lengths = _training_windows(interactions, self.n_items, c.max_len)
-        if windows.items.shape[0] == 0:
-            raise ValueError("TwoTower.fit: no user has 2 or more distinct training items; nothing to learn")
-        counts = np.bincount(
-            windows.items[:, 1:][windows.items[:, :-1] > 0].ravel(), minlength=self.n_items + 1
-        )
-        log_pop = torch.from_numpy(np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))).float()
-        opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
-
-        start = time.perf_counter()
-        evals: list[tuple[int, float, float]] = []
-        losses: list[float] = []
-        best, best_epoch, best_state, stale = -1.0, 0, None, 0
-        epoch = 0
-        for epoch in range(1, c.epochs + 1):
-            net.train()
-            total, steps = 0.0, 0
-            for rows in self._batches(lengths, rng):
-                loss = self._step(windows, lengths, rows, log_pop, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-                steps += 1
-            losses.append(total / max(steps, 1))
-            out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
-            if valid is not None and len(valid) and (epoch % c.eval_every == 0 or out_of_time):
-                recall, ndcg = self.evaluate(valid, c.eval_k)
-                evals.append((epoch, recall, ndcg))
-                if progress:
-                    print(
-                        f"epoch {epoch} loss {losses[-1]:.4f} valid recall@{c.eval_k} {recall:.4f} "
-                        f"ndcg@{c.eval_k} {ndcg:.4f} ({time.perf_counter() - start:.0f}s)",
-                        flush=True,
-                    )
-                if recall > best:
-                    best, best_epoch, stale = recall, epoch, 0
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                else:
-                    stale += 1
-                    if stale >= c.patience:
-                        break
-            elif progress:
-                print(f"epoch {epoch} loss {losses[-1]:.4f} ({time.perf_counter() - start:.0f}s)", flush=True)
-            if out_of_time:
-                break
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        else:
-            best_epoch = epoch
-        net.eval()
-        self.log = TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start)
+            self.log = train(self, catalog, interactions, valid, text_vectors, progress)
         self._finish()
         return self
 
-    def _batches(self, lengths: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-        """Shuffled batches of similar-length windows (less padding to compute)."""
-        b = self.config.batch_size
-        perm = rng.permutation(lengths.shape[0])
-        chunk = b * 32
-        batches = []
-        for lo in range(0, perm.shape[0], chunk):
-            part = perm[lo : lo + chunk]
-            part = part[np.argsort(lengths[part], kind="stable")]
-            batches += [part[i : i + b] for i in range(0, part.shape[0], b)]
-        order = rng.permutation(len(batches))
-        return [batches[i] for i in order]
-
-    def _step(
-        self, w: _Batch, lengths: np.ndarray, rows: np.ndarray, log_pop: torch.Tensor, gen: torch.Generator
-    ) -> torch.Tensor:
-        c, net = self.config, self.net
-        assert net is not None
-        width = int(lengths[rows].max())
-        cut = slice(w.items.shape[1] - width, None)
-        items = torch.from_numpy(w.items[rows, cut])
-        inp, tgt = items[:, :-1], items[:, 1:]
-        pick = (inp > 0) & (tgt > 0)
-        targets = tgt[pick]
-        if c.loss == "full":
-            cand = torch.arange(0, self.n_items + 1)
-        else:
-            negs = torch.randint(1, self.n_items + 1, (c.n_negatives,), generator=gen)
-            cand = torch.cat([targets, negs])
-        # one item-tower pass over every row the step touches
-        needed, inverse = torch.unique(torch.cat([inp.reshape(-1), cand]), return_inverse=True)
-        table = net.items(needed)
-        vec = table[inverse[: inp.numel()]].view(*inp.shape, -1)
-        h = net.user(
-            vec,
-            inp > 0,
-            torch.from_numpy(w.events[rows, cut][:, :-1]),
-            torch.from_numpy(w.gaps[rows, cut][:, :-1]),
-            torch.from_numpy(w.lengths[rows, cut][:, :-1]),
-            # the request time is unknown half of the time at serving: teach both cases
-            torch.where(
-                torch.rand(inp.shape, generator=gen) < 0.5, 1, torch.from_numpy(w.recency[rows, cut][:, :-1])
-            ),
-        )
-        users = net.user_out(h[pick])
-        if c.loss == "full":
-            logits = users @ net.item_out(table[inverse[inp.numel() + 1 :]]).T
-            return F.cross_entropy(logits, targets - 1)
-        # sampled softmax over the unique candidates (in-batch targets + uniform negatives)
-        cand_rows, cand_inv = torch.unique(cand, return_inverse=True)
-        pos = torch.searchsorted(needed, cand_rows)
-        logits = users @ net.item_out(table[pos]).T
-        if c.logq_correction:
-            n_pos = float(targets.shape[0])
-            expected = n_pos * log_pop[cand_rows].exp() + c.n_negatives / self.n_items
-            logits = logits - torch.log(expected)
-        return F.cross_entropy(logits, cand_inv[: targets.shape[0]])
-
     @torch.no_grad()
-    def evaluate(self, targets: _EvalTargets, k: int = 10, batch_size: int = 1024) -> tuple[float, float]:
+    def evaluate(self, targets: EvalTargets, k: int = 10, batch_size: int = 1024) -> tuple[float, float]:
         """Mean Recall@k and NDCG@k over ``targets`` (e.g. ``Split.valid``): full ranking
         over the catalog with each user's visible history excluded."""
         table = self._table()
@@ -502,7 +125,7 @@ class TwoTower:
         self._index = _build_index(self._item_vectors, self.ann_config) if index else None
 
     # -- encoding ------------------------------------------------------------------------
-    def _require(self) -> _Net:
+    def _require(self) -> TwoTowerNet:
         if self.net is None:
             raise RuntimeError("TwoTower is not fitted; call fit() or TwoTower.load() first")
         return self.net
@@ -657,7 +280,8 @@ class TwoTower:
         if meta.get("training"):
             t = meta["training"]
             model.log = TrainingLog(
-                [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"]
+                [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"],
+                t.get("stopped", "epochs"),
             )
         model._item_vectors = np.load(folder / _ITEMS, allow_pickle=False)
         model._table_cache = model._table()

@@ -7,6 +7,7 @@ last column), which makes the learned position embeddings "distance from now".
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tandem.retrieval.data import EVENT_TYPES, Catalog
+from tandem.retrieval.two_tower_config import TwoTowerConfig
 
 __all__ = [
     "GAP_EDGES_S",
@@ -24,6 +26,7 @@ __all__ = [
     "N_LENGTH_BUCKETS",
     "ItemFeatures",
     "ItemTower",
+    "TwoTowerNet",
     "UserTower",
     "gap_buckets",
     "length_buckets",
@@ -315,3 +318,31 @@ class UserTower(nn.Module):
             x = x + F.linear(F.gelu(F.linear(y, ff1.weight, ff1.bias)), ff2.weight, ff2.bias)
         x = x[:, -1] + self.length.weight[length_ids[:, -1]] + self.recency.weight[recency_ids[:, -1]]
         return F.layer_norm(x, (d,), self.ln.weight, self.ln.bias, self.ln.eps)
+
+
+class TwoTowerNet(nn.Module):
+    """Item tower + user tower (+ the learned temperature of cosine similarity)."""
+
+    def __init__(
+        self,
+        config: TwoTowerConfig,
+        n_items: int,
+        features: ItemFeatures | None,
+        text_vectors: np.ndarray | None,
+    ) -> None:
+        super().__init__()
+        c = config
+        self.items = ItemTower(n_items, c.dim, features, text_vectors)
+        self.user = UserTower(c.user_encoder, c.dim, c.layers, c.heads, c.max_len, c.dropout)
+        self.cosine = c.similarity == "cosine"
+        # log of the inverse temperature, used only for cosine similarity
+        self.log_scale = nn.Parameter(torch.tensor(math.log(20.0)))
+
+    def item_out(self, vec: torch.Tensor) -> torch.Tensor:
+        """Item-tower output (..., d) -> the vector scored against users."""
+        return F.normalize(vec, dim=-1) if self.cosine else vec
+
+    def user_out(self, h: torch.Tensor) -> torch.Tensor:
+        if self.cosine:
+            return F.normalize(h, dim=-1) * self.log_scale.exp().clamp(max=100.0)
+        return h

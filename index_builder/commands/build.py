@@ -26,9 +26,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    import json
-
-    from tandem.index_builder.build import build
+    from tandem.index_builder.build import build, format_stage_table
     from tandem.index_builder.config import load_config
     from tandem.index_builder.evaluate import format_table
 
@@ -41,7 +39,7 @@ def _run(args: argparse.Namespace) -> int:
         extra = read_event_log(args.events_log)
     result = build(args.data, args.out, config, extra_events=extra, strict=args.strict)
     print(f"bundle {result.folder} (split {config.split})")
-    print("stage seconds: " + json.dumps(result.timings))
+    print(format_stage_table(result.timings, result.info.get("wall_s")))
     if result.metrics:
         print(format_table(result.metrics))
     if result.search_metrics:

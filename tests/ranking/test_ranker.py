@@ -125,3 +125,24 @@ def test_fit_is_repeatable_and_leaves_the_callers_torch_rng_alone():
     b = Ranker(["noise", "signal", "other"], cfg).fit(_lists(60))
     for (name, wa), (_, wb) in zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True):
         assert torch.equal(wa, wb), name
+
+
+def test_ndcg_per_list_is_the_mean_of_ndcg_of_lists():
+    from tandem.ranking.ranker import ndcg_per_list
+
+    valid = _lists(n_lists=30, seed=4)
+    scores = np.random.default_rng(5).normal(size=valid.mask.shape)
+    per = ndcg_per_list(scores, valid)
+    assert per.shape == (30,) and per.mean() == pytest.approx(ndcg_of_lists(scores, valid))
+
+
+def test_training_epochs_are_logged(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tandem.ranking.ranker")
+    r = Ranker(["noise_a", "signal", "noise_b"], RankerConfig(epochs=3, patience=3, hidden=(8,)))
+    r.fit(_lists(n_lists=60, seed=0), _lists(n_lists=20, seed=1))
+    lines = [rec.getMessage() for rec in caplog.records if rec.name == "tandem.ranking.ranker"]
+    epochs = [m for m in lines if m.startswith("ranker epochs: ") and "/3 epoch" in m]
+    assert len(epochs) == len(r.history) == 3 and "valid ndcg@10 " in epochs[-1] and "loss " in epochs[0]
+    assert lines[-1].startswith("ranker epochs: done, 3 epoch")

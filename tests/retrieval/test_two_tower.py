@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import numpy as np
 import pytest
@@ -235,3 +236,21 @@ def test_fit_leaves_the_callers_torch_rng_alone() -> None:
     before = torch.random.get_rng_state()
     TwoTower(dataclasses.replace(SMALL, epochs=1)).fit(_catalog(), _chain_interactions())
     assert torch.equal(torch.random.get_rng_state(), before)
+
+
+def test_training_progress_goes_to_the_log(caplog) -> None:
+    # not on a terminal (pytest captures stderr): one log line per epoch with the loss and the
+    # validation recall, and a summary; nothing is printed
+    catalog, inter = _catalog(), _chain_interactions(n_users=120)
+    split = leave_last_out(inter)
+    caplog.set_level(logging.INFO, logger="tandem.retrieval.two_tower_training")
+    model = TwoTower(dataclasses.replace(SMALL, epochs=3, patience=3)).fit(
+        catalog, split.train, valid=split.valid, progress=True)
+    lines = [r.getMessage() for r in caplog.records if r.name == "tandem.retrieval.two_tower_training"]
+    epochs = [m for m in lines if m.startswith("two-tower epochs: ") and "/3 epoch" in m]
+    assert len(epochs) == model.log.epochs_run == 3
+    assert "loss " in epochs[0] and "valid recall@10 " in epochs[0] and "best epoch 1" in epochs[0]
+    assert lines[-1].startswith("two-tower epochs: done, 3 epoch")
+    caplog.clear()
+    TwoTower(dataclasses.replace(SMALL, epochs=2)).fit(catalog, split.train)  # progress off: quiet
+    assert not [r for r in caplog.records if r.name == "tandem.retrieval.two_tower_training"]

@@ -1,0 +1,181 @@
+"""The two-tower training loop: batches of similar-length windows, a sampled (logQ-corrected)
+or full softmax per step, validation each ``eval_every`` epochs with noise-aware patience
+(``tandem.retrieval.early_stopping``), progress on a terminal or in the log, and the best state kept."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from tandem.retrieval.base import RetrievalRequest
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.early_stopping import Patience, recall_standard_error
+from tandem.retrieval.progress import Progress
+from tandem.retrieval.two_tower_config import TrainingLog
+from tandem.retrieval.two_tower_model import ItemFeatures
+from tandem.retrieval.two_tower_windows import _Batch, _training_windows
+
+if TYPE_CHECKING:
+    from tandem.retrieval.two_tower import TwoTower
+
+__all__ = ["EvalTargets", "train"]
+
+log = logging.getLogger(__name__)
+
+
+class EvalTargets(Protocol):
+    """What evaluation needs from targets (``index_builder.splits.Targets`` fits): CSR target
+    items ``indptr``/``items``, the history CSR offsets, and one request per row."""
+
+    indptr: np.ndarray
+    items: np.ndarray
+    history_indptr: np.ndarray
+
+    def __len__(self) -> int: ...
+    def request(self, i: int) -> RetrievalRequest: ...
+
+
+def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: EvalTargets | None,
+          text_vectors: np.ndarray | None, progress: bool) -> TrainingLog:
+    """Fit ``model``'s network (made here) on ``interactions``; see :meth:`TwoTower.fit`.
+    Leaves the best validation state loaded, in eval mode, and returns what happened."""
+    c = model.config
+    model._table_cache = None
+    torch.manual_seed(c.seed)
+    rng = np.random.default_rng(c.seed)
+    gen = torch.Generator().manual_seed(c.seed)
+    if text_vectors is not None:
+        text_vectors = np.asarray(text_vectors, dtype=np.float32)
+        if text_vectors.ndim != 2 or text_vectors.shape[0] != len(catalog):
+            raise ValueError(
+                f"TwoTower.fit: text_vectors have shape {text_vectors.shape}, expected "
+                f"({len(catalog)}, d) - one row per catalog item (TextEncoder output)"
+            )
+    features = (
+        ItemFeatures.build(catalog, c.max_tags, c.category_levels, c.price_buckets)
+        if c.use_item_features
+        else None
+    )
+    net = model._make_net(catalog, text_vectors if c.use_text else None, features)
+    model.net = net
+    windows, lengths = _training_windows(interactions, model.n_items, c.max_len)
+    if windows.items.shape[0] == 0:
+        raise ValueError("TwoTower.fit: no user has 2 or more distinct training items; nothing to learn")
+    counts = np.bincount(
+        windows.items[:, 1:][windows.items[:, :-1] > 0].ravel(), minlength=model.n_items + 1
+    )
+    log_pop = torch.from_numpy(np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))).float()
+    opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+
+    start = time.perf_counter()
+    evals: list[tuple[int, float, float]] = []
+    losses: list[float] = []
+    best_epoch, best_state = 0, None
+    patience = Patience(c.patience, c.min_improvement)
+    stopped = "epochs"
+    epoch = 0
+    bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress,
+                   eta=False)
+    for epoch in range(1, c.epochs + 1):
+        net.train()
+        total, steps = 0.0, 0
+        for rows in _batches(c.batch_size, lengths, rng):
+            loss = _step(model, windows, lengths, rows, log_pop, gen)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += float(loss.detach())
+            steps += 1
+        losses.append(total / max(steps, 1))
+        out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
+        shown: dict[str, float] = {"loss": losses[-1]}
+        if valid is not None and len(valid) and (epoch % c.eval_every == 0 or out_of_time):
+            recall, ndcg = model.evaluate(valid, c.eval_k)
+            evals.append((epoch, recall, ndcg))
+            shown[f"valid recall@{c.eval_k}"] = recall
+            shown[f"ndcg@{c.eval_k}"] = ndcg
+            if patience.observe(recall, recall_standard_error(max(patience.progress_at, recall), len(valid))):
+                best_epoch = epoch
+                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+            shown["best epoch"] = best_epoch
+        bar.update(1, **shown)
+        if patience.stop:
+            stopped = "patience"
+            break
+        if out_of_time:
+            stopped = "time budget"
+            log.info("two-tower: time budget of %.0fs spent after epoch %d", c.time_budget_s, epoch)
+            break
+    bar.close(summary=progress)
+    if best_state is not None:
+        net.load_state_dict(best_state)
+    else:
+        best_epoch = epoch
+    net.eval()
+    return TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+
+
+def _batches(b: int, lengths: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Shuffled batches of ``b`` similar-length windows (less padding to compute)."""
+    perm = rng.permutation(lengths.shape[0])
+    chunk = b * 32
+    batches = []
+    for lo in range(0, perm.shape[0], chunk):
+        part = perm[lo : lo + chunk]
+        part = part[np.argsort(lengths[part], kind="stable")]
+        batches += [part[i : i + b] for i in range(0, part.shape[0], b)]
+    order = rng.permutation(len(batches))
+    return [batches[i] for i in order]
+
+
+def _step(
+    model: TwoTower, w: _Batch, lengths: np.ndarray, rows: np.ndarray, log_pop: torch.Tensor,
+    gen: torch.Generator,
+) -> torch.Tensor:
+    """One batch's loss: next-item prediction at every position of the windows ``rows``."""
+    c, net = model.config, model.net
+    assert net is not None
+    width = int(lengths[rows].max())
+    cut = slice(w.items.shape[1] - width, None)
+    items = torch.from_numpy(w.items[rows, cut])
+    inp, tgt = items[:, :-1], items[:, 1:]
+    pick = (inp > 0) & (tgt > 0)
+    targets = tgt[pick]
+    if c.loss == "full":
+        cand = torch.arange(0, model.n_items + 1)
+    else:
+        negs = torch.randint(1, model.n_items + 1, (c.n_negatives,), generator=gen)
+        cand = torch.cat([targets, negs])
+    # one item-tower pass over every row the step touches
+    needed, inverse = torch.unique(torch.cat([inp.reshape(-1), cand]), return_inverse=True)
+    table = net.items(needed)
+    vec = table[inverse[: inp.numel()]].view(*inp.shape, -1)
+    h = net.user(
+        vec,
+        inp > 0,
+        torch.from_numpy(w.events[rows, cut][:, :-1]),
+        torch.from_numpy(w.gaps[rows, cut][:, :-1]),
+        torch.from_numpy(w.lengths[rows, cut][:, :-1]),
+        # the request time is unknown half of the time at serving: teach both cases
+        torch.where(
+            torch.rand(inp.shape, generator=gen) < 0.5, 1, torch.from_numpy(w.recency[rows, cut][:, :-1])
+        ),
+    )
+    users = net.user_out(h[pick])
+    if c.loss == "full":
+        logits = users @ net.item_out(table[inverse[inp.numel() + 1 :]]).T
+        return F.cross_entropy(logits, targets - 1)
+    # sampled softmax over the unique candidates (in-batch targets + uniform negatives)
+    cand_rows, cand_inv = torch.unique(cand, return_inverse=True)
+    pos = torch.searchsorted(needed, cand_rows)
+    logits = users @ net.item_out(table[pos]).T
+    if c.logq_correction:
+        n_pos = float(targets.shape[0])
+        expected = n_pos * log_pop[cand_rows].exp() + c.n_negatives / model.n_items
+        logits = logits - torch.log(expected)
+    return F.cross_entropy(logits, cand_inv[: targets.shape[0]])
