@@ -12,18 +12,18 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 # tests.conftest.TINY_CONFIG as the TOML file `tandem build --config` reads
 TINY_TOML = """\
-[two_tower]
+[build.two_tower]
 dim = 16
 layers = 1
 max_len = 10
 epochs = 3
 n_negatives = 64
 
-[ranker]
+[build.ranker]
 epochs = 3
 hidden = [16]
 
-[pipeline]
+[build.pipeline]
 per_source_k = 50
 fused_k = 60
 """

@@ -40,7 +40,7 @@ def shims(folder: Path) -> dict[str, str]:
 
 
 def toml(config: dict) -> str:
-    return "".join(f"[{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
+    return "".join(f"[build.{section}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in values.items())
                    for section, values in config.items())
 
 
