@@ -154,8 +154,7 @@ def test_serve_on_a_damaged_log_exits_2_naming_the_file(tmp_path):
     _write_log(path, batches=20)
     _garble(path, _leaf_page_at_middle(path))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-m", "tandem.server.cli", "serve", "--bundles", str(tmp_path), "--port", "0",
-                           "--engine-loader", "tests.server.fake_engine:load_fake_engine"],
+    proc = subprocess.run([sys.executable, "-m", "tests.e2e.fake_serve", "--bundles", str(tmp_path), "--port", "0"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr
     assert f"tandem serve: error: event log {path} is damaged" in proc.stderr
