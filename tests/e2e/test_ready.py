@@ -1,6 +1,6 @@
 """Ready means ready: on a real bundle served by `tandem serve`, the first request of each kind
 after health says SERVING (and after a hot swap) takes no longer than 3x the median of the next
-hundred of its kind. Before the warm-up, the first Search loaded the query encoder itself
+hundred of its kind (plus a 50 ms allowance for a woken thread and cold CPU caches). Before the warm-up, the first Search loaded the query encoder itself
 (11.4 s on a fresh clone of the demo)."""
 
 import gzip
@@ -23,6 +23,12 @@ pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 _SLACK = 3.0
 _NEXT = 100
+# An absolute allowance on top of the ratio. The defect this test guards against cost seconds (the
+# first Search loaded the query encoder: 11.4 s). A warm path still runs its first call a little slower
+# than its hundredth on these machines (cold CPU caches, a thread just woken): CI read a first Recommend
+# of 2.6 ms against a 0.8 ms median, and a plain numpy loop idle for 0.5 s takes 15-26 ms on its next
+# call against 1.5 ms. 3x of a sub-millisecond median cannot tell those apart from a cold path.
+_ALLOWANCE_MS = 50.0
 
 
 def _copy_bundle(src, root, version):
@@ -77,7 +83,7 @@ def _assert_warm(log, offset, when):
         assert len(ms) == _NEXT + 1, (kind, len(ms))
         measured[kind] = (ms[0], statistics.median(ms[1:]))
     slow = {kind: f"first {first:.1f} ms, median of the next {_NEXT} {median:.1f} ms"
-            for kind, (first, median) in measured.items() if first > _SLACK * median}
+            for kind, (first, median) in measured.items() if first > _SLACK * median + _ALLOWANCE_MS}
     assert not slow, f"{when}: {slow}"
 
 
