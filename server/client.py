@@ -273,6 +273,16 @@ class _Base:
         return pb.SimilarItemsRequest(item_id=item_id, k=_k(k), filters=filters_to_pb(filters), explain=explain,
                                       request_id=request_id)
 
+    @staticmethod
+    def _health_state(answer: health_pb2.HealthCheckResponse | grpc.RpcError) -> str:
+        """One health check's outcome as a name: the serving status, or the code of an error that
+        waiting can cure (the server not up yet, the check's deadline); any other error raises."""
+        if isinstance(answer, grpc.RpcError):
+            if answer.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise TandemError.from_rpc_error(answer, "Health/Check") from None
+            return answer.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
+
     def _serving_timeout(self, service: str, timeout: float, last: str) -> TandemError:
         return TandemError("DEADLINE_EXCEEDED", f"{self.addr} did not report {service or 'the server'} SERVING "
                            f"within {timeout:g}s (last: {last})", None, "Health/Check")
@@ -449,14 +459,11 @@ class TandemClient(_Base):
             try:
                 resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=remaining,
                                           wait_for_ready=True)
+                last = self._health_state(resp)
             except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise TandemError.from_rpc_error(exc, "Health/Check") from None
-                last = exc.code().name
-            else:
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                last = self._health_state(exc)
+            if last == "SERVING":
+                return
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         raise self._serving_timeout(service, timeout, last)
 
@@ -585,13 +592,10 @@ class AsyncTandemClient(_Base):
             try:
                 resp = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=remaining,
                                                 wait_for_ready=True)
+                last = self._health_state(resp)
             except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise TandemError.from_rpc_error(exc, "Health/Check") from None
-                last = exc.code().name
-            else:
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                last = self._health_state(exc)
+            if last == "SERVING":
+                return
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         raise self._serving_timeout(service, timeout, last)
