@@ -24,6 +24,7 @@ from tandem.index_builder.cleaning import CleanResult, load_dataset, load_querie
 from tandem.index_builder.config import BuildConfig, config_to_dict
 from tandem.index_builder.evaluate import evaluate_source
 from tandem.index_builder.splits import Split, Targets, leave_last_out, make_split
+from tandem.index_builder.threads import threads_for_stage
 from tandem.ranking.bootstrap import paired_bootstrap
 from tandem.ranking.features import compute_features, feature_names
 from tandem.ranking.history import HistoryStore
@@ -56,15 +57,31 @@ class BuildResult:
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Times the build's stages and gives each its thread count (``[build] threads``, see
+    ``index_builder/threads.py``). With ``threads = 0`` the idle cores are measured again before a
+    stage when the last measurement is more than ``remeasure_s`` old (each costs 0.3 s)."""
+
+    def __init__(self, threads: int = 0, remeasure_s: float = 10.0) -> None:
         self.seconds: dict[str, float] = {}
+        self.threads: dict[str, int] = {}
+        self._setting = threads
+        self._remeasure_s = remeasure_s
+        self._chosen: tuple[float, int] | None = None  # (when, threads)
+
+    def _threads(self) -> int:
+        now = time.perf_counter()
+        if self._chosen is None or now - self._chosen[0] > self._remeasure_s:
+            self._chosen = (now, threads_for_stage(self._setting))
+        return self._chosen[1]
 
     @contextmanager
     def stage(self, name: str):
+        n = self._threads()
         t0 = time.perf_counter()
-        log.info("stage %s ...", name)
+        log.info("stage %s ... (%d thread%s)", name, n, "" if n == 1 else "s")
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.threads[name] = n
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
@@ -94,7 +111,7 @@ def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] |
     """Fit the sources ``names`` (default: every source the pipeline config names and those
     every bundle has) in registry order, each with its ``config`` section, through its registry
     entry."""
-    timer = timer or _Timer()
+    timer = timer or _Timer(config.threads)
     wanted = set(default_sources(config) if names is None else names)
     sources: dict[str, CandidateSource] = {}
     for name, entry in SOURCES.items():
@@ -188,7 +205,7 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
                  encoder: TextEncoder | None = None) -> BuildResult:
     """Fit every part of the pipeline on cleaned data according to ``config``."""
-    timer = timer or _Timer()
+    timer = timer or _Timer(config.threads)
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
         split = make_split(interactions, config.split)
@@ -301,7 +318,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     """The whole offline job; returns the result with ``folder`` set to the new bundle."""
     config = config or BuildConfig()
     started = time.perf_counter()
-    timer = _Timer()
+    timer = _Timer(config.threads)
     with timer.stage("clean"):
         clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
     result = fit_pipeline(clean, config, timer)
@@ -327,6 +344,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,
             "timings_s": timer.seconds,
+            "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),
         }
 

@@ -63,6 +63,7 @@ def test_build_logs_progress_and_ends_with_a_stage_table(built):
     for stage in ("clean", "text_encode", "two_tower", "ranker_lists", "ranker_train", "eval_final", "write",
                   "total", "most time: "):
         assert f"\n{stage}" in table[0], stage
+    assert having("tandem.index_builder.build: stage two_tower ... (") and "thread" in having("stage two_tower ...")[0]
 
 
 def test_manifest_describes_everything(built):
@@ -85,6 +86,7 @@ def test_manifest_describes_everything(built):
     assert set(m["search_metrics"]) >= {"lexical", "dense", "hybrid"}
     assert ("hybrid_ranker" in m["search_metrics"]) == search["kept"]
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
+    assert set(m["threads_per_stage"]) == set(m["timings_s"]) and min(m["threads_per_stage"].values()) >= 1
 
 
 def test_eval_bundle_matches_build_and_dumps(built, tiny_shop):
