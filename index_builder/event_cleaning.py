@@ -17,7 +17,7 @@ from tandem.index_builder.cleaning_report import CleaningReport
 from tandem.index_builder.readers import EventRow, ReadError, ReadStats
 from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Interactions
 
-__all__ = ["EventColumns", "extra_rows", "clean_events"]
+__all__ = ["EventColumns", "extra_rows", "clean_events", "flag_bots"]
 
 _log = logging.getLogger("tandem.index_builder.cleaning")
 _TS_LIMIT = 100_000_000_000  # as the readers: from here on it is not seconds (year 5138)
@@ -130,6 +130,15 @@ def _find_bots(users: np.ndarray, ts: np.ndarray, user_ids: list[str],
     n_users = len(user_ids)
     counts = np.bincount(users, minlength=n_users)
     hours = _active_hours(users, ts, n_users)
+    return flag_bots(counts, hours, user_ids, config)
+
+
+def flag_bots(counts: np.ndarray, hours: np.ndarray, user_ids: list[str],
+              config: CleaningConfig) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """The bot rule on per-user totals: ``counts`` and ``hours`` int64 (n_users,) events and distinct
+    active clock hours of each user of ``user_ids``. Returns bool (n_users,) and the report entries
+    (most events first). Shared by the local and the Spark engine."""
+    n_users = len(user_ids)
     active = np.flatnonzero(counts > 0)
     bots = np.zeros(n_users, dtype=bool)
     if len(active) == 0:

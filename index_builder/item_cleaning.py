@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +15,7 @@ from tandem.index_builder.cleaning_report import CleaningReport
 from tandem.index_builder.readers import ReadStats, read_items
 from tandem.retrieval.data import Catalog, Item
 
-__all__ = ["title_from_description", "read_catalog", "build_catalog"]
+__all__ = ["title_from_description", "read_catalog", "resolve_items", "build_catalog"]
 
 _log = logging.getLogger("tandem.index_builder.cleaning")
 
@@ -40,8 +41,15 @@ def title_from_description(description: str, max_words: int = 12) -> str:
 def read_catalog(path: Path, config: CleaningConfig, strict: bool, report: CleaningReport) -> list[Item]:
     """Items of the file, duplicate ids resolved and missing titles filled where possible."""
     stats = ReadStats()
+    return resolve_items(read_items(path, strict=strict, stats=stats), stats, path.name, config, report)
+
+
+def resolve_items(rows: Iterable[Item], stats: ReadStats, name: str, config: CleaningConfig,
+                  report: CleaningReport) -> list[Item]:
+    """Validated items in file order -> duplicate ids resolved, missing titles filled; ``stats`` is
+    the read's (complete once ``rows`` is exhausted). Shared by the local and the Spark engine."""
     by_id: dict[str, Item] = {}
-    for item in read_items(path, strict=strict, stats=stats):
+    for item in rows:
         if item.item_id in by_id:
             report.duplicate_item_ids += 1
             if len(report.duplicate_item_examples) < 20:
@@ -51,7 +59,7 @@ def read_catalog(path: Path, config: CleaningConfig, strict: bool, report: Clean
     report.items_read = stats.rows_ok
     if report.duplicate_item_ids:
         _log.warning("%s: %d rows repeat an earlier item_id (e.g. %s); the last row of each id wins",
-                     path.name, report.duplicate_item_ids, ", ".join(report.duplicate_item_examples[:5]))
+                     name, report.duplicate_item_ids, ", ".join(report.duplicate_item_examples[:5]))
     items = list(by_id.values())
     for n, item in enumerate(items):
         if not item.title:

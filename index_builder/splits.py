@@ -34,6 +34,7 @@ __all__ = [
     "Split",
     "leave_last_out",
     "temporal",
+    "temporal_cuts",
     "no_split",
     "make_split",
 ]
@@ -259,6 +260,30 @@ def leave_last_out(interactions: Interactions) -> Split:
     )
 
 
+def temporal_cuts(ts: np.ndarray, cut_ts: int | None = None, valid_fraction: float = 0.1,
+                  test_fraction: float = 0.1, valid_cut_ts: int | None = None) -> tuple[int, int]:
+    """``(cut_ts, valid_cut_ts)`` of :func:`temporal` over the event times ``ts`` (int64 (n,)):
+    given cuts are checked, missing ones placed on the time distribution."""
+    if not 0.0 <= valid_fraction < 1.0 or not 0.0 < test_fraction < 1.0 \
+            or valid_fraction + test_fraction >= 1.0:
+        raise ValueError(f"temporal split: need 0 <= valid_fraction, 0 < test_fraction and their sum < 1; "
+                         f"got valid_fraction={valid_fraction}, test_fraction={test_fraction}")
+    if len(ts) == 0:
+        raise ValueError("temporal split: the interaction log is empty")
+    sorted_ts = np.sort(ts)
+    n = sorted_ts.shape[0]
+    if cut_ts is None:
+        cut_ts = int(sorted_ts[min(n - 1, int(np.floor(n * (1.0 - test_fraction))))])
+    if valid_cut_ts is None:
+        before = int(np.searchsorted(sorted_ts, cut_ts, side="left"))
+        pos = before - int(round(valid_fraction * n))
+        valid_cut_ts = cut_ts if valid_fraction == 0 else int(sorted_ts[max(0, min(pos, n - 1))])
+    if valid_cut_ts > cut_ts:
+        raise ValueError(f"temporal split: valid_cut_ts={valid_cut_ts} is after cut_ts={cut_ts}; "
+                         "the validation cut must come first")
+    return cut_ts, valid_cut_ts
+
+
 def temporal(interactions: Interactions, cut_ts: int | None = None, valid_fraction: float = 0.1,
              test_fraction: float = 0.1, valid_cut_ts: int | None = None) -> Split:
     """Global time cuts: training before ``valid_cut_ts``, validation until ``cut_ts``, test after.
@@ -272,24 +297,8 @@ def temporal(interactions: Interactions, cut_ts: int | None = None, valid_fracti
     ``valid_fraction`` of all events fall between the two cuts (ties on a timestamp stay on one
     side, so the fractions are approximate). ``valid_fraction=0`` gives no validation stage.
     """
-    if not 0.0 <= valid_fraction < 1.0 or not 0.0 < test_fraction < 1.0 \
-            or valid_fraction + test_fraction >= 1.0:
-        raise ValueError(f"temporal split: need 0 <= valid_fraction, 0 < test_fraction and their sum < 1; "
-                         f"got valid_fraction={valid_fraction}, test_fraction={test_fraction}")
-    if len(interactions) == 0:
-        raise ValueError("temporal split: the interaction log is empty")
+    cut_ts, valid_cut_ts = temporal_cuts(interactions.ts, cut_ts, valid_fraction, test_fraction, valid_cut_ts)
     order, users, items, ts, events = _sorted_events(interactions)
-    sorted_ts = np.sort(interactions.ts)
-    n = sorted_ts.shape[0]
-    if cut_ts is None:
-        cut_ts = int(sorted_ts[min(n - 1, int(np.floor(n * (1.0 - test_fraction))))])
-    if valid_cut_ts is None:
-        before = int(np.searchsorted(sorted_ts, cut_ts, side="left"))
-        pos = before - int(round(valid_fraction * n))
-        valid_cut_ts = cut_ts if valid_fraction == 0 else int(sorted_ts[max(0, min(pos, n - 1))])
-    if valid_cut_ts > cut_ts:
-        raise ValueError(f"temporal split: valid_cut_ts={valid_cut_ts} is after cut_ts={cut_ts}; "
-                         "the validation cut must come first")
     period = (ts >= valid_cut_ts).astype(np.int8) + (ts >= cut_ts).astype(np.int8)  # 0, 1, 2
     pairs = _Pairs(users, items, interactions.n_users)
     first_period = period[pairs.first]
