@@ -107,17 +107,22 @@ def default_sources(config: BuildConfig, kinds: Iterable[str] = KINDS) -> tuple[
 
 
 def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] | None = None,
-                timer: _Timer | None = None, suffix: str = "") -> dict[str, CandidateSource]:
+                timer: _Timer | None = None, suffix: str = "", engine: Any = None) -> dict[str, CandidateSource]:
     """Fit the sources ``names`` (default: every source the pipeline config names and those
     every bundle has) in registry order, each with its ``config`` section, through its registry
-    entry."""
+    entry; the sources an offline ``engine`` fits (``engine.fits(name)``, e.g. the Spark engine's
+    popularity and item-CF) are fitted by it on the same training events."""
     timer = timer or _Timer(config.threads)
     wanted = set(default_sources(config) if names is None else names)
     sources: dict[str, CandidateSource] = {}
     for name, entry in SOURCES.items():
         if name in wanted:
             with timer.stage((entry.stage or name) + suffix):
-                sources[name] = entry.fit(context, getattr(config, entry.config_field))
+                section = getattr(config, entry.config_field)
+                if engine is not None and engine.fits(name):
+                    sources[name] = engine.fit_source(name, section, len(context.catalog), context.train)
+                else:
+                    sources[name] = entry.fit(context, section)
     return sources
 
 
@@ -203,13 +208,19 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
 
 
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
-                 encoder: TextEncoder | None = None) -> BuildResult:
-    """Fit every part of the pipeline on cleaned data according to ``config``."""
+                 encoder: TextEncoder | None = None, engine: Any = None) -> BuildResult:
+    """Fit every part of the pipeline on cleaned data according to ``config``; ``engine`` (e.g.
+    :class:`~tandem.index_builder.spark_engine.SparkEngine`, which cleaned ``clean``) runs the split
+    and the sources it fits."""
     timer = timer or _Timer(config.threads)
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
-        split = make_split(interactions, config.split)
-        fit_split = leave_last_out(interactions) if config.split == "none" else split
+        if engine is None:
+            split = make_split(interactions, config.split)
+            fit_split = leave_last_out(interactions) if config.split == "none" else split
+        else:
+            split = engine.make_split(interactions, config.split)
+            fit_split = engine.make_split(interactions, "leave-last-out") if config.split == "none" else split
     if len(fit_split.valid) == 0:
         raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "
                          "add events or lower the cleaning thresholds")
@@ -220,7 +231,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
                          encoder=encoder, ann=config.ann, progress=True)
-    sources = fit_sources(config, context, timer=timer)
+    sources = fit_sources(config, context, timer=timer, engine=engine)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
     ranker, ranker_info = _train_ranker(config, pipeline, fit_split.valid, timer)
     info: dict[str, Any] = {"ranker": ranker_info}
@@ -233,7 +244,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         # every event this time; sources trained in epochs rerun their best epoch count
         context = replace(context, train=interactions, valid=None,
                           epochs={name: tlog.best_epoch for name, tlog in logs.items()})
-        sources = fit_sources(config, context, timer=timer, suffix="_refit")
+        sources = fit_sources(config, context, timer=timer, suffix="_refit", engine=engine)
         pipeline = _make_pipeline(config, catalog, sources, interactions, histories, built_at=built_at)
     pipeline = Pipeline(pipeline.catalog, pipeline.sources, pipeline.table, pipeline.histories,
                         {"recommend": ranker}, pipeline.config, built_at=built_at)
@@ -314,14 +325,21 @@ def _library_versions() -> dict[str, str]:
 
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
-          extra_events: Iterable[Event] | None = None, strict: bool = False) -> BuildResult:
-    """The whole offline job; returns the result with ``folder`` set to the new bundle."""
+          extra_events: Iterable[Event] | None = None, strict: bool = False, engine: Any = None) -> BuildResult:
+    """The whole offline job; returns the result with ``folder`` set to the new bundle.
+
+    ``engine``: None runs every stage here (the local engine); a
+    :class:`~tandem.index_builder.spark_engine.SparkEngine` runs reading and cleaning, the split,
+    popularity and item-CF as Spark jobs (same results; see docs/operations.md, "Spark")."""
     config = config or BuildConfig()
     started = time.perf_counter()
     timer = _Timer(config.threads)
     with timer.stage("clean"):
-        clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
-    result = fit_pipeline(clean, config, timer)
+        if engine is None:
+            clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
+        else:
+            clean = engine.load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
+    result = fit_pipeline(clean, config, timer, engine=engine)
     queries = load_queries(data_dir, clean.catalog)
     if queries:
         _fit_search(result, queries, config, timer)
@@ -346,6 +364,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "timings_s": timer.seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),
+            **({} if engine is None else {"engine": engine.describe()}),
         }
 
     folder = write_bundle(out_root, fill)

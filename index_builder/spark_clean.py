@@ -10,7 +10,7 @@ tests/index_builder/test_spark_engine.py:
   position in the file, so errors name the same line;
 * the event rules (future timestamps, unknown items, exact duplicates, bots, k-core) run as
   DataFrame jobs; only per-user totals (bot rule) and per-item ids come back to the driver, and
-  the kept events come back once, through Parquet files in Spark's scratch folder;
+  the kept events come back once, as Arrow batches;
 * the catalog rules (duplicate ids, titles, prices) run on the driver over the validated items,
   with the local code: they need the whole catalog in one place anyway (the catalog object is).
 
@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -148,38 +146,24 @@ def _items(spark: Any, path: Path, strict: bool, stats: ReadStats) -> Iterator[A
     return (item for _, item in rows.sortByKey().toLocalIterator())
 
 
-def _collect_frame(df: Any, columns: list[str], sort_by: str, scratch: Path) -> dict[str, np.ndarray]:
-    """``columns`` of ``df`` as numpy arrays, rows sorted by ``sort_by``; through Parquet files in
-    ``scratch`` (one pass, no Python object per row)."""
-    import pyarrow.parquet as pq
-
-    out = Path(tempfile.mkdtemp(prefix="collect-", dir=scratch))
-    try:
-        df.select(*columns).write.mode("overwrite").parquet(str(out / "part"))
-        files = sorted((out / "part").glob("*.parquet"))
-        if not files:
-            return {c: np.zeros(0) for c in columns}
-        table = pq.read_table(files[0].parent)
-        order = np.argsort(table.column(sort_by).to_numpy(), kind="stable")
-        return {c: table.column(c).to_numpy()[order] for c in columns}
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+def _collect_frame(df: Any, columns: list[str], sort_by: str) -> dict[str, np.ndarray]:
+    """``columns`` of ``df`` as numpy arrays on the driver, rows sorted by ``sort_by``; through
+    Arrow batches (no Python object per row; works the same on a cluster)."""
+    table = df.select(*columns).toArrow()
+    order = np.argsort(table.column(sort_by).to_numpy(), kind="stable")
+    return {c: table.column(c).to_numpy()[order] for c in columns}
 
 
 def spark_load_dataset(spark: Any, data_dir: str | Path, config: CleaningConfig | None = None,
                        strict: bool = False, extra_events: Iterable[Event] | None = None,
-                       now: float | None = None, scratch: str | Path | None = None) -> SparkClean:
-    """:func:`~tandem.index_builder.cleaning.load_dataset` on Spark (see the module docstring).
-
-    ``scratch``: a driver-side folder for the Parquet hand-over (default: a new temp folder).
-    """
+                       now: float | None = None) -> SparkClean:
+    """:func:`~tandem.index_builder.cleaning.load_dataset` on Spark (see the module docstring)."""
     from pyspark import StorageLevel
     from pyspark.sql import functions as F
 
     config = CleaningConfig() if config is None else config
     files = find_data_files(data_dir)
     report = CleaningReport(data_dir=str(files.folder))
-    scratch_dir = Path(tempfile.mkdtemp(prefix="tandem-spark-", dir=scratch))
 
     stats = ReadStats()
     events = _event_frame(spark, files.events, strict, stats)
@@ -259,8 +243,7 @@ def spark_load_dataset(spark: Any, data_dir: str | Path, config: CleaningConfig 
     uindex = spark.createDataFrame([(u, n) for n, u in enumerate(user_ids)], "user string, u int")
     final = ev.join(uindex, "user").select("pos", "u", "i", "ts", "ev", "value")
     final = final.persist(StorageLevel.MEMORY_AND_DISK)
-    cols = _collect_frame(final, ["pos", "u", "i", "ts", "ev", "value"], "pos", scratch_dir)
-    shutil.rmtree(scratch_dir, ignore_errors=True)
+    cols = _collect_frame(final, ["pos", "u", "i", "ts", "ev", "value"], "pos")
     events.unpersist()
     interactions = Interactions(user_ids, cols["u"].astype(np.int32), cols["i"].astype(np.int32),
                                 cols["ts"].astype(np.int64), cols["ev"].astype(np.int8),

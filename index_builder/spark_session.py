@@ -59,6 +59,12 @@ def start_spark(master: str = DEFAULT_MASTER, *, driver_memory: str = "2g", app_
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
+    if os.environ.get("PYSPARK_GATEWAY_PORT") and SparkSession.getActiveSession() is None \
+            and "PYSPARK_SUBMIT_ARGS" not in os.environ:
+        # launched by spark-submit: master, memory and the rest come from its command line
+        spark = SparkSession.builder.appName(app_name).config("spark.sql.session.timeZone", "UTC").getOrCreate()
+        spark.sparkContext.setLogLevel("WARN")
+        return spark
     local = master.startswith("local")
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

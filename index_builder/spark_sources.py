@@ -20,9 +20,6 @@ relative, not bit for bit; counts, cosine and Jaccard (one division of exact cou
 
 from __future__ import annotations
 
-import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -50,10 +47,6 @@ def _pairs(events: Any) -> Any:
     by_user = Window.partitionBy("u").orderBy("ts", "pos")
     return (first.withColumn("r", F.row_number().over(by_user) - 1)
             .withColumn("n", F.count(F.lit(1)).over(Window.partitionBy("u"))))
-
-
-def _scratch() -> Path:
-    return Path(tempfile.mkdtemp(prefix="tandem-spark-"))
 
 
 def spark_split(events: Any, interactions: Interactions, protocol: str,
@@ -102,15 +95,10 @@ def spark_split(events: Any, interactions: Interactions, protocol: str,
     else:
         raise ValueError(f"unknown split protocol {protocol!r}; choose one of leave-last-out, temporal, none")
 
-    scratch = _scratch()
-    try:
-        ev_col = "role" if protocol == "leave-last-out" else "period"
-        ev_roles = _collect_frame(with_role, ["pos", ev_col], "pos", scratch)[ev_col].astype(np.int8)
-        targets = pairs.filter(F.col("role") > 0).withColumn("key", F.col("u").cast("long") * (1 << 32)
-                                                               + F.col("r"))
-        t = _collect_frame(targets, ["key", "u", "i", "role"], "key", scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    ev_col = "role" if protocol == "leave-last-out" else "period"
+    ev_roles = _collect_frame(with_role, ["pos", ev_col], "pos")[ev_col].astype(np.int8)
+    targets = pairs.filter(F.col("role") > 0).withColumn("key", F.col("u").cast("long") * (1 << 32) + F.col("r"))
+    t = _collect_frame(targets, ["key", "u", "i", "role"], "key")
     if ev_roles.shape[0] != len(interactions):
         raise RuntimeError(f"spark split: {ev_roles.shape[0]} events have a role, the log has {len(interactions)}")
 
@@ -217,12 +205,8 @@ def spark_item_cf(events: Any, n_items: int, config: ItemCFConfig | None = None)
         else:
             val = F.col("c") / (F.col("di") + F.col("dj") - F.col("c"))
         sim = _top_k(co.select("src", "dst", val.alias("v")), c.n_neighbours)
-    scratch = _scratch()
-    try:
-        got = _collect_frame(sim.withColumn("key", F.col("src").cast("long") * (1 << 32) + F.col("dst")),
-                             ["key", "src", "dst", "v"], "key", scratch)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
+    got = _collect_frame(sim.withColumn("key", F.col("src").cast("long") * (1 << 32) + F.col("dst")),
+                         ["key", "src", "dst", "v"], "key")
     matrix = sp.csr_matrix((got["v"].astype(np.float64), (got["src"].astype(np.int64), got["dst"].astype(np.int64))),
                            shape=(n_items, n_items))
     out.similarity = matrix.astype(np.float32).tocsr()

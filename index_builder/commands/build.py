@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 __all__ = ["register"]
@@ -22,6 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--events-log", type=Path, metavar="FILE",
                    help="the server's SQLite event log: its events are added to the data")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row")
+    p.add_argument("--engine", choices=("local", "spark"), default="local",
+                   help="where reading, cleaning, the split, popularity and item-CF run: local (default, "
+                        "in this process) or spark (Spark jobs; needs pyspark and Java 17, see docs/operations.md)")
+    p.add_argument("--spark-master", default="local[2]", metavar="URL",
+                   help="Spark master for --engine spark (default: local[2]; e.g. spark://host:7077, yarn)")
+    p.add_argument("--spark-driver-memory", default="2g", metavar="SIZE",
+                   help="driver memory of the Spark session started for --engine spark (default: 2g)")
     p.set_defaults(handler=_run)
 
 
@@ -37,7 +45,22 @@ def _run(args: argparse.Namespace) -> int:
         from tandem.index_builder.event_log_reader import read_event_log
 
         extra = read_event_log(args.events_log)
-    result = build(args.data, args.out, config, extra_events=extra, strict=args.strict)
+    engine = None
+    if args.engine == "spark":
+        from tandem.index_builder.spark_session import spark_problem
+
+        problem = spark_problem()
+        if problem is not None:
+            print(f"tandem build: error: {problem}", file=sys.stderr)
+            return 2
+        from tandem.index_builder.spark_engine import SparkEngine
+
+        engine = SparkEngine(args.spark_master, driver_memory=args.spark_driver_memory)
+    try:
+        result = build(args.data, args.out, config, extra_events=extra, strict=args.strict, engine=engine)
+    finally:
+        if engine is not None:
+            engine.stop()
     print(f"bundle {result.folder} (split {config.split})")
     print(format_stage_table(result.timings, result.info.get("wall_s")))
     if result.metrics:

@@ -1,0 +1,146 @@
+"""The Spark engine against the local engine on a small dirty shop (``local[2]``): the same
+cleaning report, the same interactions, the same split, the same popularity and the same item-CF
+neighbours with weights within 1e-6. One Spark session for the module (starting one costs seconds)."""
+
+import gzip
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from tandem.index_builder.cleaning import CleaningConfig, load_dataset
+from tandem.index_builder.readers import read_event_rows
+from tandem.index_builder.spark_session import spark_problem
+from tandem.index_builder.splits import make_split
+from tandem.retrieval.item_cf import ItemCF, ItemCFConfig
+from tandem.retrieval.popularity import Popularity, PopularityConfig
+
+pytestmark = pytest.mark.skipif(spark_problem() is not None, reason=str(spark_problem()))
+
+# k-core on, so every cleaning rule runs
+CONFIG = CleaningConfig(min_user_events=3, min_item_events=2)
+BAD_ROWS = [
+    b'{"user_id": "u9", "item_id": "i0000001", "ts": "yesterday"}\n',
+    b"not json at all\n",
+    b"\n",
+    b'{"user_id": "", "item_id": "i0000001", "ts": 1}\n',
+    b'{"user_id": "u9", "item_id": "i0000002", "ts": 1600000000, "event": "teleport"}\n',
+    b'[1, 2]\n',
+]
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory):
+    """A generated shop with duplicate items and events, events on unknown items, bots, some
+    malformed rows and a ``now`` that makes the newest events future ones."""
+    from tandem.index_builder.synthetic import SyntheticConfig, generate
+
+    out = tmp_path_factory.mktemp("spark_shop")
+    generate(out, SyntheticConfig(items=300, users=200, seed=5, queries=0, events_per_user=15))
+    path = out / "events.jsonl.gz"
+    raw = gzip.decompress(path.read_bytes()).splitlines(keepends=True)
+    path.write_bytes(gzip.compress(b"".join(raw[:50] + BAD_ROWS + raw[50:])))
+    ts = np.sort([r[2] for r in read_event_rows(path)])
+    now = int(ts[int(0.98 * len(ts))]) - CONFIG.max_future_s
+    return out, now
+
+
+@pytest.fixture(scope="module")
+def spark(tmp_path_factory):
+    from tandem.index_builder.spark_session import start_spark
+
+    session = start_spark("local[2]", driver_memory="1g", local_dir=tmp_path_factory.mktemp("spark_tmp"),
+                          conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="module")
+def both(spark, shop):
+    from tandem.index_builder.spark_engine import SparkEngine
+
+    data, now = shop
+    engine = SparkEngine(spark=spark)
+    return load_dataset(data, CONFIG, now=now), engine.load_dataset(data, CONFIG, now=now), engine
+
+
+def test_cleaning_counts_and_interactions_match(both):
+    local, remote, _ = both
+    a, b = local.report.to_dict(), remote.report.to_dict()
+    # the shop exercises every rule: otherwise this test would prove little
+    assert a["read"]["events"]["rows_skipped"] == 5 and a["duplicate_item_ids"] > 0
+    assert all(a["events_dropped"][k] > 0 for k in ("future_ts", "unknown_item", "duplicate", "bot", "k_core"))
+    assert a == b
+    li, si = local.interactions, remote.interactions
+    assert li.user_ids == si.user_ids
+    for col in ("users", "items", "ts", "events", "values"):
+        x, y = getattr(li, col), getattr(si, col)
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True), col
+    assert local.catalog.item_ids == remote.catalog.item_ids
+    assert local.catalog.titles == remote.catalog.titles
+    assert np.array_equal(local.catalog.prices, remote.catalog.prices, equal_nan=True)
+    assert np.array_equal(local.catalog.price_outlier, remote.catalog.price_outlier)
+
+
+def _same_targets(x, y):
+    for f in ("users", "indptr", "items", "history_indptr", "history_items", "history_ts", "history_events"):
+        assert np.array_equal(getattr(x, f), getattr(y, f)), f
+    assert x.now == y.now
+
+
+@pytest.mark.parametrize("protocol", ["leave-last-out", "temporal"])
+def test_split_popularity_and_item_cf_match(both, protocol):
+    local, remote, engine = both
+    split = engine.make_split(remote.interactions, protocol)
+    expected = make_split(local.interactions, protocol)
+    assert split.protocol == expected.protocol and split.counts() == expected.counts()
+    _same_targets(split.valid, expected.valid)
+    _same_targets(split.test, expected.test)
+    for part in ("train", "train_and_valid"):
+        for col in ("users", "items", "ts", "events"):
+            assert np.array_equal(getattr(getattr(split, part), col), getattr(getattr(expected, part), col))
+
+    n = len(local.catalog)
+    configs = {"popularity": [PopularityConfig(), PopularityConfig(half_life_days=7.0, window_days=60.0)]}
+    if protocol == "leave-last-out":
+        configs["item_cf"] = [ItemCFConfig(), ItemCFConfig(similarity="cosine", n_neighbours=5),
+                              ItemCFConfig(similarity="jaccard", n_neighbours=5),
+                              ItemCFConfig(pop_exponent=0.5, row_normalise=True, n_neighbours=7, half_life_days=30.0)]
+    else:
+        configs["item_cf"] = [ItemCFConfig(n_neighbours=10)]
+    for cfg in configs["popularity"]:
+        got = engine.fit_source("popularity", cfg, n, split.train)
+        want = Popularity(cfg).fit(local.catalog, expected.train)
+        assert got.newest_ts == want.newest_ts
+        np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6, atol=1e-6)
+        assert got.scores.dtype == np.float32
+    for cfg in configs["item_cf"]:
+        got = engine.fit_source("item_cf", cfg, n, split.train).similarity
+        want = ItemCF(cfg).fit(local.catalog, expected.train).similarity
+        assert want.nnz > 0 and got.dtype == want.dtype == np.float32
+        assert np.array_equal(got.indptr, want.indptr), cfg  # the same neighbours per row ...
+        assert np.array_equal(got.indices, want.indices), cfg
+        np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-6)  # ... with the same weights
+        if cfg.similarity != "transition":  # one division of exact counts: bit for bit
+            assert np.array_equal(got.data, want.data)
+
+
+def test_sources_are_fitted_only_on_known_events(both):
+    local, _, engine = both
+    with pytest.raises(ValueError, match="only on the interactions it cleaned or split"):
+        engine.fit_source("popularity", PopularityConfig(), len(local.catalog), local.interactions)
+
+
+def test_build_command_says_what_is_missing_without_java(tmp_path):
+    """No Java on the PATH and no JAVA_HOME: one line, exit 2, nothing started."""
+    env = {k: v for k, v in os.environ.items() if k != "JAVA_HOME"}
+    env["PATH"] = os.path.dirname(sys.executable)
+    proc = subprocess.run([sys.executable, "-m", "tandem.server.cli", "build", "--data", str(tmp_path),
+                           "--out", str(tmp_path / "b"), "--engine", "spark"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert lines == ["tandem build: error: the spark engine needs Java 17 or newer: install a JDK "
+                     "(e.g. openjdk-17-jre) or set JAVA_HOME"]
