@@ -103,10 +103,11 @@ def _read_jsonl(spark: Any, path: Path, convert: Any, strict: bool, stats: ReadS
     sc = spark.sparkContext
     lines = sc.textFile(str(path), use_unicode=False).zipWithIndex()
     parsed = lines.mapPartitions(_parse_lines(convert)).cache()
+    counts = dict(parsed.map(lambda r: (r[1], 1)).reduceByKey(lambda a, b: a + b).collect())
+    good = counts.pop(None, 0)
+    total = good + sum(counts.values())
     bad = parsed.filter(lambda r: r[1] is not None)
-    counts = dict(bad.map(lambda r: (r[1], 1)).reduceByKey(lambda a, b: a + b).collect())
     first = bad.takeOrdered(ReadStats.MAX_ERRORS, key=lambda r: r[0]) if counts else []
-    total = parsed.count()
     name = path.name
     errors = [ReadError(name, line, field, message) for line, _, (field, message) in first]
     if strict and errors:
@@ -188,34 +189,31 @@ def spark_load_dataset(spark: Any, data_dir: str | Path, config: CleaningConfig 
 
     # users in first-seen order over every validated event (as the local vocabulary)
     first_seen = events.groupBy("user").agg(F.min("pos").alias("first"))
-    report.events_read = events.count()
+    report.events_read = stats.rows_ok + report.extra_events
     dropped = report.events_dropped
 
     limit = int(time.time() if now is None else now) + config.max_future_s
-    dropped["future_ts"] = events.filter(F.col("ts") > limit).count()
+    index = spark.createDataFrame(list(zip(catalog.item_ids, range(len(catalog)), strict=True)),
+                                  "item string, i int")
+    ev = events.join(F.broadcast(index) if len(catalog) < 2_000_000 else index, "item", "left")
+    future, unknown = F.col("ts") > limit, F.col("i").isNull()
+    row = ev.agg(F.sum(future.cast("long")), F.sum((~future & unknown).cast("long"))).first()
+    dropped["future_ts"], dropped["unknown_item"] = int(row[0] or 0), int(row[1] or 0)
     if dropped["future_ts"]:
         _log.warning("dropped %d events dated after %d (the clean's clock + max_future_s %d s)",
                      dropped["future_ts"], limit, config.max_future_s)
-    ev = events.filter(F.col("ts") <= limit)
-
-    index = spark.createDataFrame(list(zip(catalog.item_ids, range(len(catalog)), strict=True)),
-                                  "item string, i int")
-    ev = ev.join(F.broadcast(index) if len(catalog) < 2_000_000 else index, "item", "left")
-    ev = ev.persist(StorageLevel.MEMORY_AND_DISK)
-    n_before = ev.count()
-    ev_known = ev.filter(F.col("i").isNotNull())
-    dropped["unknown_item"] = n_before - ev_known.count()
     if dropped["unknown_item"]:
         _log.warning("dropped %d events on item ids missing from the catalog", dropped["unknown_item"])
-    ev = ev_known.select("pos", "user", "i", "ts", "ev", "value")
+    ev = ev.filter(~future & ~unknown).select("pos", "user", "i", "ts", "ev", "value")
+    n = report.events_read - dropped["future_ts"] - dropped["unknown_item"]
 
     if config.drop_duplicate_events:
         # equal in every field: keep the first in file order; NaN values group together (as the
         # local engine's single NaN bit pattern)
-        n = ev.count()
         ev = ev.groupBy("user", "i", "ts", "ev", "value").agg(F.min("pos").alias("pos"))
         ev = ev.persist(StorageLevel.MEMORY_AND_DISK)
         dropped["duplicate"] = n - ev.count()
+        n -= dropped["duplicate"]
 
     if config.remove_bots:
         per_user = ev.groupBy("user").agg(F.count(F.lit(1)).alias("n"),
@@ -228,13 +226,13 @@ def spark_load_dataset(spark: Any, data_dir: str | Path, config: CleaningConfig 
         if report.bot_users:
             bot_ids = spark.createDataFrame([(u,) for u, b in zip(user_ids, bots.tolist(), strict=True) if b],
                                             "user string")
-            n = ev.count()
-            ev = ev.join(F.broadcast(bot_ids), "user", "left_anti").persist(StorageLevel.MEMORY_AND_DISK)
-            dropped["bot"] = n - ev.count()
+            ev = ev.join(F.broadcast(bot_ids), "user", "left_anti")
+            dropped["bot"] = int(counts[bots].sum())
+            n -= dropped["bot"]
             _log.warning("removed %d bot-like users with %d events (e.g. %s)", len(report.bot_users),
                          dropped["bot"], report.bot_users[0]["user_id"])
 
-    ev = _k_core(ev, config, report)
+    ev = _k_core(ev, n, config, report)
     dropped["k_core"] = report.k_core["events_removed"]
 
     kept_users = ev.select("user").distinct().join(first_seen, "user")
@@ -254,13 +252,13 @@ def spark_load_dataset(spark: Any, data_dir: str | Path, config: CleaningConfig 
     return SparkClean(CleanResult(catalog, interactions, report), final)
 
 
-def _k_core(ev: Any, config: CleaningConfig, report: CleaningReport) -> Any:
-    """Iterated (min_user_events, min_item_events) filtering, one Spark round per pass."""
+def _k_core(ev: Any, n0: int, config: CleaningConfig, report: CleaningReport) -> Any:
+    """Iterated (min_user_events, min_item_events) filtering of the ``n0`` events, one Spark
+    round per pass."""
     from pyspark.sql import functions as F
 
     if config.min_user_events <= 1 and config.min_item_events <= 1:
         return ev
-    n0 = ev.count()
     u0 = ev.select("user").distinct().count()
     i0 = ev.select("i").distinct().count()
     rounds = 0

@@ -61,6 +61,8 @@ class SparkEngine:
     def load_dataset(self, data_dir: str | Path, config: CleaningConfig | None = None, strict: bool = False,
                      extra_events: Iterable[Event] | None = None, now: float | None = None) -> CleanResult:
         """:func:`~tandem.index_builder.cleaning.load_dataset` on Spark."""
+        for _, frame in self._frames:
+            frame.unpersist()
         got = spark_load_dataset(self.spark, data_dir, config, strict=strict, extra_events=extra_events, now=now)
         self._frames = [(got.result.interactions, got.events)]
         return got.result

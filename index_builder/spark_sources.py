@@ -95,6 +95,11 @@ def spark_split(events: Any, interactions: Interactions, protocol: str,
     else:
         raise ValueError(f"unknown split protocol {protocol!r}; choose one of leave-last-out, temporal, none")
 
+    from pyspark import StorageLevel
+
+    with_role = with_role.persist(StorageLevel.MEMORY_AND_DISK)
+    train_df = train_df.persist(StorageLevel.MEMORY_AND_DISK)
+    train_valid_df = train_valid_df.persist(StorageLevel.MEMORY_AND_DISK)
     ev_col = "role" if protocol == "leave-last-out" else "period"
     ev_roles = _collect_frame(with_role, ["pos", ev_col], "pos")[ev_col].astype(np.int8)
     targets = pairs.filter(F.col("role") > 0).withColumn("key", F.col("u").cast("long") * (1 << 32) + F.col("r"))
@@ -160,7 +165,9 @@ def spark_item_cf(events: Any, n_items: int, config: ItemCFConfig | None = None)
     if newest is None:
         out.similarity = sp.csr_matrix((n_items, n_items), dtype=np.float32)
         return out
-    pairs = _pairs(events).select("u", "i", "ts", "r")
+    from pyspark import StorageLevel
+
+    pairs = _pairs(events).select("u", "i", "ts", "r").persist(StorageLevel.MEMORY_AND_DISK)
     if c.similarity == "transition":
         step_w = spark.createDataFrame([(d, float(c.distance_decay ** (d - 1))) for d in range(1, c.window + 1)],
                                        "d int, wd double")
@@ -209,6 +216,7 @@ def spark_item_cf(events: Any, n_items: int, config: ItemCFConfig | None = None)
                          ["key", "src", "dst", "v"], "key")
     matrix = sp.csr_matrix((got["v"].astype(np.float64), (got["src"].astype(np.int64), got["dst"].astype(np.int64))),
                            shape=(n_items, n_items))
+    pairs.unpersist()
     out.similarity = matrix.astype(np.float32).tocsr()
     out.similarity.sort_indices()
     return out

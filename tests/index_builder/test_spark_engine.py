@@ -90,41 +90,59 @@ def _same_targets(x, y):
     assert x.now == y.now
 
 
-@pytest.mark.parametrize("protocol", ["leave-last-out", "temporal"])
-def test_split_popularity_and_item_cf_match(both, protocol):
-    local, remote, engine = both
+def _check_split(engine, local, remote, protocol):
     split = engine.make_split(remote.interactions, protocol)
     expected = make_split(local.interactions, protocol)
     assert split.protocol == expected.protocol and split.counts() == expected.counts()
+    assert len(expected.valid) > 0 and len(expected.test) > 0
     _same_targets(split.valid, expected.valid)
     _same_targets(split.test, expected.test)
     for part in ("train", "train_and_valid"):
         for col in ("users", "items", "ts", "events"):
             assert np.array_equal(getattr(getattr(split, part), col), getattr(getattr(expected, part), col))
+    return split, expected
 
-    n = len(local.catalog)
-    configs = {"popularity": [PopularityConfig(), PopularityConfig(half_life_days=7.0, window_days=60.0)]}
-    if protocol == "leave-last-out":
-        configs["item_cf"] = [ItemCFConfig(), ItemCFConfig(similarity="cosine", n_neighbours=5),
-                              ItemCFConfig(similarity="jaccard", n_neighbours=5),
-                              ItemCFConfig(pop_exponent=0.5, row_normalise=True, n_neighbours=7, half_life_days=30.0)]
+
+def _check_popularity(engine, local, split, expected, cfg, exact):
+    got = engine.fit_source("popularity", cfg, len(local.catalog), split.train)
+    want = Popularity(cfg).fit(local.catalog, expected.train)
+    assert got.newest_ts == want.newest_ts and got.scores.dtype == np.float32
+    if exact:  # sums of multiples of 0.25: no rounding anywhere
+        assert np.array_equal(got.scores, want.scores)
     else:
-        configs["item_cf"] = [ItemCFConfig(n_neighbours=10)]
-    for cfg in configs["popularity"]:
-        got = engine.fit_source("popularity", cfg, n, split.train)
-        want = Popularity(cfg).fit(local.catalog, expected.train)
-        assert got.newest_ts == want.newest_ts
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-6, atol=1e-6)
-        assert got.scores.dtype == np.float32
-    for cfg in configs["item_cf"]:
-        got = engine.fit_source("item_cf", cfg, n, split.train).similarity
-        want = ItemCF(cfg).fit(local.catalog, expected.train).similarity
-        assert want.nnz > 0 and got.dtype == want.dtype == np.float32
-        assert np.array_equal(got.indptr, want.indptr), cfg  # the same neighbours per row ...
-        assert np.array_equal(got.indices, want.indices), cfg
-        np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-6)  # ... with the same weights
-        if cfg.similarity != "transition":  # one division of exact counts: bit for bit
-            assert np.array_equal(got.data, want.data)
+
+
+def _check_item_cf(engine, local, split, expected, cfg):
+    got = engine.fit_source("item_cf", cfg, len(local.catalog), split.train).similarity
+    want = ItemCF(cfg).fit(local.catalog, expected.train).similarity
+    assert want.nnz > 0 and got.dtype == want.dtype == np.float32
+    assert np.array_equal(got.indptr, want.indptr), cfg  # the same neighbours per row ...
+    assert np.array_equal(got.indices, want.indices), cfg
+    np.testing.assert_allclose(got.data, want.data, rtol=0, atol=1e-6)  # ... with the same weights
+    if cfg.similarity != "transition":  # one division of exact counts: bit for bit
+        assert np.array_equal(got.data, want.data)
+    if cfg.n_neighbours < 200:  # the cut to the top k was exercised
+        assert np.diff(want.indptr).max() == cfg.n_neighbours
+
+
+def test_leave_last_out_split_popularity_and_item_cf_match(both):
+    local, remote, engine = both
+    split, expected = _check_split(engine, local, remote, "leave-last-out")
+    _check_popularity(engine, local, split, expected, PopularityConfig(), exact=True)
+    _check_item_cf(engine, local, split, expected, ItemCFConfig())
+    _check_item_cf(engine, local, split, expected, ItemCFConfig(similarity="cosine", n_neighbours=5))
+
+
+@pytest.mark.slow
+def test_temporal_split_and_source_variants_match(both):
+    local, remote, engine = both
+    split, expected = _check_split(engine, local, remote, "temporal")
+    _check_popularity(engine, local, split, expected, PopularityConfig(half_life_days=7.0, window_days=60.0),
+                      exact=False)
+    _check_item_cf(engine, local, split, expected, ItemCFConfig(similarity="jaccard", n_neighbours=5))
+    _check_item_cf(engine, local, split, expected,
+                   ItemCFConfig(pop_exponent=0.5, row_normalise=True, n_neighbours=7, half_life_days=30.0))
 
 
 def test_sources_are_fitted_only_on_known_events(both):
