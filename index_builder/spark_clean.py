@@ -143,8 +143,9 @@ def _items(spark: Any, path: Path, strict: bool, stats: ReadStats) -> Iterator[A
     """Validated items of the file in file order (parsed by Spark for JSONL)."""
     if file_format(path) != "jsonl":
         return read_items(path, strict=strict, stats=stats)
-    rows = _read_jsonl(spark, path, parse_item, strict, stats)
-    return (item for _, item in rows.sortByKey().toLocalIterator())
+    rows = _read_jsonl(spark, path, parse_item, strict, stats).collect()  # one job; the driver holds the catalog anyway
+    rows.sort(key=lambda r: r[0])
+    return (item for _, item in rows)
 
 
 def _collect_frame(df: Any, columns: list[str], sort_by: str) -> dict[str, np.ndarray]:

@@ -52,7 +52,9 @@ def spark(tmp_path_factory):
     from tandem.index_builder.spark_session import start_spark
 
     session = start_spark("local[2]", driver_memory="1g", local_dir=tmp_path_factory.mktemp("spark_tmp"),
-                          conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2"})
+                          conf={"spark.sql.shuffle.partitions": "2", "spark.default.parallelism": "2",
+                                # tiny jobs on a busy machine: the quick JIT tier and one GC thread
+                                "spark.driver.extraJavaOptions": "-XX:TieredStopAtLevel=1 -XX:+UseSerialGC"})
     yield session
     session.stop()
 
