@@ -3,6 +3,7 @@ cleaning report, the same interactions, the same split, the same popularity and 
 neighbours with weights within 1e-6. One Spark session for the module (starting one costs seconds)."""
 
 import gzip
+import json
 import os
 import subprocess
 import sys
@@ -164,3 +165,28 @@ def test_build_command_says_what_is_missing_without_java(tmp_path):
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert lines == ["tandem build: error: the spark engine needs Java 17 or newer: install a JDK "
                      "(e.g. openjdk-17-jre) or set JAVA_HOME"]
+
+
+@pytest.mark.slow
+def test_build_with_the_spark_engine_writes_the_same_cleaning_and_item_cf(spark, tiny_shop, tmp_path):
+    """A whole `tandem build` (split none: fitted on a leave-last-out split, then refitted on every
+    event) with the Spark engine: the manifest names the engine, and the bundle's cleaning report
+    and item-CF neighbours are the local engine's."""
+    from tandem.index_builder.build import build
+    from tandem.index_builder.config import load_config
+    from tandem.index_builder.spark_engine import SparkEngine
+    from tests.conftest import TINY_CONFIG
+
+    config = load_config(overrides=TINY_CONFIG, environ={})
+    result = build(tiny_shop, tmp_path, config, engine=SparkEngine(spark=spark))
+    manifest = json.loads((result.folder / "manifest.json").read_text())
+    assert manifest["engine"]["name"] == "spark" and manifest["engine"]["master"] == "local[2]"
+    local = load_dataset(tiny_shop, config.cleaning)
+    got = manifest["cleaning"]
+    want = local.report.to_dict()
+    for key in ("events_read", "events_kept", "events_dropped", "items_kept", "users", "bot_users", "read"):
+        assert got[key] == want[key], key
+    refit = ItemCF(config.item_cf).fit(local.catalog, local.interactions).similarity
+    served = result.pipeline.sources["item_cf"].similarity
+    assert np.array_equal(served.indptr, refit.indptr) and np.array_equal(served.indices, refit.indices)
+    np.testing.assert_allclose(served.data, refit.data, atol=1e-6)
