@@ -6,6 +6,7 @@ pyspark is an optional dependency (the ``spark`` extra) and needs Java 17 or new
 
 from __future__ import annotations
 
+import atexit
 import importlib.util
 import os
 import shutil
@@ -69,6 +70,8 @@ def start_spark(master: str = DEFAULT_MASTER, *, driver_memory: str = "2g", app_
     if local:
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
     scratch = str(local_dir) if local_dir is not None else tempfile.mkdtemp(prefix="tandem-spark-")
+    if local_dir is None:
+        atexit.register(shutil.rmtree, scratch, True)  # shuffle and cache files of this session
     builder = (SparkSession.builder.master(master).appName(app_name)
                .config("spark.ui.enabled", "false")
                .config("spark.driver.memory", driver_memory)
