@@ -18,7 +18,8 @@ from tandem.index_builder.splits import make_split
 from tandem.retrieval.item_cf import ItemCF, ItemCFConfig
 from tandem.retrieval.popularity import Popularity, PopularityConfig
 
-pytestmark = pytest.mark.skipif(spark_problem() is not None, reason=str(spark_problem()))
+_PROBLEM = spark_problem()  # None when pyspark and Java are there
+pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=str(_PROBLEM))
 
 # k-core on, so every cleaning rule runs
 CONFIG = CleaningConfig(min_user_events=3, min_item_events=2)
