@@ -21,7 +21,8 @@ from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = [
     "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta",
-    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer"]
+    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer", "ItemScorer",
+    "rank_items"]
 
 
 @dataclass(frozen=True)
@@ -251,6 +252,40 @@ class CatalogScorer(Protocol):
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items): every item's score for each request (history not excluded)."""
         ...
+
+
+@runtime_checkable
+class ItemScorer(Protocol):
+    """A source that scores items a caller names, without retrieving (Search's
+    ``candidate_item_ids``: the caller's candidates get the per-source features retrieval would
+    have given them)."""
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For ``items`` int64 (m,) catalog indices: float32 (m,) the score :meth:`retrieve` gives
+        each, NaN where retrieve would never return it (the request's history or item, no
+        matching term, no answer for this request); and int32 (m,) the 1-based rank each would
+        have in retrieve's list were ``k`` unlimited (0 where the score is NaN)."""
+        ...
+
+
+def rank_items(scores: np.ndarray, items: np.ndarray, exclude: IdSet | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """:meth:`ItemScorer.score_items` from a dense score vector float (n,) over the whole catalog
+    (non-finite = never returned; ``exclude`` never returned either): ``items``' scores (NaN
+    where not returned) and ranks (1 + how many returnable items score strictly higher; 0 where
+    not returned). One sort of the catalog's scores, O(n log n)."""
+    scores = np.asarray(scores, dtype=np.float32)
+    items = np.asarray(items, dtype=np.int64)
+    ok = np.isfinite(scores)
+    if exclude is not None and exclude.size:
+        ok &= ~exclude.table[: scores.shape[0]]
+    valid = np.sort(scores[ok])
+    got = np.full(items.shape[0], np.nan, dtype=np.float32)
+    ranks = np.zeros(items.shape[0], dtype=np.int32)
+    inside = (items >= 0) & (items < scores.shape[0])
+    inside[inside] = ok[items[inside]]
+    got[inside] = scores[items[inside]]
+    ranks[inside] = valid.shape[0] - np.searchsorted(valid, got[inside], side="right") + 1
+    return got, ranks
 
 
 def read_source_meta(meta_path: Path, owner: str, format_version: int, catalog: Catalog) -> dict:

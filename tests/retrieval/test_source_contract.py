@@ -19,6 +19,7 @@ from tandem.retrieval.base import (
     CandidateSource,
     CatalogScorer,
     HistoryMemo,
+    ItemScorer,
     ItemSimilarity,
     ItemVectors,
     QueryEncoder,
@@ -48,7 +49,7 @@ SOURCES: list[tuple[str, str, Any] | Any] = [
 ]
 
 _IDS = [s.values[0] if hasattr(s, "values") else s[0] for s in SOURCES]
-CAPABILITIES = (ItemVectors, UserEncoder, QueryEncoder, ItemSimilarity, HistoryMemo, CatalogScorer)
+CAPABILITIES = (ItemVectors, UserEncoder, QueryEncoder, ItemSimilarity, HistoryMemo, CatalogScorer, ItemScorer)
 
 
 def _fit(name: str, config: Any, catalog: Catalog, interactions: Interactions) -> CandidateSource:
@@ -259,6 +260,32 @@ def test_batch_equals_single(data, label, name, config):
         np.testing.assert_array_equal(got.items, want.items)
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
     assert checked == len({UserEncoder, CatalogScorer} & set(REGISTRY[name].capabilities))
+
+
+@pytest.mark.parametrize(("label", "name", "config"), SOURCES, ids=_IDS)
+def test_item_scores_are_what_retrieve_would_give(data, label, name, config):
+    """An ItemScorer's scores and ranks for named items, checked against retrieving the whole
+    catalog: a returned item has its retrieved score and 1 + the number of returned items
+    scoring higher; an item retrieve never returns has NaN and rank 0."""
+    catalog, inter = data
+    source = _fit(name, config, catalog, inter)
+    if not isinstance(source, ItemScorer):
+        pytest.skip(f"{label} scores no named items")
+    everything = np.arange(N_ITEMS, dtype=np.int64)
+    for req in _requests():
+        scores, ranks = source.score_items(req, everything[::-1])
+        scores, ranks = scores[::-1], ranks[::-1]
+        assert scores.dtype == np.float32 and ranks.dtype == np.int32 and scores.shape == ranks.shape == (N_ITEMS,)
+        full = source.retrieve(req, N_ITEMS)
+        returned = np.zeros(N_ITEMS, dtype=bool)
+        returned[full.items] = True
+        np.testing.assert_array_equal(np.isfinite(scores), returned, err_msg=f"{label}: {req}")
+        np.testing.assert_array_equal(ranks == 0, ~returned)
+        np.testing.assert_allclose(scores[full.items], full.scores, rtol=1e-5, atol=1e-6)
+        higher = (full.scores[None, :] > scores[full.items][:, None] + 1e-6).sum(axis=1)
+        np.testing.assert_array_equal(ranks[full.items], higher + 1)
+        few = np.array([3, 0, 3], dtype=np.int64)  # any order, repeats allowed
+        np.testing.assert_array_equal(source.score_items(req, few)[1], ranks[few])
 
 
 # -- planted signal ------------------------------------------------------------------------------
