@@ -86,7 +86,9 @@ class Candidates:
 
     @classmethod
     def top_k(cls, scores: np.ndarray, k: int, source: str, exclude: np.ndarray | None = None) -> Candidates:
-        """Best ``k`` of a dense score vector over the whole catalog (float, shape (n_items,)).
+        """Best ``k`` of a dense score vector over the whole catalog (float, shape (n_items,)),
+        ties to the lower item index (as :func:`rank_items` ranks them, so that a caller's
+        candidates get the ranks retrieval gives).
 
         ``exclude`` item indices are never returned; -inf scores are never returned.
         """
@@ -97,7 +99,11 @@ class Candidates:
         if k <= 0:
             return cls.empty(source)
         part = np.argpartition(-scores, k - 1)[:k]
-        part = part[np.argsort(-scores[part], kind="stable")]
+        kth = scores[part].min()
+        # which of the items tied at the k-th score make it: the lowest indices, not argpartition's pick
+        above = np.flatnonzero(scores > kth)
+        part = np.concatenate([above, np.flatnonzero(scores == kth)[: k - above.shape[0]]])
+        part = part[np.lexsort((part, -scores[part]))]
         part = part[np.isfinite(scores[part])]
         return cls(part.astype(np.int64), scores[part], source)
 
@@ -271,20 +277,23 @@ class ItemScorer(Protocol):
 def rank_items(scores: np.ndarray, items: np.ndarray, exclude: IdSet | None = None) -> tuple[np.ndarray, np.ndarray]:
     """:meth:`ItemScorer.score_items` from a dense score vector float (n,) over the whole catalog
     (non-finite = never returned; ``exclude`` never returned either): ``items``' scores (NaN
-    where not returned) and ranks (1 + how many returnable items score strictly higher; 0 where
-    not returned). One sort of the catalog's scores, O(n log n)."""
+    where not returned) and their 1-based ranks among the returnable items, best score first,
+    ties to the lower item index (0 where not returned). One stable sort of the catalog's
+    scores, O(n log n)."""
     scores = np.asarray(scores, dtype=np.float32)
     items = np.asarray(items, dtype=np.int64)
+    n = scores.shape[0]
     ok = np.isfinite(scores)
     if exclude is not None and exclude.size:
-        ok &= ~exclude.table[: scores.shape[0]]
-    valid = np.sort(scores[ok])
-    got = np.full(items.shape[0], np.nan, dtype=np.float32)
+        ok &= ~exclude.table[:n]
+    valid = np.flatnonzero(ok)
+    position = np.zeros(n, dtype=np.int32)  # 1-based rank, 0 = not returned
+    position[valid[np.argsort(-scores[valid], kind="stable")]] = np.arange(1, valid.shape[0] + 1, dtype=np.int32)
+    inside = (items >= 0) & (items < n)
     ranks = np.zeros(items.shape[0], dtype=np.int32)
-    inside = (items >= 0) & (items < scores.shape[0])
-    inside[inside] = ok[items[inside]]
-    got[inside] = scores[items[inside]]
-    ranks[inside] = valid.shape[0] - np.searchsorted(valid, got[inside], side="right") + 1
+    ranks[inside] = position[items[inside]]
+    got = np.full(items.shape[0], np.nan, dtype=np.float32)
+    got[ranks > 0] = scores[items[ranks > 0]]
     return got, ranks
 
 
