@@ -59,8 +59,8 @@ class Retriever:
         finds none of them), and the ranks
         and scores are fused as retrieval's lists are (RRF over those ranks, or the weighted
         method over the scores of the candidates a source found). Every candidate is kept, found
-        or not. Returns the list, best fused score first (ties: the caller's order), and int32
-        (m,) each item's 1-based position in the caller's list, in that order. ``stats`` gets
+        or not. Returns the list, best fused score first (ties: the order of ``items``), and int64
+        (m,) the positions into ``items`` of its entries. ``stats`` gets
         ``<source>_seconds`` and ``<source>_candidates`` (how many of the items it scored)."""
         names = self.available(kind)
         items = np.asarray(items, dtype=np.int64)
@@ -84,8 +84,7 @@ class Retriever:
             elif found.any():
                 fused[found] += w * _normalised(scores[s][found])
         order = np.argsort(-fused, kind="stable")
-        given = (order + 1).astype(np.int32)
-        return Fused(items[order], fused[order].astype(np.float32), ranks[:, order], scores[:, order], names), given
+        return Fused(items[order], fused[order].astype(np.float32), ranks[:, order], scores[:, order], names), order
 
 
 def _normalised(scores: np.ndarray) -> np.ndarray:
