@@ -21,8 +21,7 @@ from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = [
     "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta",
-    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer", "ItemScorer",
-    "rank_items"]
+    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer", "ItemScorer"]
 
 
 @dataclass(frozen=True)
@@ -87,8 +86,8 @@ class Candidates:
     @classmethod
     def top_k(cls, scores: np.ndarray, k: int, source: str, exclude: np.ndarray | None = None) -> Candidates:
         """Best ``k`` of a dense score vector over the whole catalog (float, shape (n_items,)),
-        ties to the lower item index (as :func:`rank_items` ranks them, so that a caller's
-        candidates get the ranks retrieval gives).
+        ties to the lower item index (as :func:`tandem.retrieval.item_ranks.rank_items` ranks
+        them, so that a caller's candidates get the ranks retrieval gives).
 
         ``exclude`` item indices are never returned; -inf scores are never returned.
         """
@@ -272,29 +271,6 @@ class ItemScorer(Protocol):
         matching term, no answer for this request); and int32 (m,) the 1-based rank each would
         have in retrieve's list were ``k`` unlimited (0 where the score is NaN)."""
         ...
-
-
-def rank_items(scores: np.ndarray, items: np.ndarray, exclude: IdSet | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """:meth:`ItemScorer.score_items` from a dense score vector float (n,) over the whole catalog
-    (non-finite = never returned; ``exclude`` never returned either): ``items``' scores (NaN
-    where not returned) and their 1-based ranks among the returnable items, best score first,
-    ties to the lower item index (0 where not returned). One stable sort of the catalog's
-    scores, O(n log n)."""
-    scores = np.asarray(scores, dtype=np.float32)
-    items = np.asarray(items, dtype=np.int64)
-    n = scores.shape[0]
-    ok = np.isfinite(scores)
-    if exclude is not None and exclude.size:
-        ok &= ~exclude.table[:n]
-    valid = np.flatnonzero(ok)
-    position = np.zeros(n, dtype=np.int32)  # 1-based rank, 0 = not returned
-    position[valid[np.argsort(-scores[valid], kind="stable")]] = np.arange(1, valid.shape[0] + 1, dtype=np.int32)
-    inside = (items >= 0) & (items < n)
-    ranks = np.zeros(items.shape[0], dtype=np.int32)
-    ranks[inside] = position[items[inside]]
-    got = np.full(items.shape[0], np.nan, dtype=np.float32)
-    got[ranks > 0] = scores[items[ranks > 0]]
-    return got, ranks
 
 
 def read_source_meta(meta_path: Path, owner: str, format_version: int, catalog: Catalog) -> dict:

@@ -40,10 +40,10 @@ from tandem.retrieval.base import (
     IdSet,
     RetrievalRequest,
     ScratchTables,
-    rank_items,
     read_source_meta,
 )
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["CF_SIMILARITIES", "ItemCFConfig", "ItemCF", "UserCFConfig", "UserCF"]
 

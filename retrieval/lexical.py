@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, rank_items, read_source_meta
+from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["LEXICAL_STEMMERS", "LexicalConfig", "Lexical", "plural_stem"]
 

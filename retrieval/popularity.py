@@ -17,8 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tandem.retrieval.base import Candidates, RetrievalRequest, rank_items, read_source_meta
+from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["PopularityConfig", "Popularity"]
 

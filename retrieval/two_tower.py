@@ -26,8 +26,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tandem.retrieval.ann import AnnConfig
-from tandem.retrieval.base import Candidates, RetrievalRequest, rank_items, read_source_meta
+from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 from tandem.retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from tandem.retrieval.text_tower import _build_index, _load_index
 from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training

@@ -26,10 +26,10 @@ from tandem.retrieval.base import (
     QueryEncoder,
     RetrievalRequest,
     UserEncoder,
-    rank_items,
 )
 from tandem.retrieval.data import Catalog, Interactions, Item
 from tandem.retrieval.item_cf import ItemCFConfig
+from tandem.retrieval.item_ranks import rank_items
 from tandem.retrieval.popularity import PopularityConfig
 from tandem.retrieval.registry import SOURCES as REGISTRY
 from tandem.retrieval.registry import FitContext
