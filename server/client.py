@@ -11,7 +11,7 @@ Quick start::
         for item in hits.items:
             print(item.item_id, item.score, item.title)
         # re-rank items you already have (at most 1,000): only they come back, in Tandem's order
-        mine = tandem.search("wireless earbuds", k=3, candidate_item_ids=["i0004629", "i0000815", "i0012001"])
+        mine = tandem.search("wireless earbuds", k=3, candidate_item_ids=["i0000034", "i0000160", "i0000430"])
         print(mine.item_ids, mine.unknown_candidates)   # ids the bundle does not know are skipped and counted
         tandem.record(Event("u0000007", "i0004629", event="click", event_id="3f0c9b2e-click-1"))
         try:
