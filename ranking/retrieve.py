@@ -10,12 +10,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from tandem.ranking.pipeline_config import PipelineConfig
-from tandem.retrieval.base import (
-    Candidates,
-    CandidateSource,
-    ItemScorer,
-    RetrievalRequest,
-)
+from tandem.retrieval.base import Candidates, CandidateSource, ItemScorer, RetrievalRequest
 from tandem.retrieval.fusion import Fused, fuse
 from tandem.retrieval.registry import SOURCES
 
@@ -56,12 +51,12 @@ class Retriever:
         """The caller's candidates ``items`` int64 (m,) (unique catalog indices, caller's order) as
         a fused list, with no retrieval: each available source gives its own score and the rank
         its retrieval would give each item (an :class:`ItemScorer`; a source that is not one
-        finds none of them), and the ranks
-        and scores are fused as retrieval's lists are (RRF over those ranks, or the weighted
-        method over the scores of the candidates a source found). Every candidate is kept, found
-        or not. Returns the list, best fused score first (ties: the order of ``items``), and int64
-        (m,) the positions into ``items`` of its entries. ``stats`` gets
-        ``<source>_seconds`` and ``<source>_candidates`` (how many of the items it scored)."""
+        finds none of them), and these are fused as retrieval's lists are (RRF over those ranks,
+        or the weighted method over the scores of the candidates a source found). Every
+        candidate is kept, found or not. Returns the list, best fused score first (ties: the
+        order of ``items``), and int64 (m,) the positions into ``items`` of its entries.
+        ``stats`` gets ``<source>_seconds`` and ``<source>_candidates`` (how many of the items
+        the source would retrieve)."""
         names = self.available(kind)
         items = np.asarray(items, dtype=np.int64)
         m = items.shape[0]
