@@ -2,7 +2,9 @@
 
 Four steps, one module each: retrieve (several sources, fused; :mod:`tandem.ranking.retrieve`) ->
 featurize (:mod:`tandem.ranking.featurize`) -> rerank (neural ranker; :mod:`tandem.ranking.rerank`) ->
-respond (business filters and diversity, explanations; :mod:`tandem.ranking.respond`). The server
+respond (business filters and diversity, explanations; :mod:`tandem.ranking.respond`). A search
+that names its candidates (``candidate_item_ids``) skips retrieval: step 1 scores those items in
+every source instead, and steps 2-4 run as usual on them (no popularity backfill). The server
 calls one :class:`Pipeline`; the evaluator calls the very same object through
 :meth:`Pipeline.rank_requests`, so reported numbers come from the code that serves.
 """
@@ -145,9 +147,34 @@ class Pipeline:
 
     def search(self, request: SearchRequest) -> Response:
         req, empty = self.user_request(request.user_id, query=request.query)
-        ranked = self.rank(req, "search")
         cold = request.user_id is not None and empty
+        if request.candidate_item_ids:
+            return self._search_candidates(request, req, cold)
+        ranked = self.rank(req, "search")
         return self._respond(ranked, request.filters, request.k, request.explain, None, cold, "search")
+
+    def _search_candidates(self, request: SearchRequest, req: RetrievalRequest, cold: bool) -> Response:
+        """Search re-ranking the caller's candidates: the known ones (a repeated id counts
+        once), scored by every search source, featurized and re-ranked as retrieved candidates
+        are; filters and the user's history apply, nothing else is ever added."""
+        first: dict[int, int] = {}  # catalog index -> 1-based position in the caller's list
+        unknown = 0
+        for pos, item_id in enumerate(request.candidate_item_ids, 1):
+            i = self.catalog.index.get(item_id)
+            if i is None:
+                unknown += 1
+            else:
+                first.setdefault(i, pos)
+        items = np.fromiter(first, dtype=np.int64, count=len(first))
+        stats = self.stats
+        stats.clear()
+        fused, order = self.retriever.score_candidates(req, "search", items, stats)
+        given = np.fromiter(first.values(), dtype=np.int32, count=len(first))[order]
+        ranker = self.rankers.get("search")
+        ranked = replace(rerank(req, "search", fused, ranker, self.featurizer, stats), given=given)
+        response = self.responder.respond(ranked, request.filters, request.k, request.explain,
+                                          req.excluded(self.n_items), cold, ranker, self.version, backfill=False)
+        return replace(response, unknown_candidates=unknown)
 
     def similar_items(self, request: SimilarRequest) -> Response:
         i = self.catalog.index.get(request.item_id)

@@ -21,6 +21,7 @@ from tandem.retrieval.base import (
     CandidateSource,
     CatalogScorer,
     HistoryMemo,
+    ItemScorer,
     ItemSimilarity,
     ItemVectors,
     QueryEncoder,
@@ -107,16 +108,19 @@ def _fit_two_tower(config: TwoTowerConfig, ctx: FitContext) -> TwoTower:
 #: Every source, in the order the build fits them.
 SOURCES: dict[str, SourceEntry] = {e.name: e for e in (
     SourceEntry("popularity", Popularity, PopularityConfig, "popularity",
-                lambda c, ctx: Popularity(c).fit(ctx.catalog, ctx.train), capabilities=(CatalogScorer,), always=True),
+                lambda c, ctx: Popularity(c).fit(ctx.catalog, ctx.train), capabilities=(CatalogScorer, ItemScorer),
+                always=True),
     SourceEntry("item_cf", ItemCF, ItemCFConfig, "item_cf",
-                lambda c, ctx: ItemCF(c).fit(ctx.catalog, ctx.train), capabilities=(ItemSimilarity, CatalogScorer)),
+                lambda c, ctx: ItemCF(c).fit(ctx.catalog, ctx.train),
+                capabilities=(ItemSimilarity, CatalogScorer, ItemScorer)),
     SourceEntry("user_cf", UserCF, UserCFConfig, "user_cf", lambda c, ctx: UserCF(c).fit(ctx.catalog, ctx.train),
-                capabilities=(CatalogScorer,)),
-    SourceEntry("lexical", Lexical, LexicalConfig, "lexical", lambda c, ctx: Lexical(c).fit(ctx.catalog, ctx.train)),
+                capabilities=(CatalogScorer, ItemScorer)),
+    SourceEntry("lexical", Lexical, LexicalConfig, "lexical", lambda c, ctx: Lexical(c).fit(ctx.catalog, ctx.train),
+                capabilities=(ItemScorer,)),
     SourceEntry("text", TextSource, TextEncoderConfig, "text", _fit_text,
-                capabilities=(ItemVectors, QueryEncoder, HistoryMemo), stage="text_index"),
+                capabilities=(ItemVectors, QueryEncoder, HistoryMemo, ItemScorer), stage="text_index"),
     SourceEntry("two_tower", TwoTower, TwoTowerConfig, "two_tower", _fit_two_tower,
-                capabilities=(ItemVectors, UserEncoder, CatalogScorer)),
+                capabilities=(ItemVectors, UserEncoder, CatalogScorer, ItemScorer)),
 )}
 
 

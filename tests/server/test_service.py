@@ -62,6 +62,21 @@ def test_search_with_explanation_and_request_id(stubs, served):
     assert not plain.items[0].HasField("explanation")
 
 
+def test_search_reranks_the_callers_candidates(stubs):
+    t, _ = stubs
+    given = ["i02", "i00", "ghost", "i09", "i08", "i04", "nobody"]
+    r = t.Search(pb.SearchRequest(query="item red", k=10, explain=True, candidate_item_ids=given,
+                                  filters=pb.Filters(in_stock_only=True)))
+    # both words first (the red ones), then the caller's order; i04 and i09 are out of stock; two unknown
+    assert ids(r) == ["i00", "i08", "i02"] and r.unknown_candidates == 2
+    assert [it.score for it in r.items] == [1.0, 1.0, 0.5] and r.items[0].explanation.sources
+    top = t.Search(pb.SearchRequest(query="item red", k=2, candidate_item_ids=given))
+    assert ids(top) == ["i00", "i08"] and top.unknown_candidates == 2
+    assert t.Search(pb.SearchRequest(query="red", k=3)).unknown_candidates == 0
+    assert t.Search(pb.SearchRequest(query="red", k=3, candidate_item_ids=[f"x{n}" for n in range(1000)])) \
+        == pb.ItemsResponse(bundle_version=r.bundle_version, unknown_candidates=1000)
+
+
 def test_recommend_filters_and_cold_start(stubs):
     t, _ = stubs
     assert ids(t.Recommend(pb.RecommendRequest(user_id="alice", k=3))) == ["i04", "i05", "i06"]
@@ -209,6 +224,16 @@ BAD = [
      "events[0].event_id must be at most 256 characters"),
     ("long event id", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i" * 257)]),
                                                metadata=AUTH), "events[0].item_id must be at most 256 characters"),
+    ("1001 candidates", lambda t: t.Search(pb.SearchRequest(query="red", k=5,
+                                                             candidate_item_ids=[f"c{n}" for n in range(1001)])),
+     "candidate_item_ids must have at most 1000 ids, got 1001"),
+    ("repeated candidate", lambda t: t.Search(pb.SearchRequest(query="red", k=5,
+                                                                candidate_item_ids=["i00", "i04", "i00"])),
+     "candidate_item_ids[2] must not repeat candidate_item_ids[0] ('i00')"),
+    ("empty candidate", lambda t: t.Search(pb.SearchRequest(query="red", k=5, candidate_item_ids=["i00", ""])),
+     "candidate_item_ids[1] must not be empty"),
+    ("long candidate", lambda t: t.Search(pb.SearchRequest(query="red", k=5, candidate_item_ids=["i" * 257])),
+     "candidate_item_ids[0] must be at most 256 characters, got 257"),
 ]
 
 
