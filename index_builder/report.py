@@ -129,7 +129,10 @@ def _quality(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None, 
         p = evaluation.get("protocol", {})
         parts.append(f'<p class="source">from {_e(eval_path)}: split {_e(p.get("name", "?"))}, '
                      f'{_e((p.get("counts") or {}).get("test_users", "?"))} test users</p>')
-        if evaluation.get("bundle") not in (None, folder.name):
+        if "bundle" not in evaluation:
+            parts.append(_note("this evaluation is of stages fitted on the data alone (<code>tandem eval</code> "
+                               f"without <code>--bundle</code>), not of the models of bundle {_e(folder.name)}"))
+        elif evaluation["bundle"] != folder.name:
             parts.append(_note(f"this evaluation is of bundle {_e(evaluation['bundle'])}, not of "
                                f"{_e(folder.name)}, the bundle described by the rest of this page"))
         search = evaluation.get("search")

@@ -216,6 +216,7 @@ def test_report_page_renders_in_headless_chromium(tiny_bundles, tiny_shop, tmp_p
     page = check_page(out, {"quality", "overlap", "coverage", "training", "latency"})
     assert "two-tower (fit with validation)" in page and "recommend ranker" in page  # training curves found
     assert "purchases in" in page  # --data: popularity against the shop's purchases
+    assert "stages fitted on the data alone" in page  # `tandem eval` without --bundle, and the page says so
     assert "Recommend" in page and "Search" in page
     if chromium() is None:
         pytest.skip("chromium is not installed (Debian package `chromium`; `make test` installs it): "
@@ -234,6 +235,13 @@ def test_report_without_optional_inputs_says_how_to_get_them(tiny_bundles, tmp_p
     assert "built with split none" in page and "tandem eval --bundle B --data D --json eval.json" in page
     assert "benchmarks/serve_latency.py" in page
     assert "items in the sampled users&#x27; histories" in page
+    # an evaluation of another bundle is shown, under a warning naming both
+    other = tmp_path / "other-eval.json"
+    other.write_text(json.dumps({"bundle": "20200101T000000Z-abcd", "metrics": {"final": {"recall@10": 0.5}}}))
+    assert main(["report", "--bundle", str(tiny_bundles), "--eval", str(other), "--users", "5",
+                 "--out", str(tmp_path / "warned")]) == 0
+    page = check_page(tmp_path / "warned", {"quality", "overlap", "coverage", "training"})
+    assert "this evaluation is of bundle 20200101T000000Z-abcd, not of" in page
 
 
 @pytest.mark.slow
