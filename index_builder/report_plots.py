@@ -41,6 +41,8 @@ def _ks_of(metrics: Mapping[str, float], prefix: str) -> list[int]:
 
 def metric_curves(metrics: Mapping[str, Mapping[str, float]]) -> bytes:
     """Recall@K and NDCG@K against K (log axis), one line per stage (``{stage: {"recall@10": ...}}``)."""
+    from matplotlib.ticker import NullFormatter
+
     fig = _figure(11, 4.2)
     axes = fig.subplots(1, 2)
     for ax, prefix, label in ((axes[0], "recall", "Recall@K"), (axes[1], "ndcg", "NDCG@K")):
@@ -51,6 +53,10 @@ def metric_curves(metrics: Mapping[str, Mapping[str, float]]) -> bytes:
             style = {"linewidth": 2.6} if stage in ("final", "fused") else {"linewidth": 1.4, "linestyle": "--"}
             ax.plot(ks, [m[f"{prefix}@{k}"] for k in ks], marker="o", label=stage, **style)
         ax.set_xscale("log")
+        shown = sorted({k for m in metrics.values() for k in _ks_of(m, prefix)})
+        if shown:  # the measured K as plain numbers, not 10^x ticks
+            ax.set_xticks(shown, [str(k) for k in shown])
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_xlabel("K (list length)")
         ax.set_ylabel(label)
         ax.set_title(label + " by stage")
