@@ -216,8 +216,8 @@ def _cleaning(manifest: Mapping[str, Any]) -> str:
     return out
 
 
-def _training(manifest: Mapping[str, Any], folder: Path, figs: _Figures) -> str:
-    curves = training_curves(manifest, folder)
+def _training(manifest: Mapping[str, Any], pipeline: Any, figs: _Figures) -> str:
+    curves = training_curves(manifest, pipeline)
     if not curves:
         return _note("no model of this bundle recorded per-epoch training")
     rows = []
@@ -296,7 +296,7 @@ def write_report(bundle: Path, out: Path, *, eval_path: Path | None = None, data
         "overlap": _overlap(stats, figs),
         "coverage": _coverage(stats, figs),
         "cleaning": _cleaning(manifest),
-        "training": _training(manifest, folder, figs),
+        "training": _training(manifest, pipeline, figs),
         "latency": _latency(latency, latency_path, figs),
     }
     d = manifest.get("data") or {}

@@ -1,6 +1,6 @@
 """The inputs of ``tandem report``, read and checked: the evaluation JSON of ``tandem eval``, the
 latency JSON of ``benchmarks/serve_latency.py --json`` (whose format is defined here, by
-:func:`latency_record`), and the training curves a bundle records.
+:func:`latency_record`), and the training curves a bundle records (manifest and loaded models).
 
 Every reader raises :class:`ValueError` (or :class:`FileNotFoundError`) with one line naming the
 file and what is wrong in it, which the CLI prints and exits 2 on.
@@ -93,11 +93,11 @@ def read_latency(path: Path) -> dict[str, Any]:
     return dict(report)
 
 
-def training_curves(manifest: Mapping[str, Any], folder: Path) -> list[dict[str, Any]]:
+def training_curves(manifest: Mapping[str, Any], pipeline: Any) -> list[dict[str, Any]]:
     """Per trained model, the per-epoch training loss and validation metrics the bundle recorded:
-    the two-tower's first fit from the manifest (``models.two_tower.history``; the served copy
-    of a split-none build is a refit without validation, whose losses its own JSON keeps), and
-    each ranker's ``history`` from ``rankers/<kind>/ranker.json``."""
+    the two-tower's first fit from the manifest (``models.two_tower.history``), the served
+    two-tower's own log when it differs (the refit of a split-none build trains without
+    validation), and each ranker's ``history`` (``pipeline``: the loaded bundle)."""
     curves: list[dict[str, Any]] = []
     tt = (manifest.get("models") or {}).get("two_tower") or {}
     k = ((manifest.get("config") or {}).get("two_tower") or {}).get("eval_k", 10)
@@ -109,22 +109,15 @@ def training_curves(manifest: Mapping[str, Any], folder: Path) -> list[dict[str,
                        "valid": {f"recall@{k}": [(e[0], e[1]) for e in valid],
                                  f"ndcg@{k}": [(e[0], e[2]) for e in valid]},
                        "best_epoch": tt.get("best_epoch"), "best_label": "kept epoch"})
-    meta_path = folder / "sources" / "two_tower" / "two_tower.json"
-    if meta_path.is_file():
-        training = (json.loads(meta_path.read_text()) or {}).get("training")
-        if training and (not hist or not training.get("evals")):
-            evals = [tuple(e) for e in training.get("evals", [])]
-            curves.append({"title": "two-tower (served model" + (", refit on every event)" if hist else ")"),
-                           "loss": list(enumerate(training.get("losses", []), start=1)),
-                           "valid": {f"recall@{k}": [(e[0], e[1]) for e in evals],
-                                     f"ndcg@{k}": [(e[0], e[2]) for e in evals]},
-                           "best_epoch": training.get("best_epoch") if evals else None,
-                           "best_label": "kept epoch"})
-    for kind in manifest.get("rankers", []):
-        path = folder / "rankers" / kind / "ranker.json"
-        if not path.is_file():
-            continue
-        history = json.loads(path.read_text()).get("history") or []
+    served = getattr(pipeline.sources.get("two_tower"), "log", None)
+    if served is not None and (not hist or not served.evals):
+        curves.append({"title": "two-tower (served model" + (", refit on every event)" if hist else ")"),
+                       "loss": list(enumerate(served.losses, start=1)),
+                       "valid": {f"recall@{k}": [(e[0], e[1]) for e in served.evals],
+                                 f"ndcg@{k}": [(e[0], e[2]) for e in served.evals]},
+                       "best_epoch": served.best_epoch if served.evals else None, "best_label": "kept epoch"})
+    for kind, ranker in sorted(pipeline.rankers.items()):
+        history = list(getattr(ranker, "history", None) or [])
         if not history:
             continue
         valid_key = next((key for key in history[0] if key.startswith("valid_")), None)
