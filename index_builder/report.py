@@ -232,7 +232,7 @@ def _training(manifest: Mapping[str, Any], pipeline: Any, figs: _Figures) -> str
             + _table(["model", "epochs", "last training loss", "validation metric", "best"], rows))
 
 
-def _latency(latency: Mapping[str, Any] | None, latency_path: Path | None, figs: _Figures) -> str:
+def _latency(latency: Mapping[str, Any] | None, latency_path: Path | None, folder: Path, figs: _Figures) -> str:
     if latency is None:
         return _note("no latency measurement given: run <code>python benchmarks/serve_latency.py --bundles B "
                      "--data D --json latency.json</code> and pass <code>--latency latency.json</code>")
@@ -245,7 +245,10 @@ def _latency(latency: Mapping[str, Any] | None, latency_path: Path | None, figs:
              r.get("n", "-"), r.get("errors", "-")] for r in results]
     where = ", ".join(f"{k} {_e(latency[k])}" for k in ("bundle", "items", "users", "cores", "seconds")
                       if k in latency)
-    return (f'<p class="source">from {_e(latency_path)}{": " + where if where else ""}</p>'
+    warning = (_note(f"this measurement is of bundle {_e(latency['bundle'])}, not of {_e(folder.name)}, "
+                     "the bundle described by the rest of this page")
+               if latency.get("bundle") not in (None, folder.name) else "")
+    return (f'<p class="source">from {_e(latency_path)}{": " + where if where else ""}</p>' + warning
             + figs.img("latency", plots.latency_figure(results), "latency histograms")
             + _table(["RPC", "concurrency", "p50 ms", "p95 ms", "p99 ms", "req/s", "requests", "errors"], rows))
 
@@ -297,7 +300,7 @@ def write_report(bundle: Path, out: Path, *, eval_path: Path | None = None, data
         "coverage": _coverage(stats, figs),
         "cleaning": _cleaning(manifest),
         "training": _training(manifest, pipeline, figs),
-        "latency": _latency(latency, latency_path, figs),
+        "latency": _latency(latency, latency_path, folder, figs),
     }
     d = manifest.get("data") or {}
     head = (f"<h1>Tandem bundle {_e(folder.name)}</h1>"

@@ -236,12 +236,19 @@ def test_report_without_optional_inputs_says_how_to_get_them(tiny_bundles, tmp_p
     assert "benchmarks/serve_latency.py" in page
     assert "items in the sampled users&#x27; histories" in page
     # an evaluation of another bundle is shown, under a warning naming both
+    # and so is a latency measurement of another bundle
     other = tmp_path / "other-eval.json"
     other.write_text(json.dumps({"bundle": "20200101T000000Z-abcd", "metrics": {"final": {"recall@10": 0.5}}}))
-    assert main(["report", "--bundle", str(tiny_bundles), "--eval", str(other), "--users", "5",
-                 "--out", str(tmp_path / "warned")]) == 0
-    page = check_page(tmp_path / "warned", {"quality", "overlap", "coverage", "training"})
+    latency = tmp_path / "latency.json"
+    _measured_latency(tiny_bundles, latency)
+    assert "not of" not in check_page(out, {"overlap", "coverage", "training"})
+    measured = json.loads(latency.read_text())
+    latency.write_text(json.dumps({**measured, "bundle": "20200202T000000Z-ef01"}))
+    assert main(["report", "--bundle", str(tiny_bundles), "--eval", str(other), "--latency", str(latency),
+                 "--users", "5", "--out", str(tmp_path / "warned")]) == 0
+    page = check_page(tmp_path / "warned", {"quality", "overlap", "coverage", "training", "latency"})
     assert "this evaluation is of bundle 20200101T000000Z-abcd, not of" in page
+    assert "this measurement is of bundle 20200202T000000Z-ef01, not of" in page
 
 
 @pytest.mark.slow
