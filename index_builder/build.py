@@ -226,9 +226,13 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     info: dict[str, Any] = {"ranker": ranker_info}
     logs = _training_logs(sources)
     for name, tlog in logs.items():
+        # the whole curve, not just its end: the refit of a split-none build trains without a
+        # validation set, so this first fit is the only record of it (`tandem report` plots it)
         info[name] = {"best_epoch": tlog.best_epoch, "epochs_run": tlog.epochs_run,
                       "seconds": round(tlog.seconds, 1),
-                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]]}
+                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]],
+                      "history": {"loss": [round(float(x), 6) for x in tlog.losses],
+                                  "valid": [list(e) for e in tlog.evals]}}
     if config.split == "none" and config.refit_on_all:
         # every event this time; sources trained in epochs rerun their best epoch count
         context = replace(context, train=interactions, valid=None,

@@ -72,6 +72,7 @@ def broken_bundles(tmp_path):
 @pytest.mark.parametrize("argv", [
     ("eval", "--data", "{data}"),
     ("export", "--what", "items", "--out", "{tmp}/x.npy"),
+    ("report", "--out", "{tmp}/report"),
 ])
 @pytest.mark.parametrize("bundle", ["missing", "broken", "empty"])
 def test_missing_or_broken_bundle_is_one_line_and_exit_2(argv, bundle, broken_bundles, tmp_path, capsys):
