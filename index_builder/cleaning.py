@@ -64,7 +64,7 @@ def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, str
     cols = EventColumns()
     stats = ReadStats()
     if files.events is None:
-        _log.info("data folder %s has no events file: the bundle will be search-only", files.folder)
+        _log.info("data folder %s has no events file: a search-only shop (no behaviour to learn from)", files.folder)
     else:
         cols.extend(read_event_rows(files.events, strict=strict, stats=stats))
         report.read["events"] = stats.to_dict()

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from tandem.ranking.api import (
+    CannotAnswerError,
     Filters,
     RecommendRequest,
     Response,
@@ -46,6 +47,7 @@ from tandem.retrieval.base import (
 )
 from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Item
 from tandem.retrieval.fusion import Fused
+from tandem.retrieval.registry import behavioural
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
 
@@ -137,8 +139,20 @@ class Pipeline:
                                user_id=user_id, now=self._now(hist), memo=memo)
         return req, len(hist) == 0
 
+    @property
+    def search_only(self) -> bool:
+        """True when no source learnt from events (the bundle was built without any): Search and
+        SimilarItems answer from the catalog's text; Recommend needs the user's history."""
+        return not behavioural(self.sources)
+
     def recommend(self, request: RecommendRequest) -> Response:
         req, cold = self.user_request(request.user_id, context=request.context)
+        if self.search_only and (cold or not self.available("recommend")):
+            # an empty list would read as "nothing to recommend"; the truth is "nothing to go on"
+            raise CannotAnswerError(
+                f"bundle {self.version} is search-only (built without events, so it has no popularity, "
+                "item-CF or two-tower source) and cannot recommend to a user without history; send the "
+                "session's events as context, record events for the user, or build with events")
         ranked = self.rank(req, "recommend")
         exclude = req.excluded(self.n_items) if request.exclude_seen else None  # the history
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
@@ -237,6 +251,7 @@ class Pipeline:
 
     def describe(self) -> dict:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),
+                "search_only": self.search_only,
                 "rankers": sorted(self.rankers), "config": self.config.to_dict()}
 
     def __repr__(self) -> str:
