@@ -152,3 +152,15 @@ def test_recommend_refuses_a_user_without_history_and_answers_one_with_history(s
     ctx = t.Recommend(pb.RecommendRequest(user_id="shopper-2", k=5,
                                           context=[pb.Event(user_id="shopper-2", item_id=seen[1], event="view")]))
     assert len(ctx.items) == 5
+
+
+def test_eval_reports_search_only_and_says_why(search_only, tmp_path, capsys):
+    bundles = search_only[0]
+    data = bundles.parent / "shop"
+    report = tmp_path / "eval.json"
+    assert main(["eval", "--bundle", str(bundles), "--data", str(data), "--json", str(report)]) == 0
+    out = json.loads(report.read_text())
+    assert out["metrics"] == {} and {"lexical", "dense", "hybrid"} <= set(out["search"])
+    assert "no recommendation metrics: a search-only bundle" in capsys.readouterr().out
+    assert main(["eval", "--data", str(data)]) == 2  # the popularity baseline needs events
+    assert "has no events (a search-only shop)" in capsys.readouterr().err
