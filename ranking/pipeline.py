@@ -150,9 +150,9 @@ class Pipeline:
         if self.search_only and (cold or not self.available("recommend")):
             # an empty list would read as "nothing to recommend"; the truth is "nothing to go on"
             raise CannotAnswerError(
-                f"bundle {self.version} is search-only (built without events, so it has no popularity, "
-                "item-CF or two-tower source) and cannot recommend to a user without history; send the "
-                "session's events as context, record events for the user, or build with events")
+                f"search-only bundle {self.version} (built without events: no popularity, item-CF or "
+                "two-tower source) cannot recommend to a user without history; send the session's events as "
+                "context, record events for the user, or build with events")
         ranked = self.rank(req, "recommend")
         exclude = req.excluded(self.n_items) if request.exclude_seen else None  # the history
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")

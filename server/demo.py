@@ -375,7 +375,7 @@ def _search_only_calls(tandem: list[str], client: list[str], query: str, graded_
     try:
         run_step("recommend (refused)", rec, timeout=client_wait)
     except StepFailed as exc:
-        if "FAILED_PRECONDITION" not in exc.output:
+        if "FAILED_PRECONDITION: search-only bundle" not in exc.output:
             raise
         print(f"\nrecommend for {user} (no history) is refused, as documented:\n  {exc.output.strip()}")
     else:

@@ -75,6 +75,6 @@ def test_the_search_only_demo_runs_end_to_end(tmp_path):
         assert f"\n== {step}\n$ " in stdout, step
     assert "\n== popularity baseline\n" not in stdout  # it needs events
     assert "source two_tower skipped" in stderr and "skipped popularity, item_cf, two_tower:" in stdout
-    assert "is refused, as documented:\n  FAILED_PRECONDITION: bundle" in stdout
+    assert "is refused, as documented:\n  FAILED_PRECONDITION: search-only bundle" in stdout
     assert "(text similarity to the history):\n  i" in stdout
     assert "demo finished in" in stdout and "Traceback" not in stdout + stderr

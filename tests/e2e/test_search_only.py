@@ -14,6 +14,7 @@ import pytest
 from tandem.server._generated import tandem_pb2 as pb
 from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tandem.server.cli import main
+from tandem.server.client import parse_field
 from tests.conftest import TINY_CONFIG, Server
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -137,6 +138,7 @@ def test_recommend_refuses_a_user_without_history_and_answers_one_with_history(s
         t.Recommend(pb.RecommendRequest(user_id="shopper-1", k=5))
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "search-only" in exc.value.details() and "without history" in exc.value.details()
+    assert parse_field(exc.value.details()) is None  # the client's TandemError names no request field
     with pytest.raises(grpc.RpcError) as exc:  # no user at all
         t.Recommend(pb.RecommendRequest(k=5))
     assert exc.value.code() == grpc.StatusCode.FAILED_PRECONDITION
