@@ -80,6 +80,7 @@ class Pipeline:
         self.built_at = int(built_at)
         self.memos = UserMemos(user_memos)
         self.retriever = Retriever(self.sources, self.config)
+        self._search_only = not behavioural(self.sources)
         self.featurizer = Featurizer(table, self.sources)
         self.responder = Responder(catalog, table, self.config.explain_features)
         self.filter_index = self.responder.filter_index
@@ -143,16 +144,19 @@ class Pipeline:
     def search_only(self) -> bool:
         """True when no source learnt from events (the bundle was built without any): Search and
         SimilarItems answer from the catalog's text; Recommend needs the user's history."""
-        return not behavioural(self.sources)
+        return self._search_only
 
     def recommend(self, request: RecommendRequest) -> Response:
         req, cold = self.user_request(request.user_id, context=request.context)
-        if self.search_only and (cold or not self.available("recommend")):
+        if self._search_only and (cold or not self.available("recommend")):
             # an empty list would read as "nothing to recommend"; the truth is "nothing to go on"
-            raise CannotAnswerError(
-                f"search-only bundle {self.version} (built without events: no popularity, item-CF or "
-                "two-tower source) cannot recommend to a user without history; send the session's events as "
-                "context, record events for the user, or build with events")
+            built = f"search-only bundle {self.version} (built without events: no popularity, item-CF or two-tower source)"
+            if cold:
+                raise CannotAnswerError(
+                    f"{built} cannot recommend to a user without history; send the session's events as "
+                    "context, record events for the user, or build with events")
+            raise CannotAnswerError(f"{built} has none of pipeline.recommend_sources "
+                                    f"({', '.join(self.config.recommend_sources)}); add text to them or build with events")
         ranked = self.rank(req, "recommend")
         exclude = req.excluded(self.n_items) if request.exclude_seen else None  # the history
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
