@@ -128,8 +128,10 @@ def test_serve_answers_search_get_item_and_similar_items(server, tiny_shop):
     # the warm-up before SERVING found an item through Search (a search-only bundle has no cold Recommend)
     log = server.log.name
     server.log.flush()
-    warmed = [line for line in open(log) if "Search, Recommend and SimilarItems warmed" in line]
+    text = open(log).read()
+    warmed = [line for line in text.splitlines() if "Search, Recommend and SimilarItems warmed" in line]
     assert warmed and "(item None)" not in warmed[-1]
+    assert "is search-only (built without events; skipped " in text  # the operator is told at load
 
 
 def test_recommend_refuses_a_user_without_history_and_answers_one_with_history(server, tiny_shop):
