@@ -3,6 +3,7 @@
 # about 2 minutes and 2.0 GB on a 2-core machine).
 # torch is pinned in the same pip command so that pip takes the CPU wheel (see docs/operations.md).
 # `make demo DEMO_ARGS="--items 3000 --users 2000"` passes flags to `python -m tandem.server.demo`.
+# `make demo DEMO_ARGS=--search-only` runs it on a shop without events (items and graded queries only).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin

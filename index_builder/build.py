@@ -107,15 +107,24 @@ def default_sources(config: BuildConfig, kinds: Iterable[str] = KINDS) -> tuple[
 
 
 def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] | None = None,
-                timer: _Timer | None = None, suffix: str = "") -> dict[str, CandidateSource]:
+                timer: _Timer | None = None, suffix: str = "",
+                skipped: dict[str, str] | None = None) -> dict[str, CandidateSource]:
     """Fit the sources ``names`` (default: every source the pipeline config names and those
     every bundle has) in registry order, each with its ``config`` section, through its registry
-    entry."""
+    entry. A source that cannot be fitted from ``context`` (one that learns from events, on a
+    shop without any) is left out with one log line; ``skipped``, if given, gets its name and
+    the reason."""
     timer = timer or _Timer(config.threads)
     wanted = set(default_sources(config) if names is None else names)
     sources: dict[str, CandidateSource] = {}
     for name, entry in SOURCES.items():
         if name in wanted:
+            reason = entry.cannot_fit(context)
+            if reason is not None:
+                log.info("source %s skipped: %s", name, reason)
+                if skipped is not None:
+                    skipped[name] = reason
+                continue
             with timer.stage((entry.stage or name) + suffix):
                 sources[name] = entry.fit(context, getattr(config, entry.config_field))
     return sources
@@ -210,7 +219,11 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     with timer.stage("split"):
         split = make_split(interactions, config.split)
         fit_split = leave_last_out(interactions) if config.split == "none" else split
-    if len(fit_split.valid) == 0:
+    search_only = len(interactions) == 0
+    if search_only and clean.report.events_read:
+        log.warning("none of the %d events read survived cleaning (see the cleaning report): building a "
+                    "search-only bundle", clean.report.events_read)
+    if len(fit_split.valid) == 0 and not search_only:
         raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "
                          "add events or lower the cleaning thresholds")
     encoder = encoder or TextEncoder(config.text)
@@ -220,10 +233,17 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
                          encoder=encoder, ann=config.ann, progress=True)
-    sources = fit_sources(config, context, timer=timer)
+    skipped: dict[str, str] = {}
+    sources = fit_sources(config, context, timer=timer, skipped=skipped)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
-    ranker, ranker_info = _train_ranker(config, pipeline, fit_split.valid, timer)
-    info: dict[str, Any] = {"ranker": ranker_info}
+    info: dict[str, Any] = {"skipped_sources": skipped, "skipped_rankers": {}}
+    rankers: dict[str, Ranker] = {}
+    if search_only:
+        reason = "it learns from users' events and the data has none (a search-only shop)"
+        log.info("recommend ranker skipped: %s", reason)
+        info["skipped_rankers"]["recommend"] = reason
+    else:
+        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer)
     logs = _training_logs(sources)
     for name, tlog in logs.items():
         # the whole curve, not just its end: the refit of a split-none build trains without a
@@ -233,14 +253,14 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
                       "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]],
                       "history": {"loss": [round(float(x), 6) for x in tlog.losses],
                                   "valid": [list(e) for e in tlog.evals]}}
-    if config.split == "none" and config.refit_on_all:
+    if config.split == "none" and config.refit_on_all and not search_only:
         # every event this time; sources trained in epochs rerun their best epoch count
         context = replace(context, train=interactions, valid=None,
                           epochs={name: tlog.best_epoch for name, tlog in logs.items()})
         sources = fit_sources(config, context, timer=timer, suffix="_refit")
         pipeline = _make_pipeline(config, catalog, sources, interactions, histories, built_at=built_at)
     pipeline = Pipeline(pipeline.catalog, pipeline.sources, pipeline.table, pipeline.histories,
-                        {"recommend": ranker}, pipeline.config, built_at=built_at)
+                        rankers, pipeline.config, built_at=built_at)
     metrics: dict[str, dict[str, float]] = {}
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
@@ -340,6 +360,8 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "data": {"path": str(data_dir), "items": len(clean.catalog), "users": clean.interactions.n_users,
                      "events": len(clean.interactions), "queries": 0 if queries is None else len(queries)},
             "cleaning": clean.report.to_dict(),
+            "skipped_sources": result.info.get("skipped_sources", {}),
+            "skipped_rankers": result.info.get("skipped_rankers", {}),
             "split": result.split.protocol,
             "config": config_to_dict(config),
             "models": {"text": result.info.get("text_model"), "two_tower": result.info.get("two_tower"),

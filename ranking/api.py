@@ -22,12 +22,19 @@ __all__ = [
     "ScoredItem",
     "Response",
     "UnknownItemError",
+    "CannotAnswerError",
     "Engine",
 ]
 
 
 class UnknownItemError(KeyError):
     """An item id the current bundle does not know (the servicer answers NOT_FOUND)."""
+
+
+class CannotAnswerError(RuntimeError):
+    """The current bundle has nothing to answer this request from, e.g. a Recommend for a user
+    without history on a search-only bundle (built without events). The message says what
+    would help; the servicer answers FAILED_PRECONDITION with it."""
 
 
 @dataclass(frozen=True)
@@ -138,7 +145,10 @@ class Engine(Protocol):
     @property
     def n_users(self) -> int: ...
 
-    def recommend(self, request: RecommendRequest) -> Response: ...
+    def recommend(self, request: RecommendRequest) -> Response:
+        """Raises CannotAnswerError when the bundle has nothing to recommend from (a search-only
+        bundle and a user without history)."""
+        ...
 
     def search(self, request: SearchRequest) -> Response: ...
 

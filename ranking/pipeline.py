@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tandem.ranking.api import (
+    CannotAnswerError,
     Filters,
     RecommendRequest,
     Response,
@@ -48,6 +49,7 @@ from tandem.retrieval.base import (
 )
 from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Item
 from tandem.retrieval.fusion import Fused
+from tandem.retrieval.registry import behavioural
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
 
@@ -80,6 +82,7 @@ class Pipeline:
         self.built_at = int(built_at)
         self.memos = UserMemos(user_memos)
         self.retriever = Retriever(self.sources, self.config)
+        self._search_only = not behavioural(self.sources)
         self.featurizer = Featurizer(table, self.sources)
         self.responder = Responder(catalog, table, self.config.explain_features)
         self.filter_index = self.responder.filter_index
@@ -139,8 +142,23 @@ class Pipeline:
                                user_id=user_id, now=self._now(hist), memo=memo)
         return req, len(hist) == 0
 
+    @property
+    def search_only(self) -> bool:
+        """True when no source learnt from events (the bundle was built without any): Search and
+        SimilarItems answer from the catalog's text; Recommend needs the user's history."""
+        return self._search_only
+
     def recommend(self, request: RecommendRequest) -> Response:
         req, cold = self.user_request(request.user_id, context=request.context)
+        if self._search_only and (cold or not self.available("recommend")):
+            # an empty list would read as "nothing to recommend"; the truth is "nothing to go on"
+            built = f"search-only bundle {self.version} (built without events: no popularity, item-CF or two-tower source)"
+            if cold:
+                raise CannotAnswerError(
+                    f"{built} cannot recommend to a user without history; send the session's events as "
+                    "context, record events for the user, or build with events")
+            raise CannotAnswerError(f"{built} has none of pipeline.recommend_sources "
+                                    f"({', '.join(self.config.recommend_sources)}); add text to them or build with events")
         ranked = self.rank(req, "recommend")
         exclude = req.excluded(self.n_items) if request.exclude_seen else None  # the history
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
@@ -264,6 +282,7 @@ class Pipeline:
 
     def describe(self) -> dict:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),
+                "search_only": self.search_only,
                 "rankers": sorted(self.rankers), "config": self.config.to_dict()}
 
     def __repr__(self) -> str:

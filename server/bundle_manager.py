@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from tandem.ranking.api import Engine, RecommendRequest, SearchRequest, SimilarRequest
+from tandem.ranking.api import CannotAnswerError, Engine, RecommendRequest, SearchRequest, SimilarRequest
 from tandem.retrieval.bundle import BundleError, current_bundle, list_bundles, read_manifest
 from tandem.retrieval.data import Event
 from tandem.server.event_log import EventLog
@@ -50,16 +50,23 @@ def check_version_name(version: str) -> str:
 _WARM_USER = "tandem-warm-up"
 
 
+#: the query that finds an item to warm up with on a search-only bundle (which has no cold Recommend)
+_WARM_QUERY = "popular product"
+
+
 def warm_request_paths(engine: Engine) -> str | None:
     """Answer one request of each kind on ``engine`` through its public API: a cold Recommend
-    (which names a real item), a Search for that item's title, a SimilarItems of it, and a
-    Recommend whose history is that item (sent as context, so no stored state changes). Returns
-    the item used, or None when the engine recommends nothing (an empty catalog). Raises what
-    the engine raises."""
-    cold = engine.recommend(RecommendRequest(user_id=None, k=10))
-    if not cold.items:
+    (which names a real item; on a search-only bundle, which refuses it, a Search names one), a
+    Search for that item's title, a SimilarItems of it, and a Recommend whose history is that item
+    (sent as context, so no stored state changes). Returns the item used, or None when the engine
+    recommends nothing (an empty catalog). Raises what the engine raises."""
+    try:
+        found = engine.recommend(RecommendRequest(user_id=None, k=10)).items
+    except CannotAnswerError:
+        found = engine.search(SearchRequest(query=_WARM_QUERY, k=10)).items
+    if not found:
         return None
-    item = cold.items[0]
+    item = found[0]
     query = " ".join((item.title or engine.get_item(item.item_id).title).split()[:16])[:200] or item.item_id
     engine.search(SearchRequest(query=query, k=10, explain=True))
     engine.similar_items(SimilarRequest(item_id=item.item_id, k=10, explain=True))

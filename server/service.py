@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tandem.ranking.api import Engine, UnknownItemError
+from tandem.ranking.api import CannotAnswerError, Engine, UnknownItemError
 from tandem.ranking.history import DEFAULT_USER_MEMOS
 from tandem.server import convert
 from tandem.server._generated import tandem_pb2 as pb
@@ -197,6 +197,9 @@ class _Calls:
             code = grpc.StatusCode.NOT_FOUND
             version = getattr(self.manager.engine, "version", "?")
             context.abort(code, f"unknown item_id {exc.args[0]!r} (not in bundle {version})")
+        except CannotAnswerError as exc:
+            code, error = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+            context.abort(code, error)
         except Exception as exc:
             if context.code() is not None:  # context.abort() above or in fn already set the status
                 code = context.code()

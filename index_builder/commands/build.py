@@ -13,7 +13,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build", help="clean data, train models, build indexes, evaluate, write a bundle",
         description="Cleaning -> text encoding -> two-tower, item-CF, BM25, popularity -> ranker -> "
                     "evaluation, written to BUNDLES/<version>/ and made current.")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with items.* and events.*")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with items.*, and events.* and queries.* if the shop has them "
+                                                     "(no events: a search-only bundle)")
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLES", help="bundle root folder")
     p.add_argument("--split", choices=("none", "leave-last-out", "temporal"),
                    help="evaluation split (default from config: none = train on everything)")
@@ -39,6 +40,12 @@ def _run(args: argparse.Namespace) -> int:
         extra = read_event_log(args.events_log)
     result = build(args.data, args.out, config, extra_events=extra, strict=args.strict)
     print(f"bundle {result.folder} (split {config.split})")
+    print(f"sources: {', '.join(sorted(result.pipeline.sources))}")
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in (result.info.get("skipped_sources") or {}).items():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        print(f"skipped {', '.join(names)}: {reason}")
     print(format_stage_table(result.timings, result.info.get("wall_s")))
     if result.metrics:
         print(format_table(result.metrics))

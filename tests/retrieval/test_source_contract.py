@@ -174,6 +174,17 @@ def test_empty_training_log(data, label, name, config):
         _check(source.retrieve(req, 5), req, 5, source.name)
 
 
+def test_sources_that_learn_from_events_cannot_be_fitted_without_them(data):
+    """A search-only shop (no events) keeps the sources that learn from the catalog (lexical,
+    text) and skips the others, each with a reason for the build log and the manifest."""
+    catalog, inter = data
+    empty = FitContext(catalog, Interactions.empty(inter.user_ids))
+    reasons = {name: entry.cannot_fit(empty) for name, entry in REGISTRY.items()}
+    assert {name for name, why in reasons.items() if why} == {"popularity", "item_cf", "user_cf", "two_tower"}
+    assert all("learns from events" in why for why in reasons.values() if why)
+    assert all(entry.cannot_fit(FitContext(catalog, inter)) is None for entry in REGISTRY.values())
+
+
 @pytest.mark.parametrize(("label", "name", "config"), SOURCES, ids=_IDS)
 def test_similar_items_never_returns_the_seed(request, data, label, name, config):
     if label in SEED_ITEM_RETURNED:
