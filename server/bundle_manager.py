@@ -102,18 +102,22 @@ class BundleManager:
         self._watcher: threading.Thread | None = None
 
     # -- ingestion ------------------------------------------------------------------------
-    def record(self, events: Sequence[Event],
-               event_ids: Sequence[str | None] | None = None) -> tuple[int, int, int]:
+    def record(self, events: Sequence[Event], event_ids: Sequence[str | None] | None = None,
+               before_commit: Callable[[], None] | None = None) -> tuple[int, int, int]:
         """Log ``events`` durably, then apply them to the serving engine. An event whose
         ``event_id`` the log already holds is a duplicate: acknowledged, neither logged nor applied again.
+        ``before_commit`` runs right before the log's commit (see :meth:`EventLog.append_unique`);
+        when it raises, nothing is logged or applied.
 
         Returns ``(event-log position after the batch, events the engine applied, duplicates)``.
         """
         with self._ingest_lock:
             if self.event_log is not None:
-                seq, fresh = self.event_log.append_unique(events, event_ids)
+                seq, fresh = self.event_log.append_unique(events, event_ids, before_commit)
                 new = events if len(fresh) == len(events) else [events[k] for k in fresh]
             else:
+                if before_commit is not None:
+                    before_commit()
                 seq, new = 0, events
             engine = self.engine
             applied = engine.record_events(new) if engine is not None and new else 0

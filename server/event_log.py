@@ -187,15 +187,21 @@ class EventLog:
         """Durably append; returns the sequence number of the last event (0 if none ever)."""
         return self.append_unique(events, event_ids)[0]
 
-    def append_unique(self, events: Sequence[Event],
-                      event_ids: Sequence[str | None] | None = None) -> tuple[int, list[int]]:
+    def append_unique(self, events: Sequence[Event], event_ids: Sequence[str | None] | None = None,
+                      before_commit: Callable[[], None] | None = None) -> tuple[int, list[int]]:
         """Durably append the events whose ``event_id`` (parallel to ``events``; None or "" = no id)
         is not in the log yet, in one transaction. Returns ``(log position, indices of the events
-        appended)``; the others were duplicates (acknowledged before, or earlier in this batch)."""
+        appended)``; the others were duplicates (acknowledged before, or earlier in this batch).
+
+        ``before_commit`` is called inside the transaction, after the inserts and right before
+        COMMIT: when it raises, the transaction is rolled back (nothing is logged) and the
+        exception propagates (StreamEvents checks there that its client still waits)."""
         ids = [None] * len(events) if event_ids is None else [i or None for i in event_ids]
         if len(ids) != len(events):
             raise ValueError(f"event_ids has {len(ids)} entries for {len(events)} events")
         if not events:
+            if before_commit is not None:
+                before_commit()
             return self.position(), []
         now = time.time()
         with self._lock:
@@ -211,6 +217,8 @@ class EventLog:
                         [(e.user_id, e.item_id, int(e.ts), e.event, e.value, now, ids[k])
                          for k in fresh for e in (events[k],)])
                 last = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+                if before_commit is not None:
+                    before_commit()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
