@@ -26,8 +26,8 @@ from urllib.parse import quote
 
 from tandem.retrieval.data import Event
 
-__all__ = ["EventLog", "EventLogDamaged", "FINGERPRINT_COLUMNS", "SCHEMA", "acked_path", "read_acked", "sqlite_uri", "inspect_log",
-           "lost_count"]
+__all__ = ["EventLog", "EventLogDamaged", "FINGERPRINT_COLUMNS", "SCHEMA", "acked_path", "read_acked", "sqlite_uri",
+           "inspect_log", "lost_count"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
