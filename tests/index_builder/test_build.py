@@ -85,6 +85,7 @@ def test_manifest_describes_everything(built):
     assert set(m["search_metrics"]) >= {"lexical", "dense", "hybrid"}
     assert ("hybrid_ranker" in m["search_metrics"]) == search["kept"]
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
+    assert m["event_log"] == {"seq": 0}  # built without --events-log: the server replays its whole log
 
 
 def test_eval_bundle_matches_build_and_dumps(built, tiny_shop):
