@@ -338,8 +338,14 @@ def _library_versions() -> dict[str, str]:
 
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
-          extra_events: Iterable[Event] | None = None, strict: bool = False) -> BuildResult:
-    """The whole offline job; returns the result with ``folder`` set to the new bundle."""
+          extra_events: Iterable[Event] | None = None, strict: bool = False,
+          event_log: dict | None = None) -> BuildResult:
+    """The whole offline job; returns the result with ``folder`` set to the new bundle.
+
+    ``event_log`` says which events of the server's event log ``extra_events`` holds (what
+    :func:`tandem.index_builder.event_log_reader.event_log_mark` returns); the manifest keeps it
+    as ``event_log`` so that the server replays exactly the later ones. None: the bundle includes
+    no logged event (``{"seq": 0}``), and the server replays the whole log into it."""
     config = config or BuildConfig()
     started = time.perf_counter()
     timer = _Timer(config.threads)
@@ -369,6 +375,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "indexes": ann,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,
+            "event_log": event_log if event_log is not None else {"seq": 0},
             "timings_s": timer.seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),

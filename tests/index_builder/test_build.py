@@ -87,6 +87,7 @@ def test_manifest_describes_everything(built):
     assert ("hybrid_ranker" in m["search_metrics"]) == search["kept"]
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
     assert set(m["threads_per_stage"]) == set(m["timings_s"]) and min(m["threads_per_stage"].values()) >= 1
+    assert m["event_log"] == {"seq": 0}  # built without --events-log: the server replays its whole log
 
 
 def test_eval_bundle_matches_build_and_dumps(built, tiny_shop):

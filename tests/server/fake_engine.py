@@ -48,8 +48,11 @@ CATEGORIES = ("Home > Kitchen", "Home > Garden", "Beauty > Skin")
 
 def write_fake_bundle(root: Path, *, n_items: int = 20, built_at: int = 1_700_000_000,
                       histories: dict[str, list[str]] | None = None, make_current: bool = True,
-                      version: str | None = None) -> Path:
-    """Write a bundle of ``n_items`` items ``i00``.. with titles ``"item <n> <colour>"``."""
+                      version: str | None = None, event_log: dict | None = None) -> Path:
+    """Write a bundle of ``n_items`` items ``i00``.. with titles ``"item <n> <colour>"``.
+
+    ``event_log`` is the manifest's record of the logged events the bundle includes (what
+    ``tandem build`` writes: ``{"seq": 0}`` for none); None leaves it out, as older builds did."""
     colours = ("red", "green", "blue", "black")
     items = [{"item_id": f"i{n:02d}", "title": f"item {n} {colours[n % len(colours)]}",
               "category": CATEGORIES[n % len(CATEGORIES)], "brand": BRANDS[n % len(BRANDS)],
@@ -58,7 +61,7 @@ def write_fake_bundle(root: Path, *, n_items: int = 20, built_at: int = 1_700_00
 
     def fill(folder: Path) -> dict:
         (folder / CATALOG_FILE).write_text(json.dumps({"items": items, "histories": histories}))
-        return {"built_at": built_at, "kind": "fake"}
+        return {"built_at": built_at, "kind": "fake", **({"event_log": event_log} if event_log is not None else {})}
 
     return write_bundle(root, fill, version=version, make_current=make_current)
 
