@@ -223,9 +223,6 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     if search_only and clean.report.events_read:
         log.warning("none of the %d events read survived cleaning (see the cleaning report): building a "
                     "search-only bundle", clean.report.events_read)
-    if len(fit_split.valid) == 0 and not search_only:
-        raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "
-                         "add events or lower the cleaning thresholds")
     encoder = encoder or TextEncoder(config.text)
     with timer.stage("text_encode"):
         text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
@@ -241,6 +238,13 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     if search_only:
         reason = "it learns from users' events and the data has none (a search-only shop)"
         log.info("recommend ranker skipped: %s", reason)
+        info["skipped_rankers"]["recommend"] = reason
+    elif len(fit_split.valid) == 0:
+        # a young shop: events, but no user with the 3 distinct items that give the ranker a held-out
+        # target; Recommend answers in the fused order until a rebuild has such users
+        reason = ("no user has 3 or more distinct items, so there is no held-out item to train it on; "
+                  "Recommend answers in the fused order (rebuild once users have more history)")
+        log.warning("recommend ranker skipped: %s", reason)
         info["skipped_rankers"]["recommend"] = reason
     else:
         rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer)

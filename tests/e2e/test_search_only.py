@@ -168,3 +168,34 @@ def test_eval_reports_search_only_and_says_why(search_only, tmp_path, capsys):
     assert "no recommendation metrics: a search-only bundle" in capsys.readouterr().out
     assert main(["eval", "--data", str(data)]) == 2  # the popularity baseline needs events
     assert "has no events (a search-only shop)" in capsys.readouterr().err
+
+
+def test_a_young_shop_without_three_item_users_builds_without_the_recommend_ranker(tiny_shop, tmp_path):
+    """Events, but no user with the 3 distinct items a held-out target needs: the build used to stop
+    ("nothing to train the ranker on"); now it skips the recommend ranker with one warning, and
+    Recommend answers from the behavioural sources in the fused order."""
+    from tandem.ranking.api import RecommendRequest
+    from tandem.ranking.loader import load_engine
+    from tandem.retrieval.bundle import current_bundle
+
+    rows, per_user = [], {}
+    with gzip.open(tiny_shop / "events.jsonl.gz", "rt") as f:
+        for line in f:
+            row = json.loads(line)
+            items = per_user.setdefault(row["user_id"], set())
+            if row["item_id"] in items or len(items) < 2:
+                items.add(row["item_id"])
+                rows.append(line)
+    assert max(len(s) for s in per_user.values()) == 2
+    data = _search_only_copy(tiny_shop, tmp_path / "young", "".join(rows).encode())
+    lines = _build(data, tmp_path / "bundles", tmp_path)
+    skipped = [line for line in lines if "recommend ranker skipped" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("WARNING") and "3 or more distinct items" in skipped[0]
+    folder = current_bundle(tmp_path / "bundles")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert "recommend" in manifest["skipped_rankers"] and "recommend" not in manifest["rankers"]
+    assert BEHAVIOURAL <= set(manifest["sources"])
+    engine = load_engine(folder)
+    user = next(u for u, items in per_user.items() if len(items) == 2)
+    answer = engine.recommend(RecommendRequest(user_id=user, k=5, explain=True))
+    assert len(answer.items) == 5 and not set(i.item_id for i in answer.items) & per_user[user]
