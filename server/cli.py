@@ -31,6 +31,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.index_builder.commands.tune",
     "tandem.server.commands",
     "tandem.server.event_commands",
+    "tandem.server.experiment_commands",
 )
 
 

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
+    s.add_argument("--experiment", type=Path, metavar="FILE.toml",
+                   help="run an A/B experiment: users are assigned arms (bundle versions or pipeline settings) by a "
+                   "stable hash and every answer to a user is logged as an exposure (default: none; see "
+                   "docs/operations.md)")
+    s.add_argument("--exposure-log", type=Path, metavar="SQLITE",
+                   help="where --experiment logs exposures (default: exposures.sqlite3 beside the event log)")
     s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service "
                    "(default: $TANDEM_TOKEN, alias of $TANDEM_SERVE__TOKEN)")
     s.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (with --tls-key; "
@@ -148,6 +154,10 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
     from tandem.server.service import TandemServer
 
     config = serve_config(args)  # before anything else: a bad setting exits 2 at once
+    if config.experiment is not None:
+        from tandem.server.experiment import load_experiment
+
+        load_experiment(config.experiment)  # a bad experiment file too
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
     import torch
 
