@@ -99,6 +99,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = client("similar", "items similar to an item through a running server",
                "Items similar to one item of the serving bundle.")
     p.add_argument("--item", required=True, metavar="ITEM_ID", help="the item to start from (required)")
+    p.add_argument("--user", metavar="USER_ID",
+                   help="who asks: only assigns an arm of the server's A/B experiment (default: nobody)")
     k_and_explain(p)
     p.set_defaults(handler=_rpc(_similar))
     p = client("record", "record one event through a running server",
@@ -226,7 +228,8 @@ def _items(args: argparse.Namespace, resp) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(resp)))
         return 0
-    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}")
+    arm = f", experiment {resp.experiment} arm {resp.experiment_arm}" if resp.experiment_arm else ""
+    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}{arm}")
     for rank, it in enumerate(resp.items, 1):
         print(f"{rank:>3}. {it.item_id:<20} {it.score:>9.4f}  {it.title[:70]}")
         e = it.explanation
@@ -246,7 +249,7 @@ def _recommend(args, client) -> int:
 
 
 def _similar(args, client) -> int:
-    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain))
+    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain, user_id=args.user))
 
 
 def _record(args, client) -> int:

@@ -13,6 +13,7 @@ import pytest
 
 from tandem.server._generated import tandem_pb2 as pb
 from tandem.server._generated import tandem_pb2_grpc as pb_grpc
+from tandem.server.cli import main
 from tandem.server.experiment import load_experiment
 from tandem.server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
@@ -63,7 +64,7 @@ def counter(metrics, name, **labels):
     return metrics.get(key, 0.0)
 
 
-def test_arms_answer_log_exposures_and_count_conversions(setup):
+def test_arms_answer_log_exposures_and_count_conversions(setup, capsys):
     config, exp = setup
     server, channel = start(config)
     try:
@@ -82,16 +83,18 @@ def test_arms_answer_log_exposures_and_count_conversions(setup):
         assert s.experiment_arm == arms["u0"] and sim.experiment_arm == arms["u1"]
         anon = t.Recommend(pb.RecommendRequest(k=3))
         assert anon.experiment == "" and anon.experiment_arm == "" and anon.bundle_version == "v-new"  # control
+        assert main(["similar", "--addr", f"127.0.0.1:{server.port}", "--item", "i01", "--user", "u1", "--k", "2"]) == 0
+        assert f"experiment svc-exp arm {arms['u1']}" in capsys.readouterr().out
         with pytest.raises(grpc.RpcError) as err:
             t.SimilarItems(pb.SimilarItemsRequest(item_id="i01", user_id="x" * 300, k=2))
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "user_id" in err.value.details()
 
         rows = sqlite3.connect(config.exposure_log_path).execute(
             "SELECT experiment, arm, user_id, kind, bundle_version, items FROM exposures ORDER BY seq").fetchall()
-        assert len(rows) == len(users) + 2  # the anonymous request is not an exposure
+        assert len(rows) == len(users) + 3  # the anonymous request is not an exposure
         assert rows[0] == ("svc-exp", arms["u0"], "u0", "recommend", "v-old" if arms["u0"] == "pinned" else "v-new",
                            json.dumps(shown["u0"]))
-        assert [r[3] for r in rows[-2:]] == ["search", "similar"]
+        assert [r[3] for r in rows[-3:]] == ["search", "similar", "similar"]
 
         # a click and a purchase on a shown item count for the user's arm, once (a repeated event_id is a
         # duplicate); a click on an item never shown counts for nobody
