@@ -3,6 +3,8 @@ its arm and is logged as an exposure, a pinned-bundle arm answers from its own b
 recorded events, anonymous requests are not counted, and the Prometheus counters attribute clicks,
 carts and purchases to the arm that showed the item (also after a restart)."""
 
+import copy
+import dataclasses
 import json
 import re
 import sqlite3
@@ -16,7 +18,7 @@ from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tandem.server.cli import main
 from tandem.server.experiment import load_experiment
 from tandem.server.service import ServerConfig, TandemServer
-from tests.server.fake_engine import load_fake_engine, write_fake_bundle
+from tests.server.fake_engine import FakeEngine, load_fake_engine, write_fake_bundle
 
 EXPERIMENT = """
 name = "svc-exp"
@@ -158,3 +160,58 @@ def test_an_arm_that_cannot_be_served_stops_the_start(setup, tmp_path, arm, mess
     with pytest.raises(RuntimeError) as err:
         server.start()
     assert f"cannot serve: experiment e: {message}" in str(err.value)
+
+
+class _ArmableFake(FakeEngine):
+    """The FakeEngine with ``variant()``: a shallow copy (same items, histories and lock) that, without
+    the ranker, explains items with no ranker score; pipeline changes are kept but change nothing."""
+
+    no_ranker = False
+
+    def variant(self, changes, *, use_ranker=True):
+        v = copy.copy(self)
+        v.no_ranker, v.changes = not use_ranker, dict(changes)
+        return v
+
+    def _explain(self, n, score, rank, explain):
+        e = super()._explain(n, score, rank, explain)
+        return dataclasses.replace(e, ranker_score=None) if e is not None and self.no_ranker else e
+
+
+def _load_armable(path):
+    engine = load_fake_engine(path)
+    engine.__class__ = _ArmableFake
+    return engine
+
+
+def test_a_variant_arm_follows_hot_swaps_and_recorded_events(tmp_path):
+    root = tmp_path / "bundles"
+    write_fake_bundle(root, version="v1", histories={})
+    f = tmp_path / "exp.toml"
+    f.write_text('name = "variant-exp"\n[[arms]]\nname = "control"\nshare = 0.5\n'
+                 '[[arms]]\nname = "plain"\nshare = 0.5\nranker = false\n[arms.pipeline]\nfused_k = 50\n')
+    exp = load_experiment(f)
+    server = TandemServer(ServerConfig(bundles=root, port=0, grace_s=1, experiment=f, watch_interval_s=3600),
+                          _load_armable)
+    port = server.start()
+    users = {exp.assign(f"u{i}").name: f"u{i}" for i in range(20)}
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            t = pb_grpc.TandemStub(ch)
+
+            def ask(user):
+                r = t.Recommend(pb.RecommendRequest(user_id=user, k=2, explain=True))
+                return r.experiment_arm, r.bundle_version, r.items[0].explanation.HasField("ranker_score"), \
+                    [it.item_id for it in r.items]
+
+            assert ask(users["control"])[:3] == ("control", "v1", True)
+            assert ask(users["plain"])[:3] == ("plain", "v1", False)
+            assert server.experiment_runner.engine_for(exp.arm("plain"), server.manager.engine).changes == \
+                {"fused_k": 50}
+            write_fake_bundle(root, version="v2", histories={})
+            assert server.manager.reload() == (True, "")
+            assert ask(users["plain"])[:3] == ("plain", "v2", False)  # derived again from the swapped-in engine
+            t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id=users["plain"], item_id="i07")]))
+            assert ask(users["plain"])[3] == ["i08", "i09"]  # the variant sees the serving engine's histories
+    finally:
+        server.stop(0)
