@@ -24,6 +24,7 @@ from tandem.index_builder.cleaning import CleanResult, load_dataset, load_querie
 from tandem.index_builder.config import BuildConfig, config_to_dict
 from tandem.index_builder.evaluate import evaluate_source
 from tandem.index_builder.splits import Split, Targets, leave_last_out, make_split
+from tandem.index_builder.threads import threads_for_stage
 from tandem.ranking.bootstrap import paired_bootstrap
 from tandem.ranking.features import compute_features, feature_names
 from tandem.ranking.history import HistoryStore
@@ -56,15 +57,31 @@ class BuildResult:
 
 
 class _Timer:
-    def __init__(self) -> None:
+    """Times the build's stages and gives each its thread count (``[build] threads``, see
+    ``index_builder/threads.py``). With ``threads = 0`` the idle cores are measured again before a
+    stage when the last measurement is more than ``remeasure_s`` old (each costs 0.3 s)."""
+
+    def __init__(self, threads: int = 0, remeasure_s: float = 10.0) -> None:
         self.seconds: dict[str, float] = {}
+        self.threads: dict[str, int] = {}
+        self._setting = threads
+        self._remeasure_s = remeasure_s
+        self._chosen: tuple[float, int] | None = None  # (when, threads)
+
+    def _threads(self) -> int:
+        now = time.perf_counter()
+        if self._chosen is None or now - self._chosen[0] > self._remeasure_s:
+            self._chosen = (now, threads_for_stage(self._setting))
+        return self._chosen[1]
 
     @contextmanager
     def stage(self, name: str):
+        n = self._threads()
         t0 = time.perf_counter()
-        log.info("stage %s ...", name)
+        log.info("stage %s ... (%d thread%s)", name, n, "" if n == 1 else "s")
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.threads[name] = n
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
@@ -90,15 +107,24 @@ def default_sources(config: BuildConfig, kinds: Iterable[str] = KINDS) -> tuple[
 
 
 def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] | None = None,
-                timer: _Timer | None = None, suffix: str = "") -> dict[str, CandidateSource]:
+                timer: _Timer | None = None, suffix: str = "",
+                skipped: dict[str, str] | None = None) -> dict[str, CandidateSource]:
     """Fit the sources ``names`` (default: every source the pipeline config names and those
     every bundle has) in registry order, each with its ``config`` section, through its registry
-    entry."""
-    timer = timer or _Timer()
+    entry. A source that cannot be fitted from ``context`` (one that learns from events, on a
+    shop without any) is left out with one log line; ``skipped``, if given, gets its name and
+    the reason."""
+    timer = timer or _Timer(config.threads)
     wanted = set(default_sources(config) if names is None else names)
     sources: dict[str, CandidateSource] = {}
     for name, entry in SOURCES.items():
         if name in wanted:
+            reason = entry.cannot_fit(context)
+            if reason is not None:
+                log.info("source %s skipped: %s", name, reason)
+                if skipped is not None:
+                    skipped[name] = reason
+                continue
             with timer.stage((entry.stage or name) + suffix):
                 sources[name] = entry.fit(context, getattr(config, entry.config_field))
     return sources
@@ -188,12 +214,16 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
                  encoder: TextEncoder | None = None) -> BuildResult:
     """Fit every part of the pipeline on cleaned data according to ``config``."""
-    timer = timer or _Timer()
+    timer = timer or _Timer(config.threads)
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
         split = make_split(interactions, config.split)
         fit_split = leave_last_out(interactions) if config.split == "none" else split
-    if len(fit_split.valid) == 0:
+    search_only = len(interactions) == 0
+    if search_only and clean.report.events_read:
+        log.warning("none of the %d events read survived cleaning (see the cleaning report): building a "
+                    "search-only bundle", clean.report.events_read)
+    if len(fit_split.valid) == 0 and not search_only:
         raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "
                          "add events or lower the cleaning thresholds")
     encoder = encoder or TextEncoder(config.text)
@@ -203,23 +233,34 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
                          encoder=encoder, ann=config.ann, progress=True)
-    sources = fit_sources(config, context, timer=timer)
+    skipped: dict[str, str] = {}
+    sources = fit_sources(config, context, timer=timer, skipped=skipped)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
-    ranker, ranker_info = _train_ranker(config, pipeline, fit_split.valid, timer)
-    info: dict[str, Any] = {"ranker": ranker_info}
+    info: dict[str, Any] = {"skipped_sources": skipped, "skipped_rankers": {}}
+    rankers: dict[str, Ranker] = {}
+    if search_only:
+        reason = "it learns from users' events and the data has none (a search-only shop)"
+        log.info("recommend ranker skipped: %s", reason)
+        info["skipped_rankers"]["recommend"] = reason
+    else:
+        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer)
     logs = _training_logs(sources)
     for name, tlog in logs.items():
+        # the whole curve, not just its end: the refit of a split-none build trains without a
+        # validation set, so this first fit is the only record of it (`tandem report` plots it)
         info[name] = {"best_epoch": tlog.best_epoch, "epochs_run": tlog.epochs_run,
                       "seconds": round(tlog.seconds, 1),
-                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]]}
-    if config.split == "none" and config.refit_on_all:
+                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]],
+                      "history": {"loss": [round(float(x), 6) for x in tlog.losses],
+                                  "valid": [list(e) for e in tlog.evals]}}
+    if config.split == "none" and config.refit_on_all and not search_only:
         # every event this time; sources trained in epochs rerun their best epoch count
         context = replace(context, train=interactions, valid=None,
                           epochs={name: tlog.best_epoch for name, tlog in logs.items()})
         sources = fit_sources(config, context, timer=timer, suffix="_refit")
         pipeline = _make_pipeline(config, catalog, sources, interactions, histories, built_at=built_at)
     pipeline = Pipeline(pipeline.catalog, pipeline.sources, pipeline.table, pipeline.histories,
-                        {"recommend": ranker}, pipeline.config, built_at=built_at)
+                        rankers, pipeline.config, built_at=built_at)
     metrics: dict[str, dict[str, float]] = {}
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
@@ -297,11 +338,17 @@ def _library_versions() -> dict[str, str]:
 
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
-          extra_events: Iterable[Event] | None = None, strict: bool = False) -> BuildResult:
-    """The whole offline job; returns the result with ``folder`` set to the new bundle."""
+          extra_events: Iterable[Event] | None = None, strict: bool = False,
+          event_log: dict | None = None) -> BuildResult:
+    """The whole offline job; returns the result with ``folder`` set to the new bundle.
+
+    ``event_log`` says which events of the server's event log ``extra_events`` holds (what
+    :func:`tandem.index_builder.event_log_reader.event_log_mark` returns); the manifest keeps it
+    as ``event_log`` so that the server replays exactly the later ones. None: the bundle includes
+    no logged event (``{"seq": 0}``), and the server replays the whole log into it."""
     config = config or BuildConfig()
     started = time.perf_counter()
-    timer = _Timer()
+    timer = _Timer(config.threads)
     with timer.stage("clean"):
         clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
     result = fit_pipeline(clean, config, timer)
@@ -319,6 +366,8 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "data": {"path": str(data_dir), "items": len(clean.catalog), "users": clean.interactions.n_users,
                      "events": len(clean.interactions), "queries": 0 if queries is None else len(queries)},
             "cleaning": clean.report.to_dict(),
+            "skipped_sources": result.info.get("skipped_sources", {}),
+            "skipped_rankers": result.info.get("skipped_rankers", {}),
             "split": result.split.protocol,
             "config": config_to_dict(config),
             "models": {"text": result.info.get("text_model"), "two_tower": result.info.get("two_tower"),
@@ -326,7 +375,9 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "indexes": ann,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,
+            "event_log": event_log if event_log is not None else {"seq": 0},
             "timings_s": timer.seconds,
+            "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),
         }
 

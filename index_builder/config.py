@@ -74,6 +74,9 @@ class BuildConfig:
     ranker_max_users: int = 50_000
     eval_ks: tuple[int, ...] = (10, 50, 200)
     seed: int = 0
+    #: Threads for torch, FAISS and BLAS in each stage: 0 = the cores idle when the stage starts
+    #: (an ``OMP_NUM_THREADS`` in the environment wins), N = always N (index_builder/threads.py).
+    threads: int = 0
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
@@ -90,6 +93,8 @@ class BuildConfig:
             raise ConfigError(f'split: expected "none", "leave-last-out" or "temporal", got {self.split!r}')
         if self.ranker_max_users < 10:
             raise ConfigError(f"ranker_max_users: expected >= 10, got {self.ranker_max_users}")
+        if self.threads < 0:
+            raise ConfigError(f"threads: expected 0 (idle cores) or a positive count, got {self.threads}")
         if not self.eval_ks or min(self.eval_ks) < 1:
             raise ConfigError(f"eval_ks: expected positive list lengths, got {self.eval_ks}")
 

@@ -10,6 +10,9 @@ Quick start::
         hits = tandem.search("wireless earbuds", k=5, filters=Filters(in_stock_only=True))
         for item in hits.items:
             print(item.item_id, item.score, item.title)
+        # re-rank items you already have (at most 1,000): only they come back, in Tandem's order
+        mine = tandem.search("wireless earbuds", k=3, candidate_item_ids=["i0000034", "i0000160", "i0000430"])
+        print(mine.item_ids, mine.unknown_candidates)   # ids the bundle does not know are skipped and counted
         tandem.record(Event("u0000007", "i0004629", event="click", event_id="3f0c9b2e-click-1"))
         try:
             tandem.recommend("u0000007", k=0)
@@ -199,6 +202,22 @@ def _k(k: int) -> int:
     return k
 
 
+def _candidates(ids: Iterable[str] | None, field: str = "candidate_item_ids") -> list[str]:
+    """The caller's candidates as a list of strings; a bare string (one id, or ids joined by
+    commas) is refused rather than sent as its characters. The server checks the rest."""
+    if ids is None:
+        return []
+    if isinstance(ids, (str, bytes)):
+        raise TandemError("INVALID_ARGUMENT", f"{field} must be a list of item ids, got a {type(ids).__name__} "
+                          f"({ids[:40]!r})", field)
+    out = list(ids)
+    for i, item_id in enumerate(out):
+        if not isinstance(item_id, str):
+            raise TandemError("INVALID_ARGUMENT", f"{field}[{i}] must be a string item id, got "
+                              f"{type(item_id).__name__}", f"{field}[{i}]")
+    return out
+
+
 def _event(e: object, field: str) -> pb.Event:
     if not isinstance(e, Event):
         raise TandemError("INVALID_ARGUMENT", f"{field} must be an Event, got {type(e).__name__}", field)
@@ -256,9 +275,10 @@ class _Base:
 
     @staticmethod
     def _search(query: str, k: int, user_id: str | None, filters: Filters | None, explain: bool,
-                request_id: str) -> pb.SearchRequest:
+                request_id: str, candidate_item_ids: Iterable[str] | None = None) -> pb.SearchRequest:
         return pb.SearchRequest(query=query, user_id=user_id or "", k=_k(k), filters=filters_to_pb(filters),
-                                explain=explain, request_id=request_id)
+                                explain=explain, request_id=request_id,
+                                candidate_item_ids=_candidates(candidate_item_ids))
 
     @staticmethod
     def _recommend(user_id: str | None, k: int, context: Iterable[Event], filters: Filters | None, explain: bool,
@@ -272,6 +292,16 @@ class _Base:
                  request_id: str, user_id: str | None = None) -> pb.SimilarItemsRequest:
         return pb.SimilarItemsRequest(item_id=item_id, k=_k(k), filters=filters_to_pb(filters), explain=explain,
                                       request_id=request_id, user_id=user_id or "")
+
+    @staticmethod
+    def _health_state(answer: health_pb2.HealthCheckResponse | grpc.RpcError) -> str:
+        """One health check's outcome as a name: the serving status, or the code of an error that
+        waiting can cure (the server not up yet, the check's deadline); any other error raises."""
+        if isinstance(answer, grpc.RpcError):
+            if answer.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                raise TandemError.from_rpc_error(answer, "Health/Check") from None
+            return answer.code().name
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status)
 
     def _serving_timeout(self, service: str, timeout: float, last: str) -> TandemError:
         return TandemError("DEADLINE_EXCEEDED", f"{self.addr} did not report {service or 'the server'} SERVING "
@@ -355,9 +385,17 @@ class TandemClient(_Base):
                 time.sleep(wait)
 
     def search(self, query: str, *, k: int = 10, user_id: str | None = None, filters: Filters | None = None,
-               explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
-        """The top ``k`` items for a text query, personalised when ``user_id`` is given."""
-        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id))
+               explain: bool = False, request_id: str = "", candidate_item_ids: Iterable[str] | None = None,
+               timeout: float | None = None) -> Results:
+        """The top ``k`` items for a text query, personalised when ``user_id`` is given.
+
+        ``candidate_item_ids`` (at most 1,000 distinct ids; default None: retrieve from the whole
+        catalog): re-rank these items instead; only they come back, at most ``k``, in Tandem's
+        order, with filters and the user's history applied. Ids the bundle does not know are
+        skipped and counted in :attr:`Results.unknown_candidates`; more than 1,000 ids, a
+        repeated or an empty one raise ``TandemError("INVALID_ARGUMENT")`` naming the field."""
+        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id,
+                                                        candidate_item_ids))
         return results_from_pb(self._call("Search", self._stub.Search, request, timeout))
 
     def recommend(self, user_id: str | None, *, k: int = 10, context: Iterable[Event] = (),
@@ -450,14 +488,11 @@ class TandemClient(_Base):
             try:
                 resp = self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=remaining,
                                           wait_for_ready=True)
+                last = self._health_state(resp)
             except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise TandemError.from_rpc_error(exc, "Health/Check") from None
-                last = exc.code().name
-            else:
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                last = self._health_state(exc)
+            if last == "SERVING":
+                return
             time.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         raise self._serving_timeout(service, timeout, last)
 
@@ -501,9 +536,11 @@ class AsyncTandemClient(_Base):
                 await asyncio.sleep(wait)
 
     async def search(self, query: str, *, k: int = 10, user_id: str | None = None, filters: Filters | None = None,
-                     explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+                     explain: bool = False, request_id: str = "", candidate_item_ids: Iterable[str] | None = None,
+                     timeout: float | None = None) -> Results:
         """See :meth:`TandemClient.search`."""
-        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id))
+        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id,
+                                                        candidate_item_ids))
         return results_from_pb(await self._call("Search", self._stub.Search, request, timeout))
 
     async def recommend(self, user_id: str | None, *, k: int = 10, context: Iterable[Event] = (),
@@ -587,13 +624,10 @@ class AsyncTandemClient(_Base):
             try:
                 resp = await self._health.Check(health_pb2.HealthCheckRequest(service=service), timeout=remaining,
                                                 wait_for_ready=True)
+                last = self._health_state(resp)
             except grpc.RpcError as exc:
-                if exc.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                    raise TandemError.from_rpc_error(exc, "Health/Check") from None
-                last = exc.code().name
-            else:
-                last = health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
-                if resp.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
+                last = self._health_state(exc)
+            if last == "SERVING":
+                return
             await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
         raise self._serving_timeout(service, timeout, last)

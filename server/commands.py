@@ -89,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "Search the serving bundle's catalog for a text query.")
     p.add_argument("--query", required=True, metavar="TEXT", help="the search text, 1..1000 characters (required)")
     p.add_argument("--user", metavar="USER_ID", help="personalise for this user (default: no personalisation)")
+    p.add_argument("--candidates", metavar="FILE|IDS",
+                   help="re-rank only these items, at most 1000: a file with one item id per line ('-' reads "
+                   "stdin), or ids separated by commas; unknown ids are skipped and counted (default: search "
+                   "the whole catalog)")
     k_and_explain(p)
     p.set_defaults(handler=_rpc(_search))
     p = client("recommend", "recommendations for a user through a running server",
@@ -228,8 +232,9 @@ def _items(args: argparse.Namespace, resp) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(resp)))
         return 0
+    unknown = f" ({resp.unknown_candidates} unknown candidates skipped)" if resp.unknown_candidates else ""
     arm = f", experiment {resp.experiment} arm {resp.experiment_arm}" if resp.experiment_arm else ""
-    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}{arm}")
+    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}{unknown}{arm}")
     for rank, it in enumerate(resp.items, 1):
         print(f"{rank:>3}. {it.item_id:<20} {it.score:>9.4f}  {it.title[:70]}")
         e = it.explanation
@@ -240,8 +245,24 @@ def _items(args: argparse.Namespace, resp) -> int:
     return 0
 
 
+def read_candidates(value: str) -> list[str]:
+    """``--candidates``: the lines of a file (``-``: stdin), or ids separated by commas; blank
+    entries and surrounding spaces are dropped."""
+    if value == "-":
+        text = sys.stdin.read()
+    elif Path(value).is_file():
+        text = Path(value).read_text(encoding="utf-8")
+    else:
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _search(args, client) -> int:
-    return _items(args, client.search(args.query, k=args.k, user_id=args.user, explain=args.explain))
+    candidates = read_candidates(args.candidates) if args.candidates is not None else None
+    if candidates is not None and not candidates:
+        raise ValueError(f"--candidates {args.candidates!r} names no item ids")
+    return _items(args, client.search(args.query, k=args.k, user_id=args.user, explain=args.explain,
+                                      candidate_item_ids=candidates))
 
 
 def _recommend(args, client) -> int:

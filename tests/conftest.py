@@ -42,6 +42,21 @@ def tiny_bundles(tiny_shop, tmp_path_factory):
     return root
 
 
+def stop_process(proc: subprocess.Popen, log=None) -> int | None:
+    """Stop a server process started by a test: SIGTERM, up to 30 s for it to exit, then SIGKILL;
+    closes its log file. Returns the exit code."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    if log is not None:
+        log.close()
+    return proc.returncode
+
+
 class Server:
     """One `tandem serve` subprocess on a free loopback port; its output goes to ``log`` (appended,
     so a restart on the same log keeps both runs), by default ``BUNDLES/server-PORT.log``."""
@@ -75,10 +90,4 @@ class Server:
         raise TimeoutError(f"server at {self.addr} not SERVING within {timeout}s")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-        self.log.close()
+        stop_process(self.proc, self.log)

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT, TINY_CONFIG, free_port
+from tests.conftest import ROOT, TINY_CONFIG, free_port, stop_process
 from tests.server.test_deploy import DEPLOY, dashboard_queries
 
 # the first test builds the tiny bundle through the entrypoint: minutes on a busy 2-core machine
@@ -90,19 +90,13 @@ class Entrypoint:
                 time.sleep(1.0)
 
     def stop(self) -> int | None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        code = stop_process(self.proc)
         try:
             os.killpg(self.proc.pid, signal.SIGKILL)  # whatever of its group is left
         except ProcessLookupError:
             pass
         self.log.close()
-        return self.proc.returncode
+        return code
 
 
 @pytest.fixture(scope="module")
@@ -162,14 +156,7 @@ class Prometheus:
         raise TimeoutError(f"prometheus not ready within {timeout}s; see {self.log.name}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.log.close()
+        stop_process(self.proc, self.log)
 
 
 @pytest.fixture(scope="module")
