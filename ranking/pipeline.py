@@ -280,6 +280,16 @@ class Pipeline:
                         replace(self.config, **changes), version=self.version, built_at=self.built_at,
                         user_memos=self.memos.capacity)
 
+    def variant(self, changes: Mapping[str, Any], *, use_ranker: bool = True) -> Pipeline:
+        """A copy answering with ``changes`` to its :class:`PipelineConfig` and, unless ``use_ranker``,
+        without its rankers (an A/B experiment's arm). It shares the loaded models and the user
+        histories, so events recorded into either are seen by both, and the per-user memos (what
+        the sources derive from a history alone, whatever the config)."""
+        out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers if use_ranker else {},
+                       replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0)
+        out.memos = self.memos
+        return out
+
     def describe(self) -> dict:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),
                 "search_only": self.search_only,

@@ -103,6 +103,11 @@ class BundleManager:
         self.folder: Path | None = None
         self.last_error = ""
         self.replayed = 0
+        #: engines pinned beside the serving one (an A/B experiment's bundle arms): every recorded
+        #: event is applied to them too; they are never swapped
+        self.pinned: dict[str, Engine] = {}
+        #: called with each batch of newly logged events (duplicates left out), after they are applied
+        self.on_logged: Callable[[Sequence[Event]], None] | None = None
         self._ingest_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -128,6 +133,14 @@ class BundleManager:
                 seq, new = 0, events
             engine = self.engine
             applied = engine.record_events(new) if engine is not None and new else 0
+            if new:
+                for other in self.pinned.values():
+                    other.record_events(new)
+        if new and self.on_logged is not None:
+            try:  # counters must never fail an acknowledged batch
+                self.on_logged(new)
+            except Exception:  # noqa: BLE001
+                log.exception("on_logged failed for %d events", len(new))
         return seq, int(applied), len(events) - len(new)
 
     # -- loading --------------------------------------------------------------------------
@@ -176,39 +189,14 @@ class BundleManager:
                 if self.folder is not None and folder.resolve() == self.folder.resolve():
                     return False, ""
                 t0 = time.perf_counter()
-                manifest = read_manifest(folder)  # its digest and version, whatever the engine loader checks
-                engine = self.loader(folder)
-                if getattr(engine, "version", None) != folder.name:  # what every report names (status, metrics, logs)
-                    raise ValueError(f"the engine loader reported version {getattr(engine, 'version', None)!r} for "
-                                     f"the bundle folder {folder.name}; the version served is the folder's name")
-                replayed = 0
-                mark = self.event_log.position() if self.event_log is not None else 0
-                if self.event_log is not None:
-                    # every acknowledged event must be readable, or nothing is served from the log
-                    self.event_log.check_range(0, mark)
-                    after, since_ts, received = self._replay_from(folder, manifest, engine)
-                    replayed = self._apply(engine, self.event_log.iter_events(
-                        since_ts, received, after_seq=after, upto_seq=mark))
-                warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
-                if warm is not None and self.warm_users is not None:
-                    t1 = time.perf_counter()
-                    warmed = warm(self.warm_users)
-                    log.info("bundle %s: %d users' memos filled in %.1fs", engine.version, warmed,
-                             time.perf_counter() - t1)
-                t1 = time.perf_counter()
-                item = warm_request_paths(engine)
-                log.info("bundle %s: Search, Recommend and SimilarItems warmed (item %s) in %.2fs", engine.version,
-                         item, time.perf_counter() - t1)
+                engine, since_ts, received, after, mark, replayed = self._prepare(folder)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, the old one serves on
                 return False, self._refuse(target, exc)
             with self._ingest_lock:
                 # events acknowledged while the bulk replay ran: apply them before anything else
                 # can be logged, then swap, so none is lost between the two engines
                 try:
-                    if self.event_log is not None:
-                        self.event_log.check_range(mark, self.event_log.position())
-                        replayed += self._apply(engine, self.event_log.iter_events(
-                            since_ts, received, after_seq=max(mark, after)))
+                    replayed += self._catch_up(engine, since_ts, received, after, mark)
                 except Exception as exc:  # noqa: BLE001
                     return False, self._refuse(target, exc)
                 old = self.engine
@@ -218,6 +206,55 @@ class BundleManager:
             log.info("serving bundle %s (was %s; %d logged events replayed; loaded in %.2fs)", engine.version,
                      getattr(old, "version", None), replayed, time.perf_counter() - t0)
             return True, ""
+
+    def _prepare(self, folder: Path) -> tuple[Engine, int | None, float | None, int, int, int]:
+        """Load ``folder``, replay the event log into it up to its current position, warm it. Returns
+        ``(engine, since_ts, received_since, after_seq, that position, events replayed)``."""
+        manifest = read_manifest(folder)  # its digest and version, whatever the engine loader checks
+        engine = self.loader(folder)
+        if getattr(engine, "version", None) != folder.name:  # what every report names (status, metrics, logs)
+            raise ValueError(f"the engine loader reported version {getattr(engine, 'version', None)!r} for "
+                             f"the bundle folder {folder.name}; the version served is the folder's name")
+        replayed, after, since_ts, received = 0, 0, None, None
+        mark = self.event_log.position() if self.event_log is not None else 0
+        if self.event_log is not None:
+            # every acknowledged event must be readable, or nothing is served from the log
+            self.event_log.check_range(0, mark)
+            after, since_ts, received = self._replay_from(folder, manifest, engine)
+            replayed = self._apply(engine, self.event_log.iter_events(
+                since_ts, received, after_seq=after, upto_seq=mark))
+        warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
+        if warm is not None and self.warm_users is not None:
+            t1 = time.perf_counter()
+            warmed = warm(self.warm_users)
+            log.info("bundle %s: %d users' memos filled in %.1fs", engine.version, warmed,
+                     time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        item = warm_request_paths(engine)
+        log.info("bundle %s: Search, Recommend and SimilarItems warmed (item %s) in %.2fs", engine.version,
+                 item, time.perf_counter() - t1)
+        return engine, since_ts, received, after, mark, replayed
+
+    def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int, mark: int) -> int:
+        """Apply the events logged after ``mark`` (call under the ingestion lock)."""
+        if self.event_log is None:
+            return 0
+        self.event_log.check_range(mark, self.event_log.position())
+        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after)))
+
+    def load_pinned(self, version: str) -> Engine:
+        """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the
+        event log replayed, warmed, and from then on given every recorded event. Raises on failure."""
+        with self._reload_lock:
+            if version in self.pinned:
+                return self.pinned[version]
+            folder = self.bundle_folder(version)
+            engine, since_ts, received, after, mark, replayed = self._prepare(folder)
+            with self._ingest_lock:
+                replayed += self._catch_up(engine, since_ts, received, after, mark)
+                self.pinned[version] = engine
+            log.info("bundle %s pinned beside the serving one (%d logged events replayed)", version, replayed)
+            return engine
 
     def _replay_from(self, folder: Path, manifest: dict, engine: Engine) -> tuple[int, int | None, float | None]:
         """Which logged events the new engine gets: ``(after_seq, since_ts, received_since)`` for

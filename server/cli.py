@@ -32,6 +32,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.index_builder.commands.report",
     "tandem.server.commands",
     "tandem.server.event_commands",
+    "tandem.server.experiment_commands",
 )
 
 

@@ -289,9 +289,9 @@ class _Base:
 
     @staticmethod
     def _similar(item_id: str, k: int, filters: Filters | None, explain: bool,
-                 request_id: str) -> pb.SimilarItemsRequest:
+                 request_id: str, user_id: str | None = None) -> pb.SimilarItemsRequest:
         return pb.SimilarItemsRequest(item_id=item_id, k=_k(k), filters=filters_to_pb(filters), explain=explain,
-                                      request_id=request_id)
+                                      request_id=request_id, user_id=user_id or "")
 
     @staticmethod
     def _health_state(answer: health_pb2.HealthCheckResponse | grpc.RpcError) -> str:
@@ -408,9 +408,10 @@ class TandemClient(_Base):
         return results_from_pb(self._call("Recommend", self._stub.Recommend, request, timeout))
 
     def similar_items(self, item_id: str, *, k: int = 10, filters: Filters | None = None, explain: bool = False,
-                      request_id: str = "", timeout: float | None = None) -> Results:
-        """The ``k`` items most similar to ``item_id`` (NOT_FOUND when the bundle lacks it)."""
-        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id))
+                      request_id: str = "", timeout: float | None = None, user_id: str | None = None) -> Results:
+        """The ``k`` items most similar to ``item_id`` (NOT_FOUND when the bundle lacks it); ``user_id``
+        only assigns the asker an arm of the server's A/B experiment."""
+        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id, user_id))
         return results_from_pb(self._call("SimilarItems", self._stub.SimilarItems, request, timeout))
 
     def record(self, events: Event | Iterable[Event], *, request_id: str = "",
@@ -551,9 +552,10 @@ class AsyncTandemClient(_Base):
         return results_from_pb(await self._call("Recommend", self._stub.Recommend, request, timeout))
 
     async def similar_items(self, item_id: str, *, k: int = 10, filters: Filters | None = None,
-                            explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+                            explain: bool = False, request_id: str = "", timeout: float | None = None,
+                            user_id: str | None = None) -> Results:
         """See :meth:`TandemClient.similar_items`."""
-        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id))
+        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id, user_id))
         return results_from_pb(await self._call("SimilarItems", self._stub.SimilarItems, request, timeout))
 
     async def record(self, events: Event | Iterable[Event], *, request_id: str = "",

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
+    s.add_argument("--experiment", type=Path, metavar="FILE.toml",
+                   help="run an A/B experiment: users are assigned arms (bundle versions or pipeline settings) by a "
+                   "stable hash and every answer to a user is logged as an exposure (default: none; see "
+                   "docs/operations.md)")
+    s.add_argument("--exposure-log", type=Path, metavar="SQLITE",
+                   help="where --experiment logs exposures (default: exposures.sqlite3 beside the event log)")
     s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service "
                    "(default: $TANDEM_TOKEN, alias of $TANDEM_SERVE__TOKEN)")
     s.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (with --tls-key; "
@@ -97,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = client("similar", "items similar to an item through a running server",
                "Items similar to one item of the serving bundle.")
     p.add_argument("--item", required=True, metavar="ITEM_ID", help="the item to start from (required)")
+    p.add_argument("--user", metavar="USER_ID",
+                   help="who asks: only assigns an arm of the server's A/B experiment (default: nobody)")
     k_and_explain(p)
     p.set_defaults(handler=_rpc(_similar))
     p = client("record", "record one event through a running server",
@@ -152,6 +160,10 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
     from tandem.server.service import TandemServer
 
     config = serve_config(args)  # before anything else: a bad setting exits 2 at once
+    if config.experiment is not None:
+        from tandem.server.experiment import load_experiment
+
+        load_experiment(config.experiment)  # a bad experiment file too
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
     import torch
 
@@ -221,7 +233,8 @@ def _items(args: argparse.Namespace, resp) -> int:
         print(json.dumps(dataclasses.asdict(resp)))
         return 0
     unknown = f" ({resp.unknown_candidates} unknown candidates skipped)" if resp.unknown_candidates else ""
-    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}{unknown}")
+    arm = f", experiment {resp.experiment} arm {resp.experiment_arm}" if resp.experiment_arm else ""
+    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}{unknown}{arm}")
     for rank, it in enumerate(resp.items, 1):
         print(f"{rank:>3}. {it.item_id:<20} {it.score:>9.4f}  {it.title[:70]}")
         e = it.explanation
@@ -257,7 +270,7 @@ def _recommend(args, client) -> int:
 
 
 def _similar(args, client) -> int:
-    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain))
+    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain, user_id=args.user))
 
 
 def _record(args, client) -> int:
