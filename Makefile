@@ -4,6 +4,7 @@
 # `make test` run the Spark engine's parity tests, which skip, saying why, where Java 17 is missing.
 # torch is pinned in the same pip command so that pip takes the CPU wheel (see docs/operations.md).
 # `make demo DEMO_ARGS="--items 3000 --users 2000"` passes flags to `python -m tandem.server.demo`.
+# `make demo DEMO_ARGS=--search-only` runs it on a shop without events (items and graded queries only).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -13,7 +14,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast check lint proto venv clean prometheus
+.PHONY: demo test test-fast check lint proto venv clean prometheus chromium
 
 # A failed `venv` (e.g. Debian without python3-venv) leaves no half-made .venv behind that a second
 # `make` would take for a working one.
@@ -33,7 +34,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m tandem.server.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 # The full suite, slow tests included: this is what CI runs. -rs prints why a test skipped.
-test: $(VENV)/.installed prometheus
+test: $(VENV)/.installed prometheus chromium
 	$(BIN)/python -m pytest -m "" -q -rs -p no:cacheprovider
 
 # The real-Prometheus test (tests/e2e/test_deploy_stack.py) needs Debian's `prometheus` package
@@ -44,6 +45,15 @@ prometheus:
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; } \
 	  || echo "make: could not install the Debian package prometheus: the real-Prometheus test will skip"; }
+
+# The report's rendering test (tests/index_builder/test_report.py) screenshots the page in a real
+# headless browser: Debian's `chromium` package, installed the same way; without it that test
+# checks the page but skips the screenshot and says why.
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+	  || echo "make: could not install the Debian package chromium: the report's screenshot test will skip"; }
 
 # Unit tests only (slow ones skipped): the quick loop while developing.
 test-fast: $(VENV)/.installed

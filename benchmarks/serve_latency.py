@@ -4,6 +4,7 @@ two-tower index in-process).
 
     .venv/bin/python benchmarks/serve_latency.py --bundles BUNDLES --data DATA [--seconds 10]
     .venv/bin/python benchmarks/serve_latency.py --items 100000 --users 60000 --work /tmp/bench
+    .venv/bin/python benchmarks/serve_latency.py ... --json latency.json   # then: tandem report --latency latency.json
 
 With ``--items``, a synthetic shop of that size is generated and built first (split none).
 Prints p50 / p95 / p99 latency and throughput per RPC and concurrency (1, 4, 16), the error count,
@@ -33,6 +34,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tandem.index_builder.report_inputs import LATENCY_FORMAT, latency_record
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -42,7 +45,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _closed_loop(make_call, concurrency: int, seconds: float, warmup: float = 0.0, max_requests: int = 200_000):
+def _closed_loop(make_call, concurrency: int, seconds: float, warmup: float = 0.0, max_requests: int = 200_000,
+                 name: str = "call"):
     """``concurrency`` threads, each calling back to back: first for ``warmup`` seconds,
     unrecorded (a new channel connects, and the server's path warms up after whatever ran
     before), then ``seconds`` recorded."""
@@ -83,9 +87,7 @@ def _closed_loop(make_call, concurrency: int, seconds: float, warmup: float = 0.
     for t in threads:
         t.join()
     wall = max(finished) - start
-    a = np.array(lat) * 1e3
-    return {"p50": float(np.percentile(a, 50)), "p95": float(np.percentile(a, 95)),
-            "p99": float(np.percentile(a, 99)), "rps": len(a) / wall, "n": len(a), "errors": errors[0]}
+    return latency_record(name, concurrency, np.array(lat) * 1e3, wall, errors[0])
 
 
 def main() -> None:
@@ -99,6 +101,8 @@ def main() -> None:
     ap.add_argument("--concurrency", default="1,4,16")
     ap.add_argument("--repeats", type=int, default=0, help="extra interleaved measurements of the c=1 ratio")
     ap.add_argument("--workers", type=int, help="passed to tandem serve (default: its own)")
+    ap.add_argument("--json", type=Path, metavar="FILE",
+                    help="also write every measurement (percentiles, histogram) here, for `tandem report --latency`")
     ap.add_argument("--warmup", type=float, default=0.5,
                     help="unrecorded seconds before each measurement, same call and concurrency (default 0.5)")
     args = ap.parse_args()
@@ -175,7 +179,7 @@ def main() -> None:
         for c in [int(x) for x in args.concurrency.split(",")]:
             for name, make in (("Ping (echo floor)", rpc("Ping")), ("bare FAISS search", faiss_make),
                                ("Recommend", rpc("Recommend")), ("Search", rpc("Search"))):
-                r = _closed_loop(make, c, args.seconds, args.warmup)
+                r = _closed_loop(make, c, args.seconds, args.warmup, name=name)
                 rows.append((name, c, r))
                 print(f"{name:<18} c={c:<3} p50 {r['p50']:.2f} ms  p95 {r['p95']:.2f}  p99 {r['p99']:.2f}  "
                       f"{r['rps']:.0f} req/s  errors {r['errors']}", flush=True)
@@ -183,6 +187,13 @@ def main() -> None:
         print("| RPC | concurrency | p50 ms | p95 ms | p99 ms | req/s | errors |\n|---|---|---|---|---|---|---|")
         for name, c, r in rows:
             print(f"| {name} | {c} | {r['p50']:.2f} | {r['p95']:.2f} | {r['p99']:.2f} | {r['rps']:.0f} | {r['errors']} |")
+        if args.json is not None:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps({
+                "format": LATENCY_FORMAT, "bundle": engine.version, "items": engine.n_items, "users": engine.n_users,
+                "cores": os.cpu_count(), "seconds": args.seconds, "warmup": args.warmup,
+                "results": [r for _, _, r in rows]}, indent=1) + "\n")
+            print(f"measurements written to {args.json}")
         rec1 = next(r for n, c, r in rows if n == "Recommend" and c == 1)
         echo1 = next(r for n, c, r in rows if n.startswith("Ping") and c == 1)
         faiss1 = next(r for n, c, r in rows if n.startswith("bare") and c == 1)

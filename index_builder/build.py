@@ -107,16 +107,25 @@ def default_sources(config: BuildConfig, kinds: Iterable[str] = KINDS) -> tuple[
 
 
 def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] | None = None,
-                timer: _Timer | None = None, suffix: str = "", engine: Any = None) -> dict[str, CandidateSource]:
+                timer: _Timer | None = None, suffix: str = "",
+                skipped: dict[str, str] | None = None, engine: Any = None) -> dict[str, CandidateSource]:
     """Fit the sources ``names`` (default: every source the pipeline config names and those
     every bundle has) in registry order, each with its ``config`` section, through its registry
-    entry; the sources an offline ``engine`` fits (``engine.fits(name)``, e.g. the Spark engine's
-    popularity and item-CF) are fitted by it on the same training events."""
+    entry. A source that cannot be fitted from ``context`` (one that learns from events, on a
+    shop without any) is left out with one log line; ``skipped``, if given, gets its name and
+    the reason. The sources an offline ``engine`` fits (``engine.fits(name)``, e.g. the Spark
+    engine's popularity and item-CF) are fitted by it on the same training events."""
     timer = timer or _Timer(config.threads)
     wanted = set(default_sources(config) if names is None else names)
     sources: dict[str, CandidateSource] = {}
     for name, entry in SOURCES.items():
         if name in wanted:
+            reason = entry.cannot_fit(context)
+            if reason is not None:
+                log.info("source %s skipped: %s", name, reason)
+                if skipped is not None:
+                    skipped[name] = reason
+                continue
             with timer.stage((entry.stage or name) + suffix):
                 section = getattr(config, entry.config_field)
                 if engine is not None and engine.fits(name):
@@ -221,9 +230,10 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         else:
             split = engine.make_split(interactions, config.split)
             fit_split = engine.make_split(interactions, "leave-last-out") if config.split == "none" else split
-    if len(fit_split.valid) == 0:
-        raise ValueError("no user has 3 or more distinct items, so there is nothing to train the ranker on; "
-                         "add events or lower the cleaning thresholds")
+    search_only = len(interactions) == 0
+    if search_only and clean.report.events_read:
+        log.warning("none of the %d events read survived cleaning (see the cleaning report): building a "
+                    "search-only bundle", clean.report.events_read)
     encoder = encoder or TextEncoder(config.text)
     with timer.stage("text_encode"):
         text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
@@ -231,23 +241,41 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
                          encoder=encoder, ann=config.ann, progress=True)
-    sources = fit_sources(config, context, timer=timer, engine=engine)
+    skipped: dict[str, str] = {}
+    sources = fit_sources(config, context, timer=timer, skipped=skipped, engine=engine)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
-    ranker, ranker_info = _train_ranker(config, pipeline, fit_split.valid, timer)
-    info: dict[str, Any] = {"ranker": ranker_info}
+    info: dict[str, Any] = {"skipped_sources": skipped, "skipped_rankers": {}}
+    rankers: dict[str, Ranker] = {}
+    if search_only:
+        reason = "it learns from users' events and the data has none (a search-only shop)"
+        log.info("recommend ranker skipped: %s", reason)
+        info["skipped_rankers"]["recommend"] = reason
+    elif len(fit_split.valid) == 0:
+        # a young shop: events, but no user with the 3 distinct items that give the ranker a held-out
+        # target; Recommend answers in the fused order until a rebuild has such users
+        reason = ("no user has 3 or more distinct items, so there is no held-out item to train it on; "
+                  "Recommend answers in the fused order (rebuild once users have more history)")
+        log.warning("recommend ranker skipped: %s", reason)
+        info["skipped_rankers"]["recommend"] = reason
+    else:
+        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer)
     logs = _training_logs(sources)
     for name, tlog in logs.items():
+        # the whole curve, not just its end: the refit of a split-none build trains without a
+        # validation set, so this first fit is the only record of it (`tandem report` plots it)
         info[name] = {"best_epoch": tlog.best_epoch, "epochs_run": tlog.epochs_run,
                       "seconds": round(tlog.seconds, 1),
-                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]]}
-    if config.split == "none" and config.refit_on_all:
+                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]],
+                      "history": {"loss": [round(float(x), 6) for x in tlog.losses],
+                                  "valid": [list(e) for e in tlog.evals]}}
+    if config.split == "none" and config.refit_on_all and not search_only:
         # every event this time; sources trained in epochs rerun their best epoch count
         context = replace(context, train=interactions, valid=None,
                           epochs={name: tlog.best_epoch for name, tlog in logs.items()})
         sources = fit_sources(config, context, timer=timer, suffix="_refit", engine=engine)
         pipeline = _make_pipeline(config, catalog, sources, interactions, histories, built_at=built_at)
     pipeline = Pipeline(pipeline.catalog, pipeline.sources, pipeline.table, pipeline.histories,
-                        {"recommend": ranker}, pipeline.config, built_at=built_at)
+                        rankers, pipeline.config, built_at=built_at)
     metrics: dict[str, dict[str, float]] = {}
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
@@ -325,8 +353,14 @@ def _library_versions() -> dict[str, str]:
 
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
-          extra_events: Iterable[Event] | None = None, strict: bool = False, engine: Any = None) -> BuildResult:
+          extra_events: Iterable[Event] | None = None, strict: bool = False,
+          event_log: dict | None = None, engine: Any = None) -> BuildResult:
     """The whole offline job; returns the result with ``folder`` set to the new bundle.
+
+    ``event_log`` says which events of the server's event log ``extra_events`` holds (what
+    :func:`tandem.index_builder.event_log_reader.event_log_mark` returns); the manifest keeps it
+    as ``event_log`` so that the server replays exactly the later ones. None: the bundle includes
+    no logged event (``{"seq": 0}``), and the server replays the whole log into it.
 
     ``engine``: None runs every stage here (the local engine); a
     :class:`~tandem.index_builder.spark_engine.SparkEngine` runs reading and cleaning, the split,
@@ -354,6 +388,8 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "data": {"path": str(data_dir), "items": len(clean.catalog), "users": clean.interactions.n_users,
                      "events": len(clean.interactions), "queries": 0 if queries is None else len(queries)},
             "cleaning": clean.report.to_dict(),
+            "skipped_sources": result.info.get("skipped_sources", {}),
+            "skipped_rankers": result.info.get("skipped_rankers", {}),
             "split": result.split.protocol,
             "config": config_to_dict(config),
             "models": {"text": result.info.get("text_model"), "two_tower": result.info.get("two_tower"),
@@ -361,6 +397,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "indexes": ann,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,
+            "event_log": event_log if event_log is not None else {"seq": 0},
             "timings_s": timer.seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),

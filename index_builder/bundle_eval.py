@@ -20,12 +20,18 @@ __all__ = ["evaluate_bundle"]
 def evaluate_bundle(bundle: Path, data_dir: Path, ks: Sequence[int] = (10, 50, 200),
                     dump: Path | None = None) -> dict[str, Any]:
     """Every recommend source alone, ``fused`` and ``final`` (the pipeline the server runs) on
-    the test targets of the bundle's split; search stages on held-out graded queries if any."""
+    the test targets of the bundle's split; search stages on held-out graded queries if any.
+    A search-only bundle (built without events) has search stages only."""
     folder = current_bundle(bundle)
     pipeline = load_pipeline(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
     protocol = manifest.get("split", {"name": "none"})
-    if protocol.get("name", "none") == "none":
+    if pipeline.search_only:
+        if dump is not None:
+            raise ValueError(f"bundle {folder.name} is search-only (built without events): it has no recommendations "
+                             "to dump; leave out --dump")
+        protocol = {"name": "none", "parameters": {}}  # nothing to hold out: search is evaluated on queries
+    elif protocol.get("name", "none") == "none":
         raise ValueError(f"bundle {folder.name} was built with --split none (trained on every event), so it has no "
                          "held-out targets; build with --split leave-last-out or temporal to evaluate it")
     cleaning = _build(CleaningConfig, manifest.get("config", {}).get("cleaning", {}), "cleaning")
@@ -34,7 +40,7 @@ def evaluate_bundle(bundle: Path, data_dir: Path, ks: Sequence[int] = (10, 50, 2
         raise ValueError(f"--data {data_dir} does not hold the catalog bundle {folder.name} was built from "
                          f"({len(clean.catalog)} vs {len(pipeline.catalog)} items); pass the same data folder")
     split = make_split(clean.interactions, protocol["name"], **protocol.get("parameters", {}))
-    metrics = evaluate_pipeline(pipeline, split, ks)
+    metrics = {} if pipeline.search_only else evaluate_pipeline(pipeline, split, ks)
     report: dict[str, Any] = {
         "bundle": folder.name,
         "protocol": {**protocol, "counts": split.counts(), "targets": "test"},

@@ -48,7 +48,8 @@ _log = logging.getLogger(__name__)
 
 def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, strict: bool = False,
                  extra_events: Iterable[Event] | None = None, now: float | None = None) -> CleanResult:
-    """Read, validate and clean a data folder (items, events; see docs/data.md).
+    """Read, validate and clean a data folder (items, events; see docs/data.md). A folder
+    without an events file gives empty interactions (a search-only shop).
 
     ``strict`` makes the first bad row a :class:`ReadError`; otherwise bad rows are skipped
     and counted in ``report.read``. ``extra_events`` (e.g. the server's event log) are appended
@@ -62,8 +63,11 @@ def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, str
 
     cols = EventColumns()
     stats = ReadStats()
-    cols.extend(read_event_rows(files.events, strict=strict, stats=stats))
-    report.read["events"] = stats.to_dict()
+    if files.events is None:
+        _log.info("data folder %s has no events file: a search-only shop (no behaviour to learn from)", files.folder)
+    else:
+        cols.extend(read_event_rows(files.events, strict=strict, stats=stats))
+        report.read["events"] = stats.to_dict()
     if extra_events is not None:
         extra = ReadStats(file="extra_events")
         report.extra_events = cols.extend(extra_rows(extra_events, strict, extra))

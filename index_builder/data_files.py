@@ -1,5 +1,6 @@
-"""The files of a data folder: ``items.*``, ``events.*`` and the optional ``queries.*``, and
-their format from the file name (docs/data.md)."""
+"""The files of a data folder: ``items.*``, the optional ``events.*`` and ``queries.*``, and
+their format from the file name (docs/data.md). A folder without events makes a search-only
+bundle (docs/operations.md, "Search-only shops")."""
 
 from __future__ import annotations
 
@@ -14,11 +15,11 @@ SUFFIXES: tuple[str, ...] = (".jsonl", ".jsonl.gz", ".csv", ".csv.gz", ".parquet
 
 @dataclass(frozen=True)
 class DataFiles:
-    """The files of one data folder; ``queries`` is None when the folder has none."""
+    """The files of one data folder; ``events`` and ``queries`` are None when the folder has none."""
 
     folder: Path
     items: Path
-    events: Path
+    events: Path | None
     queries: Path | None = None
 
 
@@ -33,10 +34,11 @@ def file_format(path: str | Path) -> str:
 
 
 def find_data_files(data_dir: str | Path) -> DataFiles:
-    """Locate ``items.*``, ``events.*`` and the optional ``queries.*`` in ``data_dir``.
+    """Locate ``items.*`` and the optional ``events.*`` and ``queries.*`` in ``data_dir``.
 
-    Raises FileNotFoundError when the folder, its items or its events are missing, and
-    ValueError when one kind is present in two formats (the reader would have to guess).
+    Raises FileNotFoundError when the folder or its items are missing, or when a file that looks
+    meant as items or events (``events.json``) has no accepted name, and ValueError when one kind
+    is present in two formats (the reader would have to guess).
     """
     folder = Path(data_dir)
     if not folder.is_dir():
@@ -48,8 +50,9 @@ def find_data_files(data_dir: str | Path) -> DataFiles:
         if len(hits) > 1:
             raise ValueError(f"data folder {folder} has {stem} in more than one format "
                              f"({', '.join(p.name for p in hits)}); keep one and move the others away")
-        if not hits and stem != "queries":
-            near = sorted(p.name for p in folder.iterdir() if p.name.startswith(stem))
+        near = sorted(p.name for p in folder.iterdir() if p.name.startswith(stem)) if not hits else []
+        # no events at all is a search-only shop; a misnamed events file is a mistake to report
+        if not hits and (stem == "items" or (stem == "events" and near)):
             hint = f"; found {', '.join(near)}, which is not an accepted name" if near else ""
             raise FileNotFoundError(f"data folder {folder} has no {stem} file: expected one of "
                                     f"{', '.join(stem + s for s in SUFFIXES)}{hint} (see docs/data.md)")

@@ -1,5 +1,8 @@
 """Read the server's SQLite event log (``tandem build --events-log FILE``) without importing the
-server: the table layout is the documented contract (docs/operations.md, server/event_log.py)."""
+server: the table layout is the documented contract (docs/operations.md, server/event_log.py).
+
+A bundle built from the log records which of its events it includes (:func:`event_log_mark`, the
+manifest's ``event_log``): the server replays only the later ones when it loads the bundle."""
 
 from __future__ import annotations
 
@@ -10,22 +13,54 @@ from urllib.parse import quote
 
 from tandem.retrieval.data import EVENT_TYPES, Event
 
-__all__ = ["read_event_log"]
+__all__ = ["read_event_log", "event_log_mark", "FINGERPRINT_COLUMNS"]
+
+#: the columns of the last included row that the manifest records; with ``received_at`` (the
+#: server's clock when it logged the event) they tell this log, a backup or a recovery of it
+#: apart from any other log (server/bundle_manager.py compares them)
+FINGERPRINT_COLUMNS = ("user_id", "item_id", "ts", "event", "received_at")
 
 
-def read_event_log(path: str | Path, batch: int = 10_000) -> Iterator[Event]:
-    """Events in log order; rows with an unknown event type are skipped (the server never writes them).
-
-    Works on logs written before the ``event_id`` column existed (only the shared columns are read)."""
-    path = Path(path)
+def _connect(path: Path) -> sqlite3.Connection:
     if not path.is_file():
         raise FileNotFoundError(f"--events-log {path} does not exist; it is the server's --event-log file "
                                 "(default BUNDLES/events.sqlite3)")
     # quoted: an unescaped '#' or '?' in the path would cut the URI and open (even create) another file
-    conn = sqlite3.connect(f"file:{quote(str(path.absolute()), safe='/')}?mode=ro", uri=True)
+    return sqlite3.connect(f"file:{quote(str(path.absolute()), safe='/')}?mode=ro", uri=True)
+
+
+def event_log_mark(path: str | Path) -> dict:
+    """What a bundle built from the log now includes: ``{"seq": S, "last_event": {...}, "path": ...}``,
+    S the newest sequence number (0 for an empty log) and ``last_event`` that row's
+    :data:`FINGERPRINT_COLUMNS` (None when the log is empty). Read the events with
+    ``read_event_log(path, upto_seq=S)`` so that the build takes exactly these."""
+    path = Path(path)
+    conn = _connect(path)
     try:
         try:
-            cur = conn.execute("SELECT user_id, item_id, ts, event, value FROM events ORDER BY seq")
+            row = conn.execute(f"SELECT seq, {', '.join(FINGERPRINT_COLUMNS)} FROM events "
+                               "ORDER BY seq DESC LIMIT 1").fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is not a Tandem event log ({exc})") from None
+    finally:
+        conn.close()
+    if row is None:
+        return {"seq": 0, "last_event": None, "path": str(path.absolute())}
+    return {"seq": int(row[0]), "last_event": dict(zip(FINGERPRINT_COLUMNS, row[1:], strict=True)),
+            "path": str(path.absolute())}
+
+
+def read_event_log(path: str | Path, batch: int = 10_000, upto_seq: int | None = None) -> Iterator[Event]:
+    """Events in log order, those with ``seq <= upto_seq`` when it is given; rows with an unknown
+    event type are skipped (the server never writes them).
+
+    Works on logs written before the ``event_id`` column existed (only the shared columns are read)."""
+    path = Path(path)
+    conn = _connect(path)
+    try:
+        try:
+            cur = conn.execute("SELECT user_id, item_id, ts, event, value FROM events WHERE seq <= ? ORDER BY seq",
+                               (2**62 if upto_seq is None else int(upto_seq),))
         except sqlite3.DatabaseError as exc:
             raise ValueError(f"{path} is not a Tandem event log ({exc})") from None
         while rows := cur.fetchmany(batch):

@@ -168,8 +168,12 @@ def spark_load_dataset(spark: Any, data_dir: str | Path, config: CleaningConfig 
     report = CleaningReport(data_dir=str(files.folder))
 
     stats = ReadStats()
-    events = _event_frame(spark, files.events, strict, stats)
-    report.read["events"] = stats.to_dict()
+    if files.events is None:  # a search-only shop, as the local engine reads it
+        _log.info("data folder %s has no events file: a search-only shop (no behaviour to learn from)", files.folder)
+        events = spark.createDataFrame([], _EVENT_SCHEMA)
+    else:
+        events = _event_frame(spark, files.events, strict, stats)
+        report.read["events"] = stats.to_dict()
     if extra_events is not None:
         extra = ReadStats(file="extra_events")
         rows = list(extra_rows(extra_events, strict, extra))

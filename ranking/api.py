@@ -22,12 +22,19 @@ __all__ = [
     "ScoredItem",
     "Response",
     "UnknownItemError",
+    "CannotAnswerError",
     "Engine",
 ]
 
 
 class UnknownItemError(KeyError):
     """An item id the current bundle does not know (the servicer answers NOT_FOUND)."""
+
+
+class CannotAnswerError(RuntimeError):
+    """The current bundle has nothing to answer this request from, e.g. a Recommend for a user
+    without history on a search-only bundle (built without events). The message says what
+    would help; the servicer answers FAILED_PRECONDITION with it."""
 
 
 @dataclass(frozen=True)
@@ -66,11 +73,17 @@ class RecommendRequest:
 
 @dataclass(frozen=True)
 class SearchRequest:
+    """``candidate_item_ids``: when not empty, re-rank these items (the caller's own candidates)
+    instead of retrieving: only they can be returned, at most ``k`` of them, in Tandem's order;
+    ids the bundle does not know are skipped and counted in :attr:`Response.unknown_candidates`.
+    Filters and the user's history still apply; a repeated id counts once."""
+
     query: str
     user_id: str | None = None
     k: int = 10
     filters: Filters = field(default_factory=Filters)
     explain: bool = False
+    candidate_item_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -113,6 +126,8 @@ class Response:
     bundle_version: str
     #: True when the user was unknown (or had no usable history) and popularity/context answered.
     cold_start: bool = False
+    #: Search with ``candidate_item_ids``: how many of them the bundle did not know (skipped).
+    unknown_candidates: int = 0
 
 
 @runtime_checkable
@@ -130,7 +145,10 @@ class Engine(Protocol):
     @property
     def n_users(self) -> int: ...
 
-    def recommend(self, request: RecommendRequest) -> Response: ...
+    def recommend(self, request: RecommendRequest) -> Response:
+        """Raises CannotAnswerError when the bundle has nothing to recommend from (a search-only
+        bundle and a user without history)."""
+        ...
 
     def search(self, request: SearchRequest) -> Response: ...
 

@@ -66,6 +66,9 @@ def load_pipeline(folder: Path, *, verify: bool = True) -> Pipeline:
                         version=folder.name, built_at=int(manifest.get("built_at", 0)))
     log.info("loaded bundle %s (%d items, sources %s) in %.1fs", pipeline.version, len(catalog),
              ",".join(sorted(sources)), time.perf_counter() - t0)
+    if pipeline.search_only:
+        log.info("bundle %s is search-only (built without events; skipped %s): Recommend answers only users "
+                 "with a history", pipeline.version, ", ".join(manifest.get("skipped_sources", {})) or "-")
     return pipeline
 
 

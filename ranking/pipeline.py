@@ -2,7 +2,9 @@
 
 Four steps, one module each: retrieve (several sources, fused; :mod:`tandem.ranking.retrieve`) ->
 featurize (:mod:`tandem.ranking.featurize`) -> rerank (neural ranker; :mod:`tandem.ranking.rerank`) ->
-respond (business filters and diversity, explanations; :mod:`tandem.ranking.respond`). The server
+respond (business filters and diversity, explanations; :mod:`tandem.ranking.respond`). A search
+that names its candidates (``candidate_item_ids``) skips retrieval: step 1 scores those items in
+every source instead, and steps 2-4 run as usual on them (no popularity backfill). The server
 calls one :class:`Pipeline`; the evaluator calls the very same object through
 :meth:`Pipeline.rank_requests`, so reported numbers come from the code that serves.
 """
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from tandem.ranking.api import (
+    CannotAnswerError,
     Filters,
     RecommendRequest,
     Response,
@@ -46,6 +49,7 @@ from tandem.retrieval.base import (
 )
 from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Item
 from tandem.retrieval.fusion import Fused
+from tandem.retrieval.registry import behavioural
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
 
@@ -78,6 +82,7 @@ class Pipeline:
         self.built_at = int(built_at)
         self.memos = UserMemos(user_memos)
         self.retriever = Retriever(self.sources, self.config)
+        self._search_only = not behavioural(self.sources)
         self.featurizer = Featurizer(table, self.sources)
         self.responder = Responder(catalog, table, self.config.explain_features)
         self.filter_index = self.responder.filter_index
@@ -137,17 +142,57 @@ class Pipeline:
                                user_id=user_id, now=self._now(hist), memo=memo)
         return req, len(hist) == 0
 
+    @property
+    def search_only(self) -> bool:
+        """True when no source learnt from events (the bundle was built without any): Search and
+        SimilarItems answer from the catalog's text; Recommend needs the user's history."""
+        return self._search_only
+
     def recommend(self, request: RecommendRequest) -> Response:
         req, cold = self.user_request(request.user_id, context=request.context)
+        if self._search_only and (cold or not self.available("recommend")):
+            # an empty list would read as "nothing to recommend"; the truth is "nothing to go on"
+            built = f"search-only bundle {self.version} (built without events: no popularity, item-CF or two-tower source)"
+            if cold:
+                raise CannotAnswerError(
+                    f"{built} cannot recommend to a user without history; send the session's events as "
+                    "context, record events for the user, or build with events")
+            raise CannotAnswerError(f"{built} has none of pipeline.recommend_sources "
+                                    f"({', '.join(self.config.recommend_sources)}); add text to them or build with events")
         ranked = self.rank(req, "recommend")
         exclude = req.excluded(self.n_items) if request.exclude_seen else None  # the history
         return self._respond(ranked, request.filters, request.k, request.explain, exclude, cold, "recommend")
 
     def search(self, request: SearchRequest) -> Response:
         req, empty = self.user_request(request.user_id, query=request.query)
-        ranked = self.rank(req, "search")
         cold = request.user_id is not None and empty
+        if request.candidate_item_ids:
+            return self._search_candidates(request, req, cold)
+        ranked = self.rank(req, "search")
         return self._respond(ranked, request.filters, request.k, request.explain, None, cold, "search")
+
+    def _search_candidates(self, request: SearchRequest, req: RetrievalRequest, cold: bool) -> Response:
+        """Search re-ranking the caller's candidates: the known ones (a repeated id counts
+        once), scored by every search source, featurized and re-ranked as retrieved candidates
+        are; filters and the user's history apply, nothing else is ever added."""
+        first: dict[int, int] = {}  # catalog index -> 1-based position in the caller's list
+        unknown = 0
+        for pos, item_id in enumerate(request.candidate_item_ids, 1):
+            i = self.catalog.index.get(item_id)
+            if i is None:
+                unknown += 1
+            else:
+                first.setdefault(i, pos)
+        items = np.fromiter(first, dtype=np.int64, count=len(first))
+        stats = self.stats
+        stats.clear()
+        fused, order = self.retriever.score_candidates(req, "search", items, stats)
+        given = np.fromiter(first.values(), dtype=np.int32, count=len(first))[order]
+        ranker = self.rankers.get("search")
+        ranked = replace(rerank(req, "search", fused, ranker, self.featurizer, stats), given=given)
+        response = self.responder.respond(ranked, request.filters, request.k, request.explain,
+                                          req.excluded(self.n_items), cold, ranker, self.version, backfill=False)
+        return replace(response, unknown_candidates=unknown)
 
     def similar_items(self, request: SimilarRequest) -> Response:
         i = self.catalog.index.get(request.item_id)
@@ -235,8 +280,19 @@ class Pipeline:
                         replace(self.config, **changes), version=self.version, built_at=self.built_at,
                         user_memos=self.memos.capacity)
 
+    def variant(self, changes: Mapping[str, Any], *, use_ranker: bool = True) -> Pipeline:
+        """A copy answering with ``changes`` to its :class:`PipelineConfig` and, unless ``use_ranker``,
+        without its rankers (an A/B experiment's arm). It shares the loaded models and the user
+        histories, so events recorded into either are seen by both, and the per-user memos (what
+        the sources derive from a history alone, whatever the config)."""
+        out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers if use_ranker else {},
+                       replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0)
+        out.memos = self.memos
+        return out
+
     def describe(self) -> dict:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),
+                "search_only": self.search_only,
                 "rankers": sorted(self.rankers), "config": self.config.to_dict()}
 
     def __repr__(self) -> str:

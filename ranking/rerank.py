@@ -23,7 +23,8 @@ class Ranked:
     ``items`` int64 (m,) best first, ``scores`` float32 (m,) final scores, ``fused`` the
     fusion result (its own order), ``order`` int64 (m,) positions into ``fused``,
     ``features`` float32 (m, F) in ``fused`` order or None, ``ranker_scores`` float32 (m,)
-    in ``fused`` order or None."""
+    in ``fused`` order or None; ``given`` int32 (m,) in ``fused`` order: each item's 1-based
+    position in the caller's candidate list when the caller named the candidates, else None."""
 
     items: np.ndarray
     scores: np.ndarray
@@ -31,6 +32,7 @@ class Ranked:
     order: np.ndarray
     features: np.ndarray | None
     ranker_scores: np.ndarray | None
+    given: np.ndarray | None = None
 
 
 def rerank(req: RetrievalRequest, kind: str, fused: Fused, ranker: Ranker | None, featurizer: Featurizer,

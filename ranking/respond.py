@@ -13,7 +13,11 @@ from tandem.ranking.rerank import Ranked
 from tandem.retrieval.base import IdSet
 from tandem.retrieval.data import Catalog
 
-__all__ = ["Responder"]
+__all__ = ["Responder", "CALLER_SOURCE"]
+
+#: The source an explanation names for an item the caller sent (Search's ``candidate_item_ids``);
+#: its rank is the item's 1-based position in the caller's list.
+CALLER_SOURCE = "candidates"
 
 
 class Responder:
@@ -26,22 +30,23 @@ class Responder:
         self.filter_index = FilterIndex(catalog)
 
     def respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: IdSet | None,
-                cold: bool, ranker: Ranker | None, version: str) -> Response:
-        """The top ``k`` of ``ranked`` that pass ``filters`` and are not in ``exclude``."""
+                cold: bool, ranker: Ranker | None, version: str, *, backfill: bool = True) -> Response:
+        """The top ``k`` of ``ranked`` that pass ``filters`` and are not in ``exclude``; with
+        ``backfill`` (not for the caller's own candidates), popular items that pass the filters
+        fill up a list the filters left short."""
         pos = apply_filters(self.filter_index, ranked.items, filters, k, exclude)
         items = ranked.items[pos]
         scores = ranked.scores[pos]
-        backfill = np.zeros(0, dtype=np.int64)
-        if len(items) < k and filters != Filters():
+        if backfill and len(items) < k and filters != Filters():
             # restrictive filters emptied the candidate list: fill up with the most popular items
             # that pass them, ranked below everything retrieval found
             by_pop = np.argsort(-self.table.log_pop, kind="stable")
             taken = items if exclude is None else np.concatenate([items, np.flatnonzero(exclude.table[:-1])])
             extra = apply_filters(self.filter_index, by_pop, filters, k - len(items), taken)
-            backfill = by_pop[extra]
+            filled = by_pop[extra]
             floor = float(scores.min()) if len(scores) else 0.0
-            items = np.concatenate([items, backfill])
-            scores = np.concatenate([scores, (floor - 1.0 - np.arange(len(backfill))).astype(np.float32)])
+            items = np.concatenate([items, filled])
+            scores = np.concatenate([scores, (floor - 1.0 - np.arange(len(filled))).astype(np.float32)])
         explanations: list[Explanation | None] = [None] * len(items)
         if explain and len(pos):
             fpos = ranked.order[pos]
@@ -54,6 +59,8 @@ class Responder:
                     SourceHit(src, int(fused.ranks[s, p]), float(fused.source_scores[s, p]))
                     for s, src in enumerate(fused.sources) if fused.ranks[s, p] > 0
                 )
+                if ranked.given is not None:
+                    hits = (SourceHit(CALLER_SOURCE, int(ranked.given[p]), 0.0), *hits)
                 explanations[j] = Explanation(
                     sources=hits,
                     fused_score=float(fused.scores[p]),

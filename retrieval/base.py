@@ -21,7 +21,7 @@ from tandem.retrieval.data import Catalog, Interactions
 
 __all__ = [
     "ScratchTables", "RetrievalRequest", "Candidates", "CandidateSource", "IdSet", "read_source_meta",
-    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer"]
+    "ItemVectors", "UserEncoder", "QueryEncoder", "ItemSimilarity", "HistoryMemo", "CatalogScorer", "ItemScorer"]
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,9 @@ class Candidates:
 
     @classmethod
     def top_k(cls, scores: np.ndarray, k: int, source: str, exclude: np.ndarray | None = None) -> Candidates:
-        """Best ``k`` of a dense score vector over the whole catalog (float, shape (n_items,)).
+        """Best ``k`` of a dense score vector over the whole catalog (float, shape (n_items,)),
+        ties to the lower item index (as :func:`tandem.retrieval.item_ranks.rank_items` ranks
+        them, so that a caller's candidates get the ranks retrieval gives).
 
         ``exclude`` item indices are never returned; -inf scores are never returned.
         """
@@ -96,7 +98,11 @@ class Candidates:
         if k <= 0:
             return cls.empty(source)
         part = np.argpartition(-scores, k - 1)[:k]
-        part = part[np.argsort(-scores[part], kind="stable")]
+        kth = scores[part].min()
+        # which of the items tied at the k-th score make it: the lowest indices, not argpartition's pick
+        above = np.flatnonzero(scores > kth)
+        part = np.concatenate([above, np.flatnonzero(scores == kth)[: k - above.shape[0]]])
+        part = part[np.lexsort((part, -scores[part]))]
         part = part[np.isfinite(scores[part])]
         return cls(part.astype(np.int64), scores[part], source)
 
@@ -250,6 +256,20 @@ class CatalogScorer(Protocol):
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items): every item's score for each request (history not excluded)."""
+        ...
+
+
+@runtime_checkable
+class ItemScorer(Protocol):
+    """A source that scores items a caller names, without retrieving (Search's
+    ``candidate_item_ids``: the caller's candidates get the per-source features retrieval would
+    have given them)."""
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """For ``items`` int64 (m,) catalog indices: float32 (m,) the score :meth:`retrieve` gives
+        each, NaN where retrieve would never return it (the request's history or item, no
+        matching term, no answer for this request); and int32 (m,) the 1-based rank each would
+        have in retrieve's list were ``k`` unlimited (0 where the score is NaN)."""
         ...
 
 

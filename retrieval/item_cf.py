@@ -35,8 +35,15 @@ import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
-from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, ScratchTables, read_source_meta
+from tandem.retrieval.base import (
+    Candidates,
+    IdSet,
+    RetrievalRequest,
+    ScratchTables,
+    read_source_meta,
+)
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["CF_SIMILARITIES", "ItemCFConfig", "ItemCF", "UserCFConfig", "UserCF"]
 
@@ -172,6 +179,12 @@ def _top_k_scored(items: np.ndarray, scores: np.ndarray, k: int, exclude: IdSet,
     best, best_scores = _best_k(np.ascontiguousarray(items, dtype=np.int64),
                                 np.ascontiguousarray(scores, dtype=np.float32), exclude.table, k)
     return Candidates(best, best_scores, source)
+
+
+def _positive_ranks(scores: np.ndarray, items: np.ndarray, request: RetrievalRequest) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`rank_items` of the positive ``scores`` (retrieve never returns the others)."""
+    scores = np.where(scores > 0, scores, -np.inf).astype(np.float32)
+    return rank_items(scores, items, request.excluded(scores.shape[0]))
 
 
 @dataclass(frozen=True)
@@ -364,6 +377,11 @@ class ItemCF:
         q = self._query_matrix(requests)
         return np.asarray((q @ self._require()).todense(), dtype=np.float32).reshape(len(requests), -1)
 
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``items``' scores and the ranks :meth:`retrieve` would give them (:class:`ItemScorer`);
+        NaN / 0 where unrelated to the seeds, and for the history and the request's item."""
+        return _positive_ranks(self.score_all([request])[0], items, request)
+
     # -- persistence -----------------------------------------------------------------------
     def save(self, folder: Path) -> list[Path]:
         """Write ``similarity.npz`` (scipy.sparse.save_npz) and ``item_cf.json`` (config, sizes)."""
@@ -473,6 +491,10 @@ class UserCF:
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
         """float32 (b, n_items) scores, history not masked (see :meth:`ItemCF.score_all`)."""
         return np.asarray(self._scores(requests).todense(), dtype=np.float32).reshape(len(requests), -1)
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """As :meth:`ItemCF.score_items`, from the nearest users' scores."""
+        return _positive_ranks(self.score_all([request])[0], items, request)
 
     def save(self, folder: Path) -> list[Path]:
         """Write ``users.npz`` and ``user_cf.json``."""

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
+from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["LEXICAL_STEMMERS", "LexicalConfig", "Lexical", "plural_stem"]
 
@@ -151,6 +152,17 @@ class Lexical:
         hist = np.asarray(request.history, dtype=np.int64)
         hist = hist[(hist >= 0) & (hist < self.n_items)]
         return Candidates.top_k(s, k, self.name, exclude=hist)
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``items``' BM25 scores for ``request.query`` and the ranks :meth:`retrieve` would give
+        them (:class:`~tandem.retrieval.base.ItemScorer`); NaN / 0 where no term matches, for the
+        history, and for every item when there is no query."""
+        items = np.asarray(items, dtype=np.int64)
+        if not request.query:
+            return np.full(items.shape[0], np.nan, dtype=np.float32), np.zeros(items.shape[0], dtype=np.int32)
+        s = self.scores(request.query)
+        s[s <= 0] = -np.inf
+        return rank_items(s, items, IdSet(np.asarray(request.history, dtype=np.int64), self.n_items))
 
     def save(self, folder: Path) -> list[Path]:
         """Write the BM25 matrix and vocabulary (bm25s's .npy / .json files, no pickle) and

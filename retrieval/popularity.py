@@ -19,6 +19,7 @@ import numpy as np
 
 from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import EVENT_TYPES, EVENT_WEIGHT, Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["PopularityConfig", "Popularity"]
 
@@ -121,6 +122,12 @@ class Popularity:
         excluded by the caller, e.g. :func:`retrieval.metrics.top_k_excluding`)."""
         scores = self._fitted()
         return np.broadcast_to(scores, (len(requests), scores.shape[0])).copy()
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``items``' popularity and the ranks :meth:`retrieve` would give them (:class:`ItemScorer`);
+        NaN / 0 for the history and the request's item."""
+        scores = self._fitted()
+        return rank_items(scores, items, request.excluded(scores.shape[0]))
 
     def save(self, folder: Path) -> list[Path]:
         scores = self._fitted()

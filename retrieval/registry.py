@@ -6,6 +6,12 @@ this table (the build, tune, the bundle loader, the pipeline), so adding a sourc
 here plus its module. A source is fitted with ``SOURCES[name].fit(context, config)`` where
 :class:`FitContext` carries everything any source may need; each entry's adapter takes what its
 source uses. Configured names are checked with :func:`check_source_names`.
+
+Sources that learn from behaviour (``needs_events``: popularity, item-CF, user-CF, two-tower)
+cannot be fitted on a shop without events; :meth:`SourceEntry.cannot_fit` says why, and the
+build skips them (a search-only bundle: lexical and text, docs/operations.md). Popularity is
+skipped too rather than kept as a uniform list: with no events every item scores 0, and an
+arbitrary order served as "popular" would mislead.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from tandem.retrieval.base import (
     CandidateSource,
     CatalogScorer,
     HistoryMemo,
+    ItemScorer,
     ItemSimilarity,
     ItemVectors,
     QueryEncoder,
@@ -33,7 +40,8 @@ from tandem.retrieval.popularity import Popularity, PopularityConfig
 from tandem.retrieval.text_tower import TextEncoder, TextEncoderConfig, TextSource, TextSourceConfig
 from tandem.retrieval.two_tower import TwoTower, TwoTowerConfig
 
-__all__ = ["FitContext", "SourceEntry", "SOURCES", "source_entry", "check_source_names", "first_with"]
+__all__ = ["FitContext", "SourceEntry", "SOURCES", "source_entry", "check_source_names", "first_with",
+           "behavioural"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +71,9 @@ class SourceEntry:
     """One candidate source: ``cls`` (with ``load(folder, catalog)``), ``config_type`` and the
     :class:`~index_builder.config.BuildConfig` section holding it (``config_field``), the
     adapter fitting it from a :class:`FitContext`, the capabilities its fitted instances have
-    (protocols of :mod:`tandem.retrieval.base`), the build's stage name, and whether every bundle
-    has it (popularity: the cold-start fallback)."""
+    (protocols of :mod:`tandem.retrieval.base`), the build's stage name, whether every bundle
+    has it (popularity: the cold-start fallback; still skipped without events), and whether it
+    learns from events (``needs_events``: it cannot be fitted without them)."""
 
     name: str
     cls: type
@@ -74,6 +83,14 @@ class SourceEntry:
     capabilities: tuple[type, ...] = ()
     stage: str = ""
     always: bool = False
+    needs_events: bool = False
+
+    def cannot_fit(self, context: FitContext) -> str | None:
+        """Why this source cannot be fitted from ``context`` (a sentence for the build log and
+        the manifest's ``skipped_sources``), or None when it can."""
+        if self.needs_events and len(context.train) == 0:
+            return "it learns from events and the data has none (a search-only shop)"
+        return None
 
     def fit(self, context: FitContext, config: Any = None) -> CandidateSource:
         """A fitted source (``config`` None: the config type's defaults)."""
@@ -107,16 +124,19 @@ def _fit_two_tower(config: TwoTowerConfig, ctx: FitContext) -> TwoTower:
 #: Every source, in the order the build fits them.
 SOURCES: dict[str, SourceEntry] = {e.name: e for e in (
     SourceEntry("popularity", Popularity, PopularityConfig, "popularity",
-                lambda c, ctx: Popularity(c).fit(ctx.catalog, ctx.train), capabilities=(CatalogScorer,), always=True),
+                lambda c, ctx: Popularity(c).fit(ctx.catalog, ctx.train), capabilities=(CatalogScorer, ItemScorer),
+                always=True, needs_events=True),
     SourceEntry("item_cf", ItemCF, ItemCFConfig, "item_cf",
-                lambda c, ctx: ItemCF(c).fit(ctx.catalog, ctx.train), capabilities=(ItemSimilarity, CatalogScorer)),
+                lambda c, ctx: ItemCF(c).fit(ctx.catalog, ctx.train),
+                capabilities=(ItemSimilarity, CatalogScorer, ItemScorer), needs_events=True),
     SourceEntry("user_cf", UserCF, UserCFConfig, "user_cf", lambda c, ctx: UserCF(c).fit(ctx.catalog, ctx.train),
-                capabilities=(CatalogScorer,)),
-    SourceEntry("lexical", Lexical, LexicalConfig, "lexical", lambda c, ctx: Lexical(c).fit(ctx.catalog, ctx.train)),
+                capabilities=(CatalogScorer, ItemScorer), needs_events=True),
+    SourceEntry("lexical", Lexical, LexicalConfig, "lexical", lambda c, ctx: Lexical(c).fit(ctx.catalog, ctx.train),
+                capabilities=(ItemScorer,)),
     SourceEntry("text", TextSource, TextEncoderConfig, "text", _fit_text,
-                capabilities=(ItemVectors, QueryEncoder, HistoryMemo), stage="text_index"),
+                capabilities=(ItemVectors, QueryEncoder, HistoryMemo, ItemScorer), stage="text_index"),
     SourceEntry("two_tower", TwoTower, TwoTowerConfig, "two_tower", _fit_two_tower,
-                capabilities=(ItemVectors, UserEncoder, CatalogScorer)),
+                capabilities=(ItemVectors, UserEncoder, CatalogScorer, ItemScorer), needs_events=True),
 )}
 
 
@@ -141,3 +161,9 @@ def first_with(capability: type, sources: Mapping[str, CandidateSource]) -> Cand
         if source is not None and isinstance(source, capability):
             return source
     return None
+
+
+def behavioural(names: Iterable[str]) -> tuple[str, ...]:
+    """Those of ``names`` that learn from events (registry order); none of them: a search-only bundle."""
+    wanted = set(names)
+    return tuple(name for name, entry in SOURCES.items() if name in wanted and entry.needs_events)

@@ -25,6 +25,7 @@ import numpy as np
 from tandem.retrieval.ann import AnnConfig, AnnIndex
 from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
 
@@ -271,19 +272,34 @@ class TextSource:
             raise RuntimeError("TextSource.retrieve called before fit() or load()")
         if k <= 0 or self._index is None:
             return Candidates.empty(self.name)
-        if request.query is not None and request.query.strip():
-            qvec = self.encode_query(request.query)
-        elif request.item is not None:
-            if not 0 <= request.item < self.vectors.shape[0]:
-                return Candidates.empty(self.name)
-            qvec = self.vectors[request.item]
-        else:
-            hvec = self.remember(request)
-            if hvec is None:
-                return Candidates.empty(self.name)
-            qvec = hvec
+        qvec = self._request_vector(request)
+        if qvec is None:
+            return Candidates.empty(self.name)
         # the source contract: the request's history (and item) are never returned, in every mode
         return self._search(qvec, k, request.excluded(self.vectors.shape[0]))
+
+    def _request_vector(self, request: RetrievalRequest) -> np.ndarray | None:
+        """What :meth:`retrieve` searches with: the query's vector, else the item's, else the
+        history's; None when none applies."""
+        assert self.vectors is not None
+        if request.query is not None and request.query.strip():
+            return self.encode_query(request.query)
+        if request.item is not None:
+            return self.vectors[request.item] if 0 <= request.item < self.vectors.shape[0] else None
+        return self.remember(request)
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``items``' inner products with the request's vector and their ranks among the whole
+        catalog's (:class:`~tandem.retrieval.base.ItemScorer`); exact, where the index may
+        approximate them. NaN / 0 for the history and the request's item, and for every item
+        when :meth:`retrieve` has nothing to search with."""
+        if self.vectors is None:
+            raise RuntimeError("TextSource.score_items called before fit() or load()")
+        items = np.asarray(items, dtype=np.int64)
+        qvec = self._request_vector(request) if self._index is not None else None
+        if qvec is None:
+            return np.full(items.shape[0], np.nan, dtype=np.float32), np.zeros(items.shape[0], dtype=np.int32)
+        return rank_items(self.vectors @ qvec.astype(np.float32), items, request.excluded(self.vectors.shape[0]))
 
     def _search(self, qvec: np.ndarray, k: int, exclude: IdSet) -> Candidates:
         n = self.vectors.shape[0]  # type: ignore[union-attr]

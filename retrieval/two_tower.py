@@ -28,6 +28,7 @@ from safetensors.torch import load_file, save_file
 from tandem.retrieval.ann import AnnConfig
 from tandem.retrieval.base import Candidates, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.item_ranks import rank_items
 from tandem.retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from tandem.retrieval.text_tower import _build_index, _load_index
 from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training
@@ -205,6 +206,23 @@ class TwoTower:
         if self._item_vectors is None:
             self._item_vectors = self.encode_items()
         return self.encode_users(requests) @ self._item_vectors.T
+
+    def score_items(self, request: RetrievalRequest, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``items``' inner products with the vector :meth:`retrieve` searches with (the user's,
+        else ``request.item``'s) and their ranks among the whole catalog's (:class:`ItemScorer`;
+        exact, where the index may approximate them). NaN / 0 for the history and the request's
+        item, and for every item when retrieve has nothing to search with."""
+        self._require()
+        items = np.asarray(items, dtype=np.int64)
+        if self._item_vectors is None:
+            self._item_vectors = self.encode_items()
+        if np.asarray(request.history).size:
+            qvec = self.encode_users([request])[0]
+        elif request.item is not None and 0 <= request.item < self.n_items:
+            qvec = self._item_vectors[request.item]
+        else:
+            return np.full(items.shape[0], np.nan, dtype=np.float32), np.zeros(items.shape[0], dtype=np.int32)
+        return rank_items(self._item_vectors @ qvec, items, request.excluded(self.n_items))
 
     def index_info(self) -> dict:
         """The ANN index's kind, factory string, parameters and measured recall."""

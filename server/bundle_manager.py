@@ -15,6 +15,10 @@ the bulk of the replay runs while requests and ingestion go on; the last stretch
 (events appended during that replay) is applied under the ingestion lock, and the reference is
 swapped before the lock is released. Every acknowledged event is therefore either in the
 replayed log or applied to the engine that serves after the swap.
+
+What is replayed goes by sequence number, never by time: a bundle's manifest records, as
+``event_log.seq``, the newest logged event it was built from (``tandem build --events-log``; 0
+when it includes none), and every event after it is replayed, once (:meth:`BundleManager._replay_from`).
 """
 
 from __future__ import annotations
@@ -26,8 +30,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
-from tandem.ranking.api import Engine, RecommendRequest, SearchRequest, SimilarRequest
-from tandem.retrieval.bundle import BundleError, current_bundle, list_bundles, read_manifest
+from tandem.ranking.api import CannotAnswerError, Engine, RecommendRequest, SearchRequest, SimilarRequest
+from tandem.retrieval.bundle import current_bundle, list_bundles, read_manifest
 from tandem.retrieval.data import Event
 from tandem.server.event_log import EventLog
 
@@ -50,16 +54,23 @@ def check_version_name(version: str) -> str:
 _WARM_USER = "tandem-warm-up"
 
 
+#: the query that finds an item to warm up with on a search-only bundle (which has no cold Recommend)
+_WARM_QUERY = "popular product"
+
+
 def warm_request_paths(engine: Engine) -> str | None:
     """Answer one request of each kind on ``engine`` through its public API: a cold Recommend
-    (which names a real item), a Search for that item's title, a SimilarItems of it, and a
-    Recommend whose history is that item (sent as context, so no stored state changes). Returns
-    the item used, or None when the engine recommends nothing (an empty catalog). Raises what
-    the engine raises."""
-    cold = engine.recommend(RecommendRequest(user_id=None, k=10))
-    if not cold.items:
+    (which names a real item; on a search-only bundle, which refuses it, a Search names one), a
+    Search for that item's title, a SimilarItems of it, and a Recommend whose history is that item
+    (sent as context, so no stored state changes). Returns the item used, or None when the engine
+    recommends nothing (an empty catalog). Raises what the engine raises."""
+    try:
+        found = engine.recommend(RecommendRequest(user_id=None, k=10)).items
+    except CannotAnswerError:
+        found = engine.search(SearchRequest(query=_WARM_QUERY, k=10)).items
+    if not found:
         return None
-    item = cold.items[0]
+    item = found[0]
     query = " ".join((item.title or engine.get_item(item.item_id).title).split()[:16])[:200] or item.item_id
     engine.search(SearchRequest(query=query, k=10, explain=True))
     engine.similar_items(SimilarRequest(item_id=item.item_id, k=10, explain=True))
@@ -68,11 +79,11 @@ def warm_request_paths(engine: Engine) -> str | None:
     return item.item_id
 
 
-def _created_epoch(folder: Path) -> float | None:
+def _created_epoch(manifest: dict) -> float | None:
     try:
-        created = read_manifest(folder).get("created_at")  # verified against its digest
+        created = manifest.get("created_at")
         return dt.datetime.fromisoformat(created).timestamp() if created else None
-    except (OSError, ValueError, AttributeError, BundleError):
+    except (ValueError, TypeError, AttributeError):
         return None
 
 
@@ -92,27 +103,44 @@ class BundleManager:
         self.folder: Path | None = None
         self.last_error = ""
         self.replayed = 0
+        #: engines pinned beside the serving one (an A/B experiment's bundle arms): every recorded
+        #: event is applied to them too; they are never swapped
+        self.pinned: dict[str, Engine] = {}
+        #: called with each batch of newly logged events (duplicates left out), after they are applied
+        self.on_logged: Callable[[Sequence[Event]], None] | None = None
         self._ingest_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
         self._watcher: threading.Thread | None = None
 
     # -- ingestion ------------------------------------------------------------------------
-    def record(self, events: Sequence[Event],
-               event_ids: Sequence[str | None] | None = None) -> tuple[int, int, int]:
+    def record(self, events: Sequence[Event], event_ids: Sequence[str | None] | None = None,
+               before_commit: Callable[[], None] | None = None) -> tuple[int, int, int]:
         """Log ``events`` durably, then apply them to the serving engine. An event whose
         ``event_id`` the log already holds is a duplicate: acknowledged, neither logged nor applied again.
+        ``before_commit`` runs right before the log's commit (see :meth:`EventLog.append_unique`);
+        when it raises, nothing is logged or applied.
 
         Returns ``(event-log position after the batch, events the engine applied, duplicates)``.
         """
         with self._ingest_lock:
             if self.event_log is not None:
-                seq, fresh = self.event_log.append_unique(events, event_ids)
+                seq, fresh = self.event_log.append_unique(events, event_ids, before_commit)
                 new = events if len(fresh) == len(events) else [events[k] for k in fresh]
             else:
+                if before_commit is not None:
+                    before_commit()
                 seq, new = 0, events
             engine = self.engine
             applied = engine.record_events(new) if engine is not None and new else 0
+            if new:
+                for other in self.pinned.values():
+                    other.record_events(new)
+        if new and self.on_logged is not None:
+            try:  # counters must never fail an acknowledged batch
+                self.on_logged(new)
+            except Exception:  # noqa: BLE001
+                log.exception("on_logged failed for %d events", len(new))
         return seq, int(applied), len(events) - len(new)
 
     # -- loading --------------------------------------------------------------------------
@@ -161,38 +189,14 @@ class BundleManager:
                 if self.folder is not None and folder.resolve() == self.folder.resolve():
                     return False, ""
                 t0 = time.perf_counter()
-                read_manifest(folder)  # its digest and version, whatever the engine loader checks
-                engine = self.loader(folder)
-                if getattr(engine, "version", None) != folder.name:  # what every report names (status, metrics, logs)
-                    raise ValueError(f"the engine loader reported version {getattr(engine, 'version', None)!r} for "
-                                     f"the bundle folder {folder.name}; the version served is the folder's name")
-                replayed = 0
-                since_ts, received = int(engine.built_at), _created_epoch(folder)
-                mark = self.event_log.position() if self.event_log is not None else 0
-                if self.event_log is not None:
-                    # every acknowledged event must be readable, or nothing is served from the log
-                    self.event_log.check_range(0, mark)
-                    replayed = self._apply(engine, self.event_log.iter_events(since_ts, received, upto_seq=mark))
-                warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
-                if warm is not None and self.warm_users is not None:
-                    t1 = time.perf_counter()
-                    warmed = warm(self.warm_users)
-                    log.info("bundle %s: %d users' memos filled in %.1fs", engine.version, warmed,
-                             time.perf_counter() - t1)
-                t1 = time.perf_counter()
-                item = warm_request_paths(engine)
-                log.info("bundle %s: Search, Recommend and SimilarItems warmed (item %s) in %.2fs", engine.version,
-                         item, time.perf_counter() - t1)
+                engine, since_ts, received, after, mark, replayed = self._prepare(folder)
             except Exception as exc:  # noqa: BLE001 - any failure refuses the bundle, the old one serves on
                 return False, self._refuse(target, exc)
             with self._ingest_lock:
                 # events acknowledged while the bulk replay ran: apply them before anything else
                 # can be logged, then swap, so none is lost between the two engines
                 try:
-                    if self.event_log is not None:
-                        self.event_log.check_range(mark, self.event_log.position())
-                        replayed += self._apply(engine, self.event_log.iter_events(since_ts, received,
-                                                                                  after_seq=mark))
+                    replayed += self._catch_up(engine, since_ts, received, after, mark)
                 except Exception as exc:  # noqa: BLE001
                     return False, self._refuse(target, exc)
                 old = self.engine
@@ -202,6 +206,83 @@ class BundleManager:
             log.info("serving bundle %s (was %s; %d logged events replayed; loaded in %.2fs)", engine.version,
                      getattr(old, "version", None), replayed, time.perf_counter() - t0)
             return True, ""
+
+    def _prepare(self, folder: Path) -> tuple[Engine, int | None, float | None, int, int, int]:
+        """Load ``folder``, replay the event log into it up to its current position, warm it. Returns
+        ``(engine, since_ts, received_since, after_seq, that position, events replayed)``."""
+        manifest = read_manifest(folder)  # its digest and version, whatever the engine loader checks
+        engine = self.loader(folder)
+        if getattr(engine, "version", None) != folder.name:  # what every report names (status, metrics, logs)
+            raise ValueError(f"the engine loader reported version {getattr(engine, 'version', None)!r} for "
+                             f"the bundle folder {folder.name}; the version served is the folder's name")
+        replayed, after, since_ts, received = 0, 0, None, None
+        mark = self.event_log.position() if self.event_log is not None else 0
+        if self.event_log is not None:
+            # every acknowledged event must be readable, or nothing is served from the log
+            self.event_log.check_range(0, mark)
+            after, since_ts, received = self._replay_from(folder, manifest, engine)
+            replayed = self._apply(engine, self.event_log.iter_events(
+                since_ts, received, after_seq=after, upto_seq=mark))
+        warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
+        if warm is not None and self.warm_users is not None:
+            t1 = time.perf_counter()
+            warmed = warm(self.warm_users)
+            log.info("bundle %s: %d users' memos filled in %.1fs", engine.version, warmed,
+                     time.perf_counter() - t1)
+        t1 = time.perf_counter()
+        item = warm_request_paths(engine)
+        log.info("bundle %s: Search, Recommend and SimilarItems warmed (item %s) in %.2fs", engine.version,
+                 item, time.perf_counter() - t1)
+        return engine, since_ts, received, after, mark, replayed
+
+    def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int, mark: int) -> int:
+        """Apply the events logged after ``mark`` (call under the ingestion lock)."""
+        if self.event_log is None:
+            return 0
+        self.event_log.check_range(mark, self.event_log.position())
+        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after)))
+
+    def load_pinned(self, version: str) -> Engine:
+        """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the
+        event log replayed, warmed, and from then on given every recorded event. Raises on failure."""
+        with self._reload_lock:
+            if version in self.pinned:
+                return self.pinned[version]
+            folder = self.bundle_folder(version)
+            engine, since_ts, received, after, mark, replayed = self._prepare(folder)
+            with self._ingest_lock:
+                replayed += self._catch_up(engine, since_ts, received, after, mark)
+                self.pinned[version] = engine
+            log.info("bundle %s pinned beside the serving one (%d logged events replayed)", version, replayed)
+            return engine
+
+    def _replay_from(self, folder: Path, manifest: dict, engine: Engine) -> tuple[int, int | None, float | None]:
+        """Which logged events the new engine gets: ``(after_seq, since_ts, received_since)`` for
+        :meth:`EventLog.iter_events`. The manifest's ``event_log.seq`` is the newest event of the
+        log the bundle was built from (``tandem build --events-log``; 0 when it includes none):
+        every later event is replayed, once. When this log is not that log (its event ``seq`` is
+        not the one the manifest describes), none of its events is in the bundle: all are replayed.
+        A manifest without ``event_log`` (written before Tandem recorded it) falls back to
+        timestamps: events with ``ts >= built_at`` or received after the bundle was created."""
+        included = manifest.get("event_log")
+        if included is None:
+            log.warning("bundle %s does not record which logged events it includes (built by an older Tandem): "
+                        "replaying the events newer than its data or received after it was created; rebuild it "
+                        "so that every later event is replayed", folder.name)
+            return 0, int(engine.built_at), _created_epoch(manifest)
+        seq = included.get("seq") if isinstance(included, dict) else None
+        if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
+            raise ValueError(f"manifest.json of {folder.name}: event_log.seq must be a sequence number >= 0, "
+                             f"got {seq!r}")
+        if seq == 0:
+            return 0, None, None
+        assert self.event_log is not None
+        if self.event_log.holds(seq, included.get("last_event")):
+            return seq, None, None
+        log.warning("bundle %s includes events 1..%d of another event log (%s), not of %s (whose event %d differs "
+                    "or is missing): every event of %s is replayed into it", folder.name, seq,
+                    included.get("path", "?"), self.event_log.path, seq, self.event_log.path)
+        return 0, None, None
 
     def _refuse(self, target: str, exc: Exception) -> str:
         self.last_error = f"bundle {target} refused: {type(exc).__name__}: {exc}"

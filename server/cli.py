@@ -29,8 +29,10 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.index_builder.commands.build",
     "tandem.index_builder.commands.export",
     "tandem.index_builder.commands.tune",
+    "tandem.index_builder.commands.report",
     "tandem.server.commands",
     "tandem.server.event_commands",
+    "tandem.server.experiment_commands",
 )
 
 

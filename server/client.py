@@ -10,6 +10,9 @@ Quick start::
         hits = tandem.search("wireless earbuds", k=5, filters=Filters(in_stock_only=True))
         for item in hits.items:
             print(item.item_id, item.score, item.title)
+        # re-rank items you already have (at most 1,000): only they come back, in Tandem's order
+        mine = tandem.search("wireless earbuds", k=3, candidate_item_ids=["i0000034", "i0000160", "i0000430"])
+        print(mine.item_ids, mine.unknown_candidates)   # ids the bundle does not know are skipped and counted
         tandem.record(Event("u0000007", "i0004629", event="click", event_id="3f0c9b2e-click-1"))
         try:
             tandem.recommend("u0000007", k=0)
@@ -199,6 +202,22 @@ def _k(k: int) -> int:
     return k
 
 
+def _candidates(ids: Iterable[str] | None, field: str = "candidate_item_ids") -> list[str]:
+    """The caller's candidates as a list of strings; a bare string (one id, or ids joined by
+    commas) is refused rather than sent as its characters. The server checks the rest."""
+    if ids is None:
+        return []
+    if isinstance(ids, (str, bytes)):
+        raise TandemError("INVALID_ARGUMENT", f"{field} must be a list of item ids, got a {type(ids).__name__} "
+                          f"({ids[:40]!r})", field)
+    out = list(ids)
+    for i, item_id in enumerate(out):
+        if not isinstance(item_id, str):
+            raise TandemError("INVALID_ARGUMENT", f"{field}[{i}] must be a string item id, got "
+                              f"{type(item_id).__name__}", f"{field}[{i}]")
+    return out
+
+
 def _event(e: object, field: str) -> pb.Event:
     if not isinstance(e, Event):
         raise TandemError("INVALID_ARGUMENT", f"{field} must be an Event, got {type(e).__name__}", field)
@@ -256,9 +275,10 @@ class _Base:
 
     @staticmethod
     def _search(query: str, k: int, user_id: str | None, filters: Filters | None, explain: bool,
-                request_id: str) -> pb.SearchRequest:
+                request_id: str, candidate_item_ids: Iterable[str] | None = None) -> pb.SearchRequest:
         return pb.SearchRequest(query=query, user_id=user_id or "", k=_k(k), filters=filters_to_pb(filters),
-                                explain=explain, request_id=request_id)
+                                explain=explain, request_id=request_id,
+                                candidate_item_ids=_candidates(candidate_item_ids))
 
     @staticmethod
     def _recommend(user_id: str | None, k: int, context: Iterable[Event], filters: Filters | None, explain: bool,
@@ -269,9 +289,9 @@ class _Base:
 
     @staticmethod
     def _similar(item_id: str, k: int, filters: Filters | None, explain: bool,
-                 request_id: str) -> pb.SimilarItemsRequest:
+                 request_id: str, user_id: str | None = None) -> pb.SimilarItemsRequest:
         return pb.SimilarItemsRequest(item_id=item_id, k=_k(k), filters=filters_to_pb(filters), explain=explain,
-                                      request_id=request_id)
+                                      request_id=request_id, user_id=user_id or "")
 
     @staticmethod
     def _health_state(answer: health_pb2.HealthCheckResponse | grpc.RpcError) -> str:
@@ -365,9 +385,17 @@ class TandemClient(_Base):
                 time.sleep(wait)
 
     def search(self, query: str, *, k: int = 10, user_id: str | None = None, filters: Filters | None = None,
-               explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
-        """The top ``k`` items for a text query, personalised when ``user_id`` is given."""
-        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id))
+               explain: bool = False, request_id: str = "", candidate_item_ids: Iterable[str] | None = None,
+               timeout: float | None = None) -> Results:
+        """The top ``k`` items for a text query, personalised when ``user_id`` is given.
+
+        ``candidate_item_ids`` (at most 1,000 distinct ids; default None: retrieve from the whole
+        catalog): re-rank these items instead; only they come back, at most ``k``, in Tandem's
+        order, with filters and the user's history applied. Ids the bundle does not know are
+        skipped and counted in :attr:`Results.unknown_candidates`; more than 1,000 ids, a
+        repeated or an empty one raise ``TandemError("INVALID_ARGUMENT")`` naming the field."""
+        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id,
+                                                        candidate_item_ids))
         return results_from_pb(self._call("Search", self._stub.Search, request, timeout))
 
     def recommend(self, user_id: str | None, *, k: int = 10, context: Iterable[Event] = (),
@@ -380,9 +408,10 @@ class TandemClient(_Base):
         return results_from_pb(self._call("Recommend", self._stub.Recommend, request, timeout))
 
     def similar_items(self, item_id: str, *, k: int = 10, filters: Filters | None = None, explain: bool = False,
-                      request_id: str = "", timeout: float | None = None) -> Results:
-        """The ``k`` items most similar to ``item_id`` (NOT_FOUND when the bundle lacks it)."""
-        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id))
+                      request_id: str = "", timeout: float | None = None, user_id: str | None = None) -> Results:
+        """The ``k`` items most similar to ``item_id`` (NOT_FOUND when the bundle lacks it); ``user_id``
+        only assigns the asker an arm of the server's A/B experiment."""
+        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id, user_id))
         return results_from_pb(self._call("SimilarItems", self._stub.SimilarItems, request, timeout))
 
     def record(self, events: Event | Iterable[Event], *, request_id: str = "",
@@ -507,9 +536,11 @@ class AsyncTandemClient(_Base):
                 await asyncio.sleep(wait)
 
     async def search(self, query: str, *, k: int = 10, user_id: str | None = None, filters: Filters | None = None,
-                     explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+                     explain: bool = False, request_id: str = "", candidate_item_ids: Iterable[str] | None = None,
+                     timeout: float | None = None) -> Results:
         """See :meth:`TandemClient.search`."""
-        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id))
+        request = _build("Search", lambda: self._search(query, k, user_id, filters, explain, request_id,
+                                                        candidate_item_ids))
         return results_from_pb(await self._call("Search", self._stub.Search, request, timeout))
 
     async def recommend(self, user_id: str | None, *, k: int = 10, context: Iterable[Event] = (),
@@ -521,9 +552,10 @@ class AsyncTandemClient(_Base):
         return results_from_pb(await self._call("Recommend", self._stub.Recommend, request, timeout))
 
     async def similar_items(self, item_id: str, *, k: int = 10, filters: Filters | None = None,
-                            explain: bool = False, request_id: str = "", timeout: float | None = None) -> Results:
+                            explain: bool = False, request_id: str = "", timeout: float | None = None,
+                            user_id: str | None = None) -> Results:
         """See :meth:`TandemClient.similar_items`."""
-        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id))
+        request = _build("SimilarItems", lambda: self._similar(item_id, k, filters, explain, request_id, user_id))
         return results_from_pb(await self._call("SimilarItems", self._stub.SimilarItems, request, timeout))
 
     async def record(self, events: Event | Iterable[Event], *, request_id: str = "",

@@ -102,6 +102,9 @@ class Results:
     bundle_version: str
     request_id: str
     cold_start: bool                       # unknown user / no history: popularity and context answered
+    unknown_candidates: int = 0            # Search with candidate_item_ids: ids the bundle did not know (skipped)
+    experiment: str = ""                   # the server's A/B experiment ("" = none, or an anonymous request)
+    experiment_arm: str = ""               # the arm that answered ("" = not in the experiment)
 
     @property
     def item_ids(self) -> list[str]:
@@ -183,7 +186,8 @@ def results_from_pb(m: pb.ItemsResponse) -> Results:
     items = tuple(ScoredItem(it.item_id, _f32(it.score), it.title,
                              _explanation(it.explanation) if it.HasField("explanation") else None)
                   for it in m.items)
-    return Results(items, m.bundle_version, m.request_id, m.cold_start)
+    return Results(items, m.bundle_version, m.request_id, m.cold_start, m.unknown_candidates, m.experiment,
+                   m.experiment_arm)
 
 
 def recorded_from_pb(m: pb.RecordEventsResponse) -> Recorded:

@@ -35,6 +35,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
+    s.add_argument("--experiment", type=Path, metavar="FILE.toml",
+                   help="run an A/B experiment: users are assigned arms (bundle versions or pipeline settings) by a "
+                   "stable hash and every answer to a user is logged as an exposure (default: none; see "
+                   "docs/operations.md)")
+    s.add_argument("--exposure-log", type=Path, metavar="SQLITE",
+                   help="where --experiment logs exposures (default: exposures.sqlite3 beside the event log)")
     s.add_argument("--token", help="bearer token required by RecordEvents/StreamEvents and the admin service "
                    "(default: $TANDEM_TOKEN, alias of $TANDEM_SERVE__TOKEN)")
     s.add_argument("--tls-cert", type=Path, metavar="PEM", help="serve TLS with this certificate (with --tls-key; "
@@ -83,6 +89,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                "Search the serving bundle's catalog for a text query.")
     p.add_argument("--query", required=True, metavar="TEXT", help="the search text, 1..1000 characters (required)")
     p.add_argument("--user", metavar="USER_ID", help="personalise for this user (default: no personalisation)")
+    p.add_argument("--candidates", metavar="FILE|IDS",
+                   help="re-rank only these items, at most 1000: a file with one item id per line ('-' reads "
+                   "stdin), or ids separated by commas; unknown ids are skipped and counted (default: search "
+                   "the whole catalog)")
     k_and_explain(p)
     p.set_defaults(handler=_rpc(_search))
     p = client("recommend", "recommendations for a user through a running server",
@@ -93,6 +103,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = client("similar", "items similar to an item through a running server",
                "Items similar to one item of the serving bundle.")
     p.add_argument("--item", required=True, metavar="ITEM_ID", help="the item to start from (required)")
+    p.add_argument("--user", metavar="USER_ID",
+                   help="who asks: only assigns an arm of the server's A/B experiment (default: nobody)")
     k_and_explain(p)
     p.set_defaults(handler=_rpc(_similar))
     p = client("record", "record one event through a running server",
@@ -148,6 +160,10 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
     from tandem.server.service import TandemServer
 
     config = serve_config(args)  # before anything else: a bad setting exits 2 at once
+    if config.experiment is not None:
+        from tandem.server.experiment import load_experiment
+
+        load_experiment(config.experiment)  # a bad experiment file too
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
     import torch
 
@@ -216,7 +232,9 @@ def _items(args: argparse.Namespace, resp) -> int:
     if args.json:
         print(json.dumps(dataclasses.asdict(resp)))
         return 0
-    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}")
+    unknown = f" ({resp.unknown_candidates} unknown candidates skipped)" if resp.unknown_candidates else ""
+    arm = f", experiment {resp.experiment} arm {resp.experiment_arm}" if resp.experiment_arm else ""
+    print(f"bundle {resp.bundle_version}{' (cold start)' if resp.cold_start else ''}{unknown}{arm}")
     for rank, it in enumerate(resp.items, 1):
         print(f"{rank:>3}. {it.item_id:<20} {it.score:>9.4f}  {it.title[:70]}")
         e = it.explanation
@@ -227,8 +245,24 @@ def _items(args: argparse.Namespace, resp) -> int:
     return 0
 
 
+def read_candidates(value: str) -> list[str]:
+    """``--candidates``: the lines of a file (``-``: stdin), or ids separated by commas; blank
+    entries and surrounding spaces are dropped."""
+    if value == "-":
+        text = sys.stdin.read()
+    elif Path(value).is_file():
+        text = Path(value).read_text(encoding="utf-8")
+    else:
+        return [v.strip() for v in value.split(",") if v.strip()]
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
 def _search(args, client) -> int:
-    return _items(args, client.search(args.query, k=args.k, user_id=args.user, explain=args.explain))
+    candidates = read_candidates(args.candidates) if args.candidates is not None else None
+    if candidates is not None and not candidates:
+        raise ValueError(f"--candidates {args.candidates!r} names no item ids")
+    return _items(args, client.search(args.query, k=args.k, user_id=args.user, explain=args.explain,
+                                      candidate_item_ids=candidates))
 
 
 def _recommend(args, client) -> int:
@@ -236,7 +270,7 @@ def _recommend(args, client) -> int:
 
 
 def _similar(args, client) -> int:
-    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain))
+    return _items(args, client.similar_items(args.item, k=args.k, explain=args.explain, user_id=args.user))
 
 
 def _record(args, client) -> int:

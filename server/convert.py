@@ -15,10 +15,10 @@ from tandem.retrieval.data import EVENT_TYPES, Event, Item
 from tandem.server._generated import tandem_pb2 as pb
 
 __all__ = ["InvalidArgument", "LIMITS", "REFUSAL_REASONS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
-           "similar_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
+           "similar_from_pb", "candidates_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
 
 LIMITS = {"k_max": 1000, "query_max": 1000, "id_max": 256, "events_max": 10_000, "filter_values_max": 1000,
-          "future_skew_s": 86_400, "stream_events_max": 100_000}
+          "future_skew_s": 86_400, "stream_events_max": 100_000, "candidates_max": 1000}
 
 #: Why an event is refused (the ``reason`` label of ``tandem_events_refused_total``).
 REFUSAL_REASONS: tuple[str, ...] = ("user_id", "item_id", "event_id", "event", "ts_negative", "ts_future",
@@ -75,7 +75,21 @@ def search_from_pb(r: pb.SearchRequest) -> SearchRequest:
         raise InvalidArgument(f"query must be between 1 and {LIMITS['query_max']} characters, got {len(q)}")
     check_id(r.request_id, "request_id", required=False)
     return SearchRequest(q, check_id(r.user_id, "user_id", required=False) or None, _check_k(r.k),
-                         filters_from_pb(r.filters), r.explain)
+                         filters_from_pb(r.filters), r.explain, candidates_from_pb(r.candidate_item_ids))
+
+
+def candidates_from_pb(ids, field: str = "candidate_item_ids") -> tuple[str, ...]:
+    """A Search's own candidates: at most ``LIMITS["candidates_max"]`` ids, each non-empty, at
+    most ``LIMITS["id_max"]`` characters and given once (the error names the element)."""
+    if len(ids) > LIMITS["candidates_max"]:
+        raise InvalidArgument(f"{field} must have at most {LIMITS['candidates_max']} ids, got {len(ids)}")
+    first: dict[str, int] = {}
+    for i, item_id in enumerate(ids):
+        check_id(item_id, f"{field}[{i}]")
+        j = first.setdefault(item_id, i)
+        if j != i:
+            raise InvalidArgument(f"{field}[{i}] must not repeat {field}[{j}] ({item_id[:40]!r})")
+    return tuple(ids)
 
 
 def event_from_pb(e: pb.Event, field: str, now: int) -> Event:
@@ -137,7 +151,8 @@ def similar_from_pb(r: pb.SimilarItemsRequest) -> SimilarRequest:
 
 
 def response_to_pb(resp: Response, request_id: str) -> pb.ItemsResponse:
-    out = pb.ItemsResponse(bundle_version=resp.bundle_version, request_id=request_id, cold_start=resp.cold_start)
+    out = pb.ItemsResponse(bundle_version=resp.bundle_version, request_id=request_id, cold_start=resp.cold_start,
+                           unknown_candidates=resp.unknown_candidates)
     for it in resp.items:
         m = out.items.add(item_id=it.item_id, score=it.score, title=it.title)
         e = it.explanation

@@ -4,6 +4,11 @@ generate -> clean (report) -> popularity baseline -> build a bundle (with evalua
 serve -> search, recommend, record a purchase, recommend again -> stop the server.
 Every step runs the real ``tandem`` command, so what the demo shows is what users get.
 
+With ``--search-only`` the shop's events file is removed after generating (a shop with items and
+graded queries only): clean -> build a search-only bundle -> serve -> search, get an item, similar
+items, a Recommend that the bundle refuses (FAILED_PRECONDITION: no behaviour to recommend from), a
+recorded view, and a Recommend from that history -> stop the server.
+
 Each step's own output (stdout and stderr, and the server's log) is shown as it runs. When a
 step fails, the demo says which step, prints the exact command and the command's own error
 output (and the server's log tail once the server was started), and exits with status 1.
@@ -268,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graded search queries; half train the search ranker (default 100)")
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--config", type=Path, metavar="FILE", help="TOML build config passed to `tandem build`")
+    p.add_argument("--search-only", action="store_true",
+                   help="remove the generated events: build and serve a search-only shop (items and queries)")
     p.add_argument("--rpc-timeout", type=_positive(float, "--rpc-timeout"), default=120.0, metavar="SECONDS",
                    help="deadline of each client call (default 120: a busy machine is slow, not broken)")
     p.add_argument("--ready-timeout", type=_positive(float, "--ready-timeout"), default=600.0, metavar="SECONDS",
@@ -313,13 +320,17 @@ def _demo(args: argparse.Namespace) -> None:
     run_step("generate", [*tandem, "generate", "--out", str(data), "--items", str(args.items),
                           "--users", str(args.users), "--queries", str(args.queries), "--seed", str(args.seed)],
              env=offline)
+    if args.search_only:
+        (data / "events.jsonl.gz").unlink()
+        print(f"\n--search-only: removed {data / 'events.jsonl.gz'}; the shop has items and graded queries only",
+              flush=True)
     run_step("clean", [*tandem, "clean", "--data", str(data), "--report", str(report)], env=offline)
-    run_step("popularity baseline", [*tandem, "eval", "--data", str(data), "--json", str(out / "popularity.json")],
-             env=offline)
+    if not args.search_only:  # popularity needs events
+        run_step("popularity baseline", [*tandem, "eval", "--data", str(data), "--json",
+                                         str(out / "popularity.json")], env=offline)
     build = [*tandem, "build", "--data", str(data), "--out", str(bundles), "--split", "leave-last-out"]
     run_step("build", build + (["--config", str(args.config)] if args.config else []), env=offline)
 
-    user = _pick_user(data, report)
     query, graded_best = _first_query(data)
     port = _free_port()
     addr = f"127.0.0.1:{port}"
@@ -328,28 +339,10 @@ def _demo(args: argparse.Namespace) -> None:
     try:
         server.wait_serving(args.ready_timeout)
         client = ["--addr", addr, "--timeout", f"{args.rpc_timeout:g}"]
-
-        found = _run_json("search", [*tandem, "search", *client, "--query", query, "--k", "5", "--json"],
-                          timeout=client_wait)
-        print(f"\nsearch {query!r}:\n  " + "\n  ".join(_titles(found)))
-        print(f"  its best-graded item {graded_best} is "
-              + (f"at rank {_ids(found).index(graded_best) + 1}" if graded_best in _ids(found) else "not in the top 5"))
-        rec = [*tandem, "recommend", *client, "--user", user, "--k", "5", "--json"]
-        before = _run_json("recommend", rec, timeout=client_wait)
-        if before.get("cold_start") or not before["items"]:
-            raise StepFailed("recommend", rec, f"the bundle does not know user {user} (a cold-start answer)",
-                             json.dumps(before))
-        print(f"\nrecommend for {user}:\n  " + "\n  ".join(_titles(before)))
-        bought = before["items"][0]["item_id"]
-        run_step("record", [*tandem, "record", *client, "--user", user, "--item", bought, "--event", "purchase"],
-                 timeout=client_wait)
-        after = _run_json("recommend again", rec, timeout=client_wait)
-        print(f"\nrecommend for {user} after buying {bought}:\n  " + "\n  ".join(_titles(after)))
-        if _ids(before) == _ids(after):
-            raise StepFailed("recommend again", rec, f"the purchase of {bought} did not change the next "
-                             "recommendation (a recorded event must change the very next answer)", json.dumps(after))
-        print(f"\nthe purchase changed the next recommendation; {bought} is "
-              f"{'still' if bought in _ids(after) else 'no longer'} recommended")
+        if args.search_only:
+            _search_only_calls(tandem, client, query, graded_best, client_wait)
+        else:
+            _calls(tandem, client, _pick_user(data, report), query, graded_best, client_wait)
     except BaseException as exc:
         server.stop()
         if isinstance(exc, StepFailed):
@@ -358,6 +351,66 @@ def _demo(args: argparse.Namespace) -> None:
             print(server.tail(), file=sys.stderr)
         raise
     server.stop()
+
+
+def _search(tandem: list[str], client: list[str], query: str, graded_best: str, client_wait: float) -> None:
+    found = _run_json("search", [*tandem, "search", *client, "--query", query, "--k", "5", "--json"],
+                      timeout=client_wait)
+    print(f"\nsearch {query!r}:\n  " + "\n  ".join(_titles(found)))
+    print(f"  its best-graded item {graded_best} is "
+          + (f"at rank {_ids(found).index(graded_best) + 1}" if graded_best in _ids(found) else "not in the top 5"))
+
+
+def _search_only_calls(tandem: list[str], client: list[str], query: str, graded_best: str,
+                       client_wait: float) -> None:
+    """What a search-only bundle answers: Search, GetItem, SimilarItems (text), and Recommend only
+    from a history."""
+    _search(tandem, client, query, graded_best, client_wait)
+    run_step("get-item", [*tandem, "get-item", *client, "--item", graded_best], timeout=client_wait)
+    similar = _run_json("similar", [*tandem, "similar", *client, "--item", graded_best, "--k", "5", "--json"],
+                        timeout=client_wait)
+    print(f"\nsimilar to {graded_best}:\n  " + "\n  ".join(_titles(similar)))
+    user = "demo-shopper"
+    rec = [*tandem, "recommend", *client, "--user", user, "--k", "5", "--json"]
+    try:
+        run_step("recommend (refused)", rec, timeout=client_wait)
+    except StepFailed as exc:
+        if "FAILED_PRECONDITION: search-only bundle" not in exc.output:
+            raise
+        print(f"\nrecommend for {user} (no history) is refused, as documented:\n  {exc.output.strip()}")
+    else:
+        raise StepFailed("recommend (refused)", rec, "a search-only bundle answered Recommend for a user "
+                         "without history; it must refuse with FAILED_PRECONDITION")
+    run_step("record", [*tandem, "record", *client, "--user", user, "--item", graded_best, "--event", "view"],
+             timeout=client_wait)
+    after = _run_json("recommend from history", rec, timeout=client_wait)
+    if not after["items"]:
+        raise StepFailed("recommend from history", rec, "no items for a user with a recorded view",
+                         json.dumps(after))
+    print(f"\nrecommend for {user} after viewing {graded_best} (text similarity to the history):\n  "
+          + "\n  ".join(_titles(after)))
+
+
+def _calls(tandem: list[str], client: list[str], user: str, query: str, graded_best: str,
+           client_wait: float) -> None:
+    """Search, then Recommend before and after a recorded purchase."""
+    _search(tandem, client, query, graded_best, client_wait)
+    rec = [*tandem, "recommend", *client, "--user", user, "--k", "5", "--json"]
+    before = _run_json("recommend", rec, timeout=client_wait)
+    if before.get("cold_start") or not before["items"]:
+        raise StepFailed("recommend", rec, f"the bundle does not know user {user} (a cold-start answer)",
+                         json.dumps(before))
+    print(f"\nrecommend for {user}:\n  " + "\n  ".join(_titles(before)))
+    bought = before["items"][0]["item_id"]
+    run_step("record", [*tandem, "record", *client, "--user", user, "--item", bought, "--event", "purchase"],
+             timeout=client_wait)
+    after = _run_json("recommend again", rec, timeout=client_wait)
+    print(f"\nrecommend for {user} after buying {bought}:\n  " + "\n  ".join(_titles(after)))
+    if _ids(before) == _ids(after):
+        raise StepFailed("recommend again", rec, f"the purchase of {bought} did not change the next "
+                         "recommendation (a recorded event must change the very next answer)", json.dumps(after))
+    print(f"\nthe purchase changed the next recommendation; {bought} is "
+          f"{'still' if bought in _ids(after) else 'no longer'} recommended")
 
 
 def _interrupt(signum: int, frame: object) -> None:

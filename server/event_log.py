@@ -20,14 +20,14 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from urllib.parse import quote
 
 from tandem.retrieval.data import Event
 
-__all__ = ["EventLog", "EventLogDamaged", "SCHEMA", "acked_path", "read_acked", "sqlite_uri", "inspect_log",
-           "lost_count"]
+__all__ = ["EventLog", "EventLogDamaged", "FINGERPRINT_COLUMNS", "SCHEMA", "acked_path", "read_acked", "sqlite_uri",
+           "inspect_log", "lost_count"]
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -49,6 +49,10 @@ CREATE TABLE IF NOT EXISTS lost (
     recorded_at REAL NOT NULL
 );
 """
+
+#: the columns of one event that tell one log from another (a bundle's manifest records those of the
+#: last logged event it includes; ``received_at`` is this server's clock when it logged the event)
+FINGERPRINT_COLUMNS = ("user_id", "item_id", "ts", "event", "received_at")
 
 _ACKED_WIDTH = 20  # the side file is one fixed-width decimal line, rewritten in place
 
@@ -183,15 +187,21 @@ class EventLog:
         """Durably append; returns the sequence number of the last event (0 if none ever)."""
         return self.append_unique(events, event_ids)[0]
 
-    def append_unique(self, events: Sequence[Event],
-                      event_ids: Sequence[str | None] | None = None) -> tuple[int, list[int]]:
+    def append_unique(self, events: Sequence[Event], event_ids: Sequence[str | None] | None = None,
+                      before_commit: Callable[[], None] | None = None) -> tuple[int, list[int]]:
         """Durably append the events whose ``event_id`` (parallel to ``events``; None or "" = no id)
         is not in the log yet, in one transaction. Returns ``(log position, indices of the events
-        appended)``; the others were duplicates (acknowledged before, or earlier in this batch)."""
+        appended)``; the others were duplicates (acknowledged before, or earlier in this batch).
+
+        ``before_commit`` is called inside the transaction, after the inserts and right before
+        COMMIT: when it raises, the transaction is rolled back (nothing is logged) and the
+        exception propagates (StreamEvents checks there that its client still waits)."""
         ids = [None] * len(events) if event_ids is None else [i or None for i in event_ids]
         if len(ids) != len(events):
             raise ValueError(f"event_ids has {len(ids)} entries for {len(events)} events")
         if not events:
+            if before_commit is not None:
+                before_commit()
             return self.position(), []
         now = time.time()
         with self._lock:
@@ -207,6 +217,8 @@ class EventLog:
                         [(e.user_id, e.item_id, int(e.ts), e.event, e.value, now, ids[k])
                          for k in fresh for e in (events[k],)])
                 last = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+                if before_commit is not None:
+                    before_commit()
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
@@ -275,6 +287,28 @@ class EventLog:
         if found != expected:
             raise _damaged(self.path, f"{found} events are readable between sequence numbers {after_seq + 1} and "
                            f"{upto_seq}, {expected} were acknowledged")
+
+    def holds(self, seq: int, row: Mapping[str, object] | None) -> bool:
+        """Whether this log's event ``seq`` is ``row`` (some of :data:`FINGERPRINT_COLUMNS` with
+        their values, as a bundle's manifest records its last included event), so that a bundle
+        built from this log (or a backup or recovery of it) is told from one built from another
+        log. A ``seq`` the log records as lost (a recovery could not read it) counts as held:
+        only a recovery of the log that had it numbers its events the same way."""
+        if seq <= 0 or seq > self.position() or not isinstance(row, Mapping):
+            return False
+        columns = [c for c in FINGERPRINT_COLUMNS if c in row]
+        if not columns:
+            return False
+        conn = sqlite3.connect(sqlite_uri(self.path, "ro"), uri=True)
+        try:
+            found = conn.execute(f"SELECT {', '.join(columns)} FROM events WHERE seq = ?", (int(seq),)).fetchone()
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, f"reading it failed ({exc})") from None
+        finally:
+            conn.close()
+        if found is None:
+            return lost_count(self._lost, seq - 1, seq) == 1
+        return list(found) == [row[c] for c in columns]
 
     def iter_events(self, since_ts: int | None = None, received_since: float | None = None, *,
                     after_seq: int = 0, upto_seq: int | None = None, batch: int = 10_000) -> Iterator[Event]:

@@ -47,6 +47,18 @@ class ServiceMetrics:
         self.slot_wait = Histogram("tandem_compute_slot_wait_seconds",
                                    "time a Search/Recommend/SimilarItems call waited for a compute slot", registry=r,
                                    buckets=(0.0, *_LATENCY_BUCKETS))
+        self.experiment_exposures = Counter("tandem_experiment_exposures_total",
+                                            "answers an A/B experiment arm gave a user (logged exposures)",
+                                            ["experiment", "arm"], registry=r)
+        self.experiment_conversions = Counter("tandem_experiment_conversions_total",
+                                              "clicks, carts and purchases attributed to an arm's exposures "
+                                              "(live; `tandem experiment report` is exact)",
+                                              ["experiment", "arm", "type"], registry=r)
+        self.experiment_revenue = Counter("tandem_experiment_revenue_total",
+                                          "catalog price of the purchases attributed to an arm's exposures",
+                                          ["experiment", "arm"], registry=r)
+        self.experiment_log_errors = Counter("tandem_experiment_exposure_log_errors_total",
+                                             "exposures that could not be written to the exposure log", registry=r)
         self._http = None
         self._stat_children: dict[str, Histogram | bool] = {}
 

@@ -24,7 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from tandem.ranking.api import Engine, UnknownItemError
+from tandem.ranking.api import CannotAnswerError, Engine, UnknownItemError
 from tandem.ranking.history import DEFAULT_USER_MEMOS
 from tandem.server import convert
 from tandem.server._generated import tandem_pb2 as pb
@@ -32,6 +32,8 @@ from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tandem.server.auth import AuthInterceptor
 from tandem.server.bundle_manager import BundleManager
 from tandem.server.event_log import EventLog
+from tandem.server.experiment import Experiment, load_experiment
+from tandem.server.exposure_log import ExposureLog
 from tandem.server.logs import log_fields
 from tandem.server.metrics import ServiceMetrics
 
@@ -46,6 +48,7 @@ SERVICE_NAMES: tuple[str, ...] = (pb.DESCRIPTOR.services_by_name["Tandem"].full_
 
 _OWN_METHODS = tuple(f"/{name}/" for name in SERVICE_NAMES)
 _LAG_SAMPLE = 100  # events per batch whose visible lag is observed
+_KINDS = {"Search": "search", "Recommend": "recommend", "SimilarItems": "similar"}  # exposure log's kind
 
 
 def _cores() -> int:
@@ -70,6 +73,10 @@ class ServerConfig:
     port: int = 50051
     metrics_port: int | None = None
     event_log: Path | None = None
+    #: an A/B experiment file (see server/experiment.py); None: no experiment
+    experiment: Path | None = None
+    #: where exposures are logged (default: exposures.sqlite3 beside the event log)
+    exposure_log: Path | None = None
     token: str | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -131,6 +138,12 @@ class ServerConfig:
     @property
     def event_log_path(self) -> Path:
         return Path(self.event_log) if self.event_log is not None else Path(self.bundles) / "events.sqlite3"
+
+    @property
+    def exposure_log_path(self) -> Path:
+        if self.exposure_log is not None:
+            return Path(self.exposure_log)
+        return self.event_log_path.with_name("exposures.sqlite3")
 
 
 class _Calls:
@@ -197,6 +210,9 @@ class _Calls:
             code = grpc.StatusCode.NOT_FOUND
             version = getattr(self.manager.engine, "version", "?")
             context.abort(code, f"unknown item_id {exc.args[0]!r} (not in bundle {version})")
+        except CannotAnswerError as exc:
+            code, error = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+            context.abort(code, error)
         except Exception as exc:
             if context.code() is not None:  # context.abort() above or in fn already set the status
                 code = context.code()
@@ -217,6 +233,28 @@ class _Calls:
             log_fields(rpc_log, logging.INFO, "rpc", rpc=rpc, request_id=request_id, status=code.name,
                        latency_ms=round(dt * 1e3, 3), **({"error_id": error_id} if error_id else {}),
                        **({"error": error} if error else {}))
+
+
+def _still_wanted(context: grpc.ServicerContext, what: str) -> Callable[[], None]:
+    """The check an event batch or stream runs inside the log's write transaction, right before
+    COMMIT (after waiting for the ingestion lock, which a swap's catch-up or another batch may
+    hold): when the client no longer waits, it raises and the transaction is rolled back, so a
+    client that saw CANCELLED or DEADLINE_EXCEEDED before the commit has nothing logged. A cancel
+    arriving after this check cannot be undone (docs/operations.md, "Real-time events").
+
+    A client's cancel can reach a stream's handler as a normal end of the request stream (gRPC
+    completes the pending read with no message), and only then does gRPC's poller thread mark
+    the call cancelled. The check first yields the GIL (``time.sleep(0)``) so that a poller
+    holding that news can record it: without it 12 of 150 streams cancelled before their end
+    were committed in a stress loop on 2 busy cores, with it none."""
+
+    def check() -> None:
+        time.sleep(0)
+        gone = _gone(context)
+        if gone is not None:  # abort, not raise: gRPC logs any other exception as an application error
+            context.abort(gone, f"the client went away before the {what} was committed; nothing was recorded")
+
+    return check
 
 
 def _gone(context: grpc.ServicerContext) -> grpc.StatusCode | None:
@@ -296,18 +334,27 @@ class _DecodeGuard(grpc.ServerInterceptor):
 class TandemServicer(pb_grpc.TandemServicer):
     """Search, Recommend, SimilarItems, RecordEvents, StreamEvents, GetItem, Ping."""
 
-    def __init__(self, calls: _Calls, event_log: EventLog) -> None:
+    def __init__(self, calls: _Calls, event_log: EventLog, experiment=None) -> None:
         self.calls = calls
         self.event_log = event_log
+        self.experiment = experiment  # an ExperimentRunner, or None
 
     def _answer(self, rpc, request, context, to_plain, method):
         def go():
             plain = to_plain(request)
+            user = convert.check_id(request.user_id, "user_id", required=False) or None
             engine = self.calls.engine(context)  # one reference for the whole request
+            arm = None
+            if self.experiment is not None:  # the user's arm answers (anonymous: the control, not counted)
+                arm, engine = self.experiment.route(user, engine)
             with self.calls.compute(context):
                 resp = getattr(engine, method)(plain)
             self.calls.observe(engine)
-            return convert.response_to_pb(resp, request.request_id)
+            out = convert.response_to_pb(resp, request.request_id)
+            if arm is not None:
+                self.experiment.expose(arm, user, _KINDS[rpc], request.request_id, resp)
+                out.experiment, out.experiment_arm = self.experiment.experiment.name, arm.name
+            return out
 
         return self.calls.run(rpc, context, request.request_id, go)
 
@@ -320,8 +367,11 @@ class TandemServicer(pb_grpc.TandemServicer):
     def SimilarItems(self, request, context):
         return self._answer("SimilarItems", request, context, convert.similar_from_pb, "similar_items")
 
-    def _record(self, events, event_ids=None) -> tuple[int, int, int]:
-        seq, applied, duplicates = self.calls.manager.record(events, event_ids)  # logged durably, then applied
+    def _record(self, events, event_ids, context, what) -> tuple[int, int, int]:
+        """Log durably (unless the client went away first, see :func:`_still_wanted`), then apply."""
+        seq, applied, duplicates = self.calls.manager.record(events, event_ids, _still_wanted(context, what))
+        if not context.is_active():  # gone after the commit, too late to undo: say so beside the CANCELLED line
+            log_fields(log, logging.INFO, f"{what} committed, then cancelled", events=len(events), last_sequence=seq)
         m = self.calls.metrics
         m.events.inc(len(events) - duplicates)
         m.events_duplicate.inc(duplicates)
@@ -343,7 +393,8 @@ class TandemServicer(pb_grpc.TandemServicer):
                 events = convert.events_from_pb(request.events)
             except convert.InvalidArgument as exc:
                 raise self._refused(exc) from None
-            seq, applied, duplicates = self._record(events, [e.event_id for e in request.events])
+            seq, applied, duplicates = self._record(events, [e.event_id for e in request.events], context,
+                                                    "batch")
             return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq,
                                            duplicates=duplicates)
 
@@ -352,7 +403,8 @@ class TandemServicer(pb_grpc.TandemServicer):
     def StreamEvents(self, request_iterator, context):
         """All or nothing: every message is read and checked first (a message that does not
         parse arrives as a :class:`_Malformed`, see :class:`_DecodeGuard`), then all are logged in one transaction; one bad message
-        refuses the stream with INVALID_ARGUMENT naming it, and nothing is logged."""
+        refuses the stream with INVALID_ARGUMENT naming it, and nothing is logged. Nor is
+        anything when the client cancels before the commit (:func:`_still_wanted`)."""
 
         def go():
             now = int(time.time())
@@ -376,9 +428,9 @@ class TandemServicer(pb_grpc.TandemServicer):
                 more = sum(refused.values()) - 1
                 raise self._refused(convert.InvalidArgument(
                     f"{first}" + (f" (and {more} more refused events)" if more else ""), refused=refused))
-            if not context.is_active():  # the client went away: its stream was never acknowledged
-                raise RuntimeError("the client cancelled the stream before it ended; nothing was recorded")
-            seq, applied, duplicates = self._record(events, ids) if events else (self.event_log.position(), 0, 0)
+            _still_wanted(context, "stream")()  # before any work
+            seq, applied, duplicates = self._record(events, ids, context, "stream") if events else (
+                self.event_log.position(), 0, 0)
             return pb.RecordEventsResponse(accepted=len(events), applied=applied, last_sequence=seq,
                                            duplicates=duplicates)
 
@@ -454,7 +506,11 @@ class TandemServer:
     def __init__(self, config: ServerConfig, engine_loader: Callable[[Path], Engine]) -> None:
         self.config = config
         self.metrics = ServiceMetrics()
+        # a bad experiment file fails before anything is opened or loaded
+        self.experiment: Experiment | None = load_experiment(config.experiment) if config.experiment else None
         self.event_log = EventLog(config.event_log_path)
+        self.exposure_log: ExposureLog | None = None
+        self.experiment_runner = None
 
         def on_swap(engine: Engine) -> None:
             self.metrics.bundle.info({"version": str(engine.version), "built_at": str(engine.built_at)})
@@ -486,13 +542,25 @@ class TandemServer:
         if self.manager.engine is None:
             self.event_log.close()
             raise RuntimeError(f"cannot serve: no usable bundle under {self.config.bundles} ({error})")
+        if self.experiment is not None:
+            from tandem.server.experiment_runner import ExperimentRunner
+
+            try:
+                self.exposure_log = ExposureLog(cfg.exposure_log_path)
+                self.experiment_runner = ExperimentRunner(self.experiment, self.manager, self.exposure_log,
+                                                          self.metrics)
+                self.experiment_runner.start()
+            except (RuntimeError, ValueError, OSError) as exc:
+                self._close_logs()
+                raise RuntimeError(f"cannot serve: {exc}") from None
         calls = _Calls(self.manager, self.metrics, cfg.compute_slots)
         # the token check first: a denied call's bytes are never parsed
         interceptors = [AuthInterceptor(cfg.token, self._on_denied)] if cfg.token else []
         interceptors.append(_DecodeGuard(calls))
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="rpc"),
                                   interceptors=interceptors, options=cfg.grpc_options())
-        pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log), self.server)
+        pb_grpc.add_TandemServicer_to_server(TandemServicer(calls, self.event_log, self.experiment_runner),
+                                             self.server)
         pb_grpc.add_TandemAdminServicer_to_server(AdminServicer(calls, self.event_log, time.time()), self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         names = (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
@@ -510,7 +578,7 @@ class TandemServer:
         else:
             error = "add_port returned 0"
         if not self.port:
-            self.event_log.close()
+            self._close_logs()
             raise RuntimeError(f"could not bind {address} ({error}); is another server on that port?")
         if cfg.metrics_port is not None:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
@@ -533,9 +601,14 @@ class TandemServer:
         self.manager.stop()
         if self.server is not None:
             self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
-        self.event_log.close()
+        self._close_logs()
         self.metrics.close()
         log_fields(log, logging.INFO, "stopped", event_log_sequence=self.event_log.position())
+
+    def _close_logs(self) -> None:
+        self.event_log.close()
+        if self.exposure_log is not None:
+            self.exposure_log.close()
 
     def wait(self) -> None:
         if self.server is not None:

@@ -14,14 +14,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "build", help="clean data, train models, build indexes, evaluate, write a bundle",
         description="Cleaning -> text encoding -> two-tower, item-CF, BM25, popularity -> ranker -> "
                     "evaluation, written to BUNDLES/<version>/ and made current.")
-    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with items.* and events.*")
+    p.add_argument("--data", type=Path, required=True, metavar="DIR", help="folder with items.*, and events.* and queries.* if the shop has them "
+                                                     "(no events: a search-only bundle)")
     p.add_argument("--out", type=Path, required=True, metavar="BUNDLES", help="bundle root folder")
     p.add_argument("--split", choices=("none", "leave-last-out", "temporal"),
                    help="evaluation split (default from config: none = train on everything)")
     p.add_argument("--config", type=Path, metavar="FILE",
                    help="TOML config; its [build] section is read (see docs/config.example.toml)")
     p.add_argument("--events-log", type=Path, metavar="FILE",
-                   help="the server's SQLite event log: its events are added to the data")
+                   help="the server's SQLite event log: its events are added to the data, and the "
+                        "manifest records the newest one's sequence number (the server replays the later ones)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="where reading, cleaning, the split, popularity and item-CF run: local (default, "
@@ -40,11 +42,14 @@ def _run(args: argparse.Namespace) -> int:
 
     overrides = {"split": args.split} if args.split else None
     config = load_config(args.config, overrides=overrides)
-    extra = None
+    extra = mark = None
     if args.events_log is not None:
-        from tandem.index_builder.event_log_reader import read_event_log
+        from tandem.index_builder.event_log_reader import event_log_mark, read_event_log
 
-        extra = read_event_log(args.events_log)
+        # the events up to the newest one now: the manifest records that sequence number, and the
+        # server replays only the events logged after it (the server keeps logging meanwhile)
+        mark = event_log_mark(args.events_log)
+        extra = read_event_log(args.events_log, upto_seq=mark["seq"])
     engine = None
     if args.engine == "spark":
         from tandem.index_builder.spark_session import spark_problem
@@ -57,11 +62,18 @@ def _run(args: argparse.Namespace) -> int:
 
         engine = SparkEngine(args.spark_master, driver_memory=args.spark_driver_memory)
     try:
-        result = build(args.data, args.out, config, extra_events=extra, strict=args.strict, engine=engine)
+        result = build(args.data, args.out, config, extra_events=extra, strict=args.strict, event_log=mark,
+                       engine=engine)
     finally:
         if engine is not None:
             engine.stop()
     print(f"bundle {result.folder} (split {config.split})")
+    print(f"sources: {', '.join(sorted(result.pipeline.sources))}")
+    by_reason: dict[str, list[str]] = {}
+    for name, reason in (result.info.get("skipped_sources") or {}).items():
+        by_reason.setdefault(reason, []).append(name)
+    for reason, names in by_reason.items():
+        print(f"skipped {', '.join(names)}: {reason}")
     print(format_stage_table(result.timings, result.info.get("wall_s")))
     if result.metrics:
         print(format_table(result.metrics))

@@ -69,6 +69,10 @@ def _run(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"--data {args.data} is not a folder; point it at the folder holding "
                                 "items.jsonl.gz and events.jsonl.gz")
     clean = load_dataset(args.data)
+    if len(clean.interactions) == 0:
+        raise ValueError(f"--data {args.data} has no events (a search-only shop): the popularity baseline and "
+                         "every recommendation metric need them; `tandem build` and `tandem eval --bundle` "
+                         "report search metrics on the graded queries")
     params = ({"test_fraction": args.test_fraction, "valid_fraction": args.valid_fraction}
               if args.split == "temporal" else {})
     report = evaluate_dataset(clean.catalog, clean.interactions, args.split, args.k, args.targets,
@@ -102,7 +106,10 @@ def _run_bundle(args: argparse.Namespace) -> int:
     report = evaluate_bundle(args.bundle, args.data, ks=args.k, dump=args.dump)
     p = report["protocol"]
     print(f"bundle {report['bundle']}, split {p['name']} {p['parameters']}, test users {p['counts']['test_users']}")
-    print(format_table(report["metrics"]))
+    if report["metrics"]:
+        print(format_table(report["metrics"]))
+    else:
+        print("no recommendation metrics: a search-only bundle (built without events)")
     if "search" in report:
         print("search (graded queries held out of ranker training):")
         print(format_table(report["search"]))

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/tandem.proto\x12\ttandem.v1\"\xdb\x01\n\x07\x46ilters\x12\x12\n\ncategories\x18\x01 \x03(\t\x12\x0e\n\x06\x62rands\x18\x02 \x03(\t\x12\x16\n\tprice_min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tprice_max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rin_stock_only\x18\x05 \x01(\x08\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x15\n\rmax_per_brand\x18\x07 \x01(\r\x12\x18\n\x10max_per_category\x18\x08 \x01(\rB\x0c\n\n_price_minB\x0c\n\n_price_max\"t\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x03\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\tB\x08\n\x06_value\"8\n\tSourceHit\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02\"\xab\x01\n\x0b\x45xplanation\x12%\n\x07sources\x18\x01 \x03(\x0b\x32\x14.tandem.v1.SourceHit\x12\x13\n\x0b\x66used_score\x18\x02 \x01(\x02\x12\x19\n\x0cranker_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x34\n\x0ctop_features\x18\x04 \x03(\x0b\x32\x1e.tandem.v1.FeatureContributionB\x0f\n\r_ranker_score\"h\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12+\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x16.tandem.v1.Explanation\"u\n\rItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tandem.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\ncold_start\x18\x04 \x01(\x08\"\x84\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12#\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x12.tandem.v1.Filters\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\"\xb1\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12!\n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x10.tandem.v1.Event\x12#\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x12.tandem.v1.Filters\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\"{\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12#\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x12.tandem.v1.Filters\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\"K\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.tandem.v1.Event\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"d\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12\x12\n\nduplicates\x18\x04 \x01(\r\"!\n\x0eGetItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\"\x9a\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\r\n\x05\x62rand\x18\x05 \x01(\t\x12\x12\n\x05price\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x10\n\x08in_stock\x18\x08 \x01(\x08\x42\x08\n\x06_price\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"&\n\x13ReloadBundleRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"G\n\x14ReloadBundleResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x12\n\x10GetStatusRequest\"\xb1\x01\n\x11GetStatusResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x04\x12\r\n\x05users\x18\x03 \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12\x65vent_log_sequence\x18\x05 \x01(\x03\x12\x19\n\x11last_reload_error\x18\x06 \x01(\t\x12\x17\n\x0f\x62undle_built_at\x18\x07 \x01(\x03\x32\xda\x03\n\x06Tandem\x12<\n\x06Search\x12\x18.tandem.v1.SearchRequest\x1a\x18.tandem.v1.ItemsResponse\x12\x42\n\tRecommend\x12\x1b.tandem.v1.RecommendRequest\x1a\x18.tandem.v1.ItemsResponse\x12H\n\x0cSimilarItems\x12\x1e.tandem.v1.SimilarItemsRequest\x1a\x18.tandem.v1.ItemsResponse\x12O\n\x0cRecordEvents\x12\x1e.tandem.v1.RecordEventsRequest\x1a\x1f.tandem.v1.RecordEventsResponse\x12\x43\n\x0cStreamEvents\x12\x10.tandem.v1.Event\x1a\x1f.tandem.v1.RecordEventsResponse(\x01\x12\x35\n\x07GetItem\x12\x19.tandem.v1.GetItemRequest\x1a\x0f.tandem.v1.Item\x12\x37\n\x04Ping\x12\x16.tandem.v1.PingRequest\x1a\x17.tandem.v1.PingResponse2\xa6\x01\n\x0bTandemAdmin\x12O\n\x0cReloadBundle\x12\x1e.tandem.v1.ReloadBundleRequest\x1a\x1f.tandem.v1.ReloadBundleResponse\x12\x46\n\tGetStatus\x12\x1b.tandem.v1.GetStatusRequest\x1a\x1c.tandem.v1.GetStatusResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16tandem/v1/tandem.proto\x12\ttandem.v1\"\xdb\x01\n\x07\x46ilters\x12\x12\n\ncategories\x18\x01 \x03(\t\x12\x0e\n\x06\x62rands\x18\x02 \x03(\t\x12\x16\n\tprice_min\x18\x03 \x01(\x01H\x00\x88\x01\x01\x12\x16\n\tprice_max\x18\x04 \x01(\x01H\x01\x88\x01\x01\x12\x15\n\rin_stock_only\x18\x05 \x01(\x08\x12\x18\n\x10\x65xclude_item_ids\x18\x06 \x03(\t\x12\x15\n\rmax_per_brand\x18\x07 \x01(\r\x12\x18\n\x10max_per_category\x18\x08 \x01(\rB\x0c\n\n_price_minB\x0c\n\n_price_max\"t\n\x05\x45vent\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x0f\n\x07item_id\x18\x02 \x01(\t\x12\n\n\x02ts\x18\x03 \x01(\x03\x12\r\n\x05\x65vent\x18\x04 \x01(\t\x12\x12\n\x05value\x18\x05 \x01(\x01H\x00\x88\x01\x01\x12\x10\n\x08\x65vent_id\x18\x06 \x01(\tB\x08\n\x06_value\"8\n\tSourceHit\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0c\n\x04rank\x18\x02 \x01(\r\x12\r\n\x05score\x18\x03 \x01(\x02\"2\n\x13\x46\x65\x61tureContribution\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02\"\xab\x01\n\x0b\x45xplanation\x12%\n\x07sources\x18\x01 \x03(\x0b\x32\x14.tandem.v1.SourceHit\x12\x13\n\x0b\x66used_score\x18\x02 \x01(\x02\x12\x19\n\x0cranker_score\x18\x03 \x01(\x02H\x00\x88\x01\x01\x12\x34\n\x0ctop_features\x18\x04 \x03(\x0b\x32\x1e.tandem.v1.FeatureContributionB\x0f\n\r_ranker_score\"h\n\nScoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\x12\r\n\x05title\x18\x03 \x01(\t\x12+\n\x0b\x65xplanation\x18\x04 \x01(\x0b\x32\x16.tandem.v1.Explanation\"\xbd\x01\n\rItemsResponse\x12$\n\x05items\x18\x01 \x03(\x0b\x32\x15.tandem.v1.ScoredItem\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\x12\x12\n\ncold_start\x18\x04 \x01(\x08\x12\x1a\n\x12unknown_candidates\x18\x05 \x01(\r\x12\x12\n\nexperiment\x18\x06 \x01(\t\x12\x16\n\x0e\x65xperiment_arm\x18\x07 \x01(\t\"\xa0\x01\n\rSearchRequest\x12\r\n\x05query\x18\x01 \x01(\t\x12\x0f\n\x07user_id\x18\x02 \x01(\t\x12\t\n\x01k\x18\x03 \x01(\r\x12#\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x12.tandem.v1.Filters\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x1a\n\x12\x63\x61ndidate_item_ids\x18\x07 \x03(\t\"\xb1\x01\n\x10RecommendRequest\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12!\n\x07\x63ontext\x18\x03 \x03(\x0b\x32\x10.tandem.v1.Event\x12#\n\x07\x66ilters\x18\x04 \x01(\x0b\x32\x12.tandem.v1.Filters\x12\x0f\n\x07\x65xplain\x18\x05 \x01(\x08\x12\x12\n\nrequest_id\x18\x06 \x01(\t\x12\x14\n\x0cinclude_seen\x18\x07 \x01(\x08\"\x8c\x01\n\x13SimilarItemsRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\t\n\x01k\x18\x02 \x01(\r\x12#\n\x07\x66ilters\x18\x03 \x01(\x0b\x32\x12.tandem.v1.Filters\x12\x0f\n\x07\x65xplain\x18\x04 \x01(\x08\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x0f\n\x07user_id\x18\x06 \x01(\t\"K\n\x13RecordEventsRequest\x12 \n\x06\x65vents\x18\x01 \x03(\x0b\x32\x10.tandem.v1.Event\x12\x12\n\nrequest_id\x18\x02 \x01(\t\"d\n\x14RecordEventsResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\r\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\r\x12\x15\n\rlast_sequence\x18\x03 \x01(\x03\x12\x12\n\nduplicates\x18\x04 \x01(\r\"!\n\x0eGetItemRequest\x12\x0f\n\x07item_id\x18\x01 \x01(\t\"\x9a\x01\n\x04Item\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\r\n\x05title\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\x12\x10\n\x08\x63\x61tegory\x18\x04 \x01(\t\x12\r\n\x05\x62rand\x18\x05 \x01(\t\x12\x12\n\x05price\x18\x06 \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04tags\x18\x07 \x03(\t\x12\x10\n\x08in_stock\x18\x08 \x01(\x08\x42\x08\n\x06_price\"\x1e\n\x0bPingRequest\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"\x1f\n\x0cPingResponse\x12\x0f\n\x07payload\x18\x01 \x01(\x0c\"&\n\x13ReloadBundleRequest\x12\x0f\n\x07version\x18\x01 \x01(\t\"G\n\x14ReloadBundleResponse\x12\x0f\n\x07version\x18\x01 \x01(\t\x12\x0f\n\x07swapped\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x12\n\x10GetStatusRequest\"\xb1\x01\n\x11GetStatusResponse\x12\x16\n\x0e\x62undle_version\x18\x01 \x01(\t\x12\r\n\x05items\x18\x02 \x01(\x04\x12\r\n\x05users\x18\x03 \x01(\x04\x12\x16\n\x0euptime_seconds\x18\x04 \x01(\x01\x12\x1a\n\x12\x65vent_log_sequence\x18\x05 \x01(\x03\x12\x19\n\x11last_reload_error\x18\x06 \x01(\t\x12\x17\n\x0f\x62undle_built_at\x18\x07 \x01(\x03\x32\xda\x03\n\x06Tandem\x12<\n\x06Search\x12\x18.tandem.v1.SearchRequest\x1a\x18.tandem.v1.ItemsResponse\x12\x42\n\tRecommend\x12\x1b.tandem.v1.RecommendRequest\x1a\x18.tandem.v1.ItemsResponse\x12H\n\x0cSimilarItems\x12\x1e.tandem.v1.SimilarItemsRequest\x1a\x18.tandem.v1.ItemsResponse\x12O\n\x0cRecordEvents\x12\x1e.tandem.v1.RecordEventsRequest\x1a\x1f.tandem.v1.RecordEventsResponse\x12\x43\n\x0cStreamEvents\x12\x10.tandem.v1.Event\x1a\x1f.tandem.v1.RecordEventsResponse(\x01\x12\x35\n\x07GetItem\x12\x19.tandem.v1.GetItemRequest\x1a\x0f.tandem.v1.Item\x12\x37\n\x04Ping\x12\x16.tandem.v1.PingRequest\x1a\x17.tandem.v1.PingResponse2\xa6\x01\n\x0bTandemAdmin\x12O\n\x0cReloadBundle\x12\x1e.tandem.v1.ReloadBundleRequest\x1a\x1f.tandem.v1.ReloadBundleResponse\x12\x46\n\tGetStatus\x12\x1b.tandem.v1.GetStatusRequest\x1a\x1c.tandem.v1.GetStatusResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,36 +43,36 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPLANATION']._serialized_end=659
   _globals['_SCOREDITEM']._serialized_start=661
   _globals['_SCOREDITEM']._serialized_end=765
-  _globals['_ITEMSRESPONSE']._serialized_start=767
-  _globals['_ITEMSRESPONSE']._serialized_end=884
-  _globals['_SEARCHREQUEST']._serialized_start=887
-  _globals['_SEARCHREQUEST']._serialized_end=1019
-  _globals['_RECOMMENDREQUEST']._serialized_start=1022
-  _globals['_RECOMMENDREQUEST']._serialized_end=1199
-  _globals['_SIMILARITEMSREQUEST']._serialized_start=1201
-  _globals['_SIMILARITEMSREQUEST']._serialized_end=1324
-  _globals['_RECORDEVENTSREQUEST']._serialized_start=1326
-  _globals['_RECORDEVENTSREQUEST']._serialized_end=1401
-  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1403
-  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1503
-  _globals['_GETITEMREQUEST']._serialized_start=1505
-  _globals['_GETITEMREQUEST']._serialized_end=1538
-  _globals['_ITEM']._serialized_start=1541
-  _globals['_ITEM']._serialized_end=1695
-  _globals['_PINGREQUEST']._serialized_start=1697
-  _globals['_PINGREQUEST']._serialized_end=1727
-  _globals['_PINGRESPONSE']._serialized_start=1729
-  _globals['_PINGRESPONSE']._serialized_end=1760
-  _globals['_RELOADBUNDLEREQUEST']._serialized_start=1762
-  _globals['_RELOADBUNDLEREQUEST']._serialized_end=1800
-  _globals['_RELOADBUNDLERESPONSE']._serialized_start=1802
-  _globals['_RELOADBUNDLERESPONSE']._serialized_end=1873
-  _globals['_GETSTATUSREQUEST']._serialized_start=1875
-  _globals['_GETSTATUSREQUEST']._serialized_end=1893
-  _globals['_GETSTATUSRESPONSE']._serialized_start=1896
-  _globals['_GETSTATUSRESPONSE']._serialized_end=2073
-  _globals['_TANDEM']._serialized_start=2076
-  _globals['_TANDEM']._serialized_end=2550
-  _globals['_TANDEMADMIN']._serialized_start=2553
-  _globals['_TANDEMADMIN']._serialized_end=2719
+  _globals['_ITEMSRESPONSE']._serialized_start=768
+  _globals['_ITEMSRESPONSE']._serialized_end=957
+  _globals['_SEARCHREQUEST']._serialized_start=960
+  _globals['_SEARCHREQUEST']._serialized_end=1120
+  _globals['_RECOMMENDREQUEST']._serialized_start=1123
+  _globals['_RECOMMENDREQUEST']._serialized_end=1300
+  _globals['_SIMILARITEMSREQUEST']._serialized_start=1303
+  _globals['_SIMILARITEMSREQUEST']._serialized_end=1443
+  _globals['_RECORDEVENTSREQUEST']._serialized_start=1445
+  _globals['_RECORDEVENTSREQUEST']._serialized_end=1520
+  _globals['_RECORDEVENTSRESPONSE']._serialized_start=1522
+  _globals['_RECORDEVENTSRESPONSE']._serialized_end=1622
+  _globals['_GETITEMREQUEST']._serialized_start=1624
+  _globals['_GETITEMREQUEST']._serialized_end=1657
+  _globals['_ITEM']._serialized_start=1660
+  _globals['_ITEM']._serialized_end=1814
+  _globals['_PINGREQUEST']._serialized_start=1816
+  _globals['_PINGREQUEST']._serialized_end=1846
+  _globals['_PINGRESPONSE']._serialized_start=1848
+  _globals['_PINGRESPONSE']._serialized_end=1879
+  _globals['_RELOADBUNDLEREQUEST']._serialized_start=1881
+  _globals['_RELOADBUNDLEREQUEST']._serialized_end=1919
+  _globals['_RELOADBUNDLERESPONSE']._serialized_start=1921
+  _globals['_RELOADBUNDLERESPONSE']._serialized_end=1992
+  _globals['_GETSTATUSREQUEST']._serialized_start=1994
+  _globals['_GETSTATUSREQUEST']._serialized_end=2012
+  _globals['_GETSTATUSRESPONSE']._serialized_start=2015
+  _globals['_GETSTATUSRESPONSE']._serialized_end=2192
+  _globals['_TANDEM']._serialized_start=2195
+  _globals['_TANDEM']._serialized_end=2669
+  _globals['_TANDEMADMIN']._serialized_start=2672
+  _globals['_TANDEMADMIN']._serialized_end=2838
 # @@protoc_insertion_point(module_scope)

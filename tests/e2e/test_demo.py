@@ -57,3 +57,24 @@ def test_the_demo_runs_end_to_end_on_a_small_shop(tmp_path):
     assert "Traceback" not in shown
     assert (out / "bundles" / "CURRENT").is_file() and (out / "cleaning_report.json").is_file()
     assert "tandem serving" in (out / "server.log").read_text()
+
+
+@pytest.mark.timeout(1000)
+def test_the_search_only_demo_runs_end_to_end(tmp_path):
+    config = tmp_path / "tiny.toml"
+    config.write_text(TINY_TOML)
+    out = tmp_path / "demo"
+    proc = subprocess.run([sys.executable, "-m", "tandem.server.demo", "--out", str(out), "--items", "300",
+                           "--users", "50", "--queries", "40", "--config", str(config), "--search-only"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=900)
+    stdout, stderr = proc.stdout, proc.stderr
+    assert proc.returncode == 0, (stdout + stderr)[-6000:]
+    assert not (out / "shop" / "events.jsonl.gz").exists()
+    for step in ("generate", "clean", "build", "serve", "search", "get-item", "similar", "recommend (refused)",
+                 "record", "recommend from history"):
+        assert f"\n== {step}\n$ " in stdout, step
+    assert "\n== popularity baseline\n" not in stdout  # it needs events
+    assert "source two_tower skipped" in stderr and "skipped popularity, item_cf, two_tower:" in stdout
+    assert "is refused, as documented:\n  FAILED_PRECONDITION: search-only bundle" in stdout
+    assert "(text similarity to the history):\n  i" in stdout
+    assert "demo finished in" in stdout and "Traceback" not in stdout + stderr

@@ -2,7 +2,8 @@
 `entrypoint.sh` on an empty data folder (generates a tiny shop, builds a bundle, serves it),
 `healthcheck.py`, then a real Prometheus (Debian package `prometheus`) scraping that server with
 the shipped config and alert rules while a bounded load runs; every query of the shipped Grafana
-dashboard must return data through Prometheus' HTTP API."""
+dashboard must return data through Prometheus' HTTP API. The server runs an A/B experiment
+(arguments of the entrypoint reach `tandem serve`), so the experiment panels have data too."""
 
 import json
 import math
@@ -25,6 +26,8 @@ from tests.server.test_deploy import DEPLOY, dashboard_queries
 # the first test builds the tiny bundle through the entrypoint: minutes on a busy 2-core machine
 pytestmark = [pytest.mark.slow, pytest.mark.e2e, pytest.mark.timeout(1500)]
 TOKEN = "deploy-test-token"  # set for the whole entrypoint: the build must ignore it, serve must require it
+EXPERIMENT = 'name = "deploy"\n[[arms]]\nname = "control"\nshare = 0.5\n[[arms]]\nname = "no-ranker"\nshare = 0.5\n' \
+             'ranker = false\n'
 
 
 def shims(folder: Path) -> dict[str, str]:
@@ -62,8 +65,10 @@ class Entrypoint:
                     "LISTEN_HOST": "127.0.0.1", "PORT": str(self.port),
                     "METRICS_PORT": str(self.metrics_port), "TANDEM_TOKEN": TOKEN}
         self.log = open(tmp / "entrypoint.log", "w")
+        (tmp / "experiment.toml").write_text(EXPERIMENT)
         # its own process group: a teardown during the build also ends the `tandem build` child
-        self.proc = subprocess.Popen([str(DEPLOY / "entrypoint.sh")], cwd=tmp, env=self.env, stdout=self.log,
+        self.proc = subprocess.Popen([str(DEPLOY / "entrypoint.sh"), "--experiment", str(tmp / "experiment.toml")],
+                                     cwd=tmp, env=self.env, stdout=self.log,
                                      stderr=subprocess.STDOUT, start_new_session=True)
 
     def wait_healthy(self, timeout: float = 1200.0) -> subprocess.CompletedProcess:
@@ -188,10 +193,11 @@ def bounded_load(addr: str, seconds: float = 4.0, per_thread: int = 100, threads
                         return
                     item, user = items[n % len(items)], f"u{(7 * n + w) % 200:07d}"
                     client.search(["shoes", "coffee", "lamp", "red"][n % 4], k=5)
-                    client.recommend(user, k=5)
+                    shown = client.recommend(user, k=5).item_ids  # an exposure of the user's arm
                     client.similar_items(item, k=5)
                     client.get_item(item)
-                    client.record(Event(user, item, event="view"))
+                    # a click on what the arm showed (a conversion), and now and then a purchase (revenue)
+                    client.record(Event(user, shown[0], event="click" if n % 3 else "purchase"))
                     done = 5
                     if n % 10 == 0:
                         client.status()

@@ -93,6 +93,39 @@ def test_bad_input_gets_clear_status(server, call, code, text):
     ch.close()
 
 
+def test_search_reranks_the_callers_candidates(server, tiny_shop):
+    """The real pipeline behind the real server: only the known given ids come back, in the
+    ranker's order, with the caller's list and the sources' own scores in the explanation."""
+    t, admin, ch = stub(server.addr)
+    found = [it.item_id for it in t.Search(pb.SearchRequest(query="wireless earbuds", k=30)).items]
+    others = [it.item_id for it in t.Search(pb.SearchRequest(query="face cream", k=30)).items]
+    given = list(dict.fromkeys(found[::-3] + others[:4])) + ["no-such-item"]
+    r = t.Search(pb.SearchRequest(query="wireless earbuds", k=len(given) + 5, explain=True,
+                                  candidate_item_ids=given))
+    got = [it.item_id for it in r.items]
+    assert sorted(got) == sorted(given[:-1]) and r.unknown_candidates == 1  # k beyond them: all come back
+    assert [it.score for it in r.items] == sorted((it.score for it in r.items), reverse=True)
+    for it in r.items:
+        hits = it.explanation.sources
+        assert (hits[0].source, hits[0].rank) == ("candidates", given.index(it.item_id) + 1)
+        assert {h.source for h in hits[1:]} <= {"lexical", "text"}
+        e = it.explanation  # the ranker's score, or the fused one where the bundle has no search ranker
+        assert it.score == pytest.approx(e.ranker_score if e.HasField("ranker_score") else e.fused_score)
+    text_hits = [h for it in r.items for h in it.explanation.sources if h.source == "text"]
+    assert len(text_hits) == len(got) and all(h.rank >= 1 for h in text_hits)  # scored, not looked up
+    top = t.Search(pb.SearchRequest(query="wireless earbuds", k=3, candidate_item_ids=given))
+    assert [it.item_id for it in top.items] == got[:3]
+    stocked = t.Search(pb.SearchRequest(query="wireless earbuds", k=50, candidate_item_ids=given,
+                                        filters=pb.Filters(in_stock_only=True)))
+    in_stock = {i for i in got if t.GetItem(pb.GetItemRequest(item_id=i)).in_stock}
+    assert [it.item_id for it in stocked.items] == [i for i in got if i in in_stock]
+    with pytest.raises(grpc.RpcError) as err:
+        t.Search(pb.SearchRequest(query="x", k=5, candidate_item_ids=[given[0], given[0]]))
+    assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.value.details().startswith("candidate_item_ids[1] must not repeat candidate_item_ids[0]")
+    ch.close()
+
+
 def test_cli_client_json_and_error(server, tiny_shop):
     run = lambda *a: subprocess.run([sys.executable, "-m", "tandem.server.cli", *a], cwd=ROOT, capture_output=True,  # noqa: E731
                                     text=True, timeout=60)

@@ -87,6 +87,7 @@ def test_manifest_describes_everything(built):
     assert ("hybrid_ranker" in m["search_metrics"]) == search["kept"]
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
     assert set(m["threads_per_stage"]) == set(m["timings_s"]) and min(m["threads_per_stage"].values()) >= 1
+    assert m["event_log"] == {"seq": 0}  # built without --events-log: the server replays its whole log
     assert "engine" not in m  # the default local engine: the manifest is as before the Spark engine
 
 
@@ -133,3 +134,32 @@ def test_tampered_bundle_refused_by_loader(built):
     (copy / "sources" / "item_cf" / next(p.name for p in (copy / "sources" / "item_cf").iterdir())).write_bytes(b"x")
     with pytest.raises(BundleError, match="checksum mismatch"):
         load_engine(copy)
+
+
+def test_manifest_keeps_the_two_tower_training_curve(built):
+    from tandem.retrieval.bundle import current_bundle, verify_bundle
+
+    tt = verify_bundle(current_bundle(built / "bundles"))["models"]["two_tower"]
+    hist = tt["history"]  # every epoch, not only the last three evaluations
+    assert len(hist["loss"]) == tt["epochs_run"] == 3 and all(np.isfinite(hist["loss"]))
+    assert [e[0] for e in hist["valid"]] == [1, 2, 3] and hist["valid"][-3:] == tt["valid"]
+    assert all(0 <= r <= 1 and 0 <= n <= 1 for _, r, n in hist["valid"])
+
+
+def test_report_of_an_evaluated_bundle(built, tiny_shop, tmp_path):
+    from tests.index_builder.test_report import check_page
+
+    evaluation = tmp_path / "eval.json"
+    assert main(["eval", "--bundle", str(built / "bundles"), "--data", str(tiny_shop), "--k", "1,5,10,20,50",
+                 "--json", str(evaluation)]) == 0
+    out = tmp_path / "report"
+    assert main(["report", "--bundle", str(built / "bundles"), "--eval", str(evaluation), "--users", "50",
+                 "--out", str(out)]) == 0
+    page = check_page(out, {"quality", "overlap", "coverage", "training"})
+    assert f"from {evaluation}: split leave-last-out" in page and "is of bundle" not in page
+    for metric in ("recall@1", "ndcg@50", "final", "fused", "two_tower"):
+        assert f"<td>{metric}</td>" in page or f"<th>{metric}</th>" in page, metric
+    # without --eval, the metrics the build recorded on its test split (10, 50 and 200)
+    assert main(["report", "--bundle", str(built / "bundles"), "--users", "20", "--out", str(tmp_path / "r2")]) == 0
+    page = check_page(tmp_path / "r2", {"quality", "overlap", "coverage", "training"})
+    assert "recorded by the build on its leave-last-out test split" in page and "<td>recall@200</td>" in page

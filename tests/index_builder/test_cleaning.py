@@ -293,3 +293,14 @@ def test_extra_events_with_bad_values_are_skipped_naming_the_field(shop):
     _jsonl(shop / "events.jsonl", EVENT_ROWS[:9])
     with pytest.raises(ReadError, match="extra_events:1: field \"value\""):
         load_dataset(shop, extra_events=bad, strict=True)
+
+
+@pytest.mark.parametrize("events", [None, b""], ids=["no_events_file", "empty_events_file"])
+def test_a_shop_without_events_loads_with_empty_interactions(tmp_path, events):
+    _jsonl(tmp_path / "items.jsonl", ITEM_ROWS)
+    if events is not None:
+        (tmp_path / "events.jsonl").write_bytes(events)
+    result = load_dataset(tmp_path)
+    assert len(result.interactions) == 0 and result.interactions.n_users == 0
+    assert "i8" in result.catalog.index and "i10" not in result.catalog.index  # no text and now no events
+    assert result.report.events_read == 0

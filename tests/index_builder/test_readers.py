@@ -125,8 +125,13 @@ def test_find_data_files_errors(tmp_path):
                               "items.jsonl.gz, items.csv, items.csv.gz, items.parquet; found items.json, which "
                               "is not an accepted name (see docs/data.md)")
     _write_jsonl(tmp_path / "items.jsonl", ITEM_ROWS)
-    with pytest.raises(FileNotFoundError, match="has no events file: expected one of events.jsonl,"):
+    # no events file: a search-only shop
+    assert find_data_files(tmp_path) == DataFiles(tmp_path, tmp_path / "items.jsonl", None, None)
+    (tmp_path / "events.json").write_text("{}")  # meant as events, misnamed: an error, not a search-only shop
+    with pytest.raises(FileNotFoundError, match="has no events file: expected one of events.jsonl,.*; found "
+                                                "events.json, which is not an accepted name"):
         find_data_files(tmp_path)
+    (tmp_path / "events.json").unlink()
     _write_jsonl(tmp_path / "events.jsonl", EVENT_ROWS)
     assert find_data_files(tmp_path).queries is None
     _write_csv(tmp_path / "events.csv", EVENT_ROWS)

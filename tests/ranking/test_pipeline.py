@@ -184,3 +184,20 @@ def test_restrictive_filters_backfill_by_popularity_without_seen_items(shop):
     sources = [h.source for it in r.items for h in it.explanation.sources]
     assert "filter_backfill" in sources  # retrieval alone did not find them all
     assert [it.score for it in r.items] == sorted((it.score for it in r.items), reverse=True)
+
+
+def test_a_variant_shares_the_models_histories_and_memos(shop):
+    """An A/B experiment's arm: other settings, the ranker off, the same live user state."""
+    p, clean, _ = shop
+    v = p.variant({"recommend_sources": ("item_cf", "popularity"), "fusion_method": "weighted"}, use_ranker=False)
+    assert v.histories is p.histories and v.memos is p.memos and v.sources is not None and p.rankers and not v.rankers
+    assert v.config.fusion_method == "weighted" and p.config.fusion_method == "rrf" and v.version == p.version
+    user = clean.interactions.user_ids[5]
+    r = v.recommend(RecommendRequest(user_id=user, k=10, explain=True))
+    assert r.items and all(it.explanation.ranker_score is None for it in r.items)
+    assert {h.source for it in r.items for h in it.explanation.sources} <= {"item_cf", "popularity"}
+    item = r.items[0].item_id
+    p.record_events([Event(user, item, int(p.table.now) + 10, "purchase")])  # recorded into the serving engine
+    assert item not in [it.item_id for it in v.recommend(RecommendRequest(user_id=user, k=10)).items]
+    with pytest.raises(ValueError, match="the recommend ranker was trained on features"):
+        p.variant({"recommend_sources": ("popularity",)})  # the ranker kept without the sources it learnt from

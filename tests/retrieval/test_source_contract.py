@@ -19,6 +19,8 @@ from tandem.retrieval.base import (
     CandidateSource,
     CatalogScorer,
     HistoryMemo,
+    IdSet,
+    ItemScorer,
     ItemSimilarity,
     ItemVectors,
     QueryEncoder,
@@ -27,6 +29,7 @@ from tandem.retrieval.base import (
 )
 from tandem.retrieval.data import Catalog, Interactions, Item
 from tandem.retrieval.item_cf import ItemCFConfig
+from tandem.retrieval.item_ranks import rank_items
 from tandem.retrieval.popularity import PopularityConfig
 from tandem.retrieval.registry import SOURCES as REGISTRY
 from tandem.retrieval.registry import FitContext
@@ -48,7 +51,7 @@ SOURCES: list[tuple[str, str, Any] | Any] = [
 ]
 
 _IDS = [s.values[0] if hasattr(s, "values") else s[0] for s in SOURCES]
-CAPABILITIES = (ItemVectors, UserEncoder, QueryEncoder, ItemSimilarity, HistoryMemo, CatalogScorer)
+CAPABILITIES = (ItemVectors, UserEncoder, QueryEncoder, ItemSimilarity, HistoryMemo, CatalogScorer, ItemScorer)
 
 
 def _fit(name: str, config: Any, catalog: Catalog, interactions: Interactions) -> CandidateSource:
@@ -171,6 +174,17 @@ def test_empty_training_log(data, label, name, config):
         _check(source.retrieve(req, 5), req, 5, source.name)
 
 
+def test_sources_that_learn_from_events_cannot_be_fitted_without_them(data):
+    """A search-only shop (no events) keeps the sources that learn from the catalog (lexical,
+    text) and skips the others, each with a reason for the build log and the manifest."""
+    catalog, inter = data
+    empty = FitContext(catalog, Interactions.empty(inter.user_ids))
+    reasons = {name: entry.cannot_fit(empty) for name, entry in REGISTRY.items()}
+    assert {name for name, why in reasons.items() if why} == {"popularity", "item_cf", "user_cf", "two_tower"}
+    assert all("learns from events" in why for why in reasons.values() if why)
+    assert all(entry.cannot_fit(FitContext(catalog, inter)) is None for entry in REGISTRY.values())
+
+
 @pytest.mark.parametrize(("label", "name", "config"), SOURCES, ids=_IDS)
 def test_similar_items_never_returns_the_seed(request, data, label, name, config):
     if label in SEED_ITEM_RETURNED:
@@ -181,6 +195,21 @@ def test_similar_items_never_returns_the_seed(request, data, label, name, config
         for history in (np.zeros(0, dtype=np.int64), np.array([1, 2])):
             got = source.retrieve(RetrievalRequest(item=item, history=history), N_ITEMS)
             assert item not in got.items.tolist()
+
+
+def test_top_k_breaks_ties_by_item_index_as_rank_items_ranks():
+    rng = np.random.default_rng(2)
+    for _ in range(20):
+        scores = rng.integers(0, 4, 300).astype(np.float32)  # many ties
+        scores[rng.integers(0, 300, 30)] = -np.inf
+        oracle = np.lexsort((np.arange(300), -scores))
+        oracle = oracle[np.isfinite(scores[oracle])]
+        for k in (1, 7, 100, 300):
+            got = Candidates.top_k(scores, k, "s", exclude=np.array([5, 9]))
+            want = oracle[~np.isin(oracle, [5, 9])][:k]
+            np.testing.assert_array_equal(got.items, want)
+            _, ranks = rank_items(scores, got.items, IdSet(np.array([5, 9]), 300))
+            np.testing.assert_array_equal(ranks, np.arange(1, len(got) + 1))
 
 
 def test_id_set_matches_isin_including_out_of_range_ids():
@@ -259,6 +288,37 @@ def test_batch_equals_single(data, label, name, config):
         np.testing.assert_array_equal(got.items, want.items)
         np.testing.assert_allclose(got.scores, want.scores, rtol=1e-5, atol=1e-6)
     assert checked == len({UserEncoder, CatalogScorer} & set(REGISTRY[name].capabilities))
+
+
+@pytest.mark.parametrize(("label", "name", "config"), SOURCES, ids=_IDS)
+def test_item_scores_are_what_retrieve_would_give(data, label, name, config):
+    """An ItemScorer's scores and ranks for named items, checked against retrieving the whole
+    catalog: a returned item has its retrieved score and its place in the retrieved list (where
+    scores tie, a place among the tied ones: ranks break ties by item index, a source's list may
+    not); an item retrieve never returns has NaN and rank 0."""
+    catalog, inter = data
+    source = _fit(name, config, catalog, inter)
+    if not isinstance(source, ItemScorer):
+        pytest.skip(f"{label} scores no named items")
+    everything = np.arange(N_ITEMS, dtype=np.int64)
+    for req in _requests():
+        scores, ranks = source.score_items(req, everything[::-1])
+        scores, ranks = scores[::-1], ranks[::-1]
+        assert scores.dtype == np.float32 and ranks.dtype == np.int32 and scores.shape == ranks.shape == (N_ITEMS,)
+        full = source.retrieve(req, N_ITEMS)
+        returned = np.zeros(N_ITEMS, dtype=bool)
+        returned[full.items] = True
+        np.testing.assert_array_equal(np.isfinite(scores), returned, err_msg=f"{label}: {req}")
+        np.testing.assert_array_equal(ranks == 0, ~returned)
+        np.testing.assert_allclose(scores[full.items], full.scores, rtol=1e-5, atol=1e-6)
+        mine = scores[full.items][:, None]
+        higher = (full.scores[None, :] > mine + 1e-6).sum(axis=1)
+        at_most = (full.scores[None, :] >= mine - 1e-6).sum(axis=1)
+        got = ranks[full.items]
+        assert np.all((higher + 1 <= got) & (got <= at_most)), f"{label}: {req}"
+        np.testing.assert_array_equal(np.sort(got), np.arange(1, len(full) + 1))  # one place each
+        few = np.array([3, 0, 3], dtype=np.int64)  # any order, repeats allowed
+        np.testing.assert_array_equal(source.score_items(req, few)[1], ranks[few])
 
 
 # -- planted signal ------------------------------------------------------------------------------

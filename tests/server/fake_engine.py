@@ -9,7 +9,9 @@ predictable:
   order and ``cold_start``. A recorded event therefore changes the next answer.
 - ``search``: items whose title contains every query word, catalog order. Two magic queries drive
   the failure tests: ``"boom"`` raises ``RuntimeError`` (-> INTERNAL) and ``"sleep <seconds>"``
-  sleeps first (drain and deadline tests).
+  sleeps first (drain and deadline tests). With ``candidate_item_ids``: the known ones that pass
+  the filters, those whose title holds more of the query words first (score: that share), else
+  the caller's order; unknown ids are counted in ``unknown_candidates``.
 - ``similar_items``: the nearest items in catalog order; unknown ids raise ``UnknownItemError``.
 
 Used in-process by ``tests/server`` and, through ``python -m tests.e2e.fake_serve`` (the serve
@@ -46,8 +48,11 @@ CATEGORIES = ("Home > Kitchen", "Home > Garden", "Beauty > Skin")
 
 def write_fake_bundle(root: Path, *, n_items: int = 20, built_at: int = 1_700_000_000,
                       histories: dict[str, list[str]] | None = None, make_current: bool = True,
-                      version: str | None = None) -> Path:
-    """Write a bundle of ``n_items`` items ``i00``.. with titles ``"item <n> <colour>"``."""
+                      version: str | None = None, event_log: dict | None = None) -> Path:
+    """Write a bundle of ``n_items`` items ``i00``.. with titles ``"item <n> <colour>"``.
+
+    ``event_log`` is the manifest's record of the logged events the bundle includes (what
+    ``tandem build`` writes: ``{"seq": 0}`` for none); None leaves it out, as older builds did."""
     colours = ("red", "green", "blue", "black")
     items = [{"item_id": f"i{n:02d}", "title": f"item {n} {colours[n % len(colours)]}",
               "category": CATEGORIES[n % len(CATEGORIES)], "brand": BRANDS[n % len(BRANDS)],
@@ -56,7 +61,7 @@ def write_fake_bundle(root: Path, *, n_items: int = 20, built_at: int = 1_700_00
 
     def fill(folder: Path) -> dict:
         (folder / CATALOG_FILE).write_text(json.dumps({"items": items, "histories": histories}))
-        return {"built_at": built_at, "kind": "fake"}
+        return {"built_at": built_at, "kind": "fake", **({"event_log": event_log} if event_log is not None else {})}
 
     return write_bundle(root, fill, version=version, make_current=make_current)
 
@@ -100,11 +105,12 @@ class FakeEngine:
         return Explanation(sources=(SourceHit("fake", rank, score),), fused_score=score, ranker_score=score * 2,
                            top_features=(("closeness", score),))
 
-    def _answer(self, ranked: list[tuple[int, float]], k: int, explain: bool, cold: bool = False) -> Response:
+    def _answer(self, ranked: list[tuple[int, float]], k: int, explain: bool, cold: bool = False,
+                unknown: int = 0) -> Response:
         self.stats = {"fake_candidates": float(len(ranked)), "fake_seconds": 1e-5}
         out = tuple(ScoredItem(self.items[n].item_id, s, self.items[n].title, self._explain(n, s, r, explain))
                     for r, (n, s) in enumerate(ranked[:k], 1))
-        return Response(out, self.version, cold)
+        return Response(out, self.version, cold, unknown_candidates=unknown)
 
     def _allowed(self, n: int, filters) -> bool:
         it = self.items[n]
@@ -134,6 +140,13 @@ class FakeEngine:
         if words[0] == "sleep" and len(words) > 1:
             time.sleep(float(words[1]))
             words = words[2:]
+        if request.candidate_item_ids:
+            given = [self.index[i] for i in request.candidate_item_ids if i in self.index]
+            ranked = [(n, sum(w in self.items[n].title.lower().split() for w in words) / max(1, len(words)))
+                      for n in dict.fromkeys(given) if self._allowed(n, request.filters)]
+            ranked.sort(key=lambda t: -t[1])
+            return self._answer(ranked, request.k, request.explain,
+                                unknown=len(request.candidate_item_ids) - len(given))
         ranked = [(n, 1.0) for n, it in enumerate(self.items)
                   if all(w in it.title.lower().split() for w in words) and self._allowed(n, request.filters)]
         return self._answer(ranked, request.k, request.explain)

@@ -72,6 +72,7 @@ def broken_bundles(tmp_path):
 @pytest.mark.parametrize("argv", [
     ("eval", "--data", "{data}"),
     ("export", "--what", "items", "--out", "{tmp}/x.npy"),
+    ("report", "--out", "{tmp}/report"),
 ])
 @pytest.mark.parametrize("bundle", ["missing", "broken", "empty"])
 def test_missing_or_broken_bundle_is_one_line_and_exit_2(argv, bundle, broken_bundles, tmp_path, capsys):
@@ -104,3 +105,7 @@ def test_readme_quick_start_ids_exist_in_the_generated_shop(tmp_path):
     assert used_users and used_items
     assert used_users <= user_ids, used_users - user_ids
     assert used_items <= item_ids, used_items - item_ids
+    # the search-only quick start copies that shop's items: its item ids must be real too
+    search_only = re.search(r"## Search-only quick start\n(.*?)\n## ", (ROOT / "README.md").read_text(), re.S).group(1)
+    used_items = set(re.findall(r"--item (\S+)", search_only))
+    assert used_items and used_items <= item_ids, used_items - item_ids

@@ -1,6 +1,7 @@
 """The CLI client (`tandem search/recommend/similar/record/get-item/status/reload`, over
 server.client) against an in-process server, plain and over TLS with a bearer token."""
 
+import io
 import json
 import shutil
 import subprocess
@@ -49,6 +50,47 @@ def test_table_output_and_explain(addr, capsys):
     assert "found by fake#1" in lines[2]
     code, out, _ = run(capsys, "recommend", "--addr", addr, "--user", "stranger", "--k", "1")
     assert code == 0 and "(cold start)" in out.splitlines()[0]
+
+
+def test_search_candidates_from_ids_a_file_or_stdin(addr, capsys, tmp_path, monkeypatch):
+    code, out, _ = run(capsys, "search", "--addr", addr, "--query", "item red", "--k", "5", "--json",
+                       "--candidates", "i01, i04,ghost,i08,")
+    data = json.loads(out)
+    assert code == 0 and [i["item_id"] for i in data["items"]] == ["i04", "i08", "i01"]
+    assert data["unknown_candidates"] == 1
+    ids = tmp_path / "candidates.txt"
+    ids.write_text("i03\n\n  i00  \nnope\ni12\n")
+    code, out, _ = run(capsys, "search", "--addr", addr, "--query", "red", "--k", "2", "--candidates", str(ids))
+    lines = out.splitlines()
+    assert code == 0 and lines[0].endswith("(1 unknown candidates skipped)")
+    assert [line.split()[1] for line in lines[1:]] == ["i00", "i12"]
+    monkeypatch.setattr("sys.stdin", io.StringIO("i05\ni06\n"))
+    code, out, _ = run(capsys, "search", "--addr", addr, "--query", "blue", "--json", "--candidates", "-")
+    assert code == 0 and [i["item_id"] for i in json.loads(out)["items"]] == ["i06", "i05"]
+
+
+def test_search_candidates_errors(addr, capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, "search", "--addr", addr, "--query", "red", "--candidates", "i01,i02,i01")
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: candidate_item_ids[2] must not repeat")
+    many = tmp_path / "many.txt"
+    many.write_text("\n".join(f"i{n}" for n in range(1001)))
+    with pytest.raises(SystemExit) as exc:
+        run(capsys, "search", "--addr", addr, "--query", "red", "--candidates", str(many))
+    assert exc.value.code == 1
+    assert capsys.readouterr().err.startswith("INVALID_ARGUMENT: candidate_item_ids must have at most 1000 ids")
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n \n")
+    code, _, err = run(capsys, "search", "--addr", addr, "--query", "red", "--candidates", str(empty))
+    assert code == 2 and err.startswith("tandem search: error: --candidates") and "names no item ids" in err
+
+
+def test_search_help_names_the_candidates_flag_and_its_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["search", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--candidates FILE|IDS" in text and "(default: search the whole catalog)" in text
 
 
 def test_record_then_recommend_and_status(addr, capsys):

@@ -61,6 +61,11 @@ def test_every_rpc_returns_typed_frozen_results(client, server):
     with pytest.raises(dataclasses.FrozenInstanceError):
         hits.items[0].score = 0.0
     assert client.search("red", k=5, filters=Filters(brands=("globex",))).item_ids == ["i04", "i16"]
+    assert hits.unknown_candidates == 0
+    mine = client.search("item red", k=5, candidate_item_ids=("i03", "i04", "gone", "i12"), explain=True)
+    assert mine.item_ids == ["i04", "i12", "i03"] and mine.unknown_candidates == 1  # the red ones first
+    assert mine.items[0].explanation is not None
+    assert client.search("red", k=1, candidate_item_ids=iter(["i05", "i08"])).item_ids == ["i08"]
 
     rec = client.recommend("alice", k=2)
     assert rec.item_ids == ["i04", "i05"] and rec.items[0].score == 0.95 and rec.items[0].explanation is None
@@ -89,6 +94,11 @@ def test_async_client_every_rpc(addr, server):
             await c.wait_until_serving(timeout=5)
             assert await c.health() == "SERVING"
             assert (await c.search("blue", k=2)).item_ids == ["i02", "i06"]
+            mine = await c.search("item blue", k=5, candidate_item_ids=["i01", "zz", "i06"])
+            assert mine.item_ids == ["i06", "i01"] and mine.unknown_candidates == 1
+            with pytest.raises(TandemError) as exc:
+                await c.search("blue", candidate_item_ids=["i01", "i01"])
+            assert (exc.value.code, exc.value.field) == ("INVALID_ARGUMENT", "candidate_item_ids[1]")
             assert (await c.recommend("alice", k=1)).item_ids == ["i04"]
             assert (await c.similar_items("i05", k=1)).item_ids == ["i04"]
             assert (await c.record([Event("erin", "i01"), Event("erin", "i02")])).accepted == 2
@@ -130,6 +140,16 @@ def test_async_client_every_rpc(addr, server):
     (lambda c: c.stream_events([Event("u", "i01"), "i02"]), "INVALID_ARGUMENT", "events[1]",
      "events[1] must be an Event, got str; nothing of this stream was recorded"),
     (lambda c: c.record(Event("u", "i01", ts="yesterday")), "INVALID_ARGUMENT", "events[0]", "events[0] must be"),
+    (lambda c: c.search("x", candidate_item_ids=["i01", "i02", "i01"]), "INVALID_ARGUMENT", "candidate_item_ids[2]",
+     "candidate_item_ids[2] must not repeat candidate_item_ids[0] ('i01')"),
+    (lambda c: c.search("x", candidate_item_ids=["i01", ""]), "INVALID_ARGUMENT", "candidate_item_ids[1]",
+     "candidate_item_ids[1] must not be empty"),
+    (lambda c: c.search("x", candidate_item_ids=(f"i{n}" for n in range(1001))), "INVALID_ARGUMENT",
+     "candidate_item_ids", "candidate_item_ids must have at most 1000 ids, got 1001"),
+    (lambda c: c.search("x", candidate_item_ids="i01,i02"), "INVALID_ARGUMENT", "candidate_item_ids",
+     "candidate_item_ids must be a list of item ids, got a str ('i01,i02')"),
+    (lambda c: c.search("x", candidate_item_ids=["i01", 2]), "INVALID_ARGUMENT", "candidate_item_ids[1]",
+     "candidate_item_ids[1] must be a string item id, got int"),
 ])
 def test_errors_carry_code_field_and_message(client, call, code, field, message):
     with pytest.raises(TandemError) as exc:

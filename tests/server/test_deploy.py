@@ -132,11 +132,12 @@ def test_dashboard_panels_query_exported_metrics_through_the_provisioned_datasou
     for v in dash["templating"]["list"]:
         assert v["datasource"]["uid"] == uid and referenced_series(v["definition"]) <= exported
     # the panels: requests and errors per RPC, latency, per-stage time, candidates per
-    # source, events ingested and lag, bundle version and swaps, compute-slot waits
+    # source, events ingested and lag, bundle version and swaps, compute-slot waits, experiment arms
     for needed in ("tandem_rpc_responses_total", "tandem_rpc_latency_seconds_bucket", "tandem_stage_seconds_bucket",
                    "tandem_retrieval_candidates_sum", "tandem_events_ingested_total",
                    "tandem_event_visible_lag_seconds_bucket", "tandem_bundle_info", "tandem_bundle_swaps_total",
-                   "tandem_compute_slot_wait_seconds_bucket"):
+                   "tandem_compute_slot_wait_seconds_bucket", "tandem_experiment_exposures_total",
+                   "tandem_experiment_conversions_total", "tandem_experiment_revenue_total"):
         assert needed in covered, needed
     exprs = " ".join(e for _, _, e in dashboard_queries())
     assert "histogram_quantile(0.5, sum by (rpc, le)" in exprs and "histogram_quantile(0.99, sum by (rpc, le)" in exprs

@@ -2,8 +2,9 @@ import sqlite3
 
 import pytest
 
-from tandem.index_builder.event_log_reader import read_event_log
+from tandem.index_builder.event_log_reader import FINGERPRINT_COLUMNS, event_log_mark, read_event_log
 from tandem.retrieval.data import Event
+from tandem.server import event_log as server_event_log
 from tandem.server.event_log import EventLog
 
 
@@ -17,6 +18,25 @@ def test_append_iterate_and_builder_reader(tmp_path):
     log.close()
     assert list(read_event_log(tmp_path / "ev.sqlite3")) == [
         Event("u", "a", 10), Event("u", "b", 20, "view", 1.5), Event("v", "c", 5)]
+
+
+def test_the_builders_mark_is_the_newest_event_and_the_log_recognises_it(tmp_path):
+    path = tmp_path / "ev.sqlite3"
+    log = EventLog(path)
+    assert event_log_mark(path) == {"seq": 0, "last_event": None, "path": str(path)}
+    log.append([Event("u", "a", 10), Event("v", "b", 20, "click")])
+    mark = event_log_mark(path)
+    log.append([Event("w", "c", 30)])  # the server logs on while the build reads
+    assert mark["seq"] == 2 and mark["path"] == str(path)
+    assert {k: v for k, v in mark["last_event"].items() if k != "received_at"} == {
+        "user_id": "v", "item_id": "b", "ts": 20, "event": "click"}
+    assert list(read_event_log(path, upto_seq=mark["seq"])) == [Event("u", "a", 10), Event("v", "b", 20, "click")]
+    assert log.holds(2, mark["last_event"]) and not log.holds(1, mark["last_event"])
+    assert not log.holds(4, mark["last_event"]) and not log.holds(2, None)
+    assert not log.holds(2, {**mark["last_event"], "received_at": mark["last_event"]["received_at"] + 1e-6})
+    # the builder cannot import the server; both name the same columns
+    assert FINGERPRINT_COLUMNS == server_event_log.FINGERPRINT_COLUMNS
+    log.close()
 
 
 def test_reader_errors(tmp_path):

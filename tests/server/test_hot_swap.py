@@ -8,12 +8,14 @@ import time
 import grpc
 import pytest
 
+from tandem.index_builder.event_log_reader import event_log_mark
 from tandem.retrieval.bundle import set_current
 from tandem.retrieval.data import Event
 from tandem.server._generated import tandem_pb2 as pb
 from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tandem.server.bundle_manager import BundleManager
 from tandem.server.event_log import EventLog
+from tandem.server.event_salvage import recover_log
 from tandem.server.service import ServerConfig, TandemServer
 from tests.server.fake_engine import load_fake_engine, write_fake_bundle
 
@@ -147,7 +149,7 @@ def test_any_loader_failure_refuses_and_the_watcher_survives(tmp_path):
         manager.stop()
 
 
-def test_replay_on_load_uses_built_at_and_receive_time(tmp_path):
+def test_a_bundle_from_before_the_manifest_recorded_the_log_replays_by_built_at_and_receive_time(tmp_path):
     root = tmp_path / "bundles"
     log = EventLog(tmp_path / "events.sqlite3")
     log.append([Event("alice", "i09", 1_600_000_000)])  # received before the bundle existed, older than built_at
@@ -241,3 +243,122 @@ def test_every_request_path_is_computed_before_the_engine_serves(tmp_path):
     swapped, error = manager.reload()
     assert not swapped and error == "bundle v3 refused: RuntimeError: no query encoder"
     assert manager.engine.version == "v2"
+
+
+BUILT_AT = 1_700_000_000
+#: live events older than the newest event of the shop's data (which sets built_at): e.g. a data
+#: export taken after these events happened, or a client whose clock is behind
+BEFORE_BUILT_AT = BUILT_AT - 3600
+
+
+def _record(t, user, items, ts=BEFORE_BUILT_AT):
+    return t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=i, ts=ts) for i in items]))
+
+
+def test_a_swap_to_a_bundle_built_without_the_log_keeps_live_only_users_personalised(tmp_path, serve):
+    """Issue #14: a user whose only history is live events must not become cold-start when the
+    server swaps to a bundle built without --events-log (which includes no logged event)."""
+    root = tmp_path / "bundles"
+    write_fake_bundle(root, version="v1", built_at=BUILT_AT, event_log={"seq": 0})
+    server, t, _ = serve(root)
+    assert t.Recommend(pb.RecommendRequest(user_id="zoe", k=3)).cold_start
+    _record(t, "zoe", ["i07", "i08"])
+    assert not t.Recommend(pb.RecommendRequest(user_id="zoe", k=3)).cold_start
+    time.sleep(1.1)  # the new bundle is created after the events were received (created_at has seconds)
+    write_fake_bundle(root, version="v2", built_at=BUILT_AT, event_log={"seq": 0})
+    assert wait_for(lambda: server.manager.engine.version == "v2")
+    r = t.Recommend(pb.RecommendRequest(user_id="zoe", k=3))
+    assert r.bundle_version == "v2" and not r.cold_start and ids(r) == ["i09", "i10", "i11"]
+    assert server.manager.engine.histories["zoe"] == ["i07", "i08"] and server.manager.replayed == 2
+
+
+def ids(resp):
+    return [it.item_id for it in resp.items]
+
+
+def test_a_bundle_built_with_the_log_gets_each_later_event_once_at_swap_and_restart(tmp_path, serve):
+    """The manifest's event_log.seq is the newest logged event the bundle includes: loading it
+    (hot swap, then a restart) replays exactly the later events, so every event is in the
+    history once (the bundle's own copy of the earlier ones, the log's of the later ones)."""
+    root, log_path = tmp_path / "bundles", tmp_path / "bundles" / "events.sqlite3"
+    write_fake_bundle(root, version="v1", built_at=BUILT_AT, event_log={"seq": 0})
+    server, t, _ = serve(root)
+    _record(t, "zoe", ["i01", "i02"], ts=BUILT_AT - 10)
+    _record(t, "yan", ["i05"], ts=BUILT_AT)
+    mark = event_log_mark(log_path)  # what `tandem build --events-log` records, read while serving
+    assert mark["seq"] == 3 and mark["last_event"]["user_id"] == "yan" and mark["last_event"]["ts"] == BUILT_AT
+    _record(t, "zoe", ["i03"], ts=BUILT_AT + 10)  # logged after the build read the log
+    _record(t, "xia", ["i04"], ts=BUILT_AT - 20)
+    # the new bundle holds what the build read: the shop's histories plus the log's first 3 events
+    histories = {"alice": ["i03"], "zoe": ["i01", "i02"], "yan": ["i05"]}
+    write_fake_bundle(root, version="v2", built_at=BUILT_AT, histories=histories, event_log=mark)
+    assert wait_for(lambda: server.manager.engine.version == "v2")
+    _record(t, "zoe", ["i06"], ts=BUILT_AT + 20)  # after the swap: applied directly
+    expected = {"alice": ["i03"], "zoe": ["i01", "i02", "i03", "i06"], "yan": ["i05"], "xia": ["i04"]}
+    assert server.manager.engine.histories == expected and server.manager.replayed == 2
+    server.stop(0)
+    restarted, t2, _ = serve(root)  # the same bundle and log: the events after seq 3, once
+    assert restarted.manager.engine.version == "v2" and restarted.manager.replayed == 3
+    assert restarted.manager.engine.histories == expected
+    assert ids(t2.Recommend(pb.RecommendRequest(user_id="xia", k=1))) == ["i05"]
+
+
+def test_restart_on_a_bundle_without_the_log_replays_every_event(tmp_path, serve):
+    root = tmp_path / "bundles"
+    write_fake_bundle(root, version="v1", built_at=BUILT_AT, event_log={"seq": 0})
+    server, t, _ = serve(root)
+    _record(t, "zoe", ["i07"])
+    _record(t, "zoe", ["i09"], ts=BUILT_AT + 5)
+    server.stop(0)
+    time.sleep(1.1)
+    write_fake_bundle(root, version="v2", built_at=BUILT_AT, event_log={"seq": 0})  # built while it was down
+    restarted, t2, _ = serve(root)
+    assert restarted.manager.engine.version == "v2" and restarted.manager.replayed == 2
+    assert restarted.manager.engine.histories["zoe"] == ["i07", "i09"]
+    assert not t2.Recommend(pb.RecommendRequest(user_id="zoe", k=1)).cold_start
+
+
+def test_a_bundle_built_from_another_log_gets_this_whole_log_and_a_recovered_log_counts_as_the_same(tmp_path):
+    first = EventLog(tmp_path / "a.sqlite3")
+    first.append([Event("zoe", "i01", BUILT_AT), Event("zoe", "i02", BUILT_AT)])
+    mark = event_log_mark(first.path)
+    first.append([Event("zoe", "i03", BUILT_AT)])
+    root = tmp_path / "bundles"
+    write_fake_bundle(root, built_at=BUILT_AT, histories={"zoe": ["i01", "i02"]}, event_log=mark)
+
+    def loaded(log):
+        manager = BundleManager(root, load_fake_engine, log)
+        assert manager.reload() == (True, "")
+        return manager.engine.histories["zoe"]
+
+    assert loaded(first) == ["i01", "i02", "i03"]
+    first.close()
+    recovered = tmp_path / "recovered.sqlite3"  # the same events, the same sequence numbers
+    recover_log(first.path, recovered)
+    log = EventLog(recovered)
+    assert loaded(log) == ["i01", "i02", "i03"]
+    log.close()
+    # another server's log: the same users and items, logged at other times, none in the bundle
+    other = EventLog(tmp_path / "b.sqlite3")
+    other.append([Event("zoe", "i01", BUILT_AT), Event("zoe", "i02", BUILT_AT), Event("zoe", "i04", BUILT_AT)])
+    assert loaded(other) == ["i01", "i02", "i01", "i02", "i04"]
+    other.close()
+    # a new, shorter log (the old one was reset): all of it
+    reset = EventLog(tmp_path / "c.sqlite3")
+    reset.append([Event("zoe", "i05", BUILT_AT)])
+    assert loaded(reset) == ["i01", "i02", "i05"]
+    reset.close()
+
+
+def test_a_manifest_with_a_bad_event_log_record_is_refused(tmp_path):
+    root = tmp_path / "bundles"
+    log = EventLog(tmp_path / "events.sqlite3")
+    write_fake_bundle(root, version="v1", event_log={"seq": 0})
+    manager = BundleManager(root, load_fake_engine, log)
+    assert manager.reload() == (True, "")
+    write_fake_bundle(root, version="v2", event_log={"seq": "12"})
+    swapped, error = manager.reload()
+    assert not swapped and error == ("bundle v2 refused: ValueError: manifest.json of v2: event_log.seq must be a "
+                                     "sequence number >= 0, got '12'")
+    assert manager.engine.version == "v1"
+    log.close()

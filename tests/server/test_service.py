@@ -62,6 +62,21 @@ def test_search_with_explanation_and_request_id(stubs, served):
     assert not plain.items[0].HasField("explanation")
 
 
+def test_search_reranks_the_callers_candidates(stubs):
+    t, _ = stubs
+    given = ["i02", "i00", "ghost", "i09", "i08", "i04", "nobody"]
+    r = t.Search(pb.SearchRequest(query="item red", k=10, explain=True, candidate_item_ids=given,
+                                  filters=pb.Filters(in_stock_only=True)))
+    # both words first (the red ones), then the caller's order; i04 and i09 are out of stock; two unknown
+    assert ids(r) == ["i00", "i08", "i02"] and r.unknown_candidates == 2
+    assert [it.score for it in r.items] == [1.0, 1.0, 0.5] and r.items[0].explanation.sources
+    top = t.Search(pb.SearchRequest(query="item red", k=2, candidate_item_ids=given))
+    assert ids(top) == ["i00", "i08"] and top.unknown_candidates == 2
+    assert t.Search(pb.SearchRequest(query="red", k=3)).unknown_candidates == 0
+    assert t.Search(pb.SearchRequest(query="red", k=3, candidate_item_ids=[f"x{n}" for n in range(1000)])) \
+        == pb.ItemsResponse(bundle_version=r.bundle_version, unknown_candidates=1000)
+
+
 def test_recommend_filters_and_cold_start(stubs):
     t, _ = stubs
     assert ids(t.Recommend(pb.RecommendRequest(user_id="alice", k=3))) == ["i04", "i05", "i06"]
@@ -209,6 +224,16 @@ BAD = [
      "events[0].event_id must be at most 256 characters"),
     ("long event id", lambda t: t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="u", item_id="i" * 257)]),
                                                metadata=AUTH), "events[0].item_id must be at most 256 characters"),
+    ("1001 candidates", lambda t: t.Search(pb.SearchRequest(query="red", k=5,
+                                                             candidate_item_ids=[f"c{n}" for n in range(1001)])),
+     "candidate_item_ids must have at most 1000 ids, got 1001"),
+    ("repeated candidate", lambda t: t.Search(pb.SearchRequest(query="red", k=5,
+                                                                candidate_item_ids=["i00", "i04", "i00"])),
+     "candidate_item_ids[2] must not repeat candidate_item_ids[0] ('i00')"),
+    ("empty candidate", lambda t: t.Search(pb.SearchRequest(query="red", k=5, candidate_item_ids=["i00", ""])),
+     "candidate_item_ids[1] must not be empty"),
+    ("long candidate", lambda t: t.Search(pb.SearchRequest(query="red", k=5, candidate_item_ids=["i" * 257])),
+     "candidate_item_ids[0] must be at most 256 characters, got 257"),
 ]
 
 
@@ -353,6 +378,132 @@ def test_expired_and_cancelled_requests_are_counted_and_logged_as_such(stubs, se
     assert after["StreamEvents", "CANCELLED"] == before["StreamEvents", "CANCELLED"] + 1
     assert after["StreamEvents", "INTERNAL"] == before["StreamEvents", "INTERNAL"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client going away is no error
+
+
+class _Gate:
+    """The bundle manager's ingestion lock, held by the test: whoever enters it next waits until
+    the test releases it, and ``waiting`` says that someone does (here a StreamEvents handler
+    between its last read of the stream and the log's commit). In production a swap's catch-up
+    or another batch holds the same lock for a while."""
+
+    def __init__(self, lock) -> None:
+        self.lock, self.waiting = lock, threading.Event()
+
+    def __enter__(self):
+        self.waiting.set()
+        self.lock.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.lock.release()
+
+
+@pytest.mark.parametrize("rpc", ["StreamEvents", "RecordEvents"])
+def test_a_call_cancelled_while_its_commit_waits_records_nothing(tmp_path, rpc, caplog):
+    """The race: a StreamEvents handler checked that its client still waited, then waited for
+    the ingestion lock, and committed after the client had cancelled (the client saw CANCELLED,
+    the events were logged and applied; RecordEvents did not check at all). The check now runs
+    inside the write transaction, right before COMMIT."""
+    root = tmp_path / "bundles"
+    write_fake_bundle(root)
+    server = TandemServer(ServerConfig(bundles=root, port=0, workers=4, grace_s=2), load_fake_engine)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.start()}")
+    t = pb_grpc.TandemStub(channel)
+    manager = server.manager
+    caplog.set_level(logging.INFO)
+    try:
+        for cancel in (True, False):
+            user, start = f"stream-{cancel}", server.event_log.position()
+            cancelled = responses(server, rpc, "CANCELLED")
+            events = [pb.Event(user_id=user, item_id=f"i0{n}") for n in range(3)]
+            gate = manager._ingest_lock = _Gate(manager._ingest_lock)
+            gate.lock.acquire()
+            try:
+                if rpc == "StreamEvents":
+                    call = t.StreamEvents.future(iter(events), timeout=30)
+                else:
+                    call = t.RecordEvents.future(pb.RecordEventsRequest(events=events), timeout=30)
+                assert gate.waiting.wait(10)  # the events were read and checked; their commit waits
+                if cancel:
+                    call.cancel()
+                    time.sleep(1.0)  # for the cancellation to reach the server (loopback: far less)
+            finally:
+                gate.lock.release()
+                manager._ingest_lock = gate.lock
+            if cancel:
+                wait_for(lambda n=cancelled + 1: responses(server, rpc, "CANCELLED") == n)
+                assert server.event_log.position() == start, f"a cancelled {rpc} was committed"
+                assert user not in manager.engine.histories
+            else:  # the same wait without a cancel commits: the gate itself changes nothing
+                assert call.result(10).accepted == 3 and server.event_log.position() == start + 3
+                assert manager.engine.histories[user] == ["i00", "i01", "i02"]
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]  # a client going away is no error
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_a_stream_cancelled_before_its_end_is_never_committed(tmp_path, caplog):
+    """gRPC may hand a stream's handler the client's cancel as a normal end of the stream and
+    mark the call cancelled a moment later; the handler must not take that end for the client's.
+    Each round sends 3 events, cancels before the client ends the stream, then ends it. On the
+    old code about 1 round in 12 was committed (8 of 100 in one run)."""
+    root = tmp_path / "bundles"
+    write_fake_bundle(root)
+    server = TandemServer(ServerConfig(bundles=root, port=0, workers=4, grace_s=2), load_fake_engine)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.start()}")
+    t = pb_grpc.TandemStub(channel)
+    caplog.set_level(logging.INFO)
+    committed = []
+    try:
+        for n in range(100):
+            sent, cancelled = threading.Event(), threading.Event()
+
+            def stream(n=n, sent=sent, cancelled=cancelled):
+                yield from (pb.Event(user_id=f"round-{n}", item_id=f"i0{k}") for k in range(3))
+                sent.set()
+                cancelled.wait(5)  # the client's stream ends only after its cancel
+
+            start, before = server.event_log.position(), responses(server, "StreamEvents", "CANCELLED")
+            call = t.StreamEvents.future(stream(), timeout=10)
+            assert sent.wait(5)
+            call.cancel()
+            cancelled.set()
+            wait_for(lambda before=before: responses(server, "StreamEvents", "CANCELLED") == before + 1)
+            if server.event_log.position() != start:
+                committed.append(n)
+        assert committed == [], f"{len(committed)} of 100 cancelled streams were committed"
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+    finally:
+        channel.close()
+        server.stop(0)
+
+
+def test_a_cancel_after_the_commit_cannot_undo_it_and_is_logged(tmp_path, caplog):
+    """The window no server can close: the client cancels after the commit (here while the
+    engine applies the events). The events stay logged and applied, the call counts as
+    CANCELLED, and the log line says it was committed."""
+    root = tmp_path / "bundles"
+    write_fake_bundle(root)
+    server = TandemServer(ServerConfig(bundles=root, port=0, workers=4, grace_s=2), load_fake_engine)
+    channel = grpc.insecure_channel(f"127.0.0.1:{server.start()}")
+    engine, start = server.manager.engine, server.event_log.position()
+    try:
+        with caplog.at_level(logging.INFO, logger="tandem.server"):
+            with engine._lock:  # the engine's apply waits: the commit is done by then
+                call = pb_grpc.TandemStub(channel).StreamEvents.future(
+                    iter([pb.Event(user_id="late", item_id="i01"), pb.Event(user_id="late", item_id="i02")]),
+                    timeout=30)
+                wait_for(lambda: server.event_log.position() == start + 2)
+                call.cancel()
+                time.sleep(1.0)  # for the cancellation to reach the server
+            wait_for(lambda: responses(server, "StreamEvents", "CANCELLED") == 1)
+        assert engine.histories["late"] == ["i01", "i02"] and server.event_log.position() == start + 2
+        lines = [r.fields for r in caplog.records if r.getMessage() == "stream committed, then cancelled"]
+        assert lines == [{"events": 2, "last_sequence": start + 2}]
+    finally:
+        channel.close()
+        server.stop(0)
 
 
 MALFORMED = [
