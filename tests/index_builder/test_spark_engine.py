@@ -191,3 +191,15 @@ def test_build_with_the_spark_engine_writes_the_same_cleaning_and_item_cf(spark,
     served = result.pipeline.sources["item_cf"].similarity
     assert np.array_equal(served.indptr, refit.indptr) and np.array_equal(served.indices, refit.indices)
     np.testing.assert_allclose(served.data, refit.data, atol=1e-6)
+
+
+def test_a_folder_without_events_is_a_search_only_shop_on_both_engines(spark, shop, tmp_path):
+    from tandem.index_builder.spark_engine import SparkEngine
+
+    data, _ = shop
+    (tmp_path / "items.jsonl.gz").write_bytes((data / "items.jsonl.gz").read_bytes())
+    local = load_dataset(tmp_path, CONFIG)
+    remote = SparkEngine(spark=spark).load_dataset(tmp_path, CONFIG)
+    assert len(remote.interactions) == 0 and remote.interactions.user_ids == []
+    assert local.report.to_dict() == remote.report.to_dict()
+    assert local.catalog.item_ids == remote.catalog.item_ids
