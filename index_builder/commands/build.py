@@ -22,6 +22,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--events-log", type=Path, metavar="FILE",
                    help="the server's SQLite event log: its events are added to the data")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row")
+    p.add_argument("--train-procs", type=int, metavar="N",
+                   help="processes that train the two-tower together (DistributedDataParallel, gloo); "
+                        "sets [build.two_tower] train_procs (default 1: the build process alone)")
     p.set_defaults(handler=_run)
 
 
@@ -30,8 +33,12 @@ def _run(args: argparse.Namespace) -> int:
     from tandem.index_builder.config import load_config
     from tandem.index_builder.evaluate import format_table
 
-    overrides = {"split": args.split} if args.split else None
-    config = load_config(args.config, overrides=overrides)
+    overrides: dict = {}
+    if args.split:
+        overrides["split"] = args.split
+    if args.train_procs is not None:
+        overrides["two_tower"] = {"train_procs": args.train_procs}
+    config = load_config(args.config, overrides=overrides or None)
     extra = None
     if args.events_log is not None:
         from tandem.index_builder.event_log_reader import read_event_log
