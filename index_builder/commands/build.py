@@ -33,12 +33,7 @@ def _run(args: argparse.Namespace) -> int:
     from tandem.index_builder.config import load_config
     from tandem.index_builder.evaluate import format_table
 
-    overrides: dict = {}
-    if args.split:
-        overrides["split"] = args.split
-    if args.train_procs is not None:
-        overrides["two_tower"] = {"train_procs": args.train_procs}
-    config = load_config(args.config, overrides=overrides or None)
+    config = load_config(args.config, overrides=_overrides(args))
     extra = None
     if args.events_log is not None:
         from tandem.index_builder.event_log_reader import read_event_log
@@ -53,3 +48,13 @@ def _run(args: argparse.Namespace) -> int:
         print("search (graded queries held out of ranker training):")
         print(format_table(result.search_metrics))
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict | None:
+    """The ``[build]`` settings the flags set (they win over the file and the environment)."""
+    overrides: dict = {}
+    if args.split:
+        overrides["split"] = args.split
+    if args.train_procs is not None:
+        overrides["two_tower"] = {"train_procs": args.train_procs}
+    return overrides or None
