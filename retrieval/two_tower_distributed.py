@@ -205,8 +205,19 @@ def _train_rank(
             stopped = reason
             break
     bar.close(summary=progress and lead)
+    _check_same_weights(net)
     if best_state is None:
         best_epoch = epoch
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     state: dict[str, Any] = {k: v.contiguous() for k, v in best_state.items()} if lead else {}
     return state, TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+
+
+def _check_same_weights(net: nn.Module) -> None:
+    """Raise unless every rank holds the same weights (averaged gradients keep them equal)."""
+    total = float(sum(p.detach().double().abs().sum() for p in net.parameters()))
+    both = torch.tensor([total, -total], dtype=torch.float64)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    if float(both[0]) != -float(both[1]):
+        raise RuntimeError(f"two-tower distributed training: the ranks' weights differ after training "
+                           f"(sums of |w| from {-float(both[1])!r} to {float(both[0])!r}); gradients were not averaged")
