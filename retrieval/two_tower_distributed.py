@@ -67,8 +67,8 @@ def train_distributed(
     n = c.train_procs
     net = _network(model, catalog, text_vectors)  # checks the inputs here, before any spawn
     threads = max(1, torch.get_num_threads() // n)
-    log.info("two-tower: %d training processes (gloo), %d torch thread(s) and %d windows of each batch "
-             "of %d each", n, threads, c.batch_size // n, c.batch_size)
+    log.info("two-tower: %d training processes (gloo), each with %d torch thread(s) and ~%d windows of "
+             "every batch of %d", n, threads, c.batch_size // n, c.batch_size)
     with tempfile.TemporaryDirectory(prefix="tandem-two-tower-ddp-") as tmp:
         args = (n, _free_port(), threads, c, catalog, interactions, valid, text_vectors, progress, tmp)
         ctx = mp.start_processes(_worker or _worker_main, args=args, nprocs=n, join=False, start_method="spawn")
