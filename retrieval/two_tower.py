@@ -10,7 +10,8 @@ its timestamps and event types), so a new event changes the recommendations at o
 
 Modules: ``two_tower_config`` (settings, training log, deterministic training),
 ``two_tower_model`` (the towers), ``two_tower_windows`` (sequence windows),
-``two_tower_training`` (the training loop); this one fits, encodes, answers, saves and loads.
+``two_tower_training`` (the training loop), ``two_tower_distributed`` (the loop in
+``train_procs`` processes); this one fits, encodes, answers, saves and loads.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from tandem.retrieval.item_ranks import rank_items
 from tandem.retrieval.metrics import ndcg_at_k, recall_at_k, top_k_excluding
 from tandem.retrieval.text_tower import _build_index, _load_index
 from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training
+from tandem.retrieval.two_tower_distributed import train_distributed
 from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
 from tandem.retrieval.two_tower_training import EvalTargets, train
 from tandem.retrieval.two_tower_windows import _request_arrays, _stack, _window
@@ -91,7 +93,10 @@ class TwoTower:
         the frozen text-tower vectors (used when ``config.use_text``). Reproducible: the same
         inputs and ``config.seed`` give the same weights (see :func:`deterministic_training`)."""
         with deterministic_training():
-            self.log = train(self, catalog, interactions, valid, text_vectors, progress)
+            if self.config.train_procs > 1:
+                self.log = train_distributed(self, catalog, interactions, valid, text_vectors, progress)
+            else:
+                self.log = train(self, catalog, interactions, valid, text_vectors, progress)
         self._finish()
         return self
 

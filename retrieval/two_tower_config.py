@@ -49,6 +49,9 @@ class TwoTowerConfig:
     validation users, so a small shop's noisy plateau ends training as soon as a large one's;
     0: any new best counts); the weights of the best validation run are kept either way.
     ``time_budget_s`` stops training after that many seconds (None: no limit).
+    ``train_procs`` processes train together (torch DistributedDataParallel over gloo, see
+    ``two_tower_distributed``), each on ``batch_size / train_procs`` windows of every batch, so
+    the global batch and the learning rate stay those of one process; 1 trains in this process.
     """
 
     dim: int = 64
@@ -76,6 +79,7 @@ class TwoTowerConfig:
     min_improvement: float | None = None
     time_budget_s: float | None = None
     seed: int = 0
+    train_procs: int = 1
 
     def __post_init__(self) -> None:
         positive = (
@@ -88,6 +92,7 @@ class TwoTowerConfig:
             "patience",
             "eval_every",
             "eval_k",
+            "train_procs",
         )
         for name in positive:
             if getattr(self, name) < 1:
@@ -114,6 +119,11 @@ class TwoTowerConfig:
             raise ValueError("TwoTowerConfig.max_tags, category_levels and price_buckets must be >= 0")
         if self.min_improvement is not None and not self.min_improvement >= 0:
             raise ValueError(f"TwoTowerConfig.min_improvement must be >= 0 or None, got {self.min_improvement}")
+        if self.train_procs > self.batch_size:
+            raise ValueError(
+                f"TwoTowerConfig.train_procs={self.train_procs} must be <= batch_size={self.batch_size} "
+                "(each process trains on batch_size / train_procs windows of every batch)"
+            )
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"TwoTowerConfig.time_budget_s must be > 0 or None, got {self.time_budget_s}")
 

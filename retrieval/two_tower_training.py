@@ -17,7 +17,7 @@ from tandem.retrieval.data import Catalog, Interactions
 from tandem.retrieval.early_stopping import Patience, recall_standard_error
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower_config import TrainingLog
-from tandem.retrieval.two_tower_model import ItemFeatures
+from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
 from tandem.retrieval.two_tower_windows import _Batch, _training_windows
 
 if TYPE_CHECKING:
@@ -45,31 +45,9 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
     """Fit ``model``'s network (made here) on ``interactions``; see :meth:`TwoTower.fit`.
     Leaves the best validation state loaded, in eval mode, and returns what happened."""
     c = model.config
-    model._table_cache = None
-    torch.manual_seed(c.seed)
     rng = np.random.default_rng(c.seed)
     gen = torch.Generator().manual_seed(c.seed)
-    if text_vectors is not None:
-        text_vectors = np.asarray(text_vectors, dtype=np.float32)
-        if text_vectors.ndim != 2 or text_vectors.shape[0] != len(catalog):
-            raise ValueError(
-                f"TwoTower.fit: text_vectors have shape {text_vectors.shape}, expected "
-                f"({len(catalog)}, d) - one row per catalog item (TextEncoder output)"
-            )
-    features = (
-        ItemFeatures.build(catalog, c.max_tags, c.category_levels, c.price_buckets)
-        if c.use_item_features
-        else None
-    )
-    net = model._make_net(catalog, text_vectors if c.use_text else None, features)
-    model.net = net
-    windows, lengths = _training_windows(interactions, model.n_items, c.max_len)
-    if windows.items.shape[0] == 0:
-        raise ValueError("TwoTower.fit: no user has 2 or more distinct training items; nothing to learn")
-    counts = np.bincount(
-        windows.items[:, 1:][windows.items[:, :-1] > 0].ravel(), minlength=model.n_items + 1
-    )
-    log_pop = torch.from_numpy(np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))).float()
+    net, windows, lengths, log_pop = _prepare(model, catalog, interactions, text_vectors)
     opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
     start = time.perf_counter()
@@ -118,6 +96,46 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
         best_epoch = epoch
     net.eval()
     return TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+
+
+def _prepare(
+    model: TwoTower, catalog: Catalog, interactions: Interactions, text_vectors: np.ndarray | None
+) -> tuple[TwoTowerNet, _Batch, np.ndarray, torch.Tensor]:
+    """The seeded network (set as ``model.net``), the training windows with their non-padding
+    lengths, and the log-popularity of every item row (for the logQ correction): what every
+    training process makes alike from the same inputs."""
+    net = _network(model, catalog, text_vectors)
+    c = model.config
+    windows, lengths = _training_windows(interactions, model.n_items, c.max_len)
+    if windows.items.shape[0] == 0:
+        raise ValueError("TwoTower.fit: no user has 2 or more distinct training items; nothing to learn")
+    counts = np.bincount(
+        windows.items[:, 1:][windows.items[:, :-1] > 0].ravel(), minlength=model.n_items + 1
+    )
+    log_pop = torch.from_numpy(np.log(np.maximum(counts / max(counts.sum(), 1), 1e-12))).float()
+    return net, windows, lengths, log_pop
+
+
+def _network(model: TwoTower, catalog: Catalog, text_vectors: np.ndarray | None) -> TwoTowerNet:
+    """``model``'s freshly initialised network (torch seeded with ``config.seed``), set as ``model.net``."""
+    c = model.config
+    model._table_cache = None
+    torch.manual_seed(c.seed)
+    if text_vectors is not None:
+        text_vectors = np.asarray(text_vectors, dtype=np.float32)
+        if text_vectors.ndim != 2 or text_vectors.shape[0] != len(catalog):
+            raise ValueError(
+                f"TwoTower.fit: text_vectors have shape {text_vectors.shape}, expected "
+                f"({len(catalog)}, d) - one row per catalog item (TextEncoder output)"
+            )
+    features = (
+        ItemFeatures.build(catalog, c.max_tags, c.category_levels, c.price_buckets)
+        if c.use_item_features
+        else None
+    )
+    net = model._make_net(catalog, text_vectors if c.use_text else None, features)
+    model.net = net
+    return net
 
 
 def _batches(b: int, lengths: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:

@@ -32,6 +32,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Spark master for --engine spark (default: local[2]; e.g. spark://host:7077, yarn)")
     p.add_argument("--spark-driver-memory", default="2g", metavar="SIZE",
                    help="driver memory of the Spark session started for --engine spark (default: 2g)")
+    p.add_argument("--train-procs", type=int, metavar="N",
+                   help="processes that train the two-tower together (DistributedDataParallel, gloo); "
+                        "sets [build.two_tower] train_procs (default 1: the build process alone)")
     p.set_defaults(handler=_run)
 
 
@@ -40,8 +43,7 @@ def _run(args: argparse.Namespace) -> int:
     from tandem.index_builder.config import load_config
     from tandem.index_builder.evaluate import format_table
 
-    overrides = {"split": args.split} if args.split else None
-    config = load_config(args.config, overrides=overrides)
+    config = load_config(args.config, overrides=_overrides(args))
     extra = mark = None
     if args.events_log is not None:
         from tandem.index_builder.event_log_reader import event_log_mark, read_event_log
@@ -81,3 +83,13 @@ def _run(args: argparse.Namespace) -> int:
         print("search (graded queries held out of ranker training):")
         print(format_table(result.search_metrics))
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict | None:
+    """The ``[build]`` settings the flags set (they win over the file and the environment)."""
+    overrides: dict = {}
+    if args.split:
+        overrides["split"] = args.split
+    if args.train_procs is not None:
+        overrides["two_tower"] = {"train_procs": args.train_procs}
+    return overrides or None

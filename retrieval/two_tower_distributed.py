@@ -1,0 +1,223 @@
+"""Two-tower training in ``train_procs`` processes: torch DistributedDataParallel over gloo (CPU).
+
+The parent spawns N workers on a free loopback port. Every worker makes the same network (same
+seed), the same windows and the same shuffled list of batches of ``batch_size`` windows per
+epoch; worker r trains on rows r, r + N, ... of each batch, so one step of N workers sees the
+windows one step of a single process sees, with the gradients averaged (the global batch and the
+learning rate are unchanged). Each worker draws its own sampled-softmax negatives and dropout
+(rank-dependent seeds; rank 0 keeps the single process's streams), with the logQ correction of
+its own share of the batch. Rank 0 validates, keeps the best state and decides when to stop
+(patience, time budget); the decision is broadcast so every rank stops after the same epoch.
+Rank 0 writes the best weights (safetensors) and the training log (JSON) to a temporary folder
+the parent reads. A worker that fails makes the parent raise (the others are terminated); the
+process group's timeout bounds any wait on a rank that hangs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.early_stopping import Patience, recall_standard_error
+from tandem.retrieval.progress import Progress
+from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training
+from tandem.retrieval.two_tower_training import EvalTargets, _batches, _network, _prepare, _step
+from tandem.retrieval.two_tower_windows import _Batch
+
+if TYPE_CHECKING:
+    from tandem.retrieval.two_tower import TwoTower
+
+__all__ = ["train_distributed"]
+
+log = logging.getLogger(__name__)
+
+#: Seconds any collective waits for a slow rank (rank 0 validates while the others wait).
+PROCESS_GROUP_TIMEOUT_S = 1800.0
+_WEIGHTS = "best.safetensors"
+_LOG = "log.json"
+_STOP = {0: None, 1: "patience", 2: "time budget"}
+
+
+def train_distributed(
+    model: TwoTower, catalog: Catalog, interactions: Interactions, valid: EvalTargets | None,
+    text_vectors: np.ndarray | None, progress: bool, _worker: Callable[..., None] | None = None,
+) -> TrainingLog:
+    """Fit ``model``'s network in ``model.config.train_procs`` processes (see the module doc);
+    like :func:`two_tower_training.train`, leaves the best state loaded in eval mode. Raises
+    RuntimeError naming the failing worker when one fails. ``_worker`` replaces the worker
+    function (tests; it is called with the arguments of :func:`_worker_main`)."""
+    c = model.config
+    n = c.train_procs
+    net = _network(model, catalog, text_vectors)  # checks the inputs here, before any spawn
+    threads = max(1, torch.get_num_threads() // n)
+    log.info("two-tower: %d training processes (gloo), each with %d torch thread(s) and ~%d windows of "
+             "every batch of %d", n, threads, c.batch_size // n, c.batch_size)
+    with tempfile.TemporaryDirectory(prefix="tandem-two-tower-ddp-") as tmp:
+        args = (n, _free_port(), threads, c, catalog, interactions, valid, text_vectors, progress, tmp)
+        ctx = mp.start_processes(_worker or _worker_main, args=args, nprocs=n, join=False, start_method="spawn")
+        try:
+            while not ctx.join(timeout=0.5):
+                pass
+        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
+            raise RuntimeError(f"two-tower distributed training (train_procs={n}): worker {e.error_index} "
+                               f"failed: {e}") from e
+        finally:
+            for p in ctx.processes:  # an interrupt in the parent leaves no worker behind
+                if p.is_alive():
+                    p.terminate()
+                    p.join()
+        out = Path(tmp)
+        runs = {json.loads((out / f"rank{r}.json").read_text())["epochs_run"] for r in range(n)}
+        if len(runs) != 1:
+            raise RuntimeError(f"two-tower distributed training: the ranks stopped after different epochs {runs}")
+        net.load_state_dict(load_file(str(out / _WEIGHTS)))
+        t = json.loads((out / _LOG).read_text())
+    net.eval()
+    return TrainingLog([tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"],
+                       t["seconds"], t["stopped"])
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _worker_main(
+    rank: int, world: int, port: int, threads: int, config: TwoTowerConfig, catalog: Catalog,
+    interactions: Interactions, valid: EvalTargets | None, text_vectors: np.ndarray | None, progress: bool,
+    out: str,
+) -> None:
+    """One training process (``rank`` of ``world``): joins the group, trains, writes its results."""
+    torch.set_num_threads(threads)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
+                            timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+    try:
+        with deterministic_training():
+            result = _train_rank(rank, world, config, catalog, interactions, valid, text_vectors, progress)
+        folder = Path(out)
+        if rank == 0:
+            state, training = result
+            save_file(state, str(folder / _WEIGHTS))
+            (folder / _LOG).write_text(json.dumps(asdict(training)))
+        (folder / f"rank{rank}.json").write_text(json.dumps({"epochs_run": result[1].epochs_run}))
+    finally:
+        dist.destroy_process_group()
+
+
+class _Loss(nn.Module):
+    """One step's loss as a module, so DistributedDataParallel averages its gradients."""
+
+    def __init__(self, model: TwoTower, windows: _Batch, lengths: np.ndarray, log_pop: torch.Tensor,
+                 gen: torch.Generator) -> None:
+        super().__init__()
+        assert model.net is not None
+        self.net = model.net
+        self._args = (model, windows, lengths, log_pop, gen)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        model, windows, lengths, log_pop, gen = self._args
+        return _step(model, windows, lengths, rows.numpy(), log_pop, gen)
+
+
+def _train_rank(
+    rank: int, world: int, config: TwoTowerConfig, catalog: Catalog, interactions: Interactions,
+    valid: EvalTargets | None, text_vectors: np.ndarray | None, progress: bool,
+) -> tuple[dict[str, torch.Tensor], TrainingLog]:
+    """The training loop of one rank; rank 0's result holds the best state, the others' an empty dict."""
+    from tandem.retrieval.two_tower import TwoTower
+
+    c = config
+    model = TwoTower(c)
+    rng = np.random.default_rng(c.seed)  # the same batches on every rank
+    net, windows, lengths, log_pop = _prepare(model, catalog, interactions, text_vectors)
+    own_seed = c.seed if rank == 0 else int(np.random.SeedSequence([c.seed, rank]).generate_state(1)[0])
+    if rank:
+        torch.manual_seed(own_seed)  # dropout: rank 0 keeps the single process's stream
+    gen = torch.Generator().manual_seed(own_seed)  # negatives
+    # static graph: the same parameters take part in every step (log_scale in none, with dot similarity);
+    # the buffers (frozen text vectors, feature ids) are equal on every rank already
+    ddp = DistributedDataParallel(_Loss(model, windows, lengths, log_pop, gen), forward_sync_buffers=False,
+                                  static_graph=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
+    lead = rank == 0
+    has_valid = lead and valid is not None and len(valid) > 0
+
+    start = time.perf_counter()
+    evals: list[tuple[int, float, float]] = []
+    losses: list[float] = []
+    best_epoch, best_state = 0, None
+    patience = Patience(c.patience, c.min_improvement)
+    stopped = "epochs"
+    epoch = 0
+    bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0,
+                   enabled=progress and lead, eta=False)
+    for epoch in range(1, c.epochs + 1):
+        net.train()
+        total = torch.zeros(2, dtype=torch.float64)
+        for rows in _batches(c.batch_size, lengths, rng):
+            if rows.shape[0] < world:  # every rank takes part in every step
+                continue
+            loss = ddp(torch.from_numpy(np.ascontiguousarray(rows[rank::world])))
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total[0] += float(loss.detach())
+            total[1] += 1
+        dist.all_reduce(total)
+        losses.append(float(total[0] / max(float(total[1]), 1.0)))
+        decision = torch.zeros(1, dtype=torch.int64)
+        if lead:
+            out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
+            shown: dict[str, float] = {"loss": losses[-1]}
+            if has_valid and (epoch % c.eval_every == 0 or out_of_time):
+                assert valid is not None
+                recall, ndcg = model.evaluate(valid, c.eval_k)
+                evals.append((epoch, recall, ndcg))
+                shown[f"valid recall@{c.eval_k}"] = recall
+                shown[f"ndcg@{c.eval_k}"] = ndcg
+                if patience.observe(recall, recall_standard_error(max(patience.progress_at, recall), len(valid))):
+                    best_epoch = epoch
+                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+                shown["best epoch"] = best_epoch
+            bar.update(1, **shown)
+            decision[0] = 1 if patience.stop else 2 if out_of_time else 0
+        dist.broadcast(decision, src=0)
+        reason = _STOP[int(decision[0])]
+        if reason is not None:
+            stopped = reason
+            break
+    bar.close(summary=progress and lead)
+    _check_same_weights(net)
+    if best_state is None:
+        best_epoch = epoch
+        best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    state: dict[str, Any] = {k: v.contiguous() for k, v in best_state.items()} if lead else {}
+    return state, TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+
+
+def _check_same_weights(net: nn.Module) -> None:
+    """Raise unless every rank holds the same weights (averaged gradients keep them equal)."""
+    total = float(sum(p.detach().double().abs().sum() for p in net.parameters()))
+    both = torch.tensor([total, -total], dtype=torch.float64)
+    dist.all_reduce(both, op=dist.ReduceOp.MAX)
+    if float(both[0]) != -float(both[1]):
+        raise RuntimeError(f"two-tower distributed training: the ranks' weights differ after training "
+                           f"(sums of |w| from {-float(both[1])!r} to {float(both[0])!r}); gradients were not averaged")
