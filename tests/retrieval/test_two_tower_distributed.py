@@ -29,6 +29,7 @@ def _split():
     return leave_last_out(_chain_interactions(n_users=300))
 
 
+@pytest.mark.slow  # starts worker processes: 30-140 s each on a busy 2-core machine
 def test_two_processes_learn_what_one_learns_and_round_trip(tmp_path) -> None:
     catalog, split = _catalog(), _split()
     cfg = dataclasses.replace(SMALL, epochs=8, patience=8, lr=1e-2)
@@ -52,6 +53,7 @@ def test_two_processes_learn_what_one_learns_and_round_trip(tmp_path) -> None:
     assert loaded.config.train_procs == 2
 
 
+@pytest.mark.slow  # starts worker processes: 30-140 s each on a busy 2-core machine
 def test_every_rank_stops_at_the_epoch_rank_0_decides() -> None:
     """Patience is decided on rank 0 only; the parent checks all ranks ran the same epochs (a
     rank that stopped alone would have hung the others in the next all-reduce)."""
@@ -70,6 +72,7 @@ def _worker_failing_on_rank_1(rank: int, *args) -> None:
     _worker_main(rank, *args)  # rank 0 waits for rank 1 to join the group: it must not hang
 
 
+@pytest.mark.slow  # starts worker processes: 30-140 s each on a busy 2-core machine
 def test_a_failing_worker_raises_in_the_parent_quickly() -> None:
     from tandem.retrieval.two_tower_distributed import train_distributed
 
