@@ -118,8 +118,7 @@ def _run_bundle(args: argparse.Namespace) -> int:
         print("no recommendation metrics: a search-only bundle (built without events)")
     if "search" in report["metrics"]:
         q = report["search_queries"]
-        print(f"search, evaluation half of the graded queries ({q['eval']}; the ranker saw only the other "
-              f"{q['train']}):")
+        print(f"search, evaluation half of the graded queries: {q['eval']} (training half: {q['train']}):")
         print(format_table(report["metrics"]["search"]))
     if args.json is not None:
         _write_json(args.json, report)
