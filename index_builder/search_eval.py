@@ -183,16 +183,17 @@ def evaluate_search(pipeline: Pipeline, qs: QuerySet, k: int = 10,
     stages["hybrid"] = lambda i: pipeline.rank(pipeline.user_request(qs.user_ids[i], qs.texts[i])[0], "search",
                                                use_ranker=False).items[:SEARCH_K]
     stages["final"] = lambda i: _served(pipeline, qs, i)
-    out: dict[str, dict[str, Any]] = {}
-    for name, fn in stages.items():
-        ranked = [np.asarray(fn(i), dtype=np.int64)[:SEARCH_K] for i in range(len(qs))]
-        out[name] = search_metrics(ranked, qs, k)
-        if name == "final" and dump is not None:
-            dump.parent.mkdir(parents=True, exist_ok=True)
-            tmp = dump.with_name(dump.name + ".tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                _write_dump(f, pipeline, qs, ranked)
-            tmp.replace(dump)
+    ranked: dict[str, list[np.ndarray]] = {name: [] for name in stages}
+    for i in range(len(qs)):  # query by query: the text source's query cache serves every stage after the first
+        for name, fn in stages.items():
+            ranked[name].append(np.asarray(fn(i), dtype=np.int64)[:SEARCH_K])
+    out = {name: search_metrics(rows, qs, k) for name, rows in ranked.items()}
+    if dump is not None:
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dump.with_name(dump.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            _write_dump(f, pipeline, qs, ranked["final"])
+        tmp.replace(dump)
     return out
 
 
