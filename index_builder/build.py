@@ -284,7 +284,8 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
 
 
 def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: _Timer) -> None:
-    """Train the search ranker on half of the graded queries; evaluate search on the other half."""
+    """Train and select the search ranker on the training half of the graded queries only;
+    evaluate search on the evaluation half (the protocol of :mod:`tandem.index_builder.search_eval`)."""
     from tandem.index_builder.search_eval import evaluate_search, group_queries, search_lists, split_queries
 
     p = result.pipeline

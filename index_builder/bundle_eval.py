@@ -18,10 +18,12 @@ __all__ = ["evaluate_bundle"]
 
 
 def evaluate_bundle(bundle: Path, data_dir: Path, ks: Sequence[int] = (10, 50, 200),
-                    dump: Path | None = None) -> dict[str, Any]:
+                    dump: Path | None = None, search_dump: Path | None = None) -> dict[str, Any]:
     """Every recommend source alone, ``fused`` and ``final`` (the pipeline the server runs) on
-    the test targets of the bundle's split; search stages on held-out graded queries if any.
-    A search-only bundle (built without events) has search stages only."""
+    the test targets of the bundle's split; search stages on the evaluation half of the graded
+    queries, if any, under ``metrics["search"]`` (:func:`tandem.index_builder.search_eval.evaluate_search`).
+    A search-only bundle (built without events) has search stages only. ``search_dump``: the
+    served top 100 of every evaluation-half query, as JSONL."""
     folder = current_bundle(bundle)
     pipeline = load_pipeline(folder)
     manifest = json.loads((folder / "manifest.json").read_text())
@@ -49,12 +51,16 @@ def evaluate_bundle(bundle: Path, data_dir: Path, ks: Sequence[int] = (10, 50, 2
         "metrics": metrics,
     }
     queries = load_queries(data_dir, clean.catalog)
-    if queries:
-        from tandem.index_builder.search_eval import evaluate_search, group_queries, split_queries
+    from tandem.index_builder.search_eval import evaluate_search, group_queries, split_queries
 
-        _, eval_q = split_queries(group_queries(queries, clean.catalog))
-        if len(eval_q):
-            report["search"] = evaluate_search(pipeline, eval_q)
+    train_q, eval_q = split_queries(group_queries(queries or [], clean.catalog))
+    if search_dump is not None and not len(eval_q):
+        raise ValueError(f"--data {data_dir} has no graded queries on the catalog's items in the evaluation half "
+                         f"({len(train_q)} in the training half), so there is no search to dump; leave out "
+                         "--search-dump or add a queries.jsonl[.gz]")
+    if len(eval_q):
+        metrics["search"] = evaluate_search(pipeline, eval_q, dump=search_dump)
+        report["search_queries"] = {"train": len(train_q), "eval": len(eval_q)}
     if dump is not None:
         k = max(ks)
         top = pipeline.rank_requests(split.test.requests(), k)

@@ -156,21 +156,26 @@ def evaluate_stages(stages: Mapping[str, Any], split: Split, n_items: int, ks: S
             for name, stage in stages.items()}
 
 
+#: rows of :func:`format_table` that count what was measured (printed last, as integers)
+_COUNTS = ("users", "queries")
+
+
 def format_table(metrics: Mapping[str, Mapping[str, float]]) -> str:
     """A plain-text table: one row per metric, one column per stage."""
     stages = list(metrics)
     names: list[str] = []
     for m in metrics.values():
-        names += [n for n in m if n not in names and n != "users"]
-    width = max([len(n) for n in names] + [len("users")])
+        names += [n for n in m if n not in names and n not in _COUNTS]
+    counts = [n for n in _COUNTS if any(n in m for m in metrics.values())] or ["users"]
+    width = max([len(n) for n in names + counts])
     cols = [max(len(s), 8) for s in stages]
     lines = ["  ".join([f"{'metric':<{width}}"] + [f"{s:>{c}}" for s, c in zip(stages, cols, strict=True)])]
-    for n in names + ["users"]:
+    for n in names + counts:
         cells = []
         for s, c in zip(stages, cols, strict=True):
             v = metrics[s].get(n)
             cells.append(f"{'-':>{c}}" if v is None else
-                         f"{int(v):>{c}d}" if n == "users" else f"{v:>{c}.4f}")
+                         f"{int(v):>{c}d}" if n in _COUNTS else f"{v:>{c}.4f}")
         lines.append("  ".join([f"{n:<{width}}"] + cells))
     return "\n".join(lines)
 

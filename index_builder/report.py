@@ -152,7 +152,7 @@ def _quality(manifest: Mapping[str, Any], evaluation: Mapping[str, Any] | None, 
                            "</code> and run <code>tandem eval --bundle B --data D --json eval.json</code>, then "
                            "pass <code>--eval eval.json</code>."))
     if search:
-        parts.append("<h3>Search (graded queries held out of ranker training)</h3>")
+        parts.append("<h3>Search (graded queries, evaluation half)</h3>")
         parts.append(_metric_table(search))
     return "".join(parts)
 

@@ -56,19 +56,24 @@ def _numbers(d: Any) -> bool:
 
 
 def read_eval(path: Path) -> dict[str, Any]:
-    """A ``tandem eval --json`` report: ``metrics`` must map each stage to ``{metric: number}``."""
+    """A ``tandem eval --json`` report: ``metrics`` must map each stage to ``{metric: number}``, and
+    ``metrics.search`` (if any) each search stage. Returned with the search stages moved to ``search``."""
     report = read_json(path, "--eval")
     metrics = report.get("metrics") if isinstance(report, Mapping) else None
     if not isinstance(metrics, Mapping) or not metrics:
         raise ValueError(f"--eval {path}: no 'metrics' object; expected the JSON of `tandem eval --bundle B "
                          "--data D --json FILE`")
     for stage, m in metrics.items():
-        if not _numbers(m):
+        if stage != "search" and not _numbers(m):
             raise ValueError(f"--eval {path}: metrics.{stage} must map metric names to numbers")
-    search = report.get("search")
+    search = metrics.get("search", report.get("search"))  # top-level "search": reports before #13
     if search is not None and not (isinstance(search, Mapping) and all(_numbers(m) for m in search.values())):
-        raise ValueError(f"--eval {path}: 'search' must map stages to {{metric: number}}")
-    return dict(report)
+        raise ValueError(f"--eval {path}: metrics.search must map stages to {{metric: number}}")
+    out = dict(report)
+    out["metrics"] = {stage: m for stage, m in metrics.items() if stage != "search"}
+    if search is not None:
+        out["search"] = search
+    return out
 
 
 def read_latency(path: Path) -> dict[str, Any]:

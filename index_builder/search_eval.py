@@ -1,27 +1,45 @@
-"""Search quality on graded queries: lexical only, dense only, hybrid, hybrid + ranker.
+"""Search quality on graded queries: lexical only, dense only, hybrid, and the served search.
 
-Queries are grouped by ``query_id``; judged items carry grades 0..3 and unjudged items count
-as grade 0. NDCG@K uses gains 2^g - 1 (so grade-0 judgements add nothing). Queries are split
-deterministically by a hash of their id into a training part (for the search ranker) and an
-evaluation part, so the reported numbers never come from queries the ranker learned from.
+The protocol (issue #13, shared with the independent scorer ``shared/tools/searcheval.py``):
+
+* queries are normalised (lower case, runs of white space to one space) and grouped by that
+  text; a (query, item) pair judged twice keeps its highest grade;
+* a query is in the **evaluation half** when ``int(sha1(text).hexdigest(), 16)`` is even. Training,
+  tuning and model selection (the search ranker) use only the other half; reported numbers only
+  this one. The split depends on the text alone, so any tool can recompute it;
+* over the evaluation half: graded NDCG@10 over the whole catalog (gain 2^grade - 1, unjudged
+  items count 0), condensed NDCG@10 (unjudged items dropped from the list first, for data sets
+  whose judgements are incomplete) and Recall@100 of the items graded 2 or more. NDCG is averaged
+  over every query (one whose judgements are all 0 scores 0), recall over the queries with at
+  least one item graded 2 or more.
+
+Judgements on items missing from the catalog are dropped when the queries are read
+(:func:`tandem.index_builder.cleaning.load_queries`), so they count in neither the ideal DCG nor recall.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
 
 import numpy as np
 
+from tandem.ranking.api import SearchRequest
 from tandem.ranking.features import compute_features
 from tandem.ranking.pipeline import Pipeline
 from tandem.ranking.ranker import RankingLists
 from tandem.retrieval.base import RetrievalRequest
 from tandem.retrieval.data import Catalog, Query
-from tandem.retrieval.metrics import ndcg_at_k, recall_at_k
 
-__all__ = ["QuerySet", "group_queries", "split_queries", "search_lists", "evaluate_search"]
+__all__ = ["QuerySet", "normalize_query", "in_eval_half", "group_queries", "split_queries", "search_lists",
+           "search_metrics", "evaluate_search"]
+
+#: list length of every evaluated stage (Recall@100) and of the dump
+SEARCH_K = 100
 
 
 @dataclass
@@ -59,15 +77,27 @@ class QuerySet:
         return RetrievalRequest(query=self.texts[i], user_id=user)
 
 
+def normalize_query(text: str) -> str:
+    """The protocol's query text: lower case, runs of white space to one space, no ends."""
+    return " ".join(text.split()).lower()
+
+
+def in_eval_half(text: str) -> bool:
+    """True when the (normalised) query is in the evaluation half: its SHA-1 is even."""
+    return int(hashlib.sha1(normalize_query(text).encode("utf-8")).hexdigest(), 16) % 2 == 0
+
+
 def group_queries(queries: Sequence[Query], catalog: Catalog) -> QuerySet:
-    by_id: dict[str, list[Query]] = {}
+    """One row per normalised query text (its first query id and user id), with the highest
+    grade of each judged catalog item; judgements on items outside ``catalog`` are dropped."""
+    by_text: dict[str, list[Query]] = {}
     for q in queries:
         if q.item_id in catalog.index:
-            by_id.setdefault(q.query_id, []).append(q)
+            by_text.setdefault(normalize_query(q.query), []).append(q)
     ids, texts, users, ptr, items, grades = [], [], [], [0], [], []
-    for qid, rows in by_id.items():
-        ids.append(qid)
-        texts.append(rows[0].query)
+    for text, rows in by_text.items():
+        ids.append(rows[0].query_id)
+        texts.append(text)
         users.append(rows[0].user_id)
         seen: dict[int, float] = {}
         for q in rows:
@@ -79,12 +109,11 @@ def group_queries(queries: Sequence[Query], catalog: Catalog) -> QuerySet:
                     np.array(grades, np.float32))
 
 
-def split_queries(qs: QuerySet, train_fraction: float = 0.5) -> tuple[QuerySet, QuerySet]:
-    """(train, eval) by a stable hash of the query id."""
+def split_queries(qs: QuerySet) -> tuple[QuerySet, QuerySet]:
+    """(training half, evaluation half) by the protocol's hash of the normalised text (:func:`in_eval_half`)."""
     train, evaluate = [], []
-    for i, qid in enumerate(qs.ids):
-        h = int.from_bytes(hashlib.sha256(qid.encode()).digest()[:4], "big") / 2**32
-        (train if h < train_fraction else evaluate).append(i)
+    for i, text in enumerate(qs.texts):
+        (evaluate if in_eval_half(text) else train).append(i)
     return qs.take(train), qs.take(evaluate)
 
 
@@ -105,30 +134,73 @@ def search_lists(pipeline: Pipeline, qs: QuerySet) -> RankingLists:
     return RankingLists.from_lists(feats, labels, max_list=pipeline.config.fused_k)
 
 
-def evaluate_search(pipeline: Pipeline, qs: QuerySet, k: int = 10) -> dict[str, dict[str, float]]:
-    """Graded NDCG@k and recall of grade>=2 items at 100, per stage, over ``qs``."""
+def _dcg(grades: Sequence[float]) -> float:
+    return sum((2.0 ** g - 1.0) / np.log2(r + 2) for r, g in enumerate(grades))
+
+
+def search_metrics(ranked: Sequence[np.ndarray], qs: QuerySet, k: int = 10) -> dict[str, float]:
+    """The protocol's metrics of ``ranked[i]`` (int64 catalog rows, best first) for query ``i``:
+    ``ndcg@k`` (graded, unjudged = 0), ``ndcg@k_condensed`` (unjudged dropped first),
+    ``recall@100`` (of items graded >= 2) and ``queries``."""
+    full = cond = 0.0
+    recalls = []
+    for i, row in enumerate(ranked):
+        s, e = qs.indptr[i], qs.indptr[i + 1]
+        rel = dict(zip(qs.items[s:e].tolist(), qs.grades[s:e].tolist(), strict=True))
+        row = [int(x) for x in row if x >= 0]
+        ideal = _dcg(sorted(rel.values(), reverse=True)[:k]) or 1.0
+        full += _dcg([rel.get(x, 0.0) for x in row[:k]]) / ideal
+        cond += _dcg([rel[x] for x in row if x in rel][:k]) / ideal
+        good = {x for x, g in rel.items() if g >= 2}
+        if good:
+            recalls.append(len(good & set(row[:SEARCH_K])) / len(good))
+    n = max(1, len(ranked))
+    return {f"ndcg@{k}": full / n, f"ndcg@{k}_condensed": cond / n,
+            f"recall@{SEARCH_K}": sum(recalls) / max(1, len(recalls)), "queries": float(len(ranked))}
+
+
+def _served(pipeline: Pipeline, qs: QuerySet, i: int) -> np.ndarray:
+    """The top 100 of query ``i`` as the server answers it: :meth:`Pipeline.search` with the
+    query text, its user id (if any) and nothing else."""
+    response = pipeline.search(SearchRequest(query=qs.texts[i], user_id=qs.user_ids[i], k=SEARCH_K))
+    index = pipeline.catalog.index
+    return np.array([index[it.item_id] for it in response.items], dtype=np.int64)
+
+
+def evaluate_search(pipeline: Pipeline, qs: QuerySet, k: int = 10,
+                    dump: Path | None = None) -> dict[str, dict[str, Any]]:
+    """The protocol's metrics (:func:`search_metrics`) of each stage over ``qs`` (the evaluation
+    half): ``lexical`` and ``dense`` (each source alone), ``hybrid`` (the fused list, no ranker)
+    and ``final`` (what :meth:`Pipeline.search` serves, ranker and all). ``dump``: write the
+    final top 100 of every query there as JSONL ``{"query": text, "items": [item_id, ...]}``
+    (plus ``"user_id"`` when the query has one), the run format ``searcheval.py score`` reads."""
     stages = {}
     if "lexical" in pipeline.sources:
-        stages["lexical"] = lambda req: pipeline.sources["lexical"].retrieve(req, 100).items
+        stages["lexical"] = lambda i: pipeline.sources["lexical"].retrieve(qs.request(i), SEARCH_K).items
     if "text" in pipeline.sources:
-        stages["dense"] = lambda req: pipeline.sources["text"].retrieve(
-            RetrievalRequest(query=req.query), 100).items
-    stages["hybrid"] = lambda req: pipeline.rank(req, "search", use_ranker=False).items[:100]
-    if "search" in pipeline.rankers:
-        stages["hybrid_ranker"] = lambda req: pipeline.rank(req, "search").items[:100]
-    gains = qs.grades
-    relevant = qs.grades >= 2
-    rel_ptr = np.concatenate([[0], np.cumsum([relevant[qs.indptr[i]:qs.indptr[i + 1]].sum()
-                                              for i in range(len(qs))])]).astype(np.int64)
-    out: dict[str, dict[str, float]] = {}
-    for name, fn in stages.items():
-        ranked = np.full((len(qs), 100), -1, dtype=np.int64)
-        for i in range(len(qs)):
-            got = np.asarray(fn(qs.request(i, pipeline)), dtype=np.int64)[:100]
-            ranked[i, : got.shape[0]] = got
-        out[name] = {
-            f"ndcg@{k}": float(ndcg_at_k(ranked, (qs.indptr, qs.items), k, gains=gains)),
-            "recall@100": float(recall_at_k(ranked, (rel_ptr, qs.items[relevant]), 100)),
-            "queries": float(len(qs)),
-        }
+        stages["dense"] = lambda i: pipeline.sources["text"].retrieve(
+            RetrievalRequest(query=qs.texts[i]), SEARCH_K).items
+    stages["hybrid"] = lambda i: pipeline.rank(pipeline.user_request(qs.user_ids[i], qs.texts[i])[0], "search",
+                                               use_ranker=False).items[:SEARCH_K]
+    stages["final"] = lambda i: _served(pipeline, qs, i)
+    ranked: dict[str, list[np.ndarray]] = {name: [] for name in stages}
+    for i in range(len(qs)):  # query by query: the text source's query cache serves every stage after the first
+        for name, fn in stages.items():
+            ranked[name].append(np.asarray(fn(i), dtype=np.int64)[:SEARCH_K])
+    out = {name: search_metrics(rows, qs, k) for name, rows in ranked.items()}
+    if dump is not None:
+        dump.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dump.with_name(dump.name + ".tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            _write_dump(f, pipeline, qs, ranked["final"])
+        tmp.replace(dump)
     return out
+
+
+def _write_dump(f: TextIO, pipeline: Pipeline, qs: QuerySet, ranked: Sequence[np.ndarray]) -> None:
+    ids = pipeline.catalog.item_ids
+    for i, row in enumerate(ranked):
+        line: dict[str, Any] = {"query": qs.texts[i], "items": [ids[int(x)] for x in row if x >= 0]}
+        if qs.user_ids[i] is not None:
+            line["user_id"] = qs.user_ids[i]
+        f.write(json.dumps(line) + "\n")

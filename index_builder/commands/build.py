@@ -80,7 +80,9 @@ def _run(args: argparse.Namespace) -> int:
     if result.metrics:
         print(format_table(result.metrics))
     if result.search_metrics:
-        print("search (graded queries held out of ranker training):")
+        q = result.info["search"]
+        print(f"search, evaluation half of the graded queries ({q['eval_queries']}; the search ranker trained "
+              f"on the other {q['train_queries']}):")
         print(format_table(result.search_metrics))
     return 0
 

@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--dump", type=Path, metavar="FILE",
                    help="with --bundle: write the final top-K of every test user as JSONL "
                         '{"user_id": ..., "items": [...]}')
+    p.add_argument("--search-dump", type=Path, metavar="FILE",
+                   help="with --bundle: write the served top 100 of every evaluation-half graded query as JSONL "
+                        '{"query": ..., "items": [...]} (the run format of searcheval.py score)')
     p.add_argument("--json", type=Path, metavar="OUT", help="write the report here as JSON")
     p.add_argument("--split", choices=("leave-last-out", "temporal"), default="leave-last-out",
                    help="split protocol (default: leave-last-out)")
@@ -61,6 +64,8 @@ def _run(args: argparse.Namespace) -> int:
         return _run_bundle(args)
     if args.dump is not None:
         raise ValueError("--dump needs --bundle: only a bundle has a final ranked list to dump")
+    if args.search_dump is not None:
+        raise ValueError("--search-dump needs --bundle: only a bundle has a served search to dump")
 
     from tandem.index_builder.cleaning import load_dataset
     from tandem.index_builder.evaluate import evaluate_dataset, format_table
@@ -103,18 +108,22 @@ def _run_bundle(args: argparse.Namespace) -> int:
     from tandem.index_builder.bundle_eval import evaluate_bundle
     from tandem.index_builder.evaluate import format_table
 
-    report = evaluate_bundle(args.bundle, args.data, ks=args.k, dump=args.dump)
+    report = evaluate_bundle(args.bundle, args.data, ks=args.k, dump=args.dump, search_dump=args.search_dump)
     p = report["protocol"]
     print(f"bundle {report['bundle']}, split {p['name']} {p['parameters']}, test users {p['counts']['test_users']}")
-    if report["metrics"]:
-        print(format_table(report["metrics"]))
+    recommend = {stage: m for stage, m in report["metrics"].items() if stage != "search"}
+    if recommend:
+        print(format_table(recommend))
     else:
         print("no recommendation metrics: a search-only bundle (built without events)")
-    if "search" in report:
-        print("search (graded queries held out of ranker training):")
-        print(format_table(report["search"]))
+    if "search" in report["metrics"]:
+        q = report["search_queries"]
+        print(f"search, evaluation half of the graded queries: {q['eval']} (training half: {q['train']}):")
+        print(format_table(report["metrics"]["search"]))
     if args.json is not None:
         _write_json(args.json, report)
     if args.dump is not None:
         print(f"final top-{max(args.k)} of every test user written to {args.dump}")
+    if args.search_dump is not None:
+        print(f"served top-100 of every evaluation-half query written to {args.search_dump}")
     return 0

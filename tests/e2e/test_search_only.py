@@ -164,7 +164,8 @@ def test_eval_reports_search_only_and_says_why(search_only, tmp_path, capsys):
     report = tmp_path / "eval.json"
     assert main(["eval", "--bundle", str(bundles), "--data", str(data), "--json", str(report)]) == 0
     out = json.loads(report.read_text())
-    assert out["metrics"] == {} and {"lexical", "dense", "hybrid"} <= set(out["search"])
+    assert set(out["metrics"]) == {"search"}  # no recommendation stage, every search stage
+    assert set(out["metrics"]["search"]) == {"lexical", "dense", "hybrid", "final"}
     assert "no recommendation metrics: a search-only bundle" in capsys.readouterr().out
     assert main(["eval", "--data", str(data)]) == 2  # the popularity baseline needs events
     assert "has no events (a search-only shop)" in capsys.readouterr().err
@@ -199,3 +200,26 @@ def test_a_young_shop_without_three_item_users_builds_without_the_recommend_rank
     user = next(u for u, items in per_user.items() if len(items) == 2)
     answer = engine.recommend(RecommendRequest(user_id=user, k=5, explain=True))
     assert len(answer.items) == 5 and not set(i.item_id for i in answer.items) & per_user[user]
+
+
+def test_search_dump_of_a_search_only_bundle_and_without_queries(search_only, tmp_path, capsys):
+    from tandem.index_builder.search_eval import in_eval_half
+
+    bundles = search_only[0]
+    data = bundles.parent / "shop"
+    dump = tmp_path / "search.jsonl"
+    assert main(["eval", "--bundle", str(bundles), "--data", str(data), "--search-dump", str(dump)]) == 0
+    rows = [json.loads(x) for x in dump.read_text().splitlines()]
+    texts = {q["query"] for q in map(json.loads, gzip.open(data / "queries.jsonl.gz", "rt"))}
+    assert sorted(r["query"] for r in rows) == sorted(t for t in texts if in_eval_half(t))
+    # no popularity to backfill with: at most the fused candidates, never more than 100
+    assert all(0 < len(r["items"]) <= min(100, TINY_CONFIG["pipeline"]["fused_k"]) for r in rows)
+    capsys.readouterr()
+    no_queries = tmp_path / "items_only"
+    no_queries.mkdir()
+    shutil.copy(data / "items.jsonl.gz", no_queries / "items.jsonl.gz")
+    assert main(["eval", "--bundle", str(bundles), "--data", str(no_queries), "--search-dump",
+                 str(tmp_path / "none.jsonl")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "no graded queries" in err[0] and "--search-dump" in err[0]
+    assert not (tmp_path / "none.jsonl").exists()

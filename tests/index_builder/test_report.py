@@ -65,6 +65,7 @@ def test_latency_record_summarises_the_samples():
     ("--eval", "{not json", "not valid JSON"),
     ("--eval", '{"protocol": {}}', "no 'metrics' object"),
     ("--eval", '{"metrics": {"final": {"ndcg@10": "high"}}}', "metrics.final must map metric names to numbers"),
+    ("--eval", '{"metrics": {"search": {"final": {"ndcg@10": "high"}}}}', "metrics.search must map stages to"),
     ("--latency", '{"results": []}', "no 'results' list"),
     ("--latency", '{"results": [{"rpc": "Recommend", "concurrency": 1, "p50": 1, "p99": 2}]}',
      "results[0]: missing 'histogram'"),
