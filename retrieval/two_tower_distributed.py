@@ -35,10 +35,9 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tandem.retrieval.data import Catalog, Interactions
-from tandem.retrieval.early_stopping import Patience, recall_standard_error
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training
-from tandem.retrieval.two_tower_training import EvalTargets, _batches, _network, _prepare, _step
+from tandem.retrieval.two_tower_training import EpochTracker, EvalTargets, _batches, _network, _prepare, _step
 from tandem.retrieval.two_tower_windows import _Batch
 
 if TYPE_CHECKING:
@@ -158,13 +157,10 @@ def _train_rank(
                                   static_graph=True)
     opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
     lead = rank == 0
-    has_valid = lead and valid is not None and len(valid) > 0
 
     start = time.perf_counter()
-    evals: list[tuple[int, float, float]] = []
     losses: list[float] = []
-    best_epoch, best_state = 0, None
-    patience = Patience(c.patience, c.min_improvement)
+    track = EpochTracker(model, net, valid if lead else None)  # rank 0 validates and decides
     stopped = "epochs"
     epoch = 0
     bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0,
@@ -186,19 +182,8 @@ def _train_rank(
         decision = torch.zeros(1, dtype=torch.int64)
         if lead:
             out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
-            shown: dict[str, float] = {"loss": losses[-1]}
-            if has_valid and (epoch % c.eval_every == 0 or out_of_time):
-                assert valid is not None
-                recall, ndcg = model.evaluate(valid, c.eval_k)
-                evals.append((epoch, recall, ndcg))
-                shown[f"valid recall@{c.eval_k}"] = recall
-                shown[f"ndcg@{c.eval_k}"] = ndcg
-                if patience.observe(recall, recall_standard_error(max(patience.progress_at, recall), len(valid))):
-                    best_epoch = epoch
-                    best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-                shown["best epoch"] = best_epoch
-            bar.update(1, **shown)
-            decision[0] = 1 if patience.stop else 2 if out_of_time else 0
+            bar.update(1, **track.end_epoch(epoch, losses[-1], out_of_time))
+            decision[0] = 1 if track.patience.stop else 2 if out_of_time else 0
         dist.broadcast(decision, src=0)
         reason = _STOP[int(decision[0])]
         if reason is not None:
@@ -206,11 +191,12 @@ def _train_rank(
             break
     bar.close(summary=progress and lead)
     _check_same_weights(net)
+    best_state, best_epoch = track.best_state, track.best_epoch
     if best_state is None:
         best_epoch = epoch
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     state: dict[str, Any] = {k: v.contiguous() for k, v in best_state.items()} if lead else {}
-    return state, TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+    return state, TrainingLog(track.evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
 
 
 def _check_same_weights(net: nn.Module) -> None:

@@ -51,10 +51,8 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
     opt = torch.optim.AdamW(net.parameters(), lr=c.lr, weight_decay=c.weight_decay)
 
     start = time.perf_counter()
-    evals: list[tuple[int, float, float]] = []
     losses: list[float] = []
-    best_epoch, best_state = 0, None
-    patience = Patience(c.patience, c.min_improvement)
+    track = EpochTracker(model, net, valid)
     stopped = "epochs"
     epoch = 0
     bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress,
@@ -71,18 +69,8 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
             steps += 1
         losses.append(total / max(steps, 1))
         out_of_time = c.time_budget_s is not None and time.perf_counter() - start > c.time_budget_s
-        shown: dict[str, float] = {"loss": losses[-1]}
-        if valid is not None and len(valid) and (epoch % c.eval_every == 0 or out_of_time):
-            recall, ndcg = model.evaluate(valid, c.eval_k)
-            evals.append((epoch, recall, ndcg))
-            shown[f"valid recall@{c.eval_k}"] = recall
-            shown[f"ndcg@{c.eval_k}"] = ndcg
-            if patience.observe(recall, recall_standard_error(max(patience.progress_at, recall), len(valid))):
-                best_epoch = epoch
-                best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
-            shown["best epoch"] = best_epoch
-        bar.update(1, **shown)
-        if patience.stop:
+        bar.update(1, **track.end_epoch(epoch, losses[-1], out_of_time))
+        if track.patience.stop:
             stopped = "patience"
             break
         if out_of_time:
@@ -90,12 +78,42 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
             log.info("two-tower: time budget of %.0fs spent after epoch %d", c.time_budget_s, epoch)
             break
     bar.close(summary=progress)
-    if best_state is not None:
-        net.load_state_dict(best_state)
+    if track.best_state is not None:
+        net.load_state_dict(track.best_state)
     else:
-        best_epoch = epoch
+        track.best_epoch = epoch
     net.eval()
-    return TrainingLog(evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+    return TrainingLog(track.evals, losses, track.best_epoch, epoch, time.perf_counter() - start, stopped)
+
+
+class EpochTracker:
+    """What happens after every training epoch, in one process or on rank 0 of several:
+    validation every ``eval_every`` epochs (and at the last one a time budget allows), the
+    noise-aware patience, and a copy of the best state. ``end_epoch`` returns what the progress
+    line shows."""
+
+    def __init__(self, model: TwoTower, net: torch.nn.Module, valid: EvalTargets | None) -> None:
+        self.model, self.net = model, net
+        self.valid = valid if valid is not None and len(valid) else None
+        self.patience = Patience(model.config.patience, model.config.min_improvement)
+        self.evals: list[tuple[int, float, float]] = []
+        self.best_epoch = 0
+        self.best_state: dict[str, torch.Tensor] | None = None
+
+    def end_epoch(self, epoch: int, loss: float, out_of_time: bool) -> dict[str, float]:
+        c = self.model.config
+        shown: dict[str, float] = {"loss": loss}
+        if self.valid is not None and (epoch % c.eval_every == 0 or out_of_time):
+            recall, ndcg = self.model.evaluate(self.valid, c.eval_k)
+            self.evals.append((epoch, recall, ndcg))
+            shown[f"valid recall@{c.eval_k}"] = recall
+            shown[f"ndcg@{c.eval_k}"] = ndcg
+            noise = recall_standard_error(max(self.patience.progress_at, recall), len(self.valid))
+            if self.patience.observe(recall, noise):
+                self.best_epoch = epoch
+                self.best_state = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
+            shown["best epoch"] = self.best_epoch
+        return shown
 
 
 def _prepare(
