@@ -32,6 +32,7 @@ from tandem.ranking.item_table import build_item_table, item_table_inputs
 from tandem.ranking.loader import save_pipeline
 from tandem.ranking.pipeline import KINDS, Pipeline
 from tandem.ranking.ranker import Ranker, RankingLists, ndcg_per_list
+from tandem.retrieval.ann import AnnConfig
 from tandem.retrieval.base import CandidateSource
 from tandem.retrieval.bundle import write_bundle
 from tandem.retrieval.data import Catalog, Event, Interactions
@@ -133,6 +134,13 @@ def fit_sources(config: BuildConfig, context: FitContext, names: Iterable[str] |
                 else:
                     sources[name] = entry.fit(context, section)
     return sources
+
+
+def _ann_config(config: BuildConfig) -> AnnConfig:
+    """``[build.ann]`` with ``k_tune`` unset resolved to the depth every source is searched at."""
+    if config.ann.k_tune is not None:
+        return config.ann
+    return replace(config.ann, k_tune=config.pipeline.per_source_k)
 
 
 def _make_pipeline(config: BuildConfig, catalog: Catalog, sources: Mapping[str, CandidateSource],
@@ -240,7 +248,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     histories = HistoryStore.from_interactions(interactions)
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
-                         encoder=encoder, ann=config.ann, progress=True)
+                         encoder=encoder, ann=_ann_config(config), progress=True)
     skipped: dict[str, str] = {}
     sources = fit_sources(config, context, timer=timer, skipped=skipped, engine=engine)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)

@@ -142,3 +142,32 @@ def test_bad_input_says_what_to_fix():
     empty = AnnIndex.build(np.zeros((0, 4), dtype=np.float32))
     _, ids = empty.search(np.zeros((1, 4), dtype=np.float32), 3)
     assert (ids == -1).all()
+
+
+def test_hnsw_searches_deeper_than_its_tuned_beam(data):
+    """A beam tuned at k = 10 must not be used for k = 200: the pipeline asks every source for 200
+    candidates (``per_source_k``), and with a beam of 10 most of them were wrong (recall@200 of Home
+    Depot's real search queries: 0.34)."""
+    x, queries = data
+    ann = AnnIndex.build(x, AnnConfig(kind="hnsw", k_tune=10, recall_target=0.5, n_tune_queries=100))
+    assert ann.params["ef_search"] < 200, "the test needs a beam narrower than the depth searched"
+    _, ids = ann.search(queries, 200)
+    assert _recall(ids, _oracle(x, queries, 200)[1]) >= 0.9
+    # the tuned parameter is untouched for the next, shallower call
+    assert ann._index.hnsw.efSearch == ann.params["ef_search"]
+
+
+def test_k_tune_defaults_to_the_depth_the_pipeline_searches_at():
+    from tandem.index_builder.build import _ann_config
+    from tandem.index_builder.config import BuildConfig
+
+    config = BuildConfig()
+    assert config.ann.k_tune is None
+    assert _ann_config(config).k_tune == config.pipeline.per_source_k
+    explicit = BuildConfig(ann=AnnConfig(k_tune=25))
+    assert _ann_config(explicit).k_tune == 25
+    with pytest.raises(ValueError, match="k_tune"):
+        AnnConfig(k_tune=0)
+    # without a caller's depth, tuning measures recall@10
+    ann = AnnIndex.build(_data(n=500, d=8, q=1)[0], AnnConfig(kind="hnsw", n_tune_queries=50))
+    assert ann.info()["tuning"]["k"] == 10
