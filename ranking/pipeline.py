@@ -134,6 +134,11 @@ class Pipeline:
                         if (i := index.get(e.item_id)) is not None)
         return applied
 
+    def live_item_cf_stats(self) -> dict[str, int] | None:
+        """The live item-CF's counters (:meth:`LiveItemCF.stats`), or None before its first event."""
+        live = getattr(self.sources.get("item_cf"), "live", None)
+        return None if live is None else live.stats()
+
     def live_item_cf(self) -> LiveItemCF | None:
         """The item-CF source's live updater (made on first use, over the bundle's histories; shared
         by the copies :meth:`with_config` and :meth:`variant` make), or None: no transition item-CF,
@@ -326,8 +331,7 @@ class Pipeline:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),
                 "search_only": self.search_only,
                 "rankers": sorted(self.rankers), "config": self.config.to_dict(),
-                "item_cf_live": None if (live := getattr(self.sources.get("item_cf"), "live", None)) is None
-                else live.stats()}
+                "item_cf_live": self.live_item_cf_stats()}
 
     def __repr__(self) -> str:
         return f"Pipeline({json.dumps(self.describe())})"
