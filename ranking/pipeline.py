@@ -249,6 +249,7 @@ class Pipeline:
         client request waits for that. Returns how many users were warmed."""
         if users is not None:
             self.memos.resize(users)
+        self.live_item_cf()  # its sequences now, not on the first RecordEvents' clock
         n = self.memos.capacity
         users = self.histories.most_recent_users(n)
         first = users[:1] or self.histories.most_recent_users(1)

@@ -50,6 +50,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+import numba as nb
 import numpy as np
 import scipy.sparse as sp
 
@@ -114,7 +115,6 @@ class LiveItemCF:
         self._lock = threading.Lock()
         c = self.config
         self._decay = np.array([c.distance_decay ** (d - 1) for d in range(1, c.window + 1)], dtype=np.float64)
-        self._offsets = np.arange(1, c.window + 1, dtype=np.int64)
         self._base_sequences(np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64),
                              np.asarray(ts, dtype=np.int64))
         self._live: OrderedDict[str, _Sequence] = OrderedDict()  # least recently active first
@@ -127,6 +127,8 @@ class LiveItemCF:
         self.batches = 0
         # rows are computed in the frame of the base's newest event (see the module docstring)
         self._ref_matrix = source.similarity
+        one = np.zeros(1, np.int64)
+        self._pairs(one, one, one, one, one + 1, 1.0, [], [])  # compiles (or loads) the kernel now
 
     @classmethod
     def for_interactions(cls, source: ItemCF, interactions: object, max_entries: int = DEFAULT_LIVE_ENTRIES
@@ -296,23 +298,11 @@ class LiveItemCF:
                reverse: float, cols: list[np.ndarray], wts: list[np.ndarray]) -> None:
         """The pairs of the item at flat positions ``at`` (of sequences ``[start, end)``) with the
         items up to ``window`` after it (weight ``decay ** (d-1)``) and before it (times ``reverse``)."""
-        c = self.config
-        after = at[:, None] + self._offsets[None, :]
-        ok = after < end[:, None]
-        w = np.broadcast_to(self._decay, after.shape)[ok]
-        if c.half_life_days is not None:
-            w = w * 0.5 ** ((self._newest_base - ts[after[ok]]) / _SECONDS_PER_DAY / c.half_life_days)
-        cols.append(items[after[ok]])
+        h = self.config.half_life_days
+        c, w = _pair_weights(items, ts, start, at, end, self._decay, float(reverse),
+                             -1.0 if h is None else float(h), self._newest_base)
+        cols.append(c)
         wts.append(w)
-        if reverse > 0:
-            before = at[:, None] - self._offsets[None, :]
-            ok = before >= start[:, None]
-            w = np.broadcast_to(self._decay, before.shape)[ok] * reverse
-            if c.half_life_days is not None:
-                later = np.broadcast_to(at[:, None], before.shape)[ok]
-                w = w * 0.5 ** ((self._newest_base - ts[later]) / _SECONDS_PER_DAY / c.half_life_days)
-            cols.append(items[before[ok]])
-            wts.append(w)
 
     def _row(self, r: int) -> tuple[np.ndarray, np.ndarray]:
         """Row ``r`` as the batch computes it (reference frame): columns int32 ascending, values float32."""
@@ -320,8 +310,13 @@ class LiveItemCF:
         cols, wts = self._contributions(r)
         if cols.size == 0:
             return np.zeros(0, np.int32), np.zeros(0, np.float32)
-        cols, inverse = np.unique(cols, return_inverse=True)
-        sums = np.bincount(inverse, weights=wts)
+        if cols.size * 8 > self.n:  # many pairs: a dense sum beats sorting them
+            sums = np.bincount(cols, weights=wts, minlength=self.n)
+            cols = np.flatnonzero(sums)
+            sums = sums[cols]
+        else:
+            cols, inverse = np.unique(cols, return_inverse=True)
+            sums = np.bincount(inverse, weights=wts)
         keep = cols != r
         cols, sums = cols[keep], sums[keep]
         if c.pop_exponent > 0:
@@ -379,6 +374,44 @@ class LiveItemCF:
     @property
     def _scaled(self) -> bool:
         return self.config.half_life_days is not None and not self.config.row_normalise
+
+
+@nb.njit(nogil=True, cache=True)
+def _pair_weights(items, ts, start, at, end, decay, reverse, half_life_days, newest):  # pragma: no cover - compiled
+    """For each flat position ``at[k]`` of a sequence ``[start[k], end[k])`` of ``items`` (first
+    times ``ts``): the items up to ``window = decay.size`` after it, weighted ``decay[d - 1]``, and
+    (``reverse`` > 0) those before it, weighted ``decay[d - 1] * reverse``; each times
+    ``0.5 ** (age_days / half_life_days)`` of the later item when ``half_life_days`` > 0, as
+    :meth:`ItemCF._transition` weighs them. Returns ``cols`` int64 and ``weights`` float64."""
+    w = decay.shape[0]
+    m = at.shape[0]
+    cols = np.empty(m * w * 2, dtype=np.int64)
+    wts = np.empty(m * w * 2, dtype=np.float64)
+    n = 0
+    for k in range(m):
+        a = at[k]
+        for d in range(w):
+            j = a + d + 1
+            if j >= end[k]:
+                break
+            x = decay[d]
+            if half_life_days > 0:
+                x = x * 0.5 ** (((newest - ts[j]) / _SECONDS_PER_DAY) / half_life_days)
+            cols[n] = items[j]
+            wts[n] = x
+            n += 1
+        if reverse > 0:
+            hl = 1.0
+            if half_life_days > 0:
+                hl = 0.5 ** (((newest - ts[a]) / _SECONDS_PER_DAY) / half_life_days)
+            for d in range(w):
+                j = a - d - 1
+                if j < start[k]:
+                    break
+                cols[n] = items[j]
+                wts[n] = (decay[d] * hl) * reverse
+                n += 1
+    return cols[:n], wts[:n]
 
 
 def _check_cap(max_entries: int) -> int:
