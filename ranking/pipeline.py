@@ -314,9 +314,11 @@ class Pipeline:
 
     def with_config(self, **changes: Any) -> Pipeline:
         """A copy answering with a changed :class:`PipelineConfig` (shares the loaded models)."""
-        return Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
-                        replace(self.config, **changes), version=self.version, built_at=self.built_at,
-                        user_memos=self.memos.capacity)
+        out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
+                       replace(self.config, **changes), version=self.version, built_at=self.built_at,
+                       user_memos=self.memos.capacity)
+        out.item_cf_live_entries = self.item_cf_live_entries
+        return out
 
     def variant(self, changes: Mapping[str, Any], *, use_ranker: bool = True) -> Pipeline:
         """A copy answering with ``changes`` to its :class:`PipelineConfig` and, unless ``use_ranker``,
@@ -326,6 +328,7 @@ class Pipeline:
         out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers if use_ranker else {},
                        replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0)
         out.memos = self.memos
+        out.item_cf_live_entries = self.item_cf_live_entries
         return out
 
     def describe(self) -> dict:
