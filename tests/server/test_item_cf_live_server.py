@@ -126,3 +126,52 @@ def test_cap_zero_keeps_the_bundle_matrix_and_a_small_cap_evicts(serve):
     text = generate_latest(small.metrics.registry).decode()
     assert "tandem_item_cf_live_evicted_users_total 4.0" in text
     assert "tandem_item_cf_live_entries 4.0" in text
+
+
+def test_a_bundle_swap_replays_the_live_events_into_the_new_item_cf(tiny_bundles, tmp_path):
+    """Hot swap to another bundle (the same files under a new version, built without the log):
+    the new engine's item-CF gets every logged event through the same path, so it equals the
+    one the old engine had built up live."""
+    import shutil
+
+    from tandem.retrieval.bundle import current_bundle, write_bundle
+
+    root = tmp_path / "bundles"
+    first = current_bundle(tiny_bundles)
+    shutil.copytree(first, root / first.name)
+    (root / "CURRENT").write_text(first.name)
+    from tandem.ranking.loader import load_engine
+
+    server = TandemServer(ServerConfig(bundles=root, port=0, grace_s=1, workers=4, user_memos=100,
+                                       watch_interval_s=30), load_engine)
+    port = server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            t = pb_grpc.TandemStub(channel)
+            engine = server.manager.engine
+            events = _events(engine, _new_pairs(engine, 3, seed=2))
+            t.RecordEvents(pb.RecordEventsRequest(events=events))
+            live_matrix = engine.sources["item_cf"].similarity
+            write_bundle(root, lambda staging: _copy_bundle(first, staging), version="v2", make_current=False)
+            swapped, error = server.manager.reload("v2")
+            assert swapped, error
+            new = server.manager.engine
+            assert new.version == "v2" and new is not engine and server.manager.replayed == len(events)
+            assert_same_rows(new.sources["item_cf"].similarity, live_matrix)
+            assert new.live_item_cf_stats()["live_users"] == 9
+    finally:
+        server.stop(0)
+
+
+def _copy_bundle(source, staging):
+    """Fill a new bundle with ``source``'s files; its manifest's content (a new version is sealed)."""
+    import json
+    import shutil
+
+    manifest = json.loads((source / "manifest.json").read_text())
+    for path in source.rglob("*"):
+        rel = path.relative_to(source)
+        if path.is_file() and rel.name not in ("manifest.json", "manifest.sha256"):
+            (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, staging / rel)
+    return {k: v for k, v in manifest.items() if k not in ("format_version", "version", "created_at", "files")}
