@@ -91,6 +91,8 @@ def test_a_new_pair_shows_up_at_once_equals_batch_and_survives_a_restart(serve):
     stats = engine.live_item_cf_stats()
     assert stats["live_users"] == 12 and stats["rows_recomputed"] > 0 and stats["evicted_users"] == 0
     assert engine.describe()["item_cf_live"] == stats
+    copy = engine.with_config(similar_sources=("item_cf",))  # shares the one updater: no event applied twice
+    assert copy.live_item_cf() is engine.live_item_cf() and copy.item_cf_live_entries == engine.item_cf_live_entries
     server.stop(0)
 
     restarted, t2 = serve()  # same bundle, same log: the events are replayed through the same path
