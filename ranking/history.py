@@ -112,6 +112,11 @@ class HistoryStore:
         ranked = sorted((u for u, t in newest.items() if t > np.iinfo(np.int64).min), key=lambda u: -newest[u])
         return ranked[: max(0, n)]
 
+    def base_arrays(self) -> tuple[dict[str, int], np.ndarray, np.ndarray, np.ndarray]:
+        """The bundle's histories, read-only: ``(user id -> user index, indptr int64 (n_users + 1,),
+        items int64 (m,), ts int64 (m,))``, each user's events in time order (ties in file order)."""
+        return self._user_index, self._indptr, self._items, self._ts
+
     def live_count(self, user_id: str) -> int:
         """Live events held for ``user_id`` (at most ``2 * live_max``)."""
         with self._lock:

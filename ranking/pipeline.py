@@ -49,6 +49,8 @@ from tandem.retrieval.base import (
 )
 from tandem.retrieval.data import EVENT_CODE, Catalog, Event, Item
 from tandem.retrieval.fusion import Fused
+from tandem.retrieval.item_cf import ItemCF
+from tandem.retrieval.item_cf_live import DEFAULT_LIVE_ENTRIES, LiveEvent, LiveItemCF, live_supported
 from tandem.retrieval.registry import behavioural
 
 __all__ = ["PipelineConfig", "Pipeline", "Ranked", "KINDS"]
@@ -87,6 +89,9 @@ class Pipeline:
         self.responder = Responder(catalog, table, self.config.explain_features)
         self.filter_index = self.responder.filter_index
         self._local = threading.local()  # per-thread request stats (see ``stats``)
+        #: cap of the live item-CF's sequence entries (retrieval/item_cf_live.py); 0: item-CF stays the bundle's
+        self.item_cf_live_entries = DEFAULT_LIVE_ENTRIES
+        self._live_lock = threading.Lock()
         for kind, ranker in self.rankers.items():
             expected = feature_names(self.available(kind))
             if list(ranker.feature_names) != expected:
@@ -121,7 +126,39 @@ class Pipeline:
         return self.catalog.item(i)
 
     def record_events(self, events: Sequence[Event]) -> int:
-        return self.histories.record(events, self.catalog)
+        applied = self.histories.record(events, self.catalog)
+        live = self.live_item_cf()
+        if live is not None:
+            index = self.catalog.index
+            live.record(LiveEvent(e.user_id, i, int(e.ts)) for e in events
+                        if (i := index.get(e.item_id)) is not None)
+        return applied
+
+    def live_item_cf_stats(self) -> dict[str, int] | None:
+        """The live item-CF's counters (:meth:`LiveItemCF.stats`), or None before its first event."""
+        live = getattr(self.sources.get("item_cf"), "live", None)
+        return None if live is None else live.stats()
+
+    def live_item_cf(self) -> LiveItemCF | None:
+        """The item-CF source's live updater (made on first use, over the bundle's histories; shared
+        by the copies :meth:`with_config` and :meth:`variant` make), or None: no transition item-CF,
+        or :attr:`item_cf_live_entries` is 0."""
+        source = self.sources.get("item_cf")
+        if not isinstance(source, ItemCF) or source.similarity is None or self.item_cf_live_entries == 0:
+            return None
+        live = source.live
+        if live is None:
+            with self._live_lock:
+                live = source.live
+                if live is None:
+                    reason = live_supported(source.config)
+                    if reason is not None:
+                        log.info("item-CF of bundle %s stays as built: %s", self.version, reason)
+                        self.item_cf_live_entries = 0
+                        return None
+                    user_index, indptr, items, ts = self.histories.base_arrays()
+                    live = source.live = LiveItemCF(source, user_index, indptr, items, ts, self.item_cf_live_entries)
+        return live
 
     def user_request(self, user_id: str | None, query: str | None = None,
                      context: Sequence[Event] = ()) -> tuple[RetrievalRequest, bool]:
@@ -212,6 +249,7 @@ class Pipeline:
         client request waits for that. Returns how many users were warmed."""
         if users is not None:
             self.memos.resize(users)
+        self.live_item_cf()  # its sequences now, not on the first RecordEvents' clock
         n = self.memos.capacity
         users = self.histories.most_recent_users(n)
         first = users[:1] or self.histories.most_recent_users(1)
@@ -276,9 +314,11 @@ class Pipeline:
 
     def with_config(self, **changes: Any) -> Pipeline:
         """A copy answering with a changed :class:`PipelineConfig` (shares the loaded models)."""
-        return Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
-                        replace(self.config, **changes), version=self.version, built_at=self.built_at,
-                        user_memos=self.memos.capacity)
+        out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
+                       replace(self.config, **changes), version=self.version, built_at=self.built_at,
+                       user_memos=self.memos.capacity)
+        out.item_cf_live_entries = self.item_cf_live_entries
+        return out
 
     def variant(self, changes: Mapping[str, Any], *, use_ranker: bool = True) -> Pipeline:
         """A copy answering with ``changes`` to its :class:`PipelineConfig` and, unless ``use_ranker``,
@@ -288,12 +328,14 @@ class Pipeline:
         out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers if use_ranker else {},
                        replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0)
         out.memos = self.memos
+        out.item_cf_live_entries = self.item_cf_live_entries
         return out
 
     def describe(self) -> dict:
         return {"version": self.version, "built_at": self.built_at, "sources": sorted(self.sources),
                 "search_only": self.search_only,
-                "rankers": sorted(self.rankers), "config": self.config.to_dict()}
+                "rankers": sorted(self.rankers), "config": self.config.to_dict(),
+                "item_cf_live": self.live_item_cf_stats()}
 
     def __repr__(self) -> str:
         return f"Pipeline({json.dumps(self.describe())})"

@@ -78,12 +78,16 @@ def _distinct_sequences(interactions: Interactions) -> tuple[np.ndarray, np.ndar
 
 
 def _top_k_rows(m: sp.csr_matrix, k: int) -> sp.csr_matrix:
-    """Keep the ``k`` largest entries of every row of ``m`` (ties: lower column first)."""
+    """Keep the ``k`` largest entries of every row of ``m`` (ties: lower column first).
+
+    Entries are ranked on their float32 values, what the similarity stores: a row summed in
+    another order (the live update of :mod:`tandem.retrieval.item_cf_live`) differs in the last
+    float64 bits only, and must keep the same neighbours."""
     m = m.tocsr()
     m.eliminate_zeros()
     m.sort_indices()
     rows = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
-    order = np.lexsort((m.indices, -m.data, rows))
+    order = np.lexsort((m.indices, -m.data.astype(np.float32), rows))
     rank = np.arange(order.size) - m.indptr[rows[order]]
     keep = order[rank < k]
     keep.sort()  # back to (row, column) order
@@ -234,6 +238,8 @@ class ItemCF:
         self.config = config or ItemCFConfig()
         self.similarity: sp.csr_matrix | None = None
         self._scratch: ScratchTables | None = None
+        #: the live updater keeping :attr:`similarity` current (retrieval/item_cf_live.py), once made
+        self.live: Any = None
 
     @property
     def n_items(self) -> int:

@@ -52,6 +52,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--user-memos", type=int, metavar="N",
                    help="users whose vector and history summary are kept between requests, the most recently "
                    "active computed at load; about 10 KB each (default 50000; 0: none)")
+    s.add_argument("--item-cf-live-entries", type=int, metavar="N",
+                   help="live item-CF: user-sequence entries kept beyond the bundle's (120-450 bytes each; the "
+                   "least recently active users are evicted beyond it) (default 500000; 0: item-CF stays as built)")
     s.add_argument("--grace", type=float, dest="grace_s", metavar="SECONDS",
                    help="on SIGTERM, how long in-flight requests may take to finish (default 10)")
     s.add_argument("--handshake-timeout", type=float, dest="handshake_timeout_s", metavar="SECONDS",

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 __all__ = ["ServiceMetrics"]
 
@@ -62,6 +64,11 @@ class ServiceMetrics:
         self._http = None
         self._stat_children: dict[str, Histogram | bool] = {}
 
+    def watch_item_cf(self, engine: Callable[[], Any]) -> None:
+        """Export the serving engine's live item-CF counters (its ``live_item_cf_stats()``), read at
+        each scrape; they restart from 0 with each bundle, as the live state does."""
+        self.registry.register(_LiveItemCFCollector(engine))
+
     def serve(self, port: int, host: str = "127.0.0.1") -> int:
         """Serve ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one)."""
         httpd, _ = start_http_server(port, addr=host, registry=self.registry)
@@ -90,3 +97,31 @@ class ServiceMetrics:
                 children[key] = child
             if child is not False:
                 child.observe(value)
+
+
+class _LiveItemCFCollector:
+    """``tandem_item_cf_live_*``: the live item-CF's state (retrieval/item_cf_live.py)."""
+
+    _GAUGES = {"live_users": "users whose sequences item-CF holds beyond the bundle's",
+               "live_entries": "entries of those sequences (bounded by --item-cf-live-entries)"}
+    _COUNTERS = {"evicted_users": "live users evicted at the bound (their live events forgotten by item-CF)",
+                 "evicted_entries": "sequence entries evicted at the bound",
+                 "ignored_events": "events on items beyond the bundle's item-CF matrix (added live)",
+                 "rows_recomputed": "item-CF rows recomputed from live events"}
+
+    def __init__(self, engine: Callable[[], Any]) -> None:
+        self._engine = engine
+
+    def describe(self) -> list:
+        return []  # unchecked: the values exist only once a bundle with item-CF serves
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        engine = self._engine()
+        read = getattr(engine, "live_item_cf_stats", None)
+        stats = read() if read is not None else None
+        if not stats:
+            return
+        for key, doc in self._GAUGES.items():
+            yield GaugeMetricFamily(f"tandem_item_cf_{key}", doc, value=stats[key])
+        for key, doc in self._COUNTERS.items():
+            yield CounterMetricFamily(f"tandem_item_cf_live_{key}", doc, value=stats[key])

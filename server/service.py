@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tandem.ranking.api import CannotAnswerError, Engine, UnknownItemError
 from tandem.ranking.history import DEFAULT_USER_MEMOS
+from tandem.retrieval.item_cf_live import DEFAULT_LIVE_ENTRIES
 from tandem.server import convert
 from tandem.server._generated import tandem_pb2 as pb
 from tandem.server._generated import tandem_pb2_grpc as pb_grpc
@@ -83,6 +84,8 @@ class ServerConfig:
     workers: int = field(default_factory=_default_workers)
     compute_slots: int = field(default_factory=_cores)
     user_memos: int = DEFAULT_USER_MEMOS
+    #: live item-CF: user-sequence entries kept beyond the bundle's (retrieval/item_cf_live.py); 0: off
+    item_cf_live_entries: int = DEFAULT_LIVE_ENTRIES
     watch_interval_s: float = 1.0
     grace_s: float = 10.0
     max_message_bytes: int = 64 * 1024 * 1024
@@ -116,6 +119,9 @@ class ServerConfig:
             raise ValueError(f"--compute-slots must be >= 1, got {self.compute_slots}")
         if self.user_memos < 0:
             raise ValueError(f"--user-memos must be >= 0, got {self.user_memos}")
+        if self.item_cf_live_entries < 0:
+            raise ValueError(f"--item-cf-live-entries must be >= 0 (0: item-CF stays as built), "
+                             f"got {self.item_cf_live_entries}")
         for name in ("handshake_timeout_s", "idle_timeout_s", "keepalive_time_s", "keepalive_timeout_s",
                      "min_ping_interval_s"):
             if not getattr(self, name) > 0:
@@ -518,7 +524,14 @@ class TandemServer:
             self.metrics.bundle_users.set(engine.n_users)
             self.metrics.swaps.inc()
 
-        self.manager = BundleManager(config.bundles, engine_loader, self.event_log, on_swap,
+        def load(folder: Path) -> Engine:
+            engine = engine_loader(folder)
+            if hasattr(engine, "item_cf_live_entries"):  # before the event log is replayed into it
+                engine.item_cf_live_entries = config.item_cf_live_entries
+            return engine
+
+        self.metrics.watch_item_cf(lambda: self.manager.engine)
+        self.manager = BundleManager(config.bundles, load, self.event_log, on_swap,
                                      on_refused=lambda _msg: self.metrics.refused.inc(),
                                      warm_users=config.user_memos)
         self.health = health.HealthServicer()
