@@ -10,6 +10,7 @@ leave-last-out split, and the sources are then refitted on every event (``refit_
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,7 @@ import numpy as np
 from tandem.index_builder.cleaning import CleanResult, load_dataset, load_queries
 from tandem.index_builder.config import BuildConfig, config_to_dict
 from tandem.index_builder.evaluate import evaluate_source
+from tandem.index_builder.incremental import PreviousBundle, WarmStart, cold_schedule
 from tandem.index_builder.splits import Split, Targets, leave_last_out, make_split
 from tandem.index_builder.threads import threads_for_stage
 from tandem.ranking.bootstrap import paired_bootstrap
@@ -37,6 +39,7 @@ from tandem.retrieval.bundle import write_bundle
 from tandem.retrieval.data import Catalog, Event, Interactions
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.registry import SOURCES, FitContext
+from tandem.retrieval.text_cache import TEXT_SOURCE_VECTORS, TextCache, reuse_vectors
 from tandem.retrieval.text_tower import TextEncoder
 
 __all__ = ["BuildResult", "build", "fit_pipeline", "fit_sources", "default_sources", "ranker_lists", "evaluate_pipeline",
@@ -54,6 +57,9 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     search_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: every item's text vector with the hash of its text (written into the bundle for the next
+    #: incremental build)
+    text_cache: TextCache | None = None
 
 
 class _Timer:
@@ -182,17 +188,31 @@ def ranker_lists(pipeline: Pipeline, targets: Targets, rows: np.ndarray, kind: s
     return lists, {"lists": float(len(feats)), "fused_recall": found / max(1, len(rows))}
 
 
-def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer: _Timer) -> tuple[Ranker, dict]:
+def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer: _Timer,
+                  warm: WarmStart | None = None) -> tuple[Ranker, dict]:
+    """The recommend ranker on the lists of at most ``ranker_max_users`` validation users; with
+    ``warm``, started from the earlier bundle's ranker (when it fits) on its share of those users."""
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(valid))
-    if rows.size > config.ranker_max_users:
-        rows = np.sort(rng.choice(rows, config.ranker_max_users, replace=False))
+    ranker = Ranker(feature_names(pipeline.available("recommend")), config.ranker)
+    problem = warm.ranker_problem(ranker) if warm is not None else "a full build"
+    n_users = min(rows.size, config.ranker_max_users)
+    if problem is None:
+        n_users = max(min(10, rows.size), math.ceil(warm.ranker_users_fraction * n_users))  # type: ignore[union-attr]
+    elif warm is not None:
+        log.warning("recommend ranker: cold start: %s", problem)
+    if rows.size > n_users:
+        rows = np.sort(rng.choice(rows, n_users, replace=False))
     with timer.stage("ranker_lists"):
         lists, info = ranker_lists(pipeline, valid, rows)
     with timer.stage("ranker_train"):
-        ranker = Ranker(feature_names(pipeline.available("recommend")), config.ranker).fit(lists)
+        ranker.fit(lists, init=warm.ranker if warm is not None and problem is None else None)
     info["epochs"] = len(ranker.history)
     info["best_valid_ndcg@10"] = max((h["valid_ndcg@10"] for h in ranker.history), default=0.0)
+    info["best_epoch"] = max(ranker.history, key=lambda h: h["valid_ndcg@10"])["epoch"] if ranker.history else None
+    if warm is not None:
+        warm.record["ranker"] = {**warm.record["ranker"], "warm": problem is None, "reason": problem,
+                                 "users": int(rows.size)}
     return ranker, info
 
 
@@ -217,10 +237,12 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
 
 
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
-                 encoder: TextEncoder | None = None, engine: Any = None) -> BuildResult:
+                 encoder: TextEncoder | None = None, engine: Any = None, warm: WarmStart | None = None) -> BuildResult:
     """Fit every part of the pipeline on cleaned data according to ``config``; ``engine`` (e.g.
     :class:`~tandem.index_builder.spark_engine.SparkEngine`, which cleaned ``clean``) runs the split
-    and the sources it fits."""
+    and the sources it fits. ``warm`` (an incremental build, :mod:`tandem.index_builder.incremental`):
+    text vectors reused by content hash, the two-tower and the ranker started from the earlier
+    bundle's; ``config`` then already carries the warm epoch caps (:meth:`WarmStart.configure`)."""
     timer = timer or _Timer(config.threads)
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
@@ -236,11 +258,21 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
                     "search-only bundle", clean.report.events_read)
     encoder = encoder or TextEncoder(config.text)
     with timer.stage("text_encode"):
-        text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
+        texts = [catalog.text(i) for i in range(len(catalog))]
+        text_cache, reuse = reuse_vectors(encoder, texts, None if warm is None else warm.text_cache,
+                                          progress=True, why_none="" if warm is None else warm.text_reason)
+        text_vectors = text_cache.vectors
+    if warm is not None:
+        if reuse.full_reason is not None:
+            log.warning("text vectors: encoding all %d texts: %s", len(texts), reuse.full_reason)
+        else:
+            log.info("text vectors: %d reused from bundle %s, %d new or changed texts encoded", reuse.reused,
+                     warm.previous.version, reuse.encoded)
     histories = HistoryStore.from_interactions(interactions)
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
-                         encoder=encoder, ann=config.ann, progress=True)
+                         encoder=encoder, ann=config.ann, progress=True,
+                         warm={} if warm is None or warm.two_tower is None else {"two_tower": warm.two_tower})
     skipped: dict[str, str] = {}
     sources = fit_sources(config, context, timer=timer, skipped=skipped, engine=engine)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
@@ -258,7 +290,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         log.warning("recommend ranker skipped: %s", reason)
         info["skipped_rankers"]["recommend"] = reason
     else:
-        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer)
+        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer, warm)
     logs = _training_logs(sources)
     for name, tlog in logs.items():
         # the whole curve, not just its end: the refit of a split-none build trains without a
@@ -280,7 +312,28 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
     info["text_model"] = {"id": encoder.model_id, "dim": int(text_vectors.shape[1])}
-    return BuildResult(None, pipeline, split, metrics, timer.seconds, info=info)
+    info["incremental"] = _incremental_record(warm, reuse.to_dict(), sources, info)
+    return BuildResult(None, pipeline, split, metrics, timer.seconds, info=info, text_cache=text_cache)
+
+
+def _incremental_record(warm: WarmStart | None, texts: dict[str, Any], sources: Mapping[str, CandidateSource],
+                        info: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``incremental`` section: what was reused from which bundle (None for a full
+    build), and the epoch counts the last cold fits found best (the next warm build's base)."""
+    schedule = cold_schedule(info)
+    if warm is None:
+        return {"from": None, "texts": texts, "schedule": schedule}
+    record = {**warm.record, "texts": texts}
+    two_tower = sources.get("two_tower")
+    report = getattr(two_tower, "warm_report", None)
+    if report is not None:
+        record["two_tower"] = {**record["two_tower"], **report.to_dict()}
+    elif two_tower is not None and "reason" not in record["two_tower"]:
+        record["two_tower"] = {**record["two_tower"], "warm": False, "reason": "not trained warm"}
+    # a model that started cold here sets the schedule anew; a warm one keeps the earlier cold one's
+    record["schedule"] = {name: (warm.schedule.get(name) if (record.get(name) or {}).get("warm") else schedule[name])
+                          for name in ("two_tower", "ranker")}
+    return record
 
 
 def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: _Timer) -> None:
@@ -369,12 +422,19 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     config = config or BuildConfig()
     started = time.perf_counter()
     timer = _Timer(config.threads)
+    warm = None
+    fit_config = config
+    if config.from_bundle is not None:
+        with timer.stage("previous_bundle"):
+            warm = WarmStart.load(PreviousBundle.open(config.from_bundle))
+            fit_config = warm.configure(config, config.incremental)
+        log.info("incremental build from bundle %s (%s)", warm.previous.version, warm.previous.folder)
     with timer.stage("clean"):
         if engine is None:
             clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
         else:
             clean = engine.load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
-    result = fit_pipeline(clean, config, timer, engine=engine)
+    result = fit_pipeline(clean, fit_config, timer, engine=engine, warm=warm)
     queries = load_queries(data_dir, clean.catalog)
     if queries:
         _fit_search(result, queries, config, timer)
@@ -383,6 +443,8 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     def fill(folder: Path) -> dict:
         with timer.stage("write"):
             parts = save_pipeline(pipeline, folder)
+            if result.text_cache is not None:
+                result.text_cache.save(folder, TEXT_SOURCE_VECTORS if "text" in pipeline.sources else None)
         ann = {name: src.index_info() for name, src in pipeline.sources.items() if hasattr(src, "index_info")}
         return {
             **parts,
@@ -399,6 +461,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,
             "event_log": event_log if event_log is not None else {"seq": 0},
+            "incremental": result.info.get("incremental"),
             "timings_s": timer.seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),

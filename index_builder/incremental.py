@@ -1,0 +1,197 @@
+"""Incremental builds: what ``tandem build --from BUNDLE_ROOT`` takes from an earlier bundle.
+
+* Text vectors, by content hash (:mod:`tandem.retrieval.text_cache`): only new or changed item
+  texts are encoded. A bundle without text hashes (built before they were kept) or with another
+  encoder identity gives a full encode, with a log line saying why.
+* The two-tower model, warm-started item by item (:mod:`tandem.retrieval.two_tower_warm`), and
+  trained for at most ``two_tower_epochs_fraction`` of the last cold fit's best epoch count,
+  early stopping kept. Another architecture: a cold start with a warning.
+* The recommend ranker, warm-started from the earlier one's weights and standardisation when
+  the features and network shape are the same, on ``ranker_users_fraction`` of the lists a full
+  build trains on, for at most ``ranker_epochs_fraction`` of its last cold best epoch count.
+
+Every other stage (cleaning, item-CF, popularity, BM25, the ANN indexes, evaluation) runs as in
+a full build: they are fast, and their results depend on all the data. The manifest's
+``incremental`` section records what was reused (see :func:`manifest_section`).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tandem.ranking.ranker import Ranker
+from tandem.retrieval.bundle import BundleError, current_bundle, verify_bundle
+from tandem.retrieval.catalog_io import load_catalog
+from tandem.retrieval.text_cache import TextCache
+from tandem.retrieval.two_tower_warm import PreviousTwoTower
+
+__all__ = ["IncrementalConfig", "PreviousBundle", "WarmStart", "warm_epochs", "cold_schedule"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class IncrementalConfig:
+    """How much a build from an earlier bundle (``[build] from_bundle``, ``--from``) trains.
+
+    ``two_tower_epochs_fraction``: the warm two-tower trains at most this share of the epochs
+    the last cold fit found best (rounded up, at least ``min_epochs``), with early stopping kept;
+    ``ranker_epochs_fraction`` the same for the ranker; ``ranker_users_fraction`` the share of
+    ``ranker_max_users`` whose candidate lists the warm ranker trains on (at least 10 users)."""
+
+    two_tower_epochs_fraction: float = 0.25
+    ranker_epochs_fraction: float = 0.25
+    ranker_users_fraction: float = 0.25
+    min_epochs: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("two_tower_epochs_fraction", "ranker_epochs_fraction", "ranker_users_fraction"):
+            value = getattr(self, name)
+            if not 0.0 < value <= 1.0:
+                raise ValueError(f"incremental.{name} must be in (0, 1], got {value}")
+        if self.min_epochs < 1:
+            raise ValueError(f"incremental.min_epochs must be >= 1, got {self.min_epochs}")
+
+
+def warm_epochs(fraction: float, schedule: int | None, configured: int, minimum: int) -> int:
+    """At most ``configured`` epochs: ``ceil(fraction * schedule)`` (at least ``minimum``), or
+    ``configured`` when the earlier cold schedule is unknown."""
+    if not schedule:
+        return configured
+    return max(1, min(configured, max(minimum, math.ceil(fraction * schedule))))
+
+
+def _ranker_best_epoch(history: list[dict]) -> int | None:
+    if not history:
+        return None
+    best = max(history, key=lambda h: h.get("valid_ndcg@10", 0.0))
+    return int(best.get("epoch", len(history)))
+
+
+def cold_schedule(info: dict[str, Any]) -> dict[str, int | None]:
+    """The epoch counts a cold build's first fits found best (the base of the warm caps), from
+    :func:`~tandem.index_builder.build.fit_pipeline`'s ``info``."""
+    tt = info.get("two_tower") or {}
+    ranker = info.get("ranker") or {}
+    return {"two_tower": tt.get("best_epoch"), "ranker": ranker.get("best_epoch")}
+
+
+@dataclass
+class PreviousBundle:
+    """An earlier bundle opened for an incremental build: its folder, verified manifest and
+    catalog item ids (in row order)."""
+
+    folder: Path
+    manifest: dict[str, Any]
+    item_ids: list[str]
+    #: the bundle root or folder the build was given
+    given: Path = field(default_factory=Path)
+
+    @classmethod
+    def open(cls, path: str | Path) -> PreviousBundle:
+        """The bundle ``path`` names (a bundle root with a CURRENT pointer, or a bundle folder),
+        checksums verified. Raises :class:`BundleError` with one line saying what is wrong."""
+        path = Path(path)
+        if not path.exists():
+            raise BundleError(f"--from {path}: no such folder; give a bundle root (with CURRENT) or a bundle folder")
+        try:
+            folder = current_bundle(path)
+            manifest = verify_bundle(folder)
+        except BundleError as exc:
+            raise BundleError(f"--from {path}: {exc}") from None
+        catalog = load_catalog(folder / "catalog")
+        return cls(folder, manifest, list(catalog.item_ids), path)
+
+    @property
+    def version(self) -> str:
+        return self.folder.name
+
+    def text_cache(self) -> tuple[TextCache | None, str]:
+        """The earlier text vectors with their hashes, or (None, why not)."""
+        try:
+            cache = TextCache.load(self.folder)
+        except (ValueError, OSError, KeyError) as exc:
+            return None, f"bundle {self.version}'s text cache cannot be read ({exc})"
+        if cache is None:
+            return None, f"bundle {self.version} has no text hashes (built before incremental builds)"
+        return cache, ""
+
+    def two_tower(self) -> tuple[PreviousTwoTower | None, str]:
+        if "two_tower" not in self.manifest.get("sources", []):
+            return None, f"bundle {self.version} has no two-tower model"
+        return PreviousTwoTower.read(self.folder / "sources" / "two_tower", self.item_ids), ""
+
+    def ranker(self, kind: str = "recommend") -> tuple[Ranker | None, str]:
+        if kind not in self.manifest.get("rankers", []):
+            return None, f"bundle {self.version} has no {kind} ranker"
+        return Ranker.load(self.folder / "rankers" / kind), ""
+
+    def schedule(self) -> dict[str, int | None]:
+        """The last cold build's best epoch counts: carried in the manifest's ``incremental``
+        section, else (a bundle from before it) the bundle's own training record."""
+        section = self.manifest.get("incremental") or {}
+        if section.get("schedule"):
+            return dict(section["schedule"])
+        models = self.manifest.get("models") or {}
+        return {"two_tower": (models.get("two_tower") or {}).get("best_epoch"),
+                "ranker": _ranker_best_epoch(((models.get("ranker") or {}).get("history")) or [])}
+
+
+@dataclass
+class WarmStart:
+    """What :func:`~tandem.index_builder.build.fit_pipeline` takes from the earlier bundle:
+    the text cache, the two-tower and ranker to start from, the epoch caps, and a record of
+    what happened (``record``, the manifest's ``incremental`` section)."""
+
+    previous: PreviousBundle
+    text_cache: TextCache | None
+    text_reason: str
+    two_tower: PreviousTwoTower | None
+    ranker: Ranker | None
+    schedule: dict[str, int | None]
+    record: dict[str, Any] = field(default_factory=dict)
+    #: the share of the validation users whose lists train a warm ranker (set by :meth:`configure`)
+    ranker_users_fraction: float = 1.0
+
+    @classmethod
+    def load(cls, previous: PreviousBundle) -> WarmStart:
+        cache, text_reason = previous.text_cache()
+        two_tower, tt_reason = previous.two_tower()
+        ranker, r_reason = previous.ranker()
+        schedule = previous.schedule()
+        if schedule.get("ranker") is None and ranker is not None:  # a manifest from before the record
+            schedule["ranker"] = _ranker_best_epoch(ranker.history)
+        warm = cls(previous, cache, text_reason, two_tower, ranker, schedule)
+        warm.record = {"from": {"version": previous.version, "path": str(previous.folder)},
+                       "schedule": warm.schedule,
+                       "two_tower": {"warm": False, "reason": tt_reason} if two_tower is None else {},
+                       "ranker": {"warm": False, "reason": r_reason} if ranker is None else {}}
+        return warm
+
+    def configure(self, config: Any, incremental: IncrementalConfig) -> Any:
+        """``config`` (a BuildConfig) with the warm caps: fewer two-tower and ranker epochs (only
+        for the models that have an earlier one to start from; the ranker's share of users is
+        applied where the users are known, :attr:`ranker_users_fraction`)."""
+        changes: dict[str, Any] = {}
+        if self.two_tower is not None:
+            epochs = warm_epochs(incremental.two_tower_epochs_fraction, self.schedule.get("two_tower"),
+                                 config.two_tower.epochs, incremental.min_epochs)
+            changes["two_tower"] = replace(config.two_tower, epochs=epochs)
+            self.record["two_tower"]["epochs_cap"] = epochs
+        if self.ranker is not None:
+            epochs = warm_epochs(incremental.ranker_epochs_fraction, self.schedule.get("ranker"),
+                                 config.ranker.epochs, incremental.min_epochs)
+            changes["ranker"] = replace(config.ranker, epochs=epochs)
+            self.ranker_users_fraction = incremental.ranker_users_fraction
+            self.record["ranker"].update(epochs_cap=epochs, users_fraction=incremental.ranker_users_fraction)
+        return replace(config, **changes)
+
+    def ranker_problem(self, ranker: Ranker) -> str | None:
+        """Why the earlier ranker cannot start ``ranker`` (None: it can)."""
+        if self.ranker is None:
+            return str(self.record["ranker"].get("reason", "no earlier ranker"))
+        return ranker.warm_start_problem(self.ranker)
