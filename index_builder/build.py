@@ -426,7 +426,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     fit_config = config
     if config.from_bundle is not None:
         with timer.stage("previous_bundle"):
-            warm = WarmStart.load(PreviousBundle.open(config.from_bundle))
+            warm = WarmStart.load(PreviousBundle.open(config.from_bundle), config.incremental)
             fit_config = warm.configure(config, config.incremental)
         log.info("incremental build from bundle %s (%s)", warm.previous.version, warm.previous.folder)
     with timer.stage("clean"):

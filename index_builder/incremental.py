@@ -41,8 +41,11 @@ class IncrementalConfig:
     ``two_tower_epochs_fraction``: the warm two-tower trains at most this share of the epochs
     the last cold fit found best (rounded up, at least ``min_epochs``), with early stopping kept;
     ``ranker_epochs_fraction`` the same for the ranker; ``ranker_users_fraction`` the share of
-    ``ranker_max_users`` whose candidate lists the warm ranker trains on (at least 10 users)."""
+    ``ranker_max_users`` whose candidate lists the warm ranker trains on (at least 10 users).
+    ``warm_start`` false: reuse only the text vectors; both models train from scratch, on the
+    full schedule, as in a full build."""
 
+    warm_start: bool = True
     two_tower_epochs_fraction: float = 0.25
     ranker_epochs_fraction: float = 0.25
     ranker_users_fraction: float = 0.25
@@ -158,10 +161,15 @@ class WarmStart:
     ranker_users_fraction: float = 1.0
 
     @classmethod
-    def load(cls, previous: PreviousBundle) -> WarmStart:
+    def load(cls, previous: PreviousBundle, incremental: IncrementalConfig | None = None) -> WarmStart:
+        incremental = incremental or IncrementalConfig()
         cache, text_reason = previous.text_cache()
-        two_tower, tt_reason = previous.two_tower()
-        ranker, r_reason = previous.ranker()
+        if incremental.warm_start:
+            two_tower, tt_reason = previous.two_tower()
+            ranker, r_reason = previous.ranker()
+        else:
+            two_tower, ranker = None, None
+            tt_reason = r_reason = "incremental.warm_start is false"
         schedule = previous.schedule()
         if schedule.get("ranker") is None and ranker is not None:  # a manifest from before the record
             schedule["ranker"] = _ranker_best_epoch(ranker.history)
