@@ -194,25 +194,22 @@ def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer
     ``warm``, started from the earlier bundle's ranker (when it fits) on its share of those users."""
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(valid))
-    ranker = Ranker(feature_names(pipeline.available("recommend")), config.ranker)
-    problem = warm.ranker_problem(ranker) if warm is not None else "a full build"
+    names = feature_names(pipeline.available("recommend"))
+    ranker, init, share = (Ranker(names, config.ranker), None, 1.0) if warm is None else warm.ranker_start(names, config)
     n_users = min(rows.size, config.ranker_max_users)
-    if problem is None:
-        n_users = max(min(10, rows.size), math.ceil(warm.ranker_users_fraction * n_users))  # type: ignore[union-attr]
-    elif warm is not None:
-        log.warning("recommend ranker: cold start: %s", problem)
+    if init is not None:
+        n_users = max(min(10, rows.size), math.ceil(share * n_users))
     if rows.size > n_users:
         rows = np.sort(rng.choice(rows, n_users, replace=False))
     with timer.stage("ranker_lists"):
         lists, info = ranker_lists(pipeline, valid, rows)
     with timer.stage("ranker_train"):
-        ranker.fit(lists, init=warm.ranker if warm is not None and problem is None else None)
+        ranker.fit(lists, init=init)
     info["epochs"] = len(ranker.history)
     info["best_valid_ndcg@10"] = max((h["valid_ndcg@10"] for h in ranker.history), default=0.0)
     info["best_epoch"] = max(ranker.history, key=lambda h: h["valid_ndcg@10"])["epoch"] if ranker.history else None
     if warm is not None:
-        warm.record["ranker"] = {**warm.record["ranker"], "warm": problem is None, "reason": problem,
-                                 "users": int(rows.size)}
+        warm.record["ranker"]["users"] = int(rows.size)
     return ranker, info
 
 
@@ -242,7 +239,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     :class:`~tandem.index_builder.spark_engine.SparkEngine`, which cleaned ``clean``) runs the split
     and the sources it fits. ``warm`` (an incremental build, :mod:`tandem.index_builder.incremental`):
     text vectors reused by content hash, the two-tower and the ranker started from the earlier
-    bundle's; ``config`` then already carries the warm epoch caps (:meth:`WarmStart.configure`)."""
+    bundle's, for fewer epochs (:meth:`WarmStart.configure`, :meth:`WarmStart.ranker_start`)."""
     timer = timer or _Timer(config.threads)
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
@@ -263,6 +260,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
                                           progress=True, why_none="" if warm is None else warm.text_reason)
         text_vectors = text_cache.vectors
     if warm is not None:
+        config = warm.configure(config, int(text_vectors.shape[1]))
         if reuse.full_reason is not None:
             log.warning("text vectors: encoding all %d texts: %s", len(texts), reuse.full_reason)
         else:
@@ -423,18 +421,16 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     started = time.perf_counter()
     timer = _Timer(config.threads)
     warm = None
-    fit_config = config
     if config.from_bundle is not None:
         with timer.stage("previous_bundle"):
             warm = WarmStart.load(PreviousBundle.open(config.from_bundle), config.incremental)
-            fit_config = warm.configure(config, config.incremental)
         log.info("incremental build from bundle %s (%s)", warm.previous.version, warm.previous.folder)
     with timer.stage("clean"):
         if engine is None:
             clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
         else:
             clean = engine.load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
-    result = fit_pipeline(clean, fit_config, timer, engine=engine, warm=warm)
+    result = fit_pipeline(clean, config, timer, engine=engine, warm=warm)
     queries = load_queries(data_dir, clean.catalog)
     if queries:
         _fit_search(result, queries, config, timer)

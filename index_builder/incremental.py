@@ -27,7 +27,7 @@ from tandem.ranking.ranker import Ranker
 from tandem.retrieval.bundle import BundleError, current_bundle, verify_bundle
 from tandem.retrieval.catalog_io import load_catalog
 from tandem.retrieval.text_cache import TextCache
-from tandem.retrieval.two_tower_warm import PreviousTwoTower
+from tandem.retrieval.two_tower_warm import PreviousTwoTower, warm_start_problem
 
 __all__ = ["IncrementalConfig", "PreviousBundle", "WarmStart", "warm_epochs", "cold_schedule"]
 
@@ -157,8 +157,6 @@ class WarmStart:
     ranker: Ranker | None
     schedule: dict[str, int | None]
     record: dict[str, Any] = field(default_factory=dict)
-    #: the share of the validation users whose lists train a warm ranker (set by :meth:`configure`)
-    ranker_users_fraction: float = 1.0
 
     @classmethod
     def load(cls, previous: PreviousBundle, incremental: IncrementalConfig | None = None) -> WarmStart:
@@ -180,26 +178,38 @@ class WarmStart:
                        "ranker": {"warm": False, "reason": r_reason} if ranker is None else {}}
         return warm
 
-    def configure(self, config: Any, incremental: IncrementalConfig) -> Any:
-        """``config`` (a BuildConfig) with the warm caps: fewer two-tower and ranker epochs (only
-        for the models that have an earlier one to start from; the ranker's share of users is
-        applied where the users are known, :attr:`ranker_users_fraction`)."""
-        changes: dict[str, Any] = {}
-        if self.two_tower is not None:
-            epochs = warm_epochs(incremental.two_tower_epochs_fraction, self.schedule.get("two_tower"),
-                                 config.two_tower.epochs, incremental.min_epochs)
-            changes["two_tower"] = replace(config.two_tower, epochs=epochs)
-            self.record["two_tower"]["epochs_cap"] = epochs
-        if self.ranker is not None:
-            epochs = warm_epochs(incremental.ranker_epochs_fraction, self.schedule.get("ranker"),
-                                 config.ranker.epochs, incremental.min_epochs)
-            changes["ranker"] = replace(config.ranker, epochs=epochs)
-            self.ranker_users_fraction = incremental.ranker_users_fraction
-            self.record["ranker"].update(epochs_cap=epochs, users_fraction=incremental.ranker_users_fraction)
-        return replace(config, **changes)
+    def configure(self, config: Any, text_dim: int | None) -> Any:
+        """``config`` (a BuildConfig) with the two-tower's warm epoch cap when the earlier model
+        can start it (text vectors of width ``text_dim``); otherwise the earlier model is dropped
+        (a cold start, on the full schedule) with a warning saying why."""
+        if self.two_tower is None:
+            return config
+        tt = config.two_tower
+        problem = warm_start_problem(self.two_tower, tt, text_dim if tt.use_text else None)
+        if problem is not None:
+            log.warning("two-tower: cold start: %s", problem)
+            self.record["two_tower"] = {"warm": False, "reason": problem}
+            self.two_tower = None
+            return config
+        inc = config.incremental
+        epochs = warm_epochs(inc.two_tower_epochs_fraction, self.schedule.get("two_tower"), tt.epochs, inc.min_epochs)
+        self.record["two_tower"]["epochs_cap"] = epochs
+        return replace(config, two_tower=replace(tt, epochs=epochs))
 
-    def ranker_problem(self, ranker: Ranker) -> str | None:
-        """Why the earlier ranker cannot start ``ranker`` (None: it can)."""
-        if self.ranker is None:
-            return str(self.record["ranker"].get("reason", "no earlier ranker"))
-        return ranker.warm_start_problem(self.ranker)
+    def ranker_start(self, names: list[str], config: Any) -> tuple[Ranker, Ranker | None, float]:
+        """The recommend ranker to train over features ``names`` (a BuildConfig ``config``), the
+        earlier ranker to start it from (None: a cold start on the full schedule, with a warning
+        when there was an earlier one that does not fit), and the share of users to train on."""
+        cold = Ranker(names, config.ranker)
+        problem = (str(self.record["ranker"].get("reason", "no earlier ranker")) if self.ranker is None
+                   else cold.warm_start_problem(self.ranker))
+        self.record["ranker"] = {**self.record["ranker"], "warm": problem is None, "reason": problem}
+        if problem is not None:
+            if self.ranker is not None:
+                log.warning("recommend ranker: cold start: %s", problem)
+            return cold, None, 1.0
+        inc = config.incremental
+        epochs = warm_epochs(inc.ranker_epochs_fraction, self.schedule.get("ranker"), config.ranker.epochs,
+                             inc.min_epochs)
+        self.record["ranker"].update(epochs_cap=epochs, users_fraction=inc.ranker_users_fraction)
+        return Ranker(names, replace(config.ranker, epochs=epochs)), self.ranker, inc.ranker_users_fraction

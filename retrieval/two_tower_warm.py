@@ -25,7 +25,7 @@ from safetensors.torch import load_file
 from tandem.retrieval.data import Catalog
 from tandem.retrieval.two_tower_config import TwoTowerConfig
 
-__all__ = ["ARCHITECTURE_FIELDS", "PreviousTwoTower", "WarmStartReport", "warm_start_state"]
+__all__ = ["ARCHITECTURE_FIELDS", "PreviousTwoTower", "WarmStartReport", "warm_start_problem", "warm_start_state"]
 
 #: Settings that shape the network's parameters: equal ones are needed to copy weights.
 ARCHITECTURE_FIELDS = ("dim", "layers", "heads", "max_len", "user_encoder", "similarity", "use_text",
@@ -82,7 +82,9 @@ class WarmStartReport:
         return asdict(self)
 
 
-def _incompatible(previous: PreviousTwoTower, config: TwoTowerConfig, text_dim: int | None) -> str | None:
+def warm_start_problem(previous: PreviousTwoTower, config: TwoTowerConfig, text_dim: int | None) -> str | None:
+    """Why ``previous`` cannot start a model of ``config`` over text vectors of width ``text_dim``
+    (another architecture), or None when it can."""
     diff = [f"{name} {getattr(previous.config, name)!r} -> {getattr(config, name)!r}"
             for name in ARCHITECTURE_FIELDS if getattr(previous.config, name) != getattr(config, name)]
     if diff:
@@ -101,7 +103,7 @@ def warm_start_state(previous: PreviousTwoTower, config: TwoTowerConfig, catalog
     cold fit starts from, with the new ``vocab``) with ``previous``'s weights copied in where
     they apply (see the module doc). Returns (None, report with the reason) when the
     architecture differs, or when a tensor's shape does not match."""
-    reason = _incompatible(previous, config, text_dim)
+    reason = warm_start_problem(previous, config, text_dim)
     if reason is not None:
         return None, WarmStartReport(False, reason)
     state = {k: v.clone() for k, v in fresh.items()}

@@ -178,8 +178,10 @@ def test_changed_text_encoder_or_architecture_starts_over(builds, shops, tmp_pat
     assert "max_seq_length: 128 -> 64" in inc["texts"]["full_encode_reason"]
     assert not inc["two_tower"]["warm"] and "dim 16 -> 8" in inc["two_tower"]["reason"]
     assert not inc["ranker"]["warm"] and "hidden" in inc["ranker"]["reason"]
-    # cold models set the schedule anew; and they trained their full configured epochs
+    # cold models set the schedule anew, and train their full configured epochs (no warm cap)
     assert inc["schedule"]["two_tower"] == result.info["two_tower"]["best_epoch"]
+    assert "epochs_cap" not in inc["two_tower"] and "epochs_cap" not in inc["ranker"]
+    assert result.info["two_tower"]["epochs_run"] == 3 and result.info["ranker"]["epochs"] == 3
     messages = [r.getMessage() for r in caplog.records]
     assert any(m.startswith("two-tower: cold start: the two-tower architecture changed") for m in messages)
     assert any(m.startswith("recommend ranker: cold start:") for m in messages)
