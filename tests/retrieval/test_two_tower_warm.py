@@ -110,3 +110,23 @@ def test_another_text_width_is_a_cold_start(previous) -> None:
     fresh, vocab = _fresh(CFG, catalog, text_dim=6)
     state, report = warm_start_state(prev, CFG, catalog, fresh, vocab, 6)
     assert state is None and "text vectors' width changed (4 -> 6)" in report.reason
+
+
+@pytest.mark.slow  # starts worker processes: 30-140 s on a busy 2-core machine
+@pytest.mark.parametrize("procs", [1, 2])
+def test_training_starts_from_the_warm_state_in_one_process_or_several(previous, procs) -> None:
+    _, old_model, prev = previous
+    catalog = _catalog(range(3, 33))
+    text = np.random.default_rng(5).normal(size=(len(catalog), 4)).astype(np.float32)
+    # a learning rate of ~0: the trained weights are the weights training started from
+    cfg = dataclasses.replace(CFG, epochs=1, lr=1e-12, train_procs=procs, batch_size=16)
+    model = TwoTower(cfg)
+    model.warm_from = prev
+    model.fit(catalog, _events(catalog, 1), text_vectors=text)
+    got = model.net.state_dict()["items.ids.weight"]
+    old = old_model.net.state_dict()["items.ids.weight"]
+    known = [i for i, item in enumerate(catalog.item_ids) if int(item[1:]) < 30]
+    torch.testing.assert_close(got[[i + 1 for i in known]], old[[int(catalog.item_ids[i][1:]) + 1 for i in known]],
+                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(model.net.state_dict()["user.pos.weight"], old_model.net.state_dict()["user.pos.weight"],
+                               atol=1e-6, rtol=0)
