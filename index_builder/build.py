@@ -69,6 +69,8 @@ class _Timer:
 
     def __init__(self, threads: int = 0, remeasure_s: float = 10.0) -> None:
         self.seconds: dict[str, float] = {}
+        #: CPU seconds of this process (all its threads) per stage: steadier than wall time on a busy machine
+        self.cpu_seconds: dict[str, float] = {}
         self.threads: dict[str, int] = {}
         self._setting = threads
         self._remeasure_s = remeasure_s
@@ -83,10 +85,11 @@ class _Timer:
     @contextmanager
     def stage(self, name: str):
         n = self._threads()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         log.info("stage %s ... (%d thread%s)", name, n, "" if n == 1 else "s")
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.cpu_seconds[name] = round(time.process_time() - c0, 2)
         self.threads[name] = n
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
@@ -469,6 +472,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     result.folder = folder
     result.timings = timer.seconds
     result.info["wall_s"] = round(time.perf_counter() - started, 2)
+    result.info["cpu_s_per_stage"] = timer.cpu_seconds
     log.info("build %s done in %.1fs; where the time went:\n%s", folder.name, result.info["wall_s"],
              format_stage_table(timer.seconds, result.info["wall_s"]))
     return result
