@@ -409,8 +409,13 @@ def _library_versions() -> dict[str, str]:
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
           extra_events: Iterable[Event] | None = None, strict: bool = False,
-          event_log: dict | None = None, engine: Any = None) -> BuildResult:
+          event_log: dict | None = None, engine: Any = None, make_current: bool = True) -> BuildResult:
     """The whole offline job; returns the result with ``folder`` set to the new bundle.
+
+    ``config.from_bundle`` set: an incremental build from that earlier bundle
+    (:mod:`tandem.index_builder.incremental`; ``result.info["incremental"]`` says what was reused).
+    ``make_current`` False writes the bundle without pointing ``out_root/CURRENT`` at it (a
+    candidate to evaluate before publishing it with :func:`tandem.retrieval.bundle.set_current`).
 
     ``event_log`` says which events of the server's event log ``extra_events`` holds (what
     :func:`tandem.index_builder.event_log_reader.event_log_mark` returns); the manifest keeps it
@@ -467,7 +472,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             **({} if engine is None else {"engine": engine.describe()}),
         }
 
-    folder = write_bundle(out_root, fill)
+    folder = write_bundle(out_root, fill, make_current=make_current)
     pipeline.version = folder.name
     result.folder = folder
     result.timings = timer.seconds

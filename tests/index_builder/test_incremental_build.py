@@ -172,7 +172,8 @@ def test_changed_text_encoder_or_architecture_starts_over(builds, shops, tmp_pat
     overrides = {**TINY_CONFIG, "from_bundle": str(root / "first"), "text": {"max_seq_length": 64},
                  "two_tower": {**TINY_CONFIG["two_tower"], "dim": 8}, "ranker": {"epochs": 3, "hidden": [8]}}
     with caplog.at_level(logging.WARNING):
-        result = build(current, tmp_path / "out", load_config(overrides=overrides, environ={}))
+        result = build(current, tmp_path / "out", load_config(overrides=overrides, environ={}), make_current=False)
+    assert not (tmp_path / "out" / "CURRENT").exists()  # a candidate, not published
     inc = result.info["incremental"]
     assert inc["texts"]["reused"] == 0 and inc["texts"]["encoded"] == len(result.pipeline.catalog)
     assert "max_seq_length: 128 -> 64" in inc["texts"]["full_encode_reason"]
