@@ -10,6 +10,7 @@ leave-last-out split, and the sources are then refitted on every event (``refit_
 from __future__ import annotations
 
 import logging
+import math
 import platform
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -23,6 +24,7 @@ import numpy as np
 from tandem.index_builder.cleaning import CleanResult, load_dataset, load_queries
 from tandem.index_builder.config import BuildConfig, config_to_dict
 from tandem.index_builder.evaluate import evaluate_source
+from tandem.index_builder.incremental import PreviousBundle, WarmStart, cold_schedule
 from tandem.index_builder.splits import Split, Targets, leave_last_out, make_split
 from tandem.index_builder.threads import threads_for_stage
 from tandem.ranking.bootstrap import paired_bootstrap
@@ -38,6 +40,7 @@ from tandem.retrieval.bundle import write_bundle
 from tandem.retrieval.data import Catalog, Event, Interactions
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.registry import SOURCES, FitContext
+from tandem.retrieval.text_cache import TEXT_SOURCE_VECTORS, TextCache, reuse_vectors
 from tandem.retrieval.text_tower import TextEncoder
 
 __all__ = ["BuildResult", "build", "fit_pipeline", "fit_sources", "default_sources", "ranker_lists", "evaluate_pipeline",
@@ -55,6 +58,9 @@ class BuildResult:
     timings: dict[str, float] = field(default_factory=dict)
     search_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
+    #: every item's text vector with the hash of its text (written into the bundle for the next
+    #: incremental build)
+    text_cache: TextCache | None = None
 
 
 class _Timer:
@@ -64,6 +70,8 @@ class _Timer:
 
     def __init__(self, threads: int = 0, remeasure_s: float = 10.0) -> None:
         self.seconds: dict[str, float] = {}
+        #: CPU seconds of this process (all its threads) per stage: steadier than wall time on a busy machine
+        self.cpu_seconds: dict[str, float] = {}
         self.threads: dict[str, int] = {}
         self._setting = threads
         self._remeasure_s = remeasure_s
@@ -78,10 +86,11 @@ class _Timer:
     @contextmanager
     def stage(self, name: str):
         n = self._threads()
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         log.info("stage %s ... (%d thread%s)", name, n, "" if n == 1 else "s")
         yield
         self.seconds[name] = round(time.perf_counter() - t0, 2)
+        self.cpu_seconds[name] = round(time.process_time() - c0, 2)
         self.threads[name] = n
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
@@ -190,17 +199,28 @@ def ranker_lists(pipeline: Pipeline, targets: Targets, rows: np.ndarray, kind: s
     return lists, {"lists": float(len(feats)), "fused_recall": found / max(1, len(rows))}
 
 
-def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer: _Timer) -> tuple[Ranker, dict]:
+def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer: _Timer,
+                  warm: WarmStart | None = None) -> tuple[Ranker, dict]:
+    """The recommend ranker on the lists of at most ``ranker_max_users`` validation users; with
+    ``warm``, started from the earlier bundle's ranker (when it fits) on its share of those users."""
     rng = np.random.default_rng(config.seed)
     rows = np.arange(len(valid))
-    if rows.size > config.ranker_max_users:
-        rows = np.sort(rng.choice(rows, config.ranker_max_users, replace=False))
+    names = feature_names(pipeline.available("recommend"))
+    ranker, init, share = (Ranker(names, config.ranker), None, 1.0) if warm is None else warm.ranker_start(names, config)
+    n_users = min(rows.size, config.ranker_max_users)
+    if init is not None:
+        n_users = max(min(10, rows.size), math.ceil(share * n_users))
+    if rows.size > n_users:
+        rows = np.sort(rng.choice(rows, n_users, replace=False))
     with timer.stage("ranker_lists"):
         lists, info = ranker_lists(pipeline, valid, rows)
     with timer.stage("ranker_train"):
-        ranker = Ranker(feature_names(pipeline.available("recommend")), config.ranker).fit(lists)
+        ranker.fit(lists, init=init)
     info["epochs"] = len(ranker.history)
     info["best_valid_ndcg@10"] = max((h["valid_ndcg@10"] for h in ranker.history), default=0.0)
+    info["best_epoch"] = max(ranker.history, key=lambda h: h["valid_ndcg@10"])["epoch"] if ranker.history else None
+    if warm is not None:
+        warm.record["ranker"]["users"] = int(rows.size)
     return ranker, info
 
 
@@ -225,10 +245,12 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
 
 
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
-                 encoder: TextEncoder | None = None, engine: Any = None) -> BuildResult:
+                 encoder: TextEncoder | None = None, engine: Any = None, warm: WarmStart | None = None) -> BuildResult:
     """Fit every part of the pipeline on cleaned data according to ``config``; ``engine`` (e.g.
     :class:`~tandem.index_builder.spark_engine.SparkEngine`, which cleaned ``clean``) runs the split
-    and the sources it fits."""
+    and the sources it fits. ``warm`` (an incremental build, :mod:`tandem.index_builder.incremental`):
+    text vectors reused by content hash, the two-tower and the ranker started from the earlier
+    bundle's, for fewer epochs (:meth:`WarmStart.configure`, :meth:`WarmStart.ranker_start`)."""
     timer = timer or _Timer(config.threads)
     catalog, interactions = clean.catalog, clean.interactions
     with timer.stage("split"):
@@ -244,11 +266,22 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
                     "search-only bundle", clean.report.events_read)
     encoder = encoder or TextEncoder(config.text)
     with timer.stage("text_encode"):
-        text_vectors = encoder.encode([catalog.text(i) for i in range(len(catalog))], progress=True)
+        texts = [catalog.text(i) for i in range(len(catalog))]
+        text_cache, reuse = reuse_vectors(encoder, texts, None if warm is None else warm.text_cache,
+                                          progress=True, why_none="" if warm is None else warm.text_reason)
+        text_vectors = text_cache.vectors
+    if warm is not None:
+        config = warm.configure(config, int(text_vectors.shape[1]))
+        if reuse.full_reason is not None:
+            log.warning("text vectors: encoding all %d texts: %s", len(texts), reuse.full_reason)
+        else:
+            log.info("text vectors: %d reused from bundle %s, %d new or changed texts encoded", reuse.reused,
+                     warm.previous.version, reuse.encoded)
     histories = HistoryStore.from_interactions(interactions)
     built_at = int(interactions.ts.max()) if len(interactions) else 0
     context = FitContext(catalog, fit_split.train, valid=fit_split.valid, text_vectors=text_vectors,
-                         encoder=encoder, ann=_ann_config(config), progress=True)
+                         encoder=encoder, ann=_ann_config(config), progress=True,
+                         warm={} if warm is None or warm.two_tower is None else {"two_tower": warm.two_tower})
     skipped: dict[str, str] = {}
     sources = fit_sources(config, context, timer=timer, skipped=skipped, engine=engine)
     pipeline = _make_pipeline(config, catalog, sources, fit_split.train, histories, built_at=built_at)
@@ -266,7 +299,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         log.warning("recommend ranker skipped: %s", reason)
         info["skipped_rankers"]["recommend"] = reason
     else:
-        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer)
+        rankers["recommend"], info["ranker"] = _train_ranker(config, pipeline, fit_split.valid, timer, warm)
     logs = _training_logs(sources)
     for name, tlog in logs.items():
         # the whole curve, not just its end: the refit of a split-none build trains without a
@@ -288,7 +321,28 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
     info["text_model"] = {"id": encoder.model_id, "dim": int(text_vectors.shape[1])}
-    return BuildResult(None, pipeline, split, metrics, timer.seconds, info=info)
+    info["incremental"] = _incremental_record(warm, reuse.to_dict(), sources, info)
+    return BuildResult(None, pipeline, split, metrics, timer.seconds, info=info, text_cache=text_cache)
+
+
+def _incremental_record(warm: WarmStart | None, texts: dict[str, Any], sources: Mapping[str, CandidateSource],
+                        info: dict[str, Any]) -> dict[str, Any]:
+    """The manifest's ``incremental`` section: what was reused from which bundle (None for a full
+    build), and the epoch counts the last cold fits found best (the next warm build's base)."""
+    schedule = cold_schedule(info)
+    if warm is None:
+        return {"from": None, "texts": texts, "schedule": schedule}
+    record = {**warm.record, "texts": texts}
+    two_tower = sources.get("two_tower")
+    report = getattr(two_tower, "warm_report", None)
+    if report is not None:
+        record["two_tower"] = {**record["two_tower"], **report.to_dict()}
+    elif two_tower is not None and "reason" not in record["two_tower"]:
+        record["two_tower"] = {**record["two_tower"], "warm": False, "reason": "not trained warm"}
+    # a model that started cold here sets the schedule anew; a warm one keeps the earlier cold one's
+    record["schedule"] = {name: (warm.schedule.get(name) if (record.get(name) or {}).get("warm") else schedule[name])
+                          for name in ("two_tower", "ranker")}
+    return record
 
 
 def _fit_search(result: BuildResult, queries: list, config: BuildConfig, timer: _Timer) -> None:
@@ -363,8 +417,13 @@ def _library_versions() -> dict[str, str]:
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
           extra_events: Iterable[Event] | None = None, strict: bool = False,
-          event_log: dict | None = None, engine: Any = None) -> BuildResult:
+          event_log: dict | None = None, engine: Any = None, make_current: bool = True) -> BuildResult:
     """The whole offline job; returns the result with ``folder`` set to the new bundle.
+
+    ``config.from_bundle`` set: an incremental build from that earlier bundle
+    (:mod:`tandem.index_builder.incremental`; ``result.info["incremental"]`` says what was reused).
+    ``make_current`` False writes the bundle without pointing ``out_root/CURRENT`` at it (a
+    candidate to evaluate before publishing it with :func:`tandem.retrieval.bundle.set_current`).
 
     ``event_log`` says which events of the server's event log ``extra_events`` holds (what
     :func:`tandem.index_builder.event_log_reader.event_log_mark` returns); the manifest keeps it
@@ -377,12 +436,17 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     config = config or BuildConfig()
     started = time.perf_counter()
     timer = _Timer(config.threads)
+    warm = None
+    if config.from_bundle is not None:
+        with timer.stage("previous_bundle"):
+            warm = WarmStart.load(PreviousBundle.open(config.from_bundle), config.incremental)
+        log.info("incremental build from bundle %s (%s)", warm.previous.version, warm.previous.folder)
     with timer.stage("clean"):
         if engine is None:
             clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
         else:
             clean = engine.load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
-    result = fit_pipeline(clean, config, timer, engine=engine)
+    result = fit_pipeline(clean, config, timer, engine=engine, warm=warm)
     queries = load_queries(data_dir, clean.catalog)
     if queries:
         _fit_search(result, queries, config, timer)
@@ -391,6 +455,8 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     def fill(folder: Path) -> dict:
         with timer.stage("write"):
             parts = save_pipeline(pipeline, folder)
+            if result.text_cache is not None:
+                result.text_cache.save(folder, TEXT_SOURCE_VECTORS if "text" in pipeline.sources else None)
         ann = {name: src.index_info() for name, src in pipeline.sources.items() if hasattr(src, "index_info")}
         return {
             **parts,
@@ -407,17 +473,19 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "metrics": result.metrics,
             "search_metrics": result.search_metrics,
             "event_log": event_log if event_log is not None else {"seq": 0},
+            "incremental": result.info.get("incremental"),
             "timings_s": timer.seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),
             **({} if engine is None else {"engine": engine.describe()}),
         }
 
-    folder = write_bundle(out_root, fill)
+    folder = write_bundle(out_root, fill, make_current=make_current)
     pipeline.version = folder.name
     result.folder = folder
     result.timings = timer.seconds
     result.info["wall_s"] = round(time.perf_counter() - started, 2)
+    result.info["cpu_s_per_stage"] = timer.cpu_seconds
     log.info("build %s done in %.1fs; where the time went:\n%s", folder.name, result.info["wall_s"],
              format_stage_table(timer.seconds, result.info["wall_s"]))
     return result

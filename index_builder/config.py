@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from tandem.index_builder.cleaning import CleaningConfig
+from tandem.index_builder.incremental import IncrementalConfig
 from tandem.ranking.pipeline import PipelineConfig
 from tandem.ranking.ranker import RankerConfig
 from tandem.retrieval.ann import AnnConfig
@@ -77,6 +78,10 @@ class BuildConfig:
     #: Threads for torch, FAISS and BLAS in each stage: 0 = the cores idle when the stage starts
     #: (an ``OMP_NUM_THREADS`` in the environment wins), N = always N (index_builder/threads.py).
     threads: int = 0
+    #: An earlier bundle (a bundle root with CURRENT, or a bundle folder) to build from: its text
+    #: vectors are reused by content hash and its two-tower and ranker warm-started (``--from``;
+    #: ``[build.incremental]`` says how much to train). Unset: a full build.
+    from_bundle: Path | None = None
     cleaning: CleaningConfig = field(default_factory=CleaningConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     two_tower: TwoTowerConfig = field(default_factory=TwoTowerConfig)
@@ -87,6 +92,7 @@ class BuildConfig:
     ann: AnnConfig = field(default_factory=AnnConfig)
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     ranker: RankerConfig = field(default_factory=RankerConfig)
+    incremental: IncrementalConfig = field(default_factory=IncrementalConfig)
 
     def __post_init__(self) -> None:
         if self.split not in ("none", "leave-last-out", "temporal"):

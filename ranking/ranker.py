@@ -241,15 +241,32 @@ class Ranker:
         self._fast: _NumpyDCN | None = None
 
     # -- training -------------------------------------------------------------------------
-    def fit(self, lists: RankingLists, valid: RankingLists | None = None) -> Ranker:
+    def fit(self, lists: RankingLists, valid: RankingLists | None = None, init: Ranker | None = None) -> Ranker:
         """Listwise softmax training with early stopping on validation NDCG@10.
 
-        Without ``valid``, a seeded ``valid_fraction`` of ``lists`` is held out. Reproducible
+        Without ``valid``, a seeded ``valid_fraction`` of ``lists`` is held out. ``init``: an
+        earlier ranker to warm-start from (:meth:`warm_start_problem` must be None): its weights
+        and feature standardisation are the starting point instead of fresh ones. Reproducible
         under torch's deterministic algorithms (``retrieval.two_tower.deterministic_training``)."""
+        if init is not None and (problem := self.warm_start_problem(init)) is not None:
+            raise ValueError(f"ranker: cannot warm-start: {problem}")
         with deterministic_training():
-            return self._fit(lists, valid)
+            return self._fit(lists, valid, init)
 
-    def _fit(self, lists: RankingLists, valid: RankingLists | None) -> Ranker:
+    def warm_start_problem(self, previous: Ranker) -> str | None:
+        """Why ``previous``'s weights cannot start this ranker's training (other features or
+        another network shape), or None when they can."""
+        if previous.feature_names != self.feature_names:
+            gone = sorted(set(previous.feature_names) - set(self.feature_names))
+            new = sorted(set(self.feature_names) - set(previous.feature_names))
+            return (f"the ranking features differ (only before: {', '.join(gone) or '-'}; only now: "
+                    f"{', '.join(new) or '-'}; or another order)")
+        for name in ("hidden", "cross_layers"):
+            if getattr(previous.config, name) != getattr(self.config, name):
+                return f"ranker.{name} changed ({getattr(previous.config, name)} -> {getattr(self.config, name)})"
+        return None
+
+    def _fit(self, lists: RankingLists, valid: RankingLists | None, init: Ranker | None = None) -> Ranker:
         cfg = self.config
         torch.manual_seed(cfg.seed)
         rng = np.random.default_rng(cfg.seed)
@@ -260,12 +277,16 @@ class Ranker:
         trainable = np.flatnonzero((lists.labels * lists.mask).sum(1) > 0)
         if trainable.size == 0:
             raise ValueError("ranker: no training list contains its positive; retrieval found nothing to learn from")
-        flat = lists.features[lists.mask]
-        mean = flat.mean(0)
-        std = flat.std(0)
-        std[std < 1e-6] = 1.0
-        self.model.mean.copy_(torch.from_numpy(mean))
-        self.model.std.copy_(torch.from_numpy(std))
+        if init is not None:
+            # the earlier weights with the standardisation they were learned under
+            self.model.load_state_dict(init.model.state_dict())
+        else:
+            flat = lists.features[lists.mask]
+            mean = flat.mean(0)
+            std = flat.std(0)
+            std[std < 1e-6] = 1.0
+            self.model.mean.copy_(torch.from_numpy(mean))
+            self.model.std.copy_(torch.from_numpy(std))
         opt = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         x_all = torch.from_numpy(lists.features)
         m_all = torch.from_numpy(lists.mask)

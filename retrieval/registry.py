@@ -53,7 +53,9 @@ class FitContext:
     (n_items, d) the catalog's text vectors from ``encoder`` (encoded here when None);
     ``ann`` how approximate indexes are built; ``epochs`` source name -> the exact number of
     epochs to train, without early stopping (the refit on every event reruns the first fit's
-    best epoch count); ``progress`` show training progress.
+    best epoch count); ``warm`` source name -> an earlier model of it to warm-start from (the
+    two-tower takes a :class:`~tandem.retrieval.two_tower_warm.PreviousTwoTower`); ``progress``
+    show training progress.
     """
 
     catalog: Catalog
@@ -63,6 +65,7 @@ class FitContext:
     encoder: TextEncoder | None = None
     ann: AnnConfig = field(default_factory=AnnConfig)
     epochs: Mapping[str, int] = field(default_factory=dict)
+    warm: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = False
 
 
@@ -118,6 +121,7 @@ def _fit_two_tower(config: TwoTowerConfig, ctx: FitContext) -> TwoTower:
         valid = None
     source = TwoTower(config)
     source.ann_config = ctx.ann
+    source.warm_from = ctx.warm.get("two_tower")
     return source.fit(ctx.catalog, ctx.train, valid=valid, text_vectors=ctx.text_vectors, progress=ctx.progress)
 
 

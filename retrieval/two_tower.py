@@ -36,6 +36,7 @@ from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deter
 from tandem.retrieval.two_tower_distributed import train_distributed
 from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
 from tandem.retrieval.two_tower_training import EvalTargets, train
+from tandem.retrieval.two_tower_warm import PreviousTwoTower, WarmStartReport
 from tandem.retrieval.two_tower_windows import _request_arrays, _stack, _window
 
 __all__ = ["TwoTowerConfig", "TwoTower", "TrainingLog", "deterministic_training"]
@@ -70,6 +71,10 @@ class TwoTower:
         self._last_user: tuple[RetrievalRequest, np.ndarray] | None = None
         #: how the ANN index over item vectors is chosen and tuned (set before fit)
         self.ann_config = AnnConfig()
+        #: an earlier model to warm-start from (set before fit; see ``two_tower_warm``), and what
+        #: the last fit copied from it
+        self.warm_from: PreviousTwoTower | None = None
+        self.warm_report: WarmStartReport | None = None
 
     # -- building ------------------------------------------------------------------------
     def _make_net(

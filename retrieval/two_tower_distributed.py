@@ -69,7 +69,8 @@ def train_distributed(
     log.info("two-tower: %d training processes (gloo), each with %d torch thread(s) and ~%d windows of "
              "every batch of %d", n, threads, c.batch_size // n, c.batch_size)
     with tempfile.TemporaryDirectory(prefix="tandem-two-tower-ddp-") as tmp:
-        args = (n, _free_port(), threads, c, catalog, interactions, valid, text_vectors, progress, tmp)
+        args = (n, _free_port(), threads, c, catalog, interactions, valid, text_vectors, progress, tmp,
+                model.warm_from)
         ctx = mp.start_processes(_worker or _worker_main, args=args, nprocs=n, join=False, start_method="spawn")
         try:
             while not ctx.join(timeout=0.5):
@@ -102,7 +103,7 @@ def _free_port() -> int:
 def _worker_main(
     rank: int, world: int, port: int, threads: int, config: TwoTowerConfig, catalog: Catalog,
     interactions: Interactions, valid: EvalTargets | None, text_vectors: np.ndarray | None, progress: bool,
-    out: str,
+    out: str, warm_from: Any = None,
 ) -> None:
     """One training process (``rank`` of ``world``): joins the group, trains, writes its results."""
     torch.set_num_threads(threads)
@@ -110,7 +111,8 @@ def _worker_main(
                             timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
     try:
         with deterministic_training():
-            result = _train_rank(rank, world, config, catalog, interactions, valid, text_vectors, progress)
+            result = _train_rank(rank, world, config, catalog, interactions, valid, text_vectors, progress,
+                                 warm_from)
         folder = Path(out)
         if rank == 0:
             state, training = result
@@ -138,13 +140,14 @@ class _Loss(nn.Module):
 
 def _train_rank(
     rank: int, world: int, config: TwoTowerConfig, catalog: Catalog, interactions: Interactions,
-    valid: EvalTargets | None, text_vectors: np.ndarray | None, progress: bool,
+    valid: EvalTargets | None, text_vectors: np.ndarray | None, progress: bool, warm_from: Any = None,
 ) -> tuple[dict[str, torch.Tensor], TrainingLog]:
     """The training loop of one rank; rank 0's result holds the best state, the others' an empty dict."""
     from tandem.retrieval.two_tower import TwoTower
 
     c = config
     model = TwoTower(c)
+    model.warm_from = warm_from  # every rank starts from the same (warm) weights
     rng = np.random.default_rng(c.seed)  # the same batches on every rank
     net, windows, lengths, log_pop = _prepare(model, catalog, interactions, text_vectors)
     own_seed = c.seed if rank == 0 else int(np.random.SeedSequence([c.seed, rank]).generate_state(1)[0])

@@ -18,6 +18,7 @@ from tandem.retrieval.early_stopping import Patience, recall_standard_error
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower_config import TrainingLog
 from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
+from tandem.retrieval.two_tower_warm import warm_start_state
 from tandem.retrieval.two_tower_windows import _Batch, _training_windows
 
 if TYPE_CHECKING:
@@ -152,6 +153,15 @@ def _network(model: TwoTower, catalog: Catalog, text_vectors: np.ndarray | None)
         else None
     )
     net = model._make_net(catalog, text_vectors if c.use_text else None, features)
+    if model.warm_from is not None:
+        # the fresh network above first (the same random draws as a cold fit), then the earlier weights
+        state, model.warm_report = warm_start_state(
+            model.warm_from, c, catalog, net.state_dict(), None if features is None else features.vocab,
+            None if text_vectors is None else int(text_vectors.shape[1]))
+        if state is not None:
+            net.load_state_dict(state)
+        else:
+            log.warning("two-tower: cold start: %s", model.warm_report.reason)
     model.net = net
     return net
 

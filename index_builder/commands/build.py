@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--events-log", type=Path, metavar="FILE",
                    help="the server's SQLite event log: its events are added to the data, and the "
                         "manifest records the newest one's sequence number (the server replays the later ones)")
+    p.add_argument("--from", dest="from_bundle", type=Path, metavar="BUNDLE_ROOT",
+                   help="an incremental build from an earlier bundle (a bundle root with CURRENT, or a bundle "
+                        "folder): text vectors reused by content hash, two-tower and ranker warm-started and "
+                        "trained for fewer epochs ([build] from_bundle; [build.incremental]; docs/operations.md)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="where reading, cleaning, the split, popularity and item-CF run: local (default, "
@@ -70,6 +74,12 @@ def _run(args: argparse.Namespace) -> int:
         if engine is not None:
             engine.stop()
     print(f"bundle {result.folder} (split {config.split})")
+    inc = result.info.get("incremental") or {}
+    if inc.get("from"):
+        texts = inc.get("texts") or {}
+        print(f"incremental from {inc['from']['version']}: {texts.get('reused', 0)} text vectors reused, "
+              f"{texts.get('encoded', 0)} encoded; two-tower {_warm_word(inc.get('two_tower'))}, "
+              f"ranker {_warm_word(inc.get('ranker'))}")
     print(f"sources: {', '.join(sorted(result.pipeline.sources))}")
     by_reason: dict[str, list[str]] = {}
     for name, reason in (result.info.get("skipped_sources") or {}).items():
@@ -87,6 +97,11 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _warm_word(record: dict | None) -> str:
+    record = record or {}
+    return "warm-started" if record.get("warm") else f"cold ({record.get('reason') or 'not trained'})"
+
+
 def _overrides(args: argparse.Namespace) -> dict | None:
     """The ``[build]`` settings the flags set (they win over the file and the environment)."""
     overrides: dict = {}
@@ -94,4 +109,6 @@ def _overrides(args: argparse.Namespace) -> dict | None:
         overrides["split"] = args.split
     if args.train_procs is not None:
         overrides["two_tower"] = {"train_procs": args.train_procs}
+    if args.from_bundle is not None:
+        overrides["from_bundle"] = str(args.from_bundle)
     return overrides or None

@@ -146,3 +146,27 @@ def test_training_epochs_are_logged(caplog):
     epochs = [m for m in lines if m.startswith("ranker epochs: ") and "/3 epoch" in m]
     assert len(epochs) == len(r.history) == 3 and "valid ndcg@10 " in epochs[-1] and "loss " in epochs[0]
     assert lines[-1].startswith("ranker epochs: done, 3 epoch")
+
+
+def test_warm_start_begins_from_the_earlier_weights_and_standardisation():
+    names = ["noise_a", "signal", "noise_b"]
+    prev = Ranker(names, RankerConfig(epochs=15, patience=5, hidden=(16,))).fit(_lists(seed=0), _lists(100, seed=1))
+    valid = _lists(n_lists=100, seed=3)
+    # shifted features: a cold fit would standardise anew; a warm one keeps the earlier statistics
+    shifted = RankingLists(_lists(seed=2).features + 5.0, _lists(seed=2).mask, _lists(seed=2).labels)
+    warm = Ranker(names, RankerConfig(epochs=1, patience=1, hidden=(16,), lr=1e-9)).fit(shifted, valid, init=prev)
+    assert torch.equal(warm.model.mean, prev.model.mean) and torch.equal(warm.model.std, prev.model.std)
+    # lr ~0: one epoch leaves the earlier model, so it ranks as well as it did from the first epoch
+    assert ndcg_of_lists(warm.score_lists(valid), valid) == pytest.approx(ndcg_of_lists(prev.score_lists(valid), valid),
+                                                                          abs=1e-4)
+    cold = Ranker(names, RankerConfig(epochs=1, patience=1, hidden=(16,), lr=1e-9)).fit(shifted, valid)
+    assert ndcg_of_lists(cold.score_lists(valid), valid) < ndcg_of_lists(warm.score_lists(valid), valid) - 0.2
+
+
+def test_warm_start_needs_the_same_features_and_shape():
+    prev = Ranker(["a", "b"], RankerConfig(hidden=(16,)))
+    assert "only now: c" in Ranker(["a", "b", "c"], RankerConfig(hidden=(16,))).warm_start_problem(prev)
+    assert "ranker.hidden changed" in Ranker(["a", "b"], RankerConfig(hidden=(8,))).warm_start_problem(prev)
+    assert Ranker(["a", "b"], RankerConfig(hidden=(16,), epochs=2)).warm_start_problem(prev) is None
+    with pytest.raises(ValueError, match="cannot warm-start"):
+        Ranker(["b", "a"], RankerConfig(hidden=(16,))).fit(_lists(), init=prev)
