@@ -162,3 +162,17 @@ def test_a_bundle_built_from_another_log_is_refused(root, tmp_path):
     _republish(root, lambda m: m.update(event_log=mark))
     with pytest.raises(CannotRebuildError, match="another log"):
         bundle_source(current_bundle(root), root / "events.sqlite3")
+
+
+def test_learn_once_prints_its_decision_and_a_refusal_exits_2(root, tmp_path, capsys):
+    from tandem.server.cli import main
+
+    assert main(["learn", "--bundles", str(root), "--once"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["decision"] == "no_new_events"
+    _append(root, 30)
+    _republish(root, lambda m: m["data"].update(path=str(tmp_path / "gone")))
+    assert main(["learn", "--bundles", str(root), "--once"]) == 2
+    err = capsys.readouterr().err
+    assert "tandem learn: error:" in err and "data.path" in err and "gone" in err
+    assert main(["learn", "--bundles", str(root), "--every", "soon"]) == 2
+    assert "--every" in capsys.readouterr().err
