@@ -19,13 +19,15 @@ for three arms, each with its own copy of the bundle, its own event log and its 
   (users new in the stream stay cold-start); only the Recommend calls are made;
 * ``live``: every event is recorded (today's behaviour: histories live, models fixed);
 * ``online``: every event is recorded, and after every ``--learn-every`` streamed events the stream
-  pauses for one ``tandem learn`` cycle (:class:`tandem.server.learner.Learner`, default settings:
+  pauses for one ``tandem learn`` cycle (none in the last N/2 events: it would judge nothing) (:class:`tandem.server.learner.Learner`, default settings:
   the newest 20% of the new events held out, tolerance 1%); a published candidate is waited for
   until the server has swapped to it. Pausing is the best case for freshness: in production the
   stream goes on while the candidate trains.
 
 Prints one row per arm (points scored, R@10, NDCG@10, NDCG@10 relative to ``live``, learner cycles
-by decision, wall time), and writes them as JSON with ``--json``.
+by decision, wall time) and each arm's NDCG@10 gain over ``live`` with a 95% paired bootstrap
+interval over the scored points (:func:`tandem.ranking.bootstrap.paired_bootstrap`); ``--json``
+writes the rows (with every point's NDCG@10).
 """
 
 from __future__ import annotations
@@ -40,6 +42,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 __all__ = ["main"]
 
@@ -123,6 +127,7 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     t, admin = pb_grpc.TandemStub(channel), pb_grpc.TandemAdminStub(channel)
     learner = Learner(LearnConfig(root, root / "events.sqlite3")) if arm == "online" else None
+    per_point: list[float] = []  # NDCG@k of each point, in order (paired across arms)
     hits = ndcg = n = 0.0
     decisions: dict[str, int] = {}
     learn_s = 0.0
@@ -141,16 +146,17 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
                 flush()
                 answer = [it.item_id for it in t.Recommend(pb.RecommendRequest(user_id=user, k=k), timeout=60).items]
                 n += 1
-                if item in answer:
-                    hits += 1
-                    ndcg += 1.0 / math.log2(answer.index(item) + 2)
+                gain = 1.0 / math.log2(answer.index(item) + 2) if item in answer else 0.0
+                hits += item in answer
+                ndcg += gain
+                per_point.append(gain)
             if arm == "frozen":
                 continue
             pending.append(_pb_event(pb, r))
             if len(pending) >= 500:
                 flush()
             since_learn += 1
-            if learner is not None and since_learn >= learn_every and j + 1 < len(stream):
+            if learner is not None and since_learn >= learn_every and len(stream) - (j + 1) >= learn_every // 2:
                 flush()
                 since_learn = 0
                 t0 = time.perf_counter()
@@ -175,7 +181,7 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
         server.stop(0)
     return {"arm": arm, "points": int(n), f"recall@{k}": hits / max(n, 1), f"ndcg@{k}": ndcg / max(n, 1),
             "learn_cycles": decisions, "learn_seconds": round(learn_s, 1),
-            "seconds": round(time.perf_counter() - started, 1)}
+            "seconds": round(time.perf_counter() - started, 1), "per_point_ndcg": per_point}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -227,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"--arms: unknown arm {arm!r} (frozen, live, online)", file=sys.stderr)
             return 2
         rows.append(_run_arm(arm, built, work, stream, points, learn_every, args.k))
-        print(json.dumps(rows[-1]), flush=True)
+        print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_point_ndcg"}), flush=True)
     live = next((r for r in rows if r["arm"] == "live"), None)
     k = args.k
     print(f"\n{'arm':<8} {'points':>6} {f'R@{k}':>7} {f'NDCG@{k}':>8} {'vs live':>8}  learner cycles")
@@ -235,6 +241,15 @@ def main(argv: list[str] | None = None) -> int:
         rel = (f"{100 * (r[f'ndcg@{k}'] / live[f'ndcg@{k}'] - 1):+.1f}%" if live and live[f"ndcg@{k}"] > 0 else "")
         cycles = ", ".join(f"{d} {c}" for d, c in sorted(r["learn_cycles"].items())) or "-"
         print(f"{r['arm']:<8} {r['points']:>6} {r[f'recall@{k}']:>7.4f} {r[f'ndcg@{k}']:>8.4f} {rel:>8}  {cycles}")
+    if live is not None:
+        from tandem.ranking.bootstrap import paired_bootstrap
+
+        for r in rows:
+            if r is not live:
+                g = paired_bootstrap(np.asarray(r["per_point_ndcg"]), np.asarray(live["per_point_ndcg"]))
+                r["ndcg_gain_vs_live"] = g.to_dict()
+                print(f"{r['arm']} - live, NDCG@{k} per point: {g.mean:+.4f}, {100 * g.level:.0f}% paired bootstrap "
+                      f"interval [{g.low:+.4f}, {g.high:+.4f}]")
     print(f"total {time.perf_counter() - t0:.0f}s")
     if args.json:
         args.json.write_text(json.dumps({"data": str(data), "train_events": n_train, "stream_events": len(stream),
