@@ -33,6 +33,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "tandem.server.commands",
     "tandem.server.event_commands",
     "tandem.server.experiment_commands",
+    "tandem.server.learn_commands",
 )
 
 
