@@ -33,6 +33,7 @@ from tandem.ranking.features import feature_names
 from tandem.ranking.featurize import Featurizer
 from tandem.ranking.history import DEFAULT_USER_MEMOS, HistoryStore, UserHistory, UserMemos
 from tandem.ranking.item_table import ItemTable
+from tandem.ranking.live_catalog import CatalogChange, apply_catalog_changes
 from tandem.ranking.pipeline_config import KINDS, PipelineConfig
 from tandem.ranking.ranker import Ranker
 from tandem.ranking.request_context import RequestContext
@@ -71,8 +72,11 @@ class Pipeline:
         version: str = "dev",
         built_at: int = 0,
         user_memos: int = DEFAULT_USER_MEMOS,
+        removed: np.ndarray | None = None,
     ) -> None:
         self.catalog = catalog
+        #: bool (n_items,) rows deleted by live catalog changes (ranking.live_catalog), or None
+        self.removed = removed
         self.sources = dict(sources)
         self.table = table
         self.histories = histories
@@ -84,7 +88,7 @@ class Pipeline:
         self.retriever = Retriever(self.sources, self.config)
         self._search_only = not behavioural(self.sources)
         self.featurizer = Featurizer(table, self.sources)
-        self.responder = Responder(catalog, table, self.config.explain_features)
+        self.responder = Responder(catalog, table, self.config.explain_features, removed)
         self.filter_index = self.responder.filter_index
         self._local = threading.local()  # per-thread request stats (see ``stats``)
         for kind, ranker in self.rankers.items():
@@ -122,6 +126,11 @@ class Pipeline:
 
     def record_events(self, events: Sequence[Event]) -> int:
         return self.histories.record(events, self.catalog)
+
+    def apply_catalog(self, changes: Sequence[CatalogChange]) -> tuple[Pipeline, dict[str, int]]:
+        """A new pipeline serving this one's catalog with ``changes`` applied in order (this one is
+        left as it is: requests holding it finish on it); see :mod:`tandem.ranking.live_catalog`."""
+        return apply_catalog_changes(self, changes)
 
     def user_request(self, user_id: str | None, query: str | None = None,
                      context: Sequence[Event] = ()) -> tuple[RetrievalRequest, bool]:
@@ -278,7 +287,7 @@ class Pipeline:
         """A copy answering with a changed :class:`PipelineConfig` (shares the loaded models)."""
         return Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
                         replace(self.config, **changes), version=self.version, built_at=self.built_at,
-                        user_memos=self.memos.capacity)
+                        user_memos=self.memos.capacity, removed=self.removed)
 
     def variant(self, changes: Mapping[str, Any], *, use_ranker: bool = True) -> Pipeline:
         """A copy answering with ``changes`` to its :class:`PipelineConfig` and, unless ``use_ranker``,
@@ -286,7 +295,8 @@ class Pipeline:
         histories, so events recorded into either are seen by both, and the per-user memos (what
         the sources derive from a history alone, whatever the config)."""
         out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers if use_ranker else {},
-                       replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0)
+                       replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0,
+                       removed=self.removed)
         out.memos = self.memos
         return out
 
