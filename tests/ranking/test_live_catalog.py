@@ -10,6 +10,8 @@ from tandem.ranking.live_catalog import CatalogChange, apply_catalog_changes
 from tandem.ranking.loader import load_engine
 from tandem.retrieval.data import Item
 
+pytestmark = pytest.mark.slow  # builds the tiny bundle (tests/conftest.py)
+
 
 @pytest.fixture(scope="module")
 def engine(tiny_bundles):

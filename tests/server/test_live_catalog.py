@@ -23,6 +23,8 @@ NEW = pb.Item(item_id="live-new-1", title="Quasarine glowberry lip elixir", desc
 TWIN = pb.Item(item_id="live-new-2", title="Quasarine glowberry lip elixir deluxe", description="a shimmering lip oil",
                category="Beauty > Lips", brand="Quasarine", price=19.0, tags=["lip", "glow"], in_stock=True)
 
+pytestmark = pytest.mark.slow  # builds the tiny bundle (tests/conftest.py)
+
 
 class Live:
     """One in-process server with a token; ``restart()`` starts a new one on the same files."""
