@@ -192,9 +192,10 @@ def item_from_pb(m: pb.Item, field: str) -> Item:
     try:
         item = parse_item(rec)
     except BadField as exc:
-        raise InvalidArgument(f"{field}.{exc.field}: {exc.message}") from None
+        raise InvalidArgument(f"{field}.{exc.field} is invalid: {exc.message}") from None
     if not (item.title or item.description):
-        raise InvalidArgument(f"{field}.title: an item needs a title or a description to be found by (both are empty)")
+        raise InvalidArgument(f"{field}.title must not be empty when the description is: an item needs one of them "
+                              "to be found by")
     for tag_at, tag in enumerate(item.tags):
         check_id(tag, f"{field}.tags[{tag_at}]")
     return item

@@ -293,3 +293,40 @@ def test_a_bundle_that_cannot_take_changes_says_so(tmp_path):
             assert admin.GetStatus(pb.GetStatusRequest(), metadata=AUTH).event_log_sequence == 0  # nothing logged
     finally:
         server.stop(0)
+
+
+def test_the_python_client_and_the_cli(live, tmp_path, capsys):
+    from tandem.server.cli import main
+    from tandem.server.client import TandemClient, TandemError
+
+    addr = f"127.0.0.1:{live.server.port}"
+    with TandemClient(addr, token=TOKEN, timeout=60) as client:
+        r = client.upsert_items([{"item_id": "live-cli-1", "title": "Client-sent tourmaline bath salts",
+                                  "category": ["Beauty", "Bath"], "tags": "bath|salt", "price": "4.5"}])
+        assert (r.upserted, r.added) == (1, 1)
+        got = client.get_item("live-cli-1")
+        assert (got.category, got.tags, got.price, got.in_stock) == ("Beauty > Bath", ("bath", "salt"), 4.5, True)
+        with pytest.raises(TandemError) as info:
+            client.upsert_items([got, {"item_id": "live-cli-bad", "title": "x", "price": -1}])
+        assert info.value.code == "INVALID_ARGUMENT" and info.value.field == "items[1].price"
+        assert client.stream_upsert_items([got]).upserted == 1
+        assert client.delete_items(["live-cli-1"]).deleted == 1
+    with TandemClient(addr, timeout=10) as anonymous, pytest.raises(TandemError) as info:
+        anonymous.delete_items(["x"])
+    assert info.value.code == "UNAUTHENTICATED"
+
+    rows = tmp_path / "items.jsonl"
+    rows.write_text('{"item_id": "live-cli-2", "title": "Jsonl-loaded garnet foot balm", "in_stock": false}\n\n'
+                    '{"item_id": "live-cli-3", "title": "Jsonl-loaded jasper foot file"}\n')
+    assert main(["upsert-items", "--addr", addr, "--token", TOKEN, "--file", str(rows), "--batch", "1"]) == 0
+    assert "upserted 2 item(s), 2 new" in capsys.readouterr().out
+    assert live.search("Jsonl-loaded jasper foot file", k=1) == ["live-cli-3"]
+    assert not live.t.GetItem(pb.GetItemRequest(item_id="live-cli-2")).in_stock
+    assert main(["delete-items", "--addr", addr, "--token", TOKEN, "--items", "live-cli-2,live-cli-3,nope",
+                 "--json"]) == 0
+    assert '"deleted": 2, "unknown": 1' in capsys.readouterr().out
+    assert "live-cli-3" not in live.search("Jsonl-loaded jasper foot file", k=20)
+    rows.write_text('{"item_id": "live-cli-4", "title": "ok"}\nnot json\n')
+    assert main(["upsert-items", "--addr", addr, "--token", TOKEN, "--file", str(rows)]) != 0
+    assert "line 2: not JSON" in capsys.readouterr().err
+    assert _code(lambda: live.t.GetItem(pb.GetItemRequest(item_id="live-cli-4")))[0] == grpc.StatusCode.NOT_FOUND
