@@ -124,6 +124,23 @@ class _Load:
             t.join(15)
 
 
+def _encode_floor(bundle: Path, n: int = 20) -> dict[str, float]:
+    """The bundle's text encoder on one short text at a time, in this process (no server, no load
+    of ours): the part of an UpsertItems that no index work can remove."""
+    from tandem.retrieval.text_tower import TextEncoder, TextEncoderConfig
+
+    meta = json.loads((bundle / "sources" / "text" / "text_source.json").read_text())
+    encoder = TextEncoder(TextEncoderConfig(**meta["config"]["encoder"]))
+    encoder.encode(["warm up"])
+    rng, times = random.Random(5), []
+    for _ in range(n):
+        text = f"{_word(rng)} {_word(rng)} {_word(rng)} serum. a {_word(rng)} fresh arrival"
+        t0 = time.perf_counter()
+        encoder.encode([text])
+        times.append(time.perf_counter() - t0)
+    return _pct(times)
+
+
 def run(bundles: Path, work: Path, new: int, concurrency: int, rate: float, baseline_s: float) -> dict:
     import grpc
 
@@ -143,7 +160,8 @@ def run(bundles: Path, work: Path, new: int, concurrency: int, rate: float, base
                              "--port", str(port), "--token", TOKEN], cwd=ROOT, env=env, stdout=log,
                             stderr=subprocess.STDOUT)
     addr, auth = f"127.0.0.1:{port}", (("authorization", f"Bearer {TOKEN}"),)
-    out: dict = {"bundle": source.name, "new_items": new, "concurrency": concurrency, "rate_per_thread": rate}
+    out: dict = {"bundle": source.name, "new_items": new, "concurrency": concurrency, "rate_per_thread": rate,
+                 "encode_one_text_floor": _encode_floor(source), "load_average": os.getloadavg()[0]}
     try:
         ch = grpc.insecure_channel(addr)
         grpc.channel_ready_future(ch).result(timeout=300)

@@ -11,7 +11,8 @@ a consistent snapshot, and the caller swaps the whole set at once (copy-on-write
 - ``two_tower``: a content-only item vector (text projection + tag, category, brand and price
   embeddings of the trained item tower; the id embedding is absent for an item it never saw,
   kept for a known item whose attributes changed), then the same output layer as every item.
-- ``lexical``: BM25 refitted on the whole catalog (its IDF depends on every document).
+- ``lexical``: the BM25 matrix's entries of new and changed documents replaced (scored with the
+  index's own statistics; see :func:`_grow_lexical`).
 - ``item_cf``, ``user_cf``, ``popularity``: padded with empty rows / zeros (a new item has no
   behaviour yet; events recorded later reach it only through the user's history).
 
@@ -86,11 +87,69 @@ def _grow_text(source: Any, catalog: Catalog, text_rows: np.ndarray, attr_rows: 
     return new  # the query cache (query -> vector) is shared: it does not depend on the items
 
 
+_AVGDL_SAMPLE = 300  # documents tokenized to estimate the average length (the index does not keep it)
+
+
 def _grow_lexical(source: Any, catalog: Catalog, text_rows: np.ndarray, attr_rows: np.ndarray,
                   text_vectors: np.ndarray) -> Any:
-    if not text_rows.size and source.n_items == len(catalog):
+    """The BM25 matrix with the ``text_rows`` documents' entries replaced, in O(entries) numpy work
+    (a refit would re-tokenize the whole catalog). New and changed documents are scored with the
+    index's statistics: the Lucene IDF from its document frequencies (plus the new documents' own
+    terms, new terms included) and an average length estimated once from a sample of documents;
+    the other documents keep their scores. A rebuild recomputes every statistic."""
+    n2 = len(catalog)
+    if not text_rows.size and source.n_items == n2:
         return source
-    return type(source)(source.config).fit(catalog)
+    bm25 = source._bm25
+    if bm25 is None or not source._vocab or getattr(bm25, "method", "") != "lucene" or bm25.nonoccurrence_array is not None:
+        return type(source)(source.config).fit(catalog)
+    old = bm25.scores
+    data, indices, indptr = np.asarray(old["data"]), np.asarray(old["indices"]), np.asarray(old["indptr"])
+    n_old, n_vocab = int(old["num_docs"]), indptr.shape[0] - 1
+    avgdl = getattr(source, "_avgdl", None)
+    if avgdl is None:
+        rng = np.random.default_rng(0)
+        sample = rng.choice(n_old, min(n_old, _AVGDL_SAMPLE), replace=False) if n_old else []
+        docs = source._tokenize([source.document(catalog, int(i)) for i in sample])
+        avgdl = float(np.mean([len(d) for d in docs])) if len(docs) else 1.0
+        source._avgdl = avgdl  # a cache only: later changes of the same index reuse the estimate
+    vocab = dict(source._vocab)
+    docs = source._tokenize([source.document(catalog, int(i)) for i in text_rows])
+    rows, cols, tfs, lengths = [], [], [], []
+    for row, tokens in zip(text_rows, docs, strict=True):
+        counts: dict[int, int] = {}
+        for t in tokens:
+            tid = vocab.setdefault(t, len(vocab))
+            counts[tid] = counts.get(tid, 0) + 1
+        rows += [int(row)] * len(counts)
+        cols += list(counts)
+        tfs += list(counts.values())
+        lengths += [len(tokens)] * len(counts)
+    n_vocab2 = len(vocab)
+    token_of = np.repeat(np.arange(n_vocab, dtype=np.int64), np.diff(indptr))
+    keep = ~np.isin(indices, text_rows)  # a changed document's old entries go
+    df = np.zeros(n_vocab2, dtype=np.float64)
+    df[:n_vocab] = np.diff(indptr)
+    df -= np.bincount(token_of[~keep], minlength=n_vocab2)
+    cols_a = np.asarray(cols, dtype=np.int64)
+    df += np.bincount(cols_a, minlength=n_vocab2)
+    n_docs = float(n_old - np.unique(indices[~keep]).size + text_rows.size)
+    idf = np.log(1.0 + (n_docs - df[cols_a] + 0.5) / (df[cols_a] + 0.5))
+    tf = np.asarray(tfs, dtype=np.float64)
+    k1, b = bm25.k1, bm25.b
+    fresh = idf * tf / (tf + k1 * (1 - b + b * np.asarray(lengths, dtype=np.float64) / avgdl))
+    matrix = sp.csc_matrix((np.concatenate([data[keep], fresh.astype(data.dtype)]),
+                            (np.concatenate([indices[keep].astype(np.int64), np.asarray(rows, dtype=np.int64)]),
+                             np.concatenate([token_of[keep], cols_a]))), shape=(n2, n_vocab2), dtype=data.dtype)
+    matrix.sort_indices()
+    grown = copy.copy(bm25)
+    grown.scores = {"data": matrix.data, "indices": matrix.indices.astype(indices.dtype),
+                    "indptr": matrix.indptr.astype(indptr.dtype), "num_docs": n2}
+    grown.vocab_dict = vocab
+    grown.unique_token_ids_set = set(vocab.values())
+    new = copy.copy(source)
+    new._bm25, new._vocab, new.n_items, new._avgdl = grown, dict(vocab), n2, avgdl
+    return new
 
 
 def _grow_popularity(source: Any, catalog: Catalog, text_rows: np.ndarray, attr_rows: np.ndarray,
