@@ -138,6 +138,10 @@ class Pipeline:
         the request, on known items), and whether that history is empty. Only the stored history
         gets the user's memo: a history extended by the request is nobody else's."""
         hist, version = self.histories.get_versioned(user_id)
+        newer = len(hist) and int(hist.items.max()) >= self.n_items
+        if newer:  # an item a live catalog change added after this engine was replaced (shared histories)
+            known = hist.items < self.n_items
+            hist = UserHistory(hist.items[known], hist.ts[known], hist.events[known])
         ctx_items = [self.catalog.index.get(e.item_id) for e in context]
         keep = [(i, e) for i, e in zip(ctx_items, context, strict=True) if i is not None]
         if keep:
@@ -146,7 +150,8 @@ class Pipeline:
                 np.array([e.ts for _, e in keep], dtype=np.int64),
                 np.array([EVENT_CODE.get(e.event, 3) for _, e in keep], dtype=np.int8),
             )
-        memo = self.memos.get(user_id, version) if user_id is not None and len(hist) and not keep else None
+        memo = (self.memos.get(user_id, version) if user_id is not None and len(hist) and not keep and not newer
+                else None)
         req = RetrievalRequest(history=hist.items, history_ts=hist.ts, history_events=hist.events, query=query,
                                user_id=user_id, now=self._now(hist), memo=memo)
         return req, len(hist) == 0

@@ -90,3 +90,19 @@ def test_the_content_vector_is_the_trained_item_tower_without_its_id_part(engine
     assert grown.encode_items().shape[0] == new.n_items
     # and it answers SimilarItems from that vector
     assert "twin-of-11" in _ids(new.similar_items(SimilarRequest(item_id=item.item_id, k=10)))
+
+
+def test_an_engine_replaced_by_a_change_still_answers_a_history_holding_a_newer_item(engine):
+    """The user histories are shared: a request that took the old engine just before a change (e.g.
+    while it waited for a compute slot) may read a history with an event on an item only the new
+    engine has. The old engine answers without it instead of failing."""
+    from tandem.ranking.api import RecommendRequest
+    from tandem.retrieval.data import Event
+
+    new, _ = apply_catalog_changes(engine, [CatalogChange.upsert(Item("race-1", "Race condition opal comb"))])
+    user = engine.histories.most_recent_users(1)[0]
+    assert new.record_events([Event(user, "race-1", engine.table.now + 10)]) == 1
+    old_answer = engine.recommend(RecommendRequest(user_id=user, k=10))
+    assert "race-1" not in _ids(old_answer) and len(old_answer.items) == 10
+    assert _ids(engine.search(SearchRequest(query="opal comb", user_id=user, k=5)))
+    assert "race-1" not in _ids(new.recommend(RecommendRequest(user_id=user, k=10)))  # seen: excluded
