@@ -488,6 +488,7 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
             seq, counts = self.calls.manager.change_catalog(changes, _still_wanted(context, what))
         except CatalogUnsupported as exc:
             raise CannotAnswerError(str(exc)) from None
+        self.calls.metrics.bundle_items.set(self.calls.manager.engine.n_items)  # rows, deleted ones included
         return seq, counts
 
     def UpsertItems(self, request, context):
