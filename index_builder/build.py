@@ -417,7 +417,8 @@ def _library_versions() -> dict[str, str]:
 
 def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
           extra_events: Iterable[Event] | None = None, strict: bool = False,
-          event_log: dict | None = None, engine: Any = None, make_current: bool = True) -> BuildResult:
+          event_log: dict | None = None, engine: Any = None, make_current: bool = True,
+          catalog_edits: list | None = None) -> BuildResult:
     """The whole offline job; returns the result with ``folder`` set to the new bundle.
 
     ``config.from_bundle`` set: an incremental build from that earlier bundle
@@ -427,7 +428,9 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
 
     ``event_log`` says which events of the server's event log ``extra_events`` holds (what
     :func:`tandem.index_builder.event_log_reader.event_log_mark` returns); the manifest keeps it
-    as ``event_log`` so that the server replays exactly the later ones. None: the bundle includes
+    as ``event_log`` so that the server replays exactly the later ones; ``catalog_edits`` are the
+    log's live catalog changes up to the same position (upserts override catalog rows, deletes
+    remove items). None: the bundle includes
     no logged event (``{"seq": 0}``), and the server replays the whole log into it.
 
     ``engine``: None runs every stage here (the local engine); a
@@ -443,8 +446,12 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
         log.info("incremental build from bundle %s (%s)", warm.previous.version, warm.previous.folder)
     with timer.stage("clean"):
         if engine is None:
-            clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
+            clean = load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events,
+                                 catalog_edits=catalog_edits)
         else:
+            if catalog_edits:
+                raise ValueError("the event log holds live catalog changes, which --engine spark does not read yet; "
+                                 "build with --engine local")
             clean = engine.load_dataset(data_dir, config.cleaning, strict=strict, extra_events=extra_events)
     result = fit_pipeline(clean, config, timer, engine=engine, warm=warm)
     queries = load_queries(data_dir, clean.catalog)

@@ -47,19 +47,26 @@ _log = logging.getLogger(__name__)
 
 
 def load_dataset(data_dir: str | Path, config: CleaningConfig | None = None, strict: bool = False,
-                 extra_events: Iterable[Event] | None = None, now: float | None = None) -> CleanResult:
+                 extra_events: Iterable[Event] | None = None, now: float | None = None,
+                 catalog_edits: Iterable[tuple] | None = None) -> CleanResult:
     """Read, validate and clean a data folder (items, events; see docs/data.md). A folder
     without an events file gives empty interactions (a search-only shop).
 
     ``strict`` makes the first bad row a :class:`ReadError`; otherwise bad rows are skipped
     and counted in ``report.read``. ``extra_events`` (e.g. the server's event log) are appended
-    after the file's events and cleaned with them. Events dated more than
+    after the file's events and cleaned with them; ``catalog_edits`` (the log's live catalog
+    changes, :func:`~tandem.index_builder.event_log_reader.read_catalog_changes`) are applied to
+    the file's items first. Events dated more than
     ``config.max_future_s`` after ``now`` (default: the wall clock) are dropped.
     """
     config = CleaningConfig() if config is None else config
     files = find_data_files(data_dir)
     report = CleaningReport(data_dir=str(files.folder))
     items = read_catalog(files.items, config, strict, report)
+    if catalog_edits is not None:  # live catalog changes of the server's event log (UpsertItems, DeleteItems)
+        from tandem.index_builder.event_log_reader import apply_catalog_edits
+
+        items = apply_catalog_edits(items, catalog_edits)
 
     cols = EventColumns()
     stats = ReadStats()

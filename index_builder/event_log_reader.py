@@ -6,14 +6,16 @@ manifest's ``event_log``): the server replays only the later ones when it loads 
 
 from __future__ import annotations
 
+import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import quote
 
-from tandem.retrieval.data import EVENT_TYPES, Event
+from tandem.retrieval.data import EVENT_TYPES, Event, Item
 
-__all__ = ["read_event_log", "event_log_mark", "FINGERPRINT_COLUMNS"]
+__all__ = ["read_event_log", "event_log_mark", "FINGERPRINT_COLUMNS", "read_catalog_changes", "apply_catalog_edits",
+           "CatalogEdit"]
 
 #: the columns of the last included row that the manifest records; with ``received_at`` (the
 #: server's clock when it logged the event) they tell this log, a backup or a recovery of it
@@ -69,3 +71,53 @@ def read_event_log(path: str | Path, batch: int = 10_000, upto_seq: int | None =
                     yield Event(str(user), str(item), int(ts), event, None if value is None else float(value))
     finally:
         conn.close()
+
+
+#: a live catalog change as the build reads it: ("upsert", item_id, the row) or ("delete", item_id, None)
+CatalogEdit = tuple[str, str, Item | None]
+
+
+def read_catalog_changes(path: str | Path, upto_seq: int | None = None) -> list[CatalogEdit]:
+    """The live catalog changes (UpsertItems, DeleteItems) logged with ``seq <= upto_seq``, in log
+    order: rows whose ``event`` is "catalog.upsert" (``payload`` the item row as JSON, checked
+    again like a catalog file row) or "catalog.delete". A log without a ``payload`` column (written
+    before live catalog changes existed) has none."""
+    from tandem.index_builder.row_parsing import BadField, parse_item
+
+    path = Path(path)
+    conn = _connect(path)
+    try:
+        try:
+            if "payload" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
+                return []
+            rows = conn.execute("SELECT seq, event, item_id, payload FROM events WHERE seq <= ? AND payload IS NOT NULL "
+                                "ORDER BY seq", (2**62 if upto_seq is None else int(upto_seq),)).fetchall()
+        except sqlite3.DatabaseError as exc:
+            raise ValueError(f"{path} is not a Tandem event log ({exc})") from None
+    finally:
+        conn.close()
+    out: list[CatalogEdit] = []
+    for seq, event, item_id, payload in rows:
+        if event == "catalog.delete":
+            out.append(("delete", str(item_id), None))
+        elif event == "catalog.upsert":
+            try:
+                item = parse_item(json.loads(payload))
+            except (BadField, json.JSONDecodeError, TypeError) as exc:
+                raise ValueError(f"{path}: the catalog row at sequence {seq} cannot be read ({exc}); "
+                                 "see `tandem events check`") from None
+            out.append(("upsert", item.item_id, item))
+    return out
+
+
+def apply_catalog_edits(items: list[Item], edits: Iterable[CatalogEdit]) -> list[Item]:
+    """Catalog file rows with the live changes applied in order: an upsert replaces the row of its
+    id (in place) or is appended, a delete removes the row."""
+    by_id = {item.item_id: item for item in items}
+    for kind, item_id, item in edits:
+        if kind == "delete":
+            by_id.pop(item_id, None)
+        else:
+            assert item is not None
+            by_id[item_id] = item
+    return list(by_id.values())

@@ -14,8 +14,10 @@ __all__ = ["FilterIndex", "apply_filters"]
 class FilterIndex:
     """Per-item arrays the filters need, built once per bundle."""
 
-    def __init__(self, catalog: Catalog) -> None:
+    def __init__(self, catalog: Catalog, removed: np.ndarray | None = None) -> None:
         self.catalog = catalog
+        #: bool (n,) items deleted by a live catalog change: they never pass (None: none deleted)
+        self.removed = removed if removed is not None and removed.any() else None
         self.prices = catalog.prices
         self.in_stock = catalog.in_stock
         self.categories = np.array(catalog.categories, dtype=object)
@@ -24,7 +26,7 @@ class FilterIndex:
     def keep_mask(self, items: np.ndarray, filters: Filters, exclude: np.ndarray | IdSet | None = None) -> np.ndarray:
         """bool (m,) for candidate catalog indices ``items`` int64 (m,); ``exclude`` item indices
         (or a request's ready-made :class:`IdSet` of them) never pass."""
-        keep = np.ones(items.shape[0], dtype=bool)
+        keep = np.ones(items.shape[0], dtype=bool) if self.removed is None else ~self.removed[items]
         if isinstance(exclude, IdSet):
             if exclude.size:
                 keep &= ~exclude.contains(items)

@@ -33,6 +33,7 @@ from tandem.ranking.features import feature_names
 from tandem.ranking.featurize import Featurizer
 from tandem.ranking.history import DEFAULT_USER_MEMOS, HistoryStore, UserHistory, UserMemos
 from tandem.ranking.item_table import ItemTable
+from tandem.ranking.live_catalog import CatalogChange, apply_catalog_changes
 from tandem.ranking.pipeline_config import KINDS, PipelineConfig
 from tandem.ranking.ranker import Ranker
 from tandem.ranking.request_context import RequestContext
@@ -73,8 +74,11 @@ class Pipeline:
         version: str = "dev",
         built_at: int = 0,
         user_memos: int = DEFAULT_USER_MEMOS,
+        removed: np.ndarray | None = None,
     ) -> None:
         self.catalog = catalog
+        #: bool (n_items,) rows deleted by live catalog changes (ranking.live_catalog), or None
+        self.removed = removed
         self.sources = dict(sources)
         self.table = table
         self.histories = histories
@@ -86,7 +90,7 @@ class Pipeline:
         self.retriever = Retriever(self.sources, self.config)
         self._search_only = not behavioural(self.sources)
         self.featurizer = Featurizer(table, self.sources)
-        self.responder = Responder(catalog, table, self.config.explain_features)
+        self.responder = Responder(catalog, table, self.config.explain_features, removed)
         self.filter_index = self.responder.filter_index
         self._local = threading.local()  # per-thread request stats (see ``stats``)
         #: cap of the live item-CF's sequence entries (retrieval/item_cf_live.py); 0: item-CF stays the bundle's
@@ -160,12 +164,21 @@ class Pipeline:
                     live = source.live = LiveItemCF(source, user_index, indptr, items, ts, self.item_cf_live_entries)
         return live
 
+    def apply_catalog(self, changes: Sequence[CatalogChange]) -> tuple[Pipeline, dict[str, int]]:
+        """A new pipeline serving this one's catalog with ``changes`` applied in order (this one is
+        left as it is: requests holding it finish on it); see :mod:`tandem.ranking.live_catalog`."""
+        return apply_catalog_changes(self, changes)
+
     def user_request(self, user_id: str | None, query: str | None = None,
                      context: Sequence[Event] = ()) -> tuple[RetrievalRequest, bool]:
         """The retrieval request for a user's stored history (plus ``context`` events sent with
         the request, on known items), and whether that history is empty. Only the stored history
         gets the user's memo: a history extended by the request is nobody else's."""
         hist, version = self.histories.get_versioned(user_id)
+        newer = len(hist) and int(hist.items.max()) >= self.n_items
+        if newer:  # an item a live catalog change added after this engine was replaced (shared histories)
+            known = hist.items < self.n_items
+            hist = UserHistory(hist.items[known], hist.ts[known], hist.events[known])
         ctx_items = [self.catalog.index.get(e.item_id) for e in context]
         keep = [(i, e) for i, e in zip(ctx_items, context, strict=True) if i is not None]
         if keep:
@@ -174,7 +187,8 @@ class Pipeline:
                 np.array([e.ts for _, e in keep], dtype=np.int64),
                 np.array([EVENT_CODE.get(e.event, 3) for _, e in keep], dtype=np.int8),
             )
-        memo = self.memos.get(user_id, version) if user_id is not None and len(hist) and not keep else None
+        memo = (self.memos.get(user_id, version) if user_id is not None and len(hist) and not keep and not newer
+                else None)
         req = RetrievalRequest(history=hist.items, history_ts=hist.ts, history_events=hist.events, query=query,
                                user_id=user_id, now=self._now(hist), memo=memo)
         return req, len(hist) == 0
@@ -316,7 +330,7 @@ class Pipeline:
         """A copy answering with a changed :class:`PipelineConfig` (shares the loaded models)."""
         out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers,
                        replace(self.config, **changes), version=self.version, built_at=self.built_at,
-                       user_memos=self.memos.capacity)
+                       user_memos=self.memos.capacity, removed=self.removed)
         out.item_cf_live_entries = self.item_cf_live_entries
         return out
 
@@ -326,7 +340,8 @@ class Pipeline:
         histories, so events recorded into either are seen by both, and the per-user memos (what
         the sources derive from a history alone, whatever the config)."""
         out = Pipeline(self.catalog, self.sources, self.table, self.histories, self.rankers if use_ranker else {},
-                       replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0)
+                       replace(self.config, **changes), version=self.version, built_at=self.built_at, user_memos=0,
+                       removed=self.removed)
         out.memos = self.memos
         out.item_cf_live_entries = self.item_cf_live_entries
         return out

@@ -23,11 +23,12 @@ CALLER_SOURCE = "candidates"
 class Responder:
     """The catalog side of one bundle: item ids and titles, the filter index, popularity."""
 
-    def __init__(self, catalog: Catalog, table: ItemTable, explain_features: int = 3) -> None:
+    def __init__(self, catalog: Catalog, table: ItemTable, explain_features: int = 3,
+                 removed: np.ndarray | None = None) -> None:
         self.catalog = catalog
         self.table = table
         self.explain_features = explain_features
-        self.filter_index = FilterIndex(catalog)
+        self.filter_index = FilterIndex(catalog, removed)
 
     def respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: IdSet | None,
                 cold: bool, ranker: Ranker | None, version: str, *, backfill: bool = True) -> Response:

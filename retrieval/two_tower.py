@@ -154,6 +154,8 @@ class TwoTower:
     @torch.no_grad()
     def encode_items(self) -> np.ndarray:
         """float32 (n_items, dim): every catalog item's vector, row = catalog index."""
+        if getattr(self, "_vectors_final", False):  # grown by live catalog changes (retrieval.live_items)
+            return self._item_vectors  # type: ignore[return-value]
         net = self._require()
         return np.ascontiguousarray(net.item_out(self._table()[1:]).numpy(), dtype=np.float32)
 

@@ -31,9 +31,11 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 from tandem.ranking.api import CannotAnswerError, Engine, RecommendRequest, SearchRequest, SimilarRequest
+from tandem.ranking.live_catalog import CatalogChange
 from tandem.retrieval.bundle import current_bundle, list_bundles, read_manifest
 from tandem.retrieval.data import Event
-from tandem.server.event_log import EventLog
+from tandem.server.event_log import CatalogRow, EventLog
+from tandem.server.live_catalog import CatalogUnsupported, apply_changes, catalog_rows, replay_entries
 
 __all__ = ["BundleManager", "check_version_name", "warm_request_paths"]
 
@@ -145,16 +147,31 @@ class BundleManager:
 
     # -- loading --------------------------------------------------------------------------
     @staticmethod
-    def _apply(engine: Engine, events: Iterable[Event]) -> int:
-        applied, batch = 0, []
-        for ev in events:
-            batch.append(ev)
-            if len(batch) >= _REPLAY_BATCH:
-                applied += engine.record_events(batch)
-                batch = []
-        if batch:
-            applied += engine.record_events(batch)
-        return applied
+    def _apply(engine: Engine, entries: Iterable[Event | CatalogRow]) -> tuple[Engine, int]:
+        """Replay events and live catalog changes in log order (a catalog change gives a new engine)."""
+        return replay_entries(engine, entries, _REPLAY_BATCH)
+
+    def change_catalog(self, changes: Sequence[CatalogChange],
+                       before_commit: Callable[[], None] | None = None) -> tuple[int, dict[str, int]]:
+        """Apply live catalog changes: the new engine is built first (nothing is logged when that
+        fails), the changes are logged durably, then the engine reference is swapped, all under the
+        ingestion lock, so that they take the same place among events in the log and in the engine.
+        Returns ``(log position, counts)``; raises :class:`CatalogUnsupported`."""
+        with self._ingest_lock:
+            engine = self.engine
+            if engine is None:
+                raise CatalogUnsupported("no bundle is loaded yet; retry shortly")
+            new, counts = apply_changes(engine, changes)
+            pinned = {v: apply_changes(e, changes)[0] for v, e in self.pinned.items()}
+            if self.event_log is not None:
+                seq = self.event_log.append_catalog(catalog_rows(changes), before_commit)
+            else:
+                if before_commit is not None:
+                    before_commit()
+                seq = 0
+            self.engine = new
+            self.pinned.update(pinned)
+        return seq, counts
 
     def bundle_folder(self, version: str) -> Path:
         """``<root>/<version>`` when it is a bundle folder (one holding a manifest); else
@@ -196,7 +213,8 @@ class BundleManager:
                 # events acknowledged while the bulk replay ran: apply them before anything else
                 # can be logged, then swap, so none is lost between the two engines
                 try:
-                    replayed += self._catch_up(engine, since_ts, received, after, mark)
+                    engine, caught = self._catch_up(engine, since_ts, received, after, mark)
+                    replayed += caught
                 except Exception as exc:  # noqa: BLE001
                     return False, self._refuse(target, exc)
                 old = self.engine
@@ -221,7 +239,7 @@ class BundleManager:
             # every acknowledged event must be readable, or nothing is served from the log
             self.event_log.check_range(0, mark)
             after, since_ts, received = self._replay_from(folder, manifest, engine)
-            replayed = self._apply(engine, self.event_log.iter_events(
+            engine, replayed = self._apply(engine, self.event_log.iter_entries(
                 since_ts, received, after_seq=after, upto_seq=mark))
         warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
         if warm is not None and self.warm_users is not None:
@@ -235,12 +253,13 @@ class BundleManager:
                  item, time.perf_counter() - t1)
         return engine, since_ts, received, after, mark, replayed
 
-    def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int, mark: int) -> int:
-        """Apply the events logged after ``mark`` (call under the ingestion lock)."""
+    def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int,
+                  mark: int) -> tuple[Engine, int]:
+        """Apply the events and catalog changes logged after ``mark`` (call under the ingestion lock)."""
         if self.event_log is None:
-            return 0
+            return engine, 0
         self.event_log.check_range(mark, self.event_log.position())
-        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after)))
+        return self._apply(engine, self.event_log.iter_entries(since_ts, received, after_seq=max(mark, after)))
 
     def load_pinned(self, version: str) -> Engine:
         """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the
@@ -251,7 +270,8 @@ class BundleManager:
             folder = self.bundle_folder(version)
             engine, since_ts, received, after, mark, replayed = self._prepare(folder)
             with self._ingest_lock:
-                replayed += self._catch_up(engine, since_ts, received, after, mark)
+                engine, caught = self._catch_up(engine, since_ts, received, after, mark)
+                replayed += caught
                 self.pinned[version] = engine
             log.info("bundle %s pinned beside the serving one (%d logged events replayed)", version, replayed)
             return engine

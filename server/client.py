@@ -76,6 +76,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from tandem.server._generated import tandem_pb2 as pb
 from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tandem.server.client_types import (
+    CatalogChanged,
     Event,
     Explanation,
     FeatureContribution,
@@ -87,9 +88,11 @@ from tandem.server.client_types import (
     ScoredItem,
     SourceHit,
     Status,
+    changed_from_pb,
     event_to_pb,
     filters_to_pb,
     item_from_pb,
+    item_to_pb,
     recorded_from_pb,
     reloaded_from_pb,
     results_from_pb,
@@ -97,6 +100,7 @@ from tandem.server.client_types import (
 )
 
 __all__ = ["TandemClient", "AsyncTandemClient", "TandemError", "RetryPolicy", "NO_RETRY", "IDEMPOTENT_RPCS",
+           "CatalogChanged",
            "RETRIED_CODES", "Filters", "Event", "Results", "ScoredItem", "Explanation", "SourceHit",
            "FeatureContribution", "Recorded", "Item", "Reloaded", "Status", "parse_field"]
 
@@ -472,6 +476,31 @@ class TandemClient(_Base):
     def status(self, *, timeout: float | None = None) -> Status:
         """The serving bundle, its counts, uptime and event-log position. Needs the token."""
         return status_from_pb(self._call("GetStatus", self._admin.GetStatus, pb.GetStatusRequest(), timeout))
+
+    def upsert_items(self, items: Iterable[Item | dict], *, request_id: str = "",
+                     timeout: float | None = None) -> CatalogChanged:
+        """Add or replace catalog rows (at most 10,000; :class:`Item` or dicts of a catalog JSONL
+        row), all or nothing: a bad row raises ``TandemError("INVALID_ARGUMENT")`` naming
+        ``items[i].field``. Durable when it returns; searchable from the next call. Needs the token."""
+        request = _build("UpsertItems", lambda: pb.UpsertItemsRequest(items=[item_to_pb(i) for i in items],
+                                                                      request_id=request_id))
+        return changed_from_pb(self._call("UpsertItems", self._admin.UpsertItems, request, timeout))
+
+    def stream_upsert_items(self, items: Iterable[Item | dict], *, timeout: float | None = None) -> CatalogChanged:
+        """:meth:`upsert_items` as a client stream (at most 100,000 rows, applied when it ends)."""
+        t = self.timeout if timeout is None else timeout
+        messages = [item_to_pb(i) for i in items]  # a row the client cannot convert fails before sending
+        try:
+            resp = self._admin.StreamUpsertItems(iter(messages), timeout=t, metadata=self._metadata)
+        except grpc.RpcError as exc:
+            raise TandemError.from_rpc_error(exc, "StreamUpsertItems") from None
+        return changed_from_pb(resp)
+
+    def delete_items(self, item_ids: Iterable[str], *, request_id: str = "",
+                     timeout: float | None = None) -> CatalogChanged:
+        """Remove items (at most 10,000 ids): never returned again by any RPC. Needs the token."""
+        request = _build("DeleteItems", lambda: pb.DeleteItemsRequest(item_ids=list(item_ids), request_id=request_id))
+        return changed_from_pb(self._call("DeleteItems", self._admin.DeleteItems, request, timeout))
 
     def health(self, service: str = "", *, timeout: float | None = None) -> str:
         """The standard health check: ``"SERVING"`` or ``"NOT_SERVING"`` (while draining).

@@ -13,7 +13,8 @@ from tandem.server._generated import tandem_pb2 as pb
 
 __all__ = ["Filters", "Event", "SourceHit", "FeatureContribution", "Explanation", "ScoredItem", "Results",
            "Recorded", "Item", "Reloaded", "Status", "filters_to_pb", "event_to_pb", "results_from_pb",
-           "recorded_from_pb", "item_from_pb", "reloaded_from_pb", "status_from_pb"]
+           "recorded_from_pb", "item_from_pb", "reloaded_from_pb", "status_from_pb", "CatalogChanged", "item_to_pb",
+           "changed_from_pb"]
 
 
 def _f32(value: float) -> float:
@@ -206,3 +207,50 @@ def reloaded_from_pb(m: pb.ReloadBundleResponse) -> Reloaded:
 def status_from_pb(m: pb.GetStatusResponse) -> Status:
     return Status(m.bundle_version, m.items, m.users, m.uptime_seconds, m.event_log_sequence, m.last_reload_error,
                   m.bundle_built_at)
+
+
+@dataclass(frozen=True)
+class CatalogChanged:
+    """The answer of UpsertItems, StreamUpsertItems and DeleteItems."""
+
+    upserted: int                          # rows applied (UpsertItems)
+    added: int                             # of them, items the catalog did not have
+    deleted: int                           # items removed (DeleteItems)
+    unknown: int                           # deleted ids the catalog did not have
+    last_sequence: int                     # event-log position after the change
+
+
+_ITEM_FIELDS = ("item_id", "title", "description", "category", "brand", "price", "tags", "in_stock")
+
+
+def item_to_pb(item: Item | dict) -> pb.Item:
+    """A catalog row for UpsertItems: an :class:`Item` or a dict with its fields (a catalog JSONL
+    row; ``in_stock`` defaults to true, ``tags`` may be a list or one "|"-separated string)."""
+    if isinstance(item, dict):
+        extra = sorted(set(item) - set(_ITEM_FIELDS))
+        if extra:
+            raise ValueError(f"unknown item field(s) {', '.join(extra)}; expected some of {', '.join(_ITEM_FIELDS)}")
+        tags = item.get("tags") or ()
+        if isinstance(tags, str):
+            tags = [t for t in tags.split("|") if t.strip()]
+        price = item.get("price")
+        m = pb.Item(item_id=str(item.get("item_id", "")), title=str(item.get("title") or ""),
+                    description=str(item.get("description") or ""),
+                    category=" > ".join(item["category"]) if isinstance(item.get("category"), list)
+                    else str(item.get("category") or ""),
+                    brand=str(item.get("brand") or ""), tags=[str(t) for t in tags],
+                    in_stock=bool(item.get("in_stock", True)))
+        if price is not None and price != "":
+            m.price = float(price)
+        return m
+    m = pb.Item(item_id=item.item_id, title=item.title, description=item.description, category=item.category,
+                brand=item.brand, tags=list(item.tags), in_stock=item.in_stock)
+    if item.price is not None:
+        m.price = item.price
+    return m
+
+
+def changed_from_pb(m: pb.UpsertItemsResponse | pb.DeleteItemsResponse) -> CatalogChanged:
+    if isinstance(m, pb.DeleteItemsResponse):
+        return CatalogChanged(0, 0, m.deleted, m.unknown, m.last_sequence)
+    return CatalogChanged(m.upserted, m.added, 0, 0, m.last_sequence)

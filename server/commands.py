@@ -137,6 +137,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--version", default="", metavar="VERSION", dest="bundle_version",
                    help="the bundle folder name under the server's --bundles (default: whatever CURRENT names)")
     p.set_defaults(handler=_rpc(_reload))
+    p = client("upsert-items", "add or replace catalog items of a running server (live, no rebuild)",
+               "The admin service's UpsertItems (needs the token when the server has one): catalog rows as in a "
+               "catalog JSONL file (docs/data.md), applied in batches; each batch is all or nothing, durable and "
+               "searchable from the next call once acknowledged.")
+    p.add_argument("--file", required=True, metavar="JSONL",
+                   help="the rows, one JSON object a line ('-' reads stdin) (required)")
+    p.add_argument("--batch", type=int, default=1000, metavar="N", help="rows per call, 1..10000 (default 1000)")
+    p.set_defaults(handler=_rpc(_upsert_items))
+    p = client("delete-items", "remove catalog items from a running server (live, no rebuild)",
+               "The admin service's DeleteItems (needs the token when the server has one): the items are never "
+               "returned again; GetItem and SimilarItems of them answer NOT_FOUND.")
+    p.add_argument("--items", required=True, metavar="FILE|IDS",
+                   help="a file with one item id per line ('-' reads stdin), or ids separated by commas (required)")
+    p.set_defaults(handler=_rpc(_delete_items))
 
 
 _CLIENT_EPILOG = (" An RPC error exits with status 1 and prints CODE: message on stderr. Read-only calls, and "
@@ -296,6 +310,50 @@ def _get_item(args, client) -> int:
 
 def _status(args, client) -> int:
     _print(args, client.status())
+    return 0
+
+
+def read_item_rows(path: str) -> list[dict]:
+    """``--file``: one JSON object a line (blank lines skipped); a bad line raises ValueError naming it."""
+    text = sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} line {n}: not JSON ({exc.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{path} line {n}: expected a JSON object (one catalog row), got {type(row).__name__}")
+        rows.append(row)
+    return rows
+
+
+def _upsert_items(args, client) -> int:
+    if not 1 <= args.batch <= 10_000:
+        raise ValueError(f"--batch must be 1..10000, got {args.batch}")
+    rows = read_item_rows(args.file)
+    upserted = added = seq = 0
+    for start in range(0, len(rows), args.batch):
+        resp = client.upsert_items(rows[start:start + args.batch])
+        upserted, added, seq = upserted + resp.upserted, added + resp.added, resp.last_sequence
+    if args.json:
+        print(json.dumps({"upserted": upserted, "added": added, "last_sequence": seq}))
+    else:
+        print(f"upserted {upserted} item(s), {added} new, log position {seq}")
+    return 0
+
+
+def _delete_items(args, client) -> int:
+    ids = read_candidates(args.items)
+    if not ids:
+        raise ValueError(f"--items {args.items!r} names no item ids")
+    resp = client.delete_items(ids)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(resp)))
+    else:
+        print(f"deleted {resp.deleted} item(s), {resp.unknown} unknown, log position {resp.last_sequence}")
     return 0
 
 

@@ -15,7 +15,8 @@ from tandem.retrieval.data import EVENT_TYPES, Event, Item
 from tandem.server._generated import tandem_pb2 as pb
 
 __all__ = ["InvalidArgument", "LIMITS", "REFUSAL_REASONS", "filters_from_pb", "search_from_pb", "recommend_from_pb",
-           "similar_from_pb", "candidates_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id"]
+           "similar_from_pb", "candidates_from_pb", "event_from_pb", "events_from_pb", "response_to_pb", "item_to_pb", "check_id",
+           "item_from_pb", "items_from_pb", "item_ids_from_pb"]
 
 LIMITS = {"k_max": 1000, "query_max": 1000, "id_max": 256, "events_max": 10_000, "filter_values_max": 1000,
           "future_skew_s": 86_400, "stream_events_max": 100_000, "candidates_max": 1000}
@@ -173,3 +174,44 @@ def item_to_pb(item: Item) -> pb.Item:
     if item.price is not None:
         m.price = item.price
     return m
+
+
+#: at most this many rows in one UpsertItems / DeleteItems (a stream: ``stream_events_max``)
+LIMITS["items_max"] = 10_000
+
+
+def item_from_pb(m: pb.Item, field: str) -> Item:
+    """One wire catalog row checked like a catalog file row (docs/data.md): the error names
+    ``field.<name>`` (e.g. ``items[3].price``)."""
+    from tandem.index_builder.row_parsing import BadField, parse_item
+
+    check_id(m.item_id, f"{field}.item_id")
+    rec = {"item_id": m.item_id, "title": m.title, "description": m.description, "category": m.category,
+           "brand": m.brand, "price": m.price if m.HasField("price") else None, "tags": list(m.tags),
+           "in_stock": m.in_stock}
+    try:
+        item = parse_item(rec)
+    except BadField as exc:
+        raise InvalidArgument(f"{field}.{exc.field} is invalid: {exc.message}") from None
+    if not (item.title or item.description):
+        raise InvalidArgument(f"{field}.title must not be empty when the description is: an item needs one of them "
+                              "to be found by")
+    for tag_at, tag in enumerate(item.tags):
+        check_id(tag, f"{field}.tags[{tag_at}]")
+    return item
+
+
+def items_from_pb(items, field: str = "items", limit: int | None = None) -> list[Item]:
+    """Every row checked; the first bad one refuses them all (the message names it)."""
+    items = list(items)
+    limit = LIMITS["items_max"] if limit is None else limit
+    if len(items) > limit:
+        raise InvalidArgument(f"{field} must have at most {limit} rows per call, got {len(items)}; split them")
+    return [item_from_pb(m, f"{field}[{i}]") for i, m in enumerate(items)]
+
+
+def item_ids_from_pb(ids, field: str = "item_ids") -> list[str]:
+    ids = list(ids)
+    if len(ids) > LIMITS["items_max"]:
+        raise InvalidArgument(f"{field} must have at most {LIMITS['items_max']} ids per call, got {len(ids)}")
+    return [check_id(v, f"{field}[{i}]") for i, v in enumerate(ids)]

@@ -22,12 +22,26 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 
 from tandem.retrieval.data import Event
 
 __all__ = ["EventLog", "EventLogDamaged", "FINGERPRINT_COLUMNS", "SCHEMA", "acked_path", "read_acked", "sqlite_uri",
-           "inspect_log", "lost_count"]
+           "inspect_log", "lost_count", "CATALOG_KINDS", "CatalogRow"]
+
+#: the ``event`` of a live catalog change's row (its ``payload`` holds the item row as JSON for an
+#: upsert, "{}" for a delete; ``user_id`` is ""). Event readers skip them (not an event type).
+CATALOG_KINDS = ("catalog.upsert", "catalog.delete")
+
+
+class CatalogRow(NamedTuple):
+    """A live catalog change as logged: ``kind`` one of :data:`CATALOG_KINDS`, the item id, and
+    the JSON ``payload`` (the item row of an upsert)."""
+
+    kind: str
+    item_id: str
+    payload: str
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -38,7 +52,8 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL,
     value REAL,
     received_at REAL NOT NULL,
-    event_id TEXT
+    event_id TEXT,
+    payload TEXT
 );
 CREATE INDEX IF NOT EXISTS events_ts ON events (ts);
 CREATE UNIQUE INDEX IF NOT EXISTS events_event_id ON events (event_id) WHERE event_id IS NOT NULL;
@@ -175,8 +190,11 @@ class EventLog:
         """Add what older logs lack (the event_id column and its index, the lost table)."""
         conn = self._conn
         if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
-            if "event_id" not in {r[1] for r in conn.execute("PRAGMA table_info(events)")}:
+            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+            if "event_id" not in columns:
                 conn.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+            if "payload" not in columns:
+                conn.execute("ALTER TABLE events ADD COLUMN payload TEXT")
         conn.executescript(SCHEMA)
 
     def _write_acked(self, seq: int) -> None:
@@ -321,13 +339,67 @@ class EventLog:
         try:
             cur = conn.execute(
                 "SELECT user_id, item_id, ts, event, value FROM events "
-                "WHERE seq > ? AND seq <= ? AND (? OR ts >= ? OR received_at >= ?) ORDER BY seq",
+                "WHERE seq > ? AND seq <= ? AND (? OR ts >= ? OR received_at >= ?) AND payload IS NULL ORDER BY seq",
                 (int(after_seq), 2**62 if upto_seq is None else int(upto_seq), everything,
                  since_ts if since_ts is not None else 2**62,
                  received_since if received_since is not None else float(2**62)))
             while rows := cur.fetchmany(batch):
                 for u, i, ts, ev, v in rows:
                     yield Event(u, i, int(ts), ev, v)
+        except sqlite3.DatabaseError as exc:
+            raise _damaged(self.path, f"reading it failed ({exc})") from None
+        finally:
+            conn.close()
+
+    def append_catalog(self, rows: Sequence[CatalogRow], before_commit: Callable[[], None] | None = None) -> int:
+        """Durably append live catalog changes in one transaction, in order; returns the log position.
+        ``before_commit`` as in :meth:`append_unique`."""
+        if not rows:
+            return self.position()
+        now = time.time()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"event log {self.path} is closed (the server is shutting down)")
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                for r in rows:
+                    if r.kind not in CATALOG_KINDS:
+                        raise ValueError(f"catalog row kind must be one of {CATALOG_KINDS}, got {r.kind!r}")
+                self._conn.executemany(
+                    "INSERT INTO events (user_id, item_id, ts, event, value, received_at, event_id, payload) "
+                    "VALUES ('', ?, ?, ?, NULL, ?, NULL, ?)",
+                    [(r.item_id, int(now), r.kind, now, r.payload) for r in rows])
+                last = int(self._conn.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0])
+                if before_commit is not None:
+                    before_commit()
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._last = max(self._last, last)
+            self._write_acked(self._last)
+            return self._last
+
+    def iter_entries(self, since_ts: int | None = None, received_since: float | None = None, *,
+                     after_seq: int = 0, upto_seq: int | None = None,
+                     batch: int = 10_000) -> Iterator[Event | CatalogRow]:
+        """What :meth:`iter_events` reads (same selection) and the live catalog changes in the
+        range (whatever their time), in one sequence order: what a replay applies."""
+        conn = sqlite3.connect(sqlite_uri(self.path, "ro"), uri=True)
+        everything = since_ts is None and received_since is None
+        try:
+            cur = conn.execute(
+                "SELECT user_id, item_id, ts, event, value, payload FROM events "
+                "WHERE seq > ? AND seq <= ? AND (? OR payload IS NOT NULL OR ts >= ? OR received_at >= ?) ORDER BY seq",
+                (int(after_seq), 2**62 if upto_seq is None else int(upto_seq), everything,
+                 since_ts if since_ts is not None else 2**62,
+                 received_since if received_since is not None else float(2**62)))
+            while rows := cur.fetchmany(batch):
+                for u, i, ts, ev, v, payload in rows:
+                    if payload is not None:
+                        yield CatalogRow(ev, i, payload)
+                    else:
+                        yield Event(u, i, int(ts), ev, v)
         except sqlite3.DatabaseError as exc:
             raise _damaged(self.path, f"reading it failed ({exc})") from None
         finally:

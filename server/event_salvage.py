@@ -100,7 +100,9 @@ def _record(buf: bytes, start: int, end: int) -> list:
 
 def _as_row(rowid: int, values: list) -> SalvagedRow | None:
     """The record if it has exactly the shape of an events row, else None."""
-    if len(values) not in (7, 8) or rowid < 1 or values[0] is not None:
+    if len(values) not in (7, 8, 9) or rowid < 1 or values[0] is not None:
+        return None
+    if len(values) == 9 and values[8] is not None:  # a live catalog change (payload): not recovered
         return None
     user, item, ts, event, value, received = values[1:7]
     event_id = values[7] if len(values) == 8 else None

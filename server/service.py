@@ -26,6 +26,7 @@ from grpc_reflection.v1alpha import reflection
 
 from tandem.ranking.api import CannotAnswerError, Engine, UnknownItemError
 from tandem.ranking.history import DEFAULT_USER_MEMOS
+from tandem.ranking.live_catalog import CatalogChange
 from tandem.retrieval.item_cf_live import DEFAULT_LIVE_ENTRIES
 from tandem.server import convert
 from tandem.server._generated import tandem_pb2 as pb
@@ -35,6 +36,7 @@ from tandem.server.bundle_manager import BundleManager
 from tandem.server.event_log import EventLog
 from tandem.server.experiment import Experiment, load_experiment
 from tandem.server.exposure_log import ExposureLog
+from tandem.server.live_catalog import CatalogUnsupported
 from tandem.server.logs import log_fields
 from tandem.server.metrics import ServiceMetrics
 
@@ -454,7 +456,8 @@ class TandemServicer(pb_grpc.TandemServicer):
 
 
 class AdminServicer(pb_grpc.TandemAdminServicer):
-    """ReloadBundle and GetStatus (token-protected when the server has a token)."""
+    """ReloadBundle, GetStatus and the live catalog's UpsertItems, StreamUpsertItems and DeleteItems
+    (token-protected when the server has a token)."""
 
     def __init__(self, calls: _Calls, event_log: EventLog, started: float) -> None:
         self.calls = calls
@@ -484,6 +487,49 @@ class AdminServicer(pb_grpc.TandemAdminServicer):
                 last_reload_error=self.calls.manager.last_error, bundle_built_at=int(getattr(e, "built_at", 0)))
 
         return self.calls.run("GetStatus", context, "", go)
+
+    # -- live catalog (docs/operations.md, "Live catalog updates") ----------------------------
+    def _change(self, changes, context, what: str) -> tuple[int, dict]:
+        try:
+            seq, counts = self.calls.manager.change_catalog(changes, _still_wanted(context, what))
+        except CatalogUnsupported as exc:
+            raise CannotAnswerError(str(exc)) from None
+        self.calls.metrics.bundle_items.set(self.calls.manager.engine.n_items)  # rows, deleted ones included
+        return seq, counts
+
+    def UpsertItems(self, request, context):
+        def go():
+            convert.check_id(request.request_id, "request_id", required=False)
+            items = convert.items_from_pb(request.items)
+            seq, counts = self._change([CatalogChange.upsert(i) for i in items], context, "upsert") if items else (
+                self.event_log.position(), {"upserted": 0, "added": 0})
+            return pb.UpsertItemsResponse(upserted=counts["upserted"], added=counts["added"], last_sequence=seq)
+
+        return self.calls.run("UpsertItems", context, request.request_id, go)
+
+    def StreamUpsertItems(self, request_iterator, context):
+        def go():
+            raws = []
+            for i, raw in enumerate(request_iterator):
+                if isinstance(raw, _Malformed):
+                    raise convert.InvalidArgument(f"items[{i}] {raw.message}")
+                raws.append(raw)
+            items = convert.items_from_pb(raws, limit=convert.LIMITS["stream_events_max"])
+            seq, counts = self._change([CatalogChange.upsert(i) for i in items], context, "stream") if items else (
+                self.event_log.position(), {"upserted": 0, "added": 0})
+            return pb.UpsertItemsResponse(upserted=counts["upserted"], added=counts["added"], last_sequence=seq)
+
+        return self.calls.run("StreamUpsertItems", context, "", go)
+
+    def DeleteItems(self, request, context):
+        def go():
+            convert.check_id(request.request_id, "request_id", required=False)
+            ids = convert.item_ids_from_pb(request.item_ids)
+            seq, counts = self._change([CatalogChange.delete(i) for i in ids], context, "delete") if ids else (
+                self.event_log.position(), {"deleted": 0, "unknown": 0})
+            return pb.DeleteItemsResponse(deleted=counts["deleted"], unknown=counts["unknown"], last_sequence=seq)
+
+        return self.calls.run("DeleteItems", context, request.request_id, go)
 
 
 def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:

@@ -48,14 +48,15 @@ def _run(args: argparse.Namespace) -> int:
     from tandem.index_builder.evaluate import format_table
 
     config = load_config(args.config, overrides=_overrides(args))
-    extra = mark = None
+    extra = mark = edits = None
     if args.events_log is not None:
-        from tandem.index_builder.event_log_reader import event_log_mark, read_event_log
+        from tandem.index_builder.event_log_reader import event_log_mark, read_catalog_changes, read_event_log
 
         # the events up to the newest one now: the manifest records that sequence number, and the
         # server replays only the events logged after it (the server keeps logging meanwhile)
         mark = event_log_mark(args.events_log)
         extra = read_event_log(args.events_log, upto_seq=mark["seq"])
+        edits = read_catalog_changes(args.events_log, upto_seq=mark["seq"])
     engine = None
     if args.engine == "spark":
         from tandem.index_builder.spark_session import spark_problem
@@ -69,7 +70,7 @@ def _run(args: argparse.Namespace) -> int:
         engine = SparkEngine(args.spark_master, driver_memory=args.spark_driver_memory)
     try:
         result = build(args.data, args.out, config, extra_events=extra, strict=args.strict, event_log=mark,
-                       engine=engine)
+                       engine=engine, catalog_edits=edits)
     finally:
         if engine is not None:
             engine.stop()

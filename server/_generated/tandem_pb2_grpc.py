@@ -377,6 +377,21 @@ class TandemAdminStub:
                 request_serializer=tandem_dot_v1_dot_tandem__pb2.GetStatusRequest.SerializeToString,
                 response_deserializer=tandem_dot_v1_dot_tandem__pb2.GetStatusResponse.FromString,
                 _registered_method=True)
+        self.UpsertItems = channel.unary_unary(
+                '/tandem.v1.TandemAdmin/UpsertItems',
+                request_serializer=tandem_dot_v1_dot_tandem__pb2.UpsertItemsRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_tandem__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.StreamUpsertItems = channel.stream_unary(
+                '/tandem.v1.TandemAdmin/StreamUpsertItems',
+                request_serializer=tandem_dot_v1_dot_tandem__pb2.Item.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_tandem__pb2.UpsertItemsResponse.FromString,
+                _registered_method=True)
+        self.DeleteItems = channel.unary_unary(
+                '/tandem.v1.TandemAdmin/DeleteItems',
+                request_serializer=tandem_dot_v1_dot_tandem__pb2.DeleteItemsRequest.SerializeToString,
+                response_deserializer=tandem_dot_v1_dot_tandem__pb2.DeleteItemsResponse.FromString,
+                _registered_method=True)
 
 
 class TandemAdminServicer:
@@ -394,6 +409,27 @@ class TandemAdminServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpsertItems(self, request, context):
+        """Add or replace catalog rows; searchable, recommendable and similar-able from the next call.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StreamUpsertItems(self, request_iterator, context):
+        """The same as a client stream (at most 100,000 rows, applied in one batch when the stream ends).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteItems(self, request, context):
+        """Remove items: never returned again by any RPC; GetItem and SimilarItems of them give NOT_FOUND.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TandemAdminServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -406,6 +442,21 @@ def add_TandemAdminServicer_to_server(servicer, server):
                     servicer.GetStatus,
                     request_deserializer=tandem_dot_v1_dot_tandem__pb2.GetStatusRequest.FromString,
                     response_serializer=tandem_dot_v1_dot_tandem__pb2.GetStatusResponse.SerializeToString,
+            ),
+            'UpsertItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpsertItems,
+                    request_deserializer=tandem_dot_v1_dot_tandem__pb2.UpsertItemsRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_tandem__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'StreamUpsertItems': grpc.stream_unary_rpc_method_handler(
+                    servicer.StreamUpsertItems,
+                    request_deserializer=tandem_dot_v1_dot_tandem__pb2.Item.FromString,
+                    response_serializer=tandem_dot_v1_dot_tandem__pb2.UpsertItemsResponse.SerializeToString,
+            ),
+            'DeleteItems': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteItems,
+                    request_deserializer=tandem_dot_v1_dot_tandem__pb2.DeleteItemsRequest.FromString,
+                    response_serializer=tandem_dot_v1_dot_tandem__pb2.DeleteItemsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -462,6 +513,87 @@ class TandemAdmin:
             '/tandem.v1.TandemAdmin/GetStatus',
             tandem_dot_v1_dot_tandem__pb2.GetStatusRequest.SerializeToString,
             tandem_dot_v1_dot_tandem__pb2.GetStatusResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpsertItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemAdmin/UpsertItems',
+            tandem_dot_v1_dot_tandem__pb2.UpsertItemsRequest.SerializeToString,
+            tandem_dot_v1_dot_tandem__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StreamUpsertItems(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/tandem.v1.TandemAdmin/StreamUpsertItems',
+            tandem_dot_v1_dot_tandem__pb2.Item.SerializeToString,
+            tandem_dot_v1_dot_tandem__pb2.UpsertItemsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteItems(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/tandem.v1.TandemAdmin/DeleteItems',
+            tandem_dot_v1_dot_tandem__pb2.DeleteItemsRequest.SerializeToString,
+            tandem_dot_v1_dot_tandem__pb2.DeleteItemsResponse.FromString,
             options,
             channel_credentials,
             insecure,
