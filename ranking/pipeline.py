@@ -169,6 +169,18 @@ class Pipeline:
         left as it is: requests holding it finish on it); see :mod:`tandem.ranking.live_catalog`."""
         return apply_catalog_changes(self, changes)
 
+    def adopt(self, previous: Pipeline) -> None:
+        """Take over ``previous``'s live state once this pipeline, made from it by
+        :meth:`apply_catalog`, replaces it: the live item-CF's cap, and the live updater itself, which
+        publishes into this pipeline's item-CF source (with rows for the items the change added) from
+        now on. Call it when the swap is committed (the server: under its ingestion lock, after the
+        change is logged), not before: a change that fails to log leaves ``previous`` serving."""
+        self.item_cf_live_entries = previous.item_cf_live_entries
+        old, new = previous.sources.get("item_cf"), self.sources.get("item_cf")
+        live = getattr(old, "live", None)
+        if live is not None and isinstance(new, ItemCF) and new is not old:
+            live.rebind(new)
+
     def user_request(self, user_id: str | None, query: str | None = None,
                      context: Sequence[Event] = ()) -> tuple[RetrievalRequest, bool]:
         """The retrieval request for a user's stored history (plus ``context`` events sent with

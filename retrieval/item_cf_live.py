@@ -39,8 +39,10 @@ the rows they touched are recomputed, and :attr:`LiveItemCF.evicted_users` /
 live events of the users still held. The matrix itself keeps ``n_neighbours`` entries per row, as
 the bundle's does.
 
-Items beyond the matrix (catalog items added at run time, which have no row or column) are
-ignored, and counted in :attr:`LiveItemCF.ignored_events`; the next build includes them.
+Catalog items added at run time (live catalog updates) get a row and a column when the server
+swaps in the grown catalog (:meth:`LiveItemCF.rebind`); from then on their events update item-CF like
+any other. Events of items beyond the matrix (none in the server, which refuses unknown items) are
+ignored and counted in :attr:`LiveItemCF.ignored_events`.
 """
 
 from __future__ import annotations
@@ -183,6 +185,27 @@ class LiveItemCF:
             pop_down: set[int] = set()
             self._evict(dirty, pop_down, keep=None)
             self._publish(dirty, set(), pop_down, self.newest)
+
+    def rebind(self, source: ItemCF) -> None:
+        """Publish into ``source`` from now on: the copy of the item-CF source that a live catalog
+        change made (tandem.retrieval.live_items), whose matrix has rows and columns for the items it
+        added. Items up to its size are updated from then on (new items have no base events); the
+        live sequences, counters and the reference frame carry over."""
+        with self._lock:
+            n = source.n_items
+            if n < self.n:
+                raise ValueError(f"live item-CF: cannot shrink from {self.n} to {n} items")
+            if n > self.n:
+                extra = n - self.n
+                self.pop = np.concatenate([self.pop, np.zeros(extra)])
+                self._inv_indptr = np.concatenate([self._inv_indptr, np.full(extra, self._inv_indptr[-1])])
+                m = self._ref_matrix
+                self._ref_matrix = sp.csr_matrix(
+                    (m.data, m.indices, np.concatenate([m.indptr, np.full(extra, m.indptr[-1])])), shape=(n, n))
+                self._ref_matrix.has_sorted_indices = True
+                self.n = n
+            self.source = source
+            source.live = self
 
     # -- writing -----------------------------------------------------------------------------
     def record(self, events: Iterable[LiveEvent]) -> int:

@@ -35,7 +35,7 @@ from tandem.ranking.live_catalog import CatalogChange
 from tandem.retrieval.bundle import current_bundle, list_bundles, read_manifest
 from tandem.retrieval.data import Event
 from tandem.server.event_log import CatalogRow, EventLog
-from tandem.server.live_catalog import CatalogUnsupported, apply_changes, catalog_rows, replay_entries
+from tandem.server.live_catalog import CatalogUnsupported, apply_changes, catalog_rows, commit, replay_entries
 
 __all__ = ["BundleManager", "check_version_name", "warm_request_paths"]
 
@@ -169,8 +169,8 @@ class BundleManager:
                 if before_commit is not None:
                     before_commit()
                 seq = 0
-            self.engine = new
-            self.pinned.update(pinned)
+            self.engine = commit(new, engine)
+            self.pinned.update({v: commit(e, self.pinned[v]) for v, e in pinned.items()})
         return seq, counts
 
     def bundle_folder(self, version: str) -> Path:

@@ -18,7 +18,7 @@ from tandem.ranking.live_catalog import DELETE, UPSERT, CatalogChange
 from tandem.retrieval.data import Event, Item
 from tandem.server.event_log import CatalogRow
 
-__all__ = ["CatalogUnsupported", "apply_changes", "catalog_rows", "change_from_row", "replay_entries"]
+__all__ = ["CatalogUnsupported", "apply_changes", "catalog_rows", "change_from_row", "commit", "replay_entries"]
 
 _KIND = {UPSERT: "catalog.upsert", DELETE: "catalog.delete"}
 _CHANGE = {v: k for k, v in _KIND.items()}
@@ -56,6 +56,15 @@ def apply_changes(engine: Engine, changes: Sequence[CatalogChange]) -> tuple[Eng
         raise CatalogUnsupported(f"bundle {getattr(engine, 'version', '?')}: {exc}") from None
 
 
+def commit(new: Engine, previous: Engine) -> Engine:
+    """``new`` (made from ``previous`` by :func:`apply_changes`) takes over ``previous``'s live state
+    (:meth:`Pipeline.adopt`); call it once ``new`` is the engine that serves."""
+    adopt = getattr(new, "adopt", None)
+    if adopt is not None and new is not previous:
+        adopt(previous)
+    return new
+
+
 def replay_entries(engine: Engine, entries: Iterable[Event | CatalogRow], batch: int = 10_000) -> tuple[Engine, int]:
     """Apply logged events and catalog changes in their order; returns the engine that holds them
     all (a new one when the catalog changed) and how many events were applied."""
@@ -68,7 +77,7 @@ def replay_entries(engine: Engine, entries: Iterable[Event | CatalogRow], batch:
             changes.append(change_from_row(entry))
             continue
         if changes:
-            engine = apply_changes(engine, changes)[0]
+            engine = commit(apply_changes(engine, changes)[0], engine)
             changes = []
         events.append(entry)
         if len(events) >= batch:
@@ -77,5 +86,5 @@ def replay_entries(engine: Engine, entries: Iterable[Event | CatalogRow], batch:
     if events:
         applied += engine.record_events(events)
     if changes:
-        engine = apply_changes(engine, changes)[0]
+        engine = commit(apply_changes(engine, changes)[0], engine)
     return engine, applied

@@ -330,3 +330,24 @@ def test_the_python_client_and_the_cli(live, tmp_path, capsys):
     assert main(["upsert-items", "--addr", addr, "--token", TOKEN, "--file", str(rows)]) != 0
     assert "line 2: not JSON" in capsys.readouterr().err
     assert _code(lambda: live.t.GetItem(pb.GetItemRequest(item_id="live-cli-4")))[0] == grpc.StatusCode.NOT_FOUND
+
+
+def test_live_item_cf_follows_a_catalog_change_and_covers_new_items(live):
+    """Item-CF kept current from live events (issue #14.2) keeps working after a catalog change
+    replaced the item-CF source (a grown copy): pairs with an item added at run time, and pairs
+    of known items recorded after the change, are item-CF neighbours on the next call."""
+    fresh = pb.Item(item_id="live-cf-new", title="Orbitane pumice foot scrub", category="Beauty > Feet",
+                    brand="Orbitane", price=8.0, in_stock=True)
+    known = live.search("lip", k=1)[0]
+    live.upsert(fresh)
+    events = []
+    for n in range(3):
+        user = f"live-cf-user-{n}"
+        events += [pb.Event(user_id=user, item_id=known, ts=1_790_000_000 + 10 * n, event="purchase"),
+                   pb.Event(user_id=user, item_id=fresh.item_id, ts=1_790_000_001 + 10 * n, event="purchase")]
+    assert live.t.RecordEvents(pb.RecordEventsRequest(events=events), metadata=AUTH).applied == 6
+    r = live.t.SimilarItems(pb.SimilarItemsRequest(item_id=fresh.item_id, k=50, explain=True), timeout=30)
+    got = {it.item_id: {h.source for h in it.explanation.sources} for it in r.items}
+    assert "item_cf" in got.get(known, set()), got.get(known)
+    stats = live.server.manager.engine.live_item_cf_stats()
+    assert stats is not None and stats["ignored_events"] == 0
