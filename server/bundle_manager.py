@@ -143,6 +143,26 @@ class BundleManager:
                 log.exception("on_logged failed for %d events", len(new))
         return seq, int(applied), len(events) - len(new)
 
+    @property
+    def ingest_lock(self) -> threading.Lock:
+        """Held while events are logged and applied; a log shared with other writers (the event
+        bus) takes it to apply theirs, so that every engine sees one order."""
+        return self._ingest_lock
+
+    def apply_logged(self, events: Sequence[Event]) -> int:
+        """Apply events another writer logged to the serving and pinned engines (hold
+        :attr:`ingest_lock`); returns how many the serving engine applied."""
+        engine = self.engine
+        applied = engine.record_events(events) if engine is not None and events else 0
+        for other in self.pinned.values():
+            other.record_events(events)
+        if events and self.on_logged is not None:
+            try:
+                self.on_logged(events)
+            except Exception:  # noqa: BLE001
+                log.exception("on_logged failed for %d events", len(events))
+        return int(applied)
+
     # -- loading --------------------------------------------------------------------------
     @staticmethod
     def _apply(engine: Engine, events: Iterable[Event]) -> int:
@@ -236,11 +256,14 @@ class BundleManager:
         return engine, since_ts, received, after, mark, replayed
 
     def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int, mark: int) -> int:
-        """Apply the events logged after ``mark`` (call under the ingestion lock)."""
+        """Apply the events logged after ``mark`` (call under the ingestion lock), up to the log's
+        position: what the serving engine holds (a shared log may hold more, which its follower applies)."""
         if self.event_log is None:
             return 0
-        self.event_log.check_range(mark, self.event_log.position())
-        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after)))
+        end = self.event_log.position()
+        self.event_log.check_range(mark, end)
+        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after),
+                                                              upto_seq=end))
 
     def load_pinned(self, version: str) -> Engine:
         """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the
