@@ -260,6 +260,11 @@ class BundleManager:
         position: what the serving engine holds (a shared log may hold more, which its follower applies)."""
         if self.event_log is None:
             return 0
+        apply_through = getattr(self.event_log, "apply_through", None)
+        if apply_through is not None and after > self.event_log.position():
+            # a shared log's follower is behind what the bundle includes: the engines serving now
+            # get those entries first, so that the log's position covers the bundle's
+            apply_through(after)
         end = self.event_log.position()
         self.event_log.check_range(mark, end)
         return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after),

@@ -191,6 +191,16 @@ class BusEventLog:
             with self._lock:
                 applied += self._apply_entries(entries)
 
+    def apply_through(self, position: int) -> None:
+        """Apply the entries after the cursor up to ``position`` (hold the bound lock): a bundle that
+        includes them is about to be loaded, and this replica's follower has not got there yet."""
+        while self._cursor < position:
+            entries = self.bus.read(self._cursor, position, _READ)
+            if not entries:
+                self._cursor = position  # nothing there (deleted): the bundle is the judge
+                return
+            self._apply_entries(entries, follower=False)
+
     def follow(self, wait_s: float = 1.0) -> None:
         """Start the follower thread (``XREAD BLOCK`` after the cursor, ``wait_s`` at a time)."""
         assert self._lock is not None, "bind() first"

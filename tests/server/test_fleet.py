@@ -177,6 +177,26 @@ def test_a_bundle_built_from_the_stream_replays_only_the_later_entries(fleet):
     assert recorded(a) == [("old", "i01"), ("old", "i02"), ("new", "i03")]
 
 
+def test_a_replica_behind_the_bundle_it_loads_applies_nothing_twice(fleet, redis_server):  # noqa: F811
+    from tandem.server.event_bus import RedisStreamBus
+
+    root, replica = fleet
+    a = replica()
+    a.server.event_log._stop.set()  # A's follower stops: A falls behind the stream
+    a.server.event_log._thread.join(5)
+    other = RedisStreamBus(redis_server.url, "fleet", origin="b")
+    pos = other.append("events", ['["x","i01",1,"purchase",null,null]', '["y","i02",1,"purchase",null,null]'],
+                       [None, None], after=0).position
+    assert a.server.event_log.position() < pos
+    mark = stream_mark(redis_server.url, "fleet")  # a bundle that includes both, built while A lags
+    folder = write_fake_bundle(root, histories={"x": ["i01"], "y": ["i02"]}, event_log=mark, make_current=False)
+    set_current(root, folder.name)
+    wait_for(lambda: a.engine.version == folder.name)
+    a.record(("z", "i05"))  # the write returns the entries A had not applied: none may reach the new engine
+    assert recorded(a) == [("z", "i05")] and a.engine.histories["x"] == ["i01"]
+    other.close()
+
+
 def test_redis_killed_under_a_write_load_loses_no_acknowledged_event(fleet, redis_server):  # noqa: F811
     _, replica = fleet
     a, b = replica(), replica()
