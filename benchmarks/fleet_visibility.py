@@ -8,8 +8,10 @@ loopback port; or ``--redis-url`` for one that runs), two ``tandem serve --event
 and B on the bundle root, and, for the baseline in the same run, one ``tandem serve`` on its own
 SQLite event log. Each sample records one event of a new user on A (RecordEvents, unary) and then
 asks B for that user's recommendations back to back until the answer is no longer a cold start:
-visibility is the time from A's acknowledgement to the first such answer of B (so it includes up to
-one Recommend of polling; the table gives Recommend's own latency). ``--background N`` adds N
+visibility is the time from A's acknowledgement to the first such answer of B (so it includes at
+least one Recommend; the table gives Recommend's own latency). Every other sample instead polls
+B's GetStatus (no compute slot, about a millisecond) until B's position reaches the one A
+acknowledged: the time until B has applied the event. ``--background N`` adds N
 threads writing batches of 10 events to A and B throughout (the follower then has work to do).
 
 Prints p50 / p95 / p99 / max of: visibility on B; RecordEvents on A (acknowledged after the
@@ -80,6 +82,7 @@ class _Server:
                                      cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
         self.channel = grpc.insecure_channel(f"127.0.0.1:{self.port}")
         self.stub = pb_grpc.TandemStub(self.channel)
+        self.admin = pb_grpc.TandemAdminStub(self.channel)
 
     def wait_ready(self, timeout: float = 300.0) -> None:
         deadline = time.monotonic() + timeout
@@ -147,12 +150,20 @@ def measure(bundles: Path, samples: int, background: int, redis_url: str | None,
         for t in threads:
             t.start()
         run = int(time.time())
-        visible, record_bus, record_solo, recommend_b, polls = [], [], [], [], []
-        for n in range(samples + 20):  # the first 20: warm-up, not recorded
+        visible, applied, record_bus, record_solo, recommend_b, polls = [], [], [], [], [], []
+        for n in range(2 * samples + 20):  # the first 20: warm-up, not recorded
             user, item = f"vis-{run}-{n}", rng.choice(items)
             t0 = time.perf_counter()
-            a.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=item)]), timeout=10)
+            ack = a.stub.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=item)]),
+                                      timeout=10)
             acked = time.perf_counter()
+            if n % 2:  # every other sample: when B has applied it (B's position, GetStatus: no compute)
+                while b.admin.GetStatus(pb.GetStatusRequest(), timeout=10).event_log_sequence < ack.last_sequence:
+                    if time.perf_counter() - acked > 10:
+                        raise SystemExit(f"B did not apply {user}'s event within 10 s")
+                if n >= 20:
+                    applied.append(time.perf_counter() - acked)
+                continue
             k = 0
             while True:
                 r0 = time.perf_counter()
@@ -179,7 +190,7 @@ def measure(bundles: Path, samples: int, background: int, redis_url: str | None,
         total = b.metric("tandem_event_bus_visibility_seconds_sum")
         count = b.metric("tandem_event_bus_visibility_seconds_count")
         return {"samples": samples, "background_writers": background,
-                "visibility_on_b": _stats(visible), "record_on_a_bus": _stats(record_bus),
+                "visibility_on_b": _stats(visible), "applied_on_b": _stats(applied), "record_on_a_bus": _stats(record_bus),
                 "record_sqlite": _stats(record_solo), "recommend_on_b": _stats(recommend_b),
                 "polls_mean": float(np.mean(polls)), "polls_max": int(max(polls)),
                 "b_follower_visibility_mean_ms": 1e3 * total / count if count else float("nan"),
@@ -208,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     print("| measurement | p50 ms | p95 ms | p99 ms | max ms |")
     print("|---|---|---|---|---|")
     for key, label in (("visibility_on_b", "acknowledged on A -> visible in B's Recommend"),
+                       ("applied_on_b", "acknowledged on A -> applied on B (GetStatus position)"),
                        ("record_on_a_bus", "RecordEvents on A (bus, fsync always)"),
                        ("record_sqlite", "RecordEvents, SQLite server (baseline)"),
                        ("recommend_on_b", "Recommend on B (one poll)")):
