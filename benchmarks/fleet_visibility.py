@@ -17,7 +17,10 @@ threads writing batches of 10 events to A and B throughout (the follower then ha
 Prints p50 / p95 / p99 / max of: visibility on B; RecordEvents on A (acknowledged after the
 stream append, fsync always) and on the SQLite server (acknowledged after its commit,
 synchronous=FULL); Recommend on B; and the mean of B's own ``tandem_event_bus_visibility_seconds``
-(entry appended on A -> applied on B, both clocks of this machine). ``--json FILE`` writes them.
+(entry appended on A -> applied on B, both clocks of this machine), and, as the floor measured
+meanwhile, a Redis PING round trip every 5 ms from the benchmark process (with ``appendfsync
+always`` Redis answers every client after the fsync of the writes it has just run, so under a
+write load each round trip to Redis waits for the disk). ``--json FILE`` writes them.
 """
 
 from __future__ import annotations
@@ -146,7 +149,21 @@ def measure(bundles: Path, samples: int, background: int, redis_url: str | None,
                 k += 1
                 time.sleep(0.01)
 
+        pings: list[float] = []
+
+        def ping() -> None:  # the floor: one Redis round trip from a third process, meanwhile
+            import redis
+
+            client = redis.Redis.from_url(redis_url)
+            while not stop.is_set():
+                t = time.perf_counter()
+                client.ping()
+                pings.append(time.perf_counter() - t)
+                time.sleep(0.005)
+            client.close()
+
         threads = [threading.Thread(target=load, args=(n,), daemon=True) for n in range(background)]
+        threads.append(threading.Thread(target=ping, daemon=True))
         for t in threads:
             t.start()
         run = int(time.time())
@@ -192,6 +209,7 @@ def measure(bundles: Path, samples: int, background: int, redis_url: str | None,
         return {"samples": samples, "background_writers": background,
                 "visibility_on_b": _stats(visible), "applied_on_b": _stats(applied), "record_on_a_bus": _stats(record_bus),
                 "record_sqlite": _stats(record_solo), "recommend_on_b": _stats(recommend_b),
+                "redis_ping": _stats(pings[50:]),
                 "polls_mean": float(np.mean(polls)), "polls_max": int(max(polls)),
                 "b_follower_visibility_mean_ms": 1e3 * total / count if count else float("nan"),
                 "b_entries_applied": count}
@@ -222,7 +240,8 @@ def main(argv: list[str] | None = None) -> int:
                        ("applied_on_b", "acknowledged on A -> applied on B (GetStatus position)"),
                        ("record_on_a_bus", "RecordEvents on A (bus, fsync always)"),
                        ("record_sqlite", "RecordEvents, SQLite server (baseline)"),
-                       ("recommend_on_b", "Recommend on B (one poll)")):
+                       ("recommend_on_b", "Recommend on B (one poll)"),
+                       ("redis_ping", "Redis PING from the benchmark (floor)")):
         s = out[key]
         print(f"| {label} | {s['p50_ms']:.2f} | {s['p95_ms']:.2f} | {s['p99_ms']:.2f} | {s['max_ms']:.2f} |")
     print(f"B's follower: entry appended on A -> applied on B, mean {out['b_follower_visibility_mean_ms']:.2f} ms "
