@@ -7,11 +7,13 @@ it later. The entry format is the contract in :mod:`tandem.index_builder.event_s
 
 :meth:`RedisStreamBus.append` is one Lua script, which Redis runs atomically: it reads the entries
 after the caller's position (those the caller has not applied yet, so that it can apply them first
-and keep stream order), drops the records whose key it has seen (a key lives ``key_retention_s``
-seconds, ``SET key id EX``), and appends the others as ONE stream entry, then writes their keys. A
-batch is therefore all or nothing, and with ``appendonly yes`` + ``appendfsync always`` Redis has
-fsynced it before it answers (the script's writes reach the AOF as one MULTI/EXEC). Requires Redis
-7.0 or newer (script flags, ``XINFO STREAM``'s ``max-deleted-entry-id``).
+and keep stream order), checks the batch's idempotency keys against a sorted set (``<stream>:ids``,
+member the key, score when it expires, ``key_retention_s`` after it was added), and, when none is
+there, appends the batch as ONE stream entry and adds its keys; when some are there it writes
+nothing and says which, and the caller sends the batch again without them. A batch is therefore
+all or nothing, and with ``appendonly yes`` + ``appendfsync always`` Redis has fsynced it before it
+answers (the script's writes reach the AOF as one MULTI/EXEC). Requires Redis 7.0 or newer (script
+flags, ``ZMSCORE``, ``XINFO STREAM``'s ``max-deleted-entry-id``).
 
 Every failure to reach Redis or to have it write raises :class:`BusUnavailable`. The write
 connection never retries on its own: after a lost answer the append may have happened, and only
@@ -104,40 +106,42 @@ def check_bus_url(url: str) -> str:
     return url
 
 
-# KEYS[1] the stream, KEYS[2..] the records' idempotency keys. ARGV[1] the caller's position (stream
-# id, exclusive), ARGV[2] how many entries after it to return at most, ARGV[3] key retention (s),
-# ARGV[4..7] kind, origin, at, format version; then per record: its key's index in KEYS (0: none), its JSON.
+# KEYS[1] the stream, KEYS[2] the sorted set of idempotency keys (member: the key, score: when it
+# expires, epoch seconds). ARGV[1] the caller's position (stream id, exclusive), ARGV[2] how many
+# entries after it to return at most, ARGV[3] now, ARGV[4] now + retention, ARGV[5..8] kind, origin,
+# at, format version, ARGV[9] the number of records, ARGV[10] their JSON array, ARGV[11..] their keys
+# (distinct). When a key is already there, nothing is written: the script returns the indices of
+# those keys (0-based among ARGV[11..]) and the caller sends the batch again without them.
 _APPEND = """#!lua
-local stream = KEYS[1]
+local stream, ids = KEYS[1], KEYS[2]
 local before = redis.call('XRANGE', stream, '(' .. ARGV[1], '+', 'COUNT', ARGV[2])
-local fresh, picked, taken, seen = {}, {}, {}, {}
-local n = (#ARGV - 7) / 2
-for i = 1, n do
-  local k = tonumber(ARGV[6 + 2 * i])
-  local keep = true
-  if k > 0 then
-    local key = KEYS[k]
-    if seen[key] or redis.call('EXISTS', key) == 1 then
-      keep = false
-    else
-      seen[key] = true
-      taken[#taken + 1] = key
+if ARGV[9] == '0' then
+  return {'', {}, before}
+end
+redis.call('ZREMRANGEBYSCORE', ids, '-inf', '(' .. ARGV[3])
+local seen = {}
+for first = 11, #ARGV, 4000 do
+  local scores = redis.call('ZMSCORE', ids, unpack(ARGV, first, math.min(first + 3999, #ARGV)))
+  for i = 1, #scores do
+    if scores[i] then
+      seen[#seen + 1] = first + i - 12
     end
   end
-  if keep then
-    fresh[#fresh + 1] = ARGV[7 + 2 * i]
-    picked[#picked + 1] = i - 1
+end
+if #seen > 0 then
+  return {'', seen, before}
+end
+local id = redis.call('XADD', stream, '*', 'v', ARGV[8], 'kind', ARGV[5], 'origin', ARGV[6], 'at', ARGV[7],
+                      'n', ARGV[9], 'data', ARGV[10])
+for first = 11, #ARGV, 2000 do
+  local args = {}
+  for i = first, math.min(first + 1999, #ARGV) do
+    args[#args + 1] = ARGV[4]
+    args[#args + 1] = ARGV[i]
   end
+  redis.call('ZADD', ids, unpack(args))
 end
-if #fresh == 0 then
-  return {'', picked, before}
-end
-local id = redis.call('XADD', stream, '*', 'v', ARGV[7], 'kind', ARGV[4], 'origin', ARGV[5], 'at', ARGV[6],
-                      'n', tostring(#fresh), 'data', '[' .. table.concat(fresh, ',') .. ']')
-for _, key in ipairs(taken) do
-  redis.call('SET', key, id, 'EX', ARGV[3])
-end
-return {id, picked, before}
+return {id, {}, before}
 """
 
 
@@ -162,7 +166,7 @@ class RedisStreamBus:
     """:class:`EventBus` on one Redis Stream (``url``: redis://HOST:PORT/DB)."""
 
     def __init__(self, url: str, stream: str = DEFAULT_STREAM, *, origin: str, key_retention_s: float = 7 * 86400,
-                 timeout_s: float = 2.0) -> None:
+                 timeout_s: float = 5.0) -> None:
         import redis
         from redis.backoff import NoBackoff
         from redis.retry import Retry
@@ -198,30 +202,32 @@ class RedisStreamBus:
             raise BusUnavailable(f"event bus {self.name}: Redis {version} is too old; Tandem needs Redis 7.0 or newer")
         return version
 
-    def id_key(self, key: str) -> str:
-        """The Redis key that marks an idempotency key as seen."""
-        return f"{self.stream}:id:{key}"
+    @property
+    def ids_key(self) -> str:
+        """The sorted set of the idempotency keys the fleet has seen (score: when each expires)."""
+        return f"{self.stream}:ids"
 
     def append(self, kind: str, records: Sequence[str], keys: Sequence[str | None], after: int,
                before_limit: int = 1000) -> Appended:
         if len(keys) != len(records):
             raise ValueError(f"keys has {len(keys)} entries for {len(records)} records")
-        redis_keys: list[str] = [self.stream]
-        argv: list[str | int] = [stream_id_of(after), int(before_limit), self.key_retention_s, kind, self.origin,
-                                 repr(time.time()), ENTRY_VERSION]
-        for record, key in zip(records, keys, strict=True):
-            if key:
-                redis_keys.append(self.id_key(key))
-                argv.append(len(redis_keys))
-            else:
-                argv.append(0)
-            argv.append(record)
-        try:
-            new_id, picked, before = self._script(keys=redis_keys, args=argv)
-        except self._errors as exc:
-            raise self._fail("append", exc) from None
-        return Appended(position_of(new_id) if new_id else 0, [int(i) for i in picked],
-                        [_entry(i, f) for i, f in before])
+        first: dict[str, int] = {}
+        live = [i for i, key in enumerate(keys) if not key or first.setdefault(key, i) == i]  # repeats in the batch
+        while True:  # each round writes, or drops the records whose key the set holds (at least one)
+            now = time.time()
+            sent_keys = [keys[i] for i in live if keys[i]]
+            argv = [stream_id_of(after), int(before_limit), repr(now), repr(now + self.key_retention_s), kind,
+                    self.origin, repr(now), ENTRY_VERSION, len(live), "[" + ",".join(records[i] for i in live) + "]",
+                    *sent_keys]
+            try:
+                new_id, seen, before = self._script(keys=[self.stream, self.ids_key], args=argv)
+            except self._errors as exc:
+                raise self._fail("append", exc) from None
+            if new_id or not live:
+                entries = [_entry(i, f) for i, f in before]
+                return Appended(position_of(new_id) if new_id else 0, live if new_id else [], entries)
+            known = {sent_keys[int(k)] for k in seen}
+            live = [i for i in live if keys[i] not in known]
 
     def read(self, after: int, upto: int | None = None, count: int = 1000) -> list[BusEntry]:
         try:

@@ -3,6 +3,7 @@ every writer, the entries a writer has not applied yet, trimming refused on repl
 reader, and UNAVAILABLE-style errors when Redis is gone."""
 
 import threading
+import time
 
 import pytest
 
@@ -60,19 +61,23 @@ def test_a_batch_is_one_entry_and_keys_are_shared_by_every_writer(redis_server):
     done = a.append("events", records(*e), ["k0", None, "k2"], after=0)
     assert done.position > 0 and done.fresh == [0, 1, 2] and done.before == []
     r = redis_server.client()
-    assert r.xlen(STREAM) == 1 and 3590 < r.ttl(f"{STREAM}:id:k0") <= 7 * 86400
+    now = time.time()
+    assert r.xlen(STREAM) == 1 and now + 7 * 86400 - 60 < r.zscore(f"{STREAM}:ids", "k0") <= now + 7 * 86400
     # another writer: k0 and k2 are duplicates, the key-less event and k3 are new; k3 twice in one batch
     again = b.append("events", records(e[0], e[1], e[2], e[0], e[0]), ["k0", None, "k2", "k3", "k3"],
                      after=done.position)
     assert again.fresh == [1, 3] and again.position > done.position and again.before == []
     assert decode_events(b.entry(again.position).data) == [e[1], e[0]] and b.entry(again.position).origin == "b"
-    assert 3590 < r.ttl(f"{STREAM}:id:k3") <= 3600
-    nothing = a.append("events", records(e[0]), ["k0"], after=0)  # all duplicates: nothing appended
+    assert now + 3500 < r.zscore(f"{STREAM}:ids", "k3") <= time.time() + 3600 and r.zcard(f"{STREAM}:ids") == 3
+    nothing = a.append("events", records(e[0]), ["k2"], after=0)  # all duplicates: nothing appended
     assert nothing.position == 0 and nothing.fresh == [] and r.xlen(STREAM) == 2
     # ... but the entries after the caller's position come back, in order, for it to apply first
     assert [x.position for x in nothing.before] == [done.position, again.position]
     assert [x.position for x in a.read(0)] == [done.position, again.position] and a.read(again.position) == []
     assert a.last_position() == again.position and a.trimmed_through() == 0
+    # an expired key is forgotten: its event is new again
+    r.zadd(f"{STREAM}:ids", {"k0": now - 1})
+    assert a.append("events", records(e[0]), ["k0"], after=0).fresh == [0] and r.xlen(STREAM) == 3
     a.close()
     b.close()
 
