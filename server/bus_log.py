@@ -123,7 +123,10 @@ class BusEventLog:
             done = self.bus.append(EVENTS_KIND, records, ids, self._cursor, _READ)
         except BusUnavailable as exc:
             self._down("append", exc)
-            raise BusUnavailable(f"{exc}; nothing of this batch was recorded") from None
+            if "connecting to" in str(exc):  # no connection: the script never ran
+                raise BusUnavailable(f"{exc}; nothing of this batch was recorded") from None
+            raise BusUnavailable(f"{exc}; the batch is not acknowledged, and if Redis ran the append before it failed "
+                                 "the replicas apply it once it answers: send it again with the same event_ids") from None
         self._up()
         before = done.before
         try:
@@ -189,7 +192,7 @@ class BusEventLog:
             if not entries:
                 return applied
             with self._lock:
-                applied += self._apply_entries(entries)
+                applied += self._apply_entries(entries, follower=False)
 
     def apply_through(self, position: int) -> None:
         """Apply the entries after the cursor up to ``position`` (hold the bound lock): a bundle that
