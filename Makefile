@@ -14,7 +14,7 @@ DEMO_ARGS ?=
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test test-fast check lint proto venv clean prometheus chromium
+.PHONY: demo test test-fast check lint proto venv clean prometheus chromium redis
 
 # A failed `venv` (e.g. Debian without python3-venv) leaves no half-made .venv behind that a second
 # `make` would take for a working one.
@@ -34,7 +34,7 @@ demo: $(VENV)/.installed
 	$(BIN)/python -m tandem.server.demo --out $(DEMO_DIR) $(DEMO_ARGS)
 
 # The full suite, slow tests included: this is what CI runs. -rs prints why a test skipped.
-test: $(VENV)/.installed prometheus chromium
+test: $(VENV)/.installed prometheus chromium redis
 	$(BIN)/python -m pytest -m "" -q -rs -p no:cacheprovider
 
 # The real-Prometheus test (tests/e2e/test_deploy_stack.py) needs Debian's `prometheus` package
@@ -54,6 +54,15 @@ chromium:
 	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
 	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
 	  || echo "make: could not install the Debian package chromium: the report's screenshot test will skip"; }
+
+# The event bus tests (tests/server/test_event_bus.py, test_fleet.py, tests/e2e/test_fleet_e2e.py)
+# start their own redis-server on a free loopback port: Debian's `redis-server` package (7.0 or
+# newer), installed the same way; without it those tests skip and say why.
+redis:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  SUDO=; [ "$$(id -u)" = 0 ] || SUDO="sudo -n"; \
+	  { $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends redis-server >/dev/null; } \
+	  || echo "make: could not install the Debian package redis-server: the event bus tests will skip"; }
 
 # Unit tests only (slow ones skipped): the quick loop while developing.
 test-fast: $(VENV)/.installed

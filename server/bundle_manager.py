@@ -145,6 +145,26 @@ class BundleManager:
                 log.exception("on_logged failed for %d events", len(new))
         return seq, int(applied), len(events) - len(new)
 
+    @property
+    def ingest_lock(self) -> threading.Lock:
+        """Held while events are logged and applied; a log shared with other writers (the event
+        bus) takes it to apply theirs, so that every engine sees one order."""
+        return self._ingest_lock
+
+    def apply_logged(self, events: Sequence[Event]) -> int:
+        """Apply events another writer logged to the serving and pinned engines (hold
+        :attr:`ingest_lock`); returns how many the serving engine applied."""
+        engine = self.engine
+        applied = engine.record_events(events) if engine is not None and events else 0
+        for other in self.pinned.values():
+            other.record_events(events)
+        if events and self.on_logged is not None:
+            try:
+                self.on_logged(events)
+            except Exception:  # noqa: BLE001
+                log.exception("on_logged failed for %d events", len(events))
+        return int(applied)
+
     # -- loading --------------------------------------------------------------------------
     @staticmethod
     def _apply(engine: Engine, entries: Iterable[Event | CatalogRow]) -> tuple[Engine, int]:
@@ -161,6 +181,10 @@ class BundleManager:
             engine = self.engine
             if engine is None:
                 raise CatalogUnsupported("no bundle is loaded yet; retry shortly")
+            if self.event_log is not None and not hasattr(self.event_log, "append_catalog"):
+                raise CatalogUnsupported(f"live catalog changes cannot be logged on {type(self.event_log).__name__} "
+                                         "(the Redis event bus carries events only, so far): change the catalog "
+                                         "with a rebuild, or serve with the SQLite event log")
             new, counts = apply_changes(engine, changes)
             pinned = {v: apply_changes(e, changes)[0] for v, e in self.pinned.items()}
             if self.event_log is not None:
@@ -239,8 +263,7 @@ class BundleManager:
             # every acknowledged event must be readable, or nothing is served from the log
             self.event_log.check_range(0, mark)
             after, since_ts, received = self._replay_from(folder, manifest, engine)
-            engine, replayed = self._apply(engine, self.event_log.iter_entries(
-                since_ts, received, after_seq=after, upto_seq=mark))
+            engine, replayed = self._apply(engine, self._entries(since_ts, received, after, mark))
         warm = getattr(engine, "warm", None)  # optional: engines may keep per-user state
         if warm is not None and self.warm_users is not None:
             t1 = time.perf_counter()
@@ -255,11 +278,27 @@ class BundleManager:
 
     def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int,
                   mark: int) -> tuple[Engine, int]:
-        """Apply the events and catalog changes logged after ``mark`` (call under the ingestion lock)."""
+        """Apply the events and catalog changes logged after ``mark`` (call under the ingestion lock),
+        up to the log's position: what the serving engine holds (a shared log may hold more, which
+        its follower applies)."""
         if self.event_log is None:
             return engine, 0
-        self.event_log.check_range(mark, self.event_log.position())
-        return self._apply(engine, self.event_log.iter_entries(since_ts, received, after_seq=max(mark, after)))
+        apply_through = getattr(self.event_log, "apply_through", None)
+        if apply_through is not None and after > self.event_log.position():
+            # a shared log's follower is behind what the bundle includes: the engines serving now
+            # get those entries first, so that the log's position covers the bundle's
+            apply_through(after)
+        end = self.event_log.position()
+        self.event_log.check_range(mark, end)
+        return self._apply(engine, self._entries(since_ts, received, max(mark, after), end))
+
+    def _entries(self, since_ts: int | None, received: float | None, after: int, upto: int | None):
+        """The log's events and catalog changes after ``after`` (a log without catalog changes,
+        the event bus: its events)."""
+        entries = getattr(self.event_log, "iter_entries", None)
+        if entries is None:
+            return self.event_log.iter_events(since_ts, received, after_seq=after, upto_seq=upto)
+        return entries(since_ts, received, after_seq=after, upto_seq=upto)
 
     def load_pinned(self, version: str) -> Engine:
         """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the

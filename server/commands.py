@@ -35,6 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     s.add_argument("--port", type=int, help="gRPC port; 0 picks a free one (default 50051)")
     s.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port (default: off)")
     s.add_argument("--event-log", type=Path, help="SQLite event log (default BUNDLES/events.sqlite3)")
+    s.add_argument("--event-bus", metavar="redis://HOST:PORT/DB",
+                   help="share the event log with other replicas: this Redis Stream is the log of record (events "
+                   "are acknowledged once appended there, and every replica applies every event; Redis 7+, "
+                   "appendonly with appendfsync always; see docs/operations.md; default: the SQLite --event-log)")
+    s.add_argument("--event-stream", metavar="NAME",
+                   help="the stream's key with --event-bus (default tandem:events)")
+    s.add_argument("--event-id-retention", type=float, dest="event_id_retention_s", metavar="SECONDS",
+                   help="with --event-bus: how long the fleet remembers an event_id, a repeat within it being a "
+                   "duplicate (default 604800, 7 days)")
     s.add_argument("--experiment", type=Path, metavar="FILE.toml",
                    help="run an A/B experiment: users are assigned arms (bundle versions or pipeline settings) by a "
                    "stable hash and every answer to a user is logged as an exposure (default: none; see "

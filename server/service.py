@@ -24,6 +24,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from tandem.index_builder.event_stream import DEFAULT_STREAM
 from tandem.ranking.api import CannotAnswerError, Engine, UnknownItemError
 from tandem.ranking.history import DEFAULT_USER_MEMOS
 from tandem.ranking.live_catalog import CatalogChange
@@ -33,6 +34,7 @@ from tandem.server._generated import tandem_pb2 as pb
 from tandem.server._generated import tandem_pb2_grpc as pb_grpc
 from tandem.server.auth import AuthInterceptor
 from tandem.server.bundle_manager import BundleManager
+from tandem.server.event_bus import BusUnavailable, check_bus_url
 from tandem.server.event_log import EventLog
 from tandem.server.experiment import Experiment, load_experiment
 from tandem.server.exposure_log import ExposureLog
@@ -76,6 +78,13 @@ class ServerConfig:
     port: int = 50051
     metrics_port: int | None = None
     event_log: Path | None = None
+    #: a redis://HOST:PORT/DB URL: the Redis Stream there is the log of record of every replica
+    #: given the same URL and stream (server/bus_log.py), instead of the SQLite event log
+    event_bus: str | None = None
+    #: the stream's key (with --event-bus)
+    event_stream: str = DEFAULT_STREAM
+    #: with --event-bus: how long the fleet remembers an event_id (a repeat within it is a duplicate)
+    event_id_retention_s: float = 7 * 86400.0
     #: an A/B experiment file (see server/experiment.py); None: no experiment
     experiment: Path | None = None
     #: where exposures are logged (default: exposures.sqlite3 beside the event log)
@@ -129,6 +138,15 @@ class ServerConfig:
             if not getattr(self, name) > 0:
                 raise ValueError(f"--{name.removesuffix('_s').replace('_', '-')} must be > 0 seconds, "
                                  f"got {getattr(self, name)}")
+        if self.event_bus is not None:
+            check_bus_url(self.event_bus)
+            if self.event_log is not None:
+                raise ValueError("--event-log and --event-bus exclude each other: with a bus, its stream is the "
+                                 "event log (give one of the two)")
+        if not self.event_stream.strip():
+            raise ValueError("--event-stream must not be empty")
+        if not self.event_id_retention_s >= 1:
+            raise ValueError(f"event_id_retention_s must be >= 1 second, got {self.event_id_retention_s}")
         if self.watch_interval_s <= 0 or self.grace_s < 0:
             raise ValueError("watch_interval_s must be > 0 and grace_s >= 0")
 
@@ -220,6 +238,9 @@ class _Calls:
             context.abort(code, f"unknown item_id {exc.args[0]!r} (not in bundle {version})")
         except CannotAnswerError as exc:
             code, error = grpc.StatusCode.FAILED_PRECONDITION, str(exc)
+            context.abort(code, error)
+        except BusUnavailable as exc:  # the shared event log did not take the batch: retry (with event ids)
+            code, error = grpc.StatusCode.UNAVAILABLE, str(exc)
             context.abort(code, error)
         except Exception as exc:
             if context.code() is not None:  # context.abort() above or in fn already set the status
@@ -560,7 +581,7 @@ class TandemServer:
         self.metrics = ServiceMetrics()
         # a bad experiment file fails before anything is opened or loaded
         self.experiment: Experiment | None = load_experiment(config.experiment) if config.experiment else None
-        self.event_log = EventLog(config.event_log_path)
+        self.event_log = self._open_event_log(config)
         self.exposure_log: ExposureLog | None = None
         self.experiment_runner = None
 
@@ -580,11 +601,27 @@ class TandemServer:
         self.manager = BundleManager(config.bundles, load, self.event_log, on_swap,
                                      on_refused=lambda _msg: self.metrics.refused.inc(),
                                      warm_users=config.user_memos)
+        if config.event_bus is not None:
+            self.event_log.bind(self.manager.ingest_lock, self.manager.apply_logged)
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
+
+    def _open_event_log(self, config: ServerConfig):
+        """The SQLite event log, or with ``--event-bus`` the replica's view of the shared stream."""
+        if config.event_bus is None:
+            return EventLog(config.event_log_path)
+        import socket
+
+        from tandem.server.bus_log import BusEventLog, BusMetrics
+        from tandem.server.event_bus import RedisStreamBus
+
+        origin = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"  # this process, this start
+        bus = RedisStreamBus(config.event_bus, config.event_stream, origin=origin,
+                             key_retention_s=config.event_id_retention_s)
+        return BusEventLog(bus, BusMetrics(self.metrics.registry))
 
     def _on_denied(self, method: str) -> None:
         self.metrics.responses.labels(method.rsplit("/", 1)[-1], grpc.StatusCode.UNAUTHENTICATED.name).inc()
@@ -597,7 +634,18 @@ class TandemServer:
         except RuntimeError:
             self.event_log.close()
             raise
-        _, error = self.manager.reload()
+        bus = cfg.event_bus is not None
+        try:
+            if bus:  # the cursor at the end of the stream: the bundle load replays up to it
+                self.event_log.open()
+            _, error = self.manager.reload()
+            if bus and self.manager.engine is not None:  # and what came during the load: then SERVING
+                caught = self.event_log.catch_up()
+                self.event_log.follow()
+                log_fields(log, logging.INFO, "event bus caught up", bus=self.event_log.path, events=caught)
+        except BusUnavailable as exc:
+            self.event_log.close()
+            raise RuntimeError(f"cannot serve: {exc} (a replica catches up with the stream before it serves)") from None
         if self.manager.engine is None:
             self.event_log.close()
             raise RuntimeError(f"cannot serve: no usable bundle under {self.config.bundles} ({error})")
@@ -647,7 +695,7 @@ class TandemServer:
             self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
         log_fields(log, logging.INFO, "serving", address=f"{cfg.host}:{self.port}",
                    bundle=self.manager.engine.version, metrics_port=self.metrics_port, tls=cfg.tls_cert is not None,
-                   auth=bool(cfg.token), event_log=str(cfg.event_log_path), replayed=self.manager.replayed)
+                   auth=bool(cfg.token), event_log=str(self.event_log.path), replayed=self.manager.replayed)
         return self.port
 
     def stop(self, grace_s: float | None = None) -> None:

@@ -28,6 +28,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="an incremental build from an earlier bundle (a bundle root with CURRENT, or a bundle "
                         "folder): text vectors reused by content hash, two-tower and ranker warm-started and "
                         "trained for fewer epochs ([build] from_bundle; [build.incremental]; docs/operations.md)")
+    p.add_argument("--events-bus", metavar="redis://HOST:PORT/DB",
+                   help="the Redis Stream of a fleet (tandem serve --event-bus): its events are added to the data, "
+                        "and the manifest records the newest entry (the servers replay the later ones)")
+    p.add_argument("--events-stream", default="tandem:events", metavar="NAME",
+                   help="the stream's key with --events-bus (default tandem:events)")
     p.add_argument("--strict", action="store_true", help="fail on the first malformed row")
     p.add_argument("--engine", choices=("local", "spark"), default="local",
                    help="where reading, cleaning, the split, popularity and item-CF run: local (default, "
@@ -57,6 +62,15 @@ def _run(args: argparse.Namespace) -> int:
         mark = event_log_mark(args.events_log)
         extra = read_event_log(args.events_log, upto_seq=mark["seq"])
         edits = read_catalog_changes(args.events_log, upto_seq=mark["seq"])
+    if args.events_bus is not None:
+        if args.events_log is not None:
+            print("tandem build: error: --events-log and --events-bus exclude each other (a fleet's log is its "
+                  "stream)", file=sys.stderr)
+            return 2
+        from tandem.index_builder.event_stream import read_stream, stream_mark
+
+        mark = stream_mark(args.events_bus, args.events_stream)  # the newest entry now, as for --events-log
+        extra = read_stream(args.events_bus, args.events_stream, upto_seq=mark["seq"])
     engine = None
     if args.engine == "spark":
         from tandem.index_builder.spark_session import spark_problem
