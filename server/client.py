@@ -635,6 +635,19 @@ class AsyncTandemClient(_Base):
         request = _build("ReloadBundle", lambda: pb.ReloadBundleRequest(version=version))
         return reloaded_from_pb(await self._call("ReloadBundle", self._admin.ReloadBundle, request, timeout))
 
+    async def upsert_items(self, items: Iterable[Item | dict], *, request_id: str = "",
+                           timeout: float | None = None) -> CatalogChanged:
+        """See :meth:`TandemClient.upsert_items`."""
+        request = _build("UpsertItems", lambda: pb.UpsertItemsRequest(items=[item_to_pb(i) for i in items],
+                                                                      request_id=request_id))
+        return changed_from_pb(await self._call("UpsertItems", self._admin.UpsertItems, request, timeout))
+
+    async def delete_items(self, item_ids: Iterable[str], *, request_id: str = "",
+                           timeout: float | None = None) -> CatalogChanged:
+        """See :meth:`TandemClient.delete_items`."""
+        request = _build("DeleteItems", lambda: pb.DeleteItemsRequest(item_ids=list(item_ids), request_id=request_id))
+        return changed_from_pb(await self._call("DeleteItems", self._admin.DeleteItems, request, timeout))
+
     async def status(self, *, timeout: float | None = None) -> Status:
         """See :meth:`TandemClient.status`."""
         return status_from_pb(await self._call("GetStatus", self._admin.GetStatus, pb.GetStatusRequest(), timeout))

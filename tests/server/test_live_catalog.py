@@ -3,6 +3,7 @@ is found by the next Search, SimilarItems and Recommend; a deleted one is never 
 price and stock changes reach the filters; a bad row refuses the batch naming its index and
 field; the token is required; changes are replayed on restart and on a bundle swap."""
 
+import asyncio
 import shutil
 import threading
 
@@ -311,6 +312,15 @@ def test_the_python_client_and_the_cli(live, tmp_path, capsys):
         assert info.value.code == "INVALID_ARGUMENT" and info.value.field == "items[1].price"
         assert client.stream_upsert_items([got]).upserted == 1
         assert client.delete_items(["live-cli-1"]).deleted == 1
+    async def with_async_client():
+        from tandem.server.client import AsyncTandemClient
+
+        async with AsyncTandemClient(addr, token=TOKEN, timeout=60) as client:
+            added = await client.upsert_items([{"item_id": "live-async-1", "title": "Async-sent beryl soap"}])
+            deleted = await client.delete_items(["live-async-1"])
+            return added.added, deleted.deleted
+
+    assert asyncio.run(with_async_client()) == (1, 1)
     with TandemClient(addr, timeout=10) as anonymous, pytest.raises(TandemError) as info:
         anonymous.delete_items(["x"])
     assert info.value.code == "UNAUTHENTICATED"
