@@ -25,15 +25,16 @@ batch does). Which rows change:
 * ``half_life_days`` weighs a pair by ``0.5 ** ((newest - ts) / half_life)``: a newer event
   rescales every entry by the same factor. Rows are kept in the frame of the bundle's newest event
   and published scaled by ``0.5 ** ((newest - that) / half_life)`` (an O(nnz) copy per batch that
-  moves ``newest``; none with ``row_normalise``, where the factor cancels).
+  moves ``newest``; none with ``row_normalise``, where the factor cancels). In that frame a pair
+  weighs twice as much per half-life it is newer than the bundle: float32 holds 128 half-lives.
 
 Cosine and Jaccard similarities are not updated live (:func:`live_supported` says why).
 
 Bounded memory. The bundle's sequences are held once (32 bytes per distinct user-item pair).
 Live state is each *live user*'s whole sequence (the bundle's part copied on their first live
 event); ``max_entries`` caps the sum of their lengths (measured: about 120 bytes an entry for
-users with 20 items, 290 for users with 2, so at most ~450 bytes an entry). Beyond it, the least recently active live
-users are evicted: their live events are forgotten by item-CF (their base sequence stands again),
+users with 20 items, 290 for users with 2, so at most ~450 bytes an entry). Beyond it, the least
+recently active live users are evicted: their live events are forgotten by item-CF (their base sequence stands again),
 the rows they touched are recomputed, and :attr:`LiveItemCF.evicted_users` /
 ``evicted_entries`` count them. Item-CF then equals a batch build over the bundle's events plus the
 live events of the users still held. The matrix itself keeps ``n_neighbours`` entries per row, as
