@@ -19,6 +19,10 @@ replayed log or applied to the engine that serves after the swap.
 What is replayed goes by sequence number, never by time: a bundle's manifest records, as
 ``event_log.seq``, the newest logged event it was built from (``tandem build --events-log``; 0
 when it includes none), and every event after it is replayed, once (:meth:`BundleManager._replay_from`).
+
+When other processes append to the same log (``tandem serve --processes N``), :attr:`BundleManager.tailer`
+(a :class:`~tandem.server.log_tailer.LogTailer`) applies their events; the manager tells it what
+it applied itself, so that every engine sees each logged event once, in sequence order.
 """
 
 from __future__ import annotations
@@ -29,11 +33,15 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tandem.ranking.api import CannotAnswerError, Engine, RecommendRequest, SearchRequest, SimilarRequest
 from tandem.retrieval.bundle import current_bundle, list_bundles, read_manifest
 from tandem.retrieval.data import Event
 from tandem.server.event_log import EventLog
+
+if TYPE_CHECKING:
+    from tandem.server.log_tailer import LogTailer
 
 __all__ = ["BundleManager", "check_version_name", "warm_request_paths"]
 
@@ -108,6 +116,8 @@ class BundleManager:
         self.pinned: dict[str, Engine] = {}
         #: called with each batch of newly logged events (duplicates left out), after they are applied
         self.on_logged: Callable[[Sequence[Event]], None] | None = None
+        #: follows what other processes append to the log (see tandem.server.log_tailer); None: nobody else writes
+        self.tailer: LogTailer | None = None
         self._ingest_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -127,6 +137,8 @@ class BundleManager:
             if self.event_log is not None:
                 seq, fresh = self.event_log.append_unique(events, event_ids, before_commit)
                 new = events if len(fresh) == len(events) else [events[k] for k in fresh]
+                if self.tailer is not None:  # other processes' earlier events first, in log order (and a
+                    self.tailer.advance(seq - len(new))  # duplicate's original is applied when it is acknowledged)
             else:
                 if before_commit is not None:
                     before_commit()
@@ -136,6 +148,8 @@ class BundleManager:
             if new:
                 for other in self.pinned.values():
                     other.record_events(new)
+                if self.tailer is not None:
+                    self.tailer.applied(seq)
         if new and self.on_logged is not None:
             try:  # counters must never fail an acknowledged batch
                 self.on_logged(new)
@@ -236,11 +250,20 @@ class BundleManager:
         return engine, since_ts, received, after, mark, replayed
 
     def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int, mark: int) -> int:
-        """Apply the events logged after ``mark`` (call under the ingestion lock)."""
+        """Apply the events logged after ``mark`` (call under the ingestion lock). With a tailer,
+        the engines serving now are first brought to the log's end, and ``engine`` to that same
+        position, so the tailer goes on from there for all of them."""
         if self.event_log is None:
             return 0
-        self.event_log.check_range(mark, self.event_log.position())
-        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after)))
+        end = self.tailer.advance() if self.tailer is not None else self.event_log.position()
+        self.event_log.check_range(mark, end)
+        return self._apply(engine, self.event_log.iter_events(since_ts, received, after_seq=max(mark, after),
+                                                              upto_seq=end))
+
+    @property
+    def ingest_lock(self) -> threading.Lock:
+        """Held while events are logged and applied, and while a new engine catches up and is swapped in."""
+        return self._ingest_lock
 
     def load_pinned(self, version: str) -> Engine:
         """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the
