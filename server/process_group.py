@@ -219,6 +219,8 @@ def supervise(config: ServerConfig, command: Sequence[str] | None = None,
                 select.select(socks, [], [], _POLL_S)
             else:
                 stop.wait(_POLL_S)
+            if stop.is_set():  # a Ctrl-C reaches the children too: their exits are not failures
+                break
             now = time.monotonic()
             for i, child in enumerate(children):
                 if child is None:
