@@ -6,8 +6,8 @@ process's Recommend shows it), in one run.
 
 Throughput: each configuration is started as the product runs it (``tandem serve --processes N``,
 N = 1 and 2, alternated ``--rounds`` times so that a change in the machine's load hits both),
-then 16 closed-loop client threads call Recommend for the shop's users for ``--seconds``, each
-thread on its own channel (one channel is one connection, and SO_REUSEPORT spreads connections,
+then 16 closed-loop client threads (in ``--client-procs`` processes, default 2: one Python client
+process is GIL-bound too) call Recommend for the shop's users for ``--seconds``, each thread on its own channel (one channel is one connection, and SO_REUSEPORT spreads connections,
 not requests, over the processes). Extra server flags go after ``--`` (e.g. ``-- --compute-slots 1``).
 
 Visibility (:func:`visibility`): on the 2-process group, for ``--trials`` new users, record one
@@ -24,6 +24,7 @@ import argparse
 import gzip
 import itertools
 import json
+import multiprocessing
 import os
 import re
 import signal
@@ -97,8 +98,22 @@ def _users(data: Path, n: int = 2000) -> list[str]:
         return sorted({json.loads(line)["user_id"] for line in itertools.islice(f, 20 * n)})[:n]
 
 
-def throughput(port: int, users: list[str], concurrency: int, seconds: float, warmup: float = 1.0) -> dict:
-    """Closed loop: ``concurrency`` threads, each on its own channel, Recommend back to back."""
+def throughput(port: int, users: list[str], concurrency: int, seconds: float, client_procs: int = 2,
+               warmup: float = 1.0) -> dict:
+    """Closed loop: ``concurrency`` threads spread over ``client_procs`` client processes (one
+    Python client process is itself GIL-bound), each thread on its own channel, Recommend back to back."""
+    start = time.time() + 3.0 + warmup  # wall clock: the client processes start measuring together
+    per = [concurrency // client_procs + (k < concurrency % client_procs) for k in range(client_procs)]
+    with multiprocessing.get_context("spawn").Pool(client_procs) as pool:
+        parts = pool.starmap(_client, [(port, users, c, sum(per[:k]), start, seconds) for k, c in enumerate(per)])
+    ms = np.array([x for lat, _ in parts for x in lat]) * 1e3
+    return {"requests": len(ms), "rps": len(ms) / seconds, "p50": float(np.percentile(ms, 50)),
+            "p99": float(np.percentile(ms, 99)), "errors": sum(e for _, e in parts)}
+
+
+def _client(port: int, users: list[str], concurrency: int, first: int, start_wall: float,
+            seconds: float) -> tuple[list[float], int]:
+    """One client process: threads ``first``.. call until ``start_wall + seconds``, recording from ``start_wall``."""
     import grpc
 
     from tandem.server._generated import tandem_pb2 as pb
@@ -107,7 +122,7 @@ def throughput(port: int, users: list[str], concurrency: int, seconds: float, wa
     lat: list[float] = []
     errors = [0]
     lock = threading.Lock()
-    start = time.perf_counter() + warmup
+    start = time.perf_counter() + (start_wall - time.time())
     deadline = start + seconds
 
     def worker(i: int) -> None:
@@ -126,14 +141,12 @@ def throughput(port: int, users: list[str], concurrency: int, seconds: float, wa
             with lock:
                 lat.extend(local)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(concurrency)]
+    threads = [threading.Thread(target=worker, args=(first + i,)) for i in range(concurrency)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    ms = np.array(lat) * 1e3
-    return {"requests": len(lat), "rps": len(lat) / seconds, "p50": float(np.percentile(ms, 50)),
-            "p99": float(np.percentile(ms, 99)), "errors": errors[0]}
+    return lat, errors[0]
 
 
 def visibility(ports: list[int], item: str, trials: int, tag: str = "vis") -> dict[str, list[float]]:
@@ -199,6 +212,7 @@ def parser() -> argparse.ArgumentParser:
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2, help="1- and 2-process measurements, alternated (default 2)")
     ap.add_argument("--trials", type=int, default=200, help="visibility: events per kind (default 200)")
+    ap.add_argument("--client-procs", type=int, default=2, help="client processes sharing the concurrency (default 2)")
     return ap
 
 
@@ -215,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in (1, 2):
             served = Served(args.bundles, args.work, n, extra)
             try:
-                res = throughput(served.port, users, args.concurrency, args.seconds)
+                res = throughput(served.port, users, args.concurrency, args.seconds, args.client_procs)
                 results[n].append(res)
                 print(f"round {r + 1}: {n} process(es), c={args.concurrency}: {res['rps']:.0f} req/s, "
                       f"p50 {res['p50']:.1f} ms, p99 {res['p99']:.1f} ms, errors {res['errors']}; "
