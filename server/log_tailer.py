@@ -26,6 +26,7 @@ import logging
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tandem.retrieval.data import Event
@@ -47,12 +48,15 @@ _BATCH = 10_000
 class LogTailer:
     """Applies the events other processes append to ``event_log`` to ``manager``'s engines."""
 
-    def __init__(self, event_log: EventLog, manager: BundleManager, interval_s: float = TAIL_INTERVAL_S) -> None:
+    def __init__(self, event_log: EventLog, manager: BundleManager, interval_s: float = TAIL_INTERVAL_S,
+                 on_tailed: Callable[[int], None] | None = None) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be > 0, got {interval_s}")
         self.event_log = event_log
         self.manager = manager
         self.interval_s = interval_s
+        #: called with the number of other processes' events each time some are applied (a metric)
+        self.on_tailed = on_tailed
         #: every logged event up to this sequence number is applied (change only under the ingestion lock)
         self.position = 0
         #: events of other processes applied so far (a metric and a test hook)
@@ -91,6 +95,8 @@ class LogTailer:
                 for engine in engines:
                     engine.record_events(chunk)
             self.tailed += len(events)
+            if self.on_tailed is not None:
+                self.on_tailed(len(events))
         self.position = max(self.position, end)
         return self.position
 

@@ -536,7 +536,8 @@ class TandemServer:
                                      warm_users=config.user_memos)
         self.tailer: LogTailer | None = None
         if member is not None:  # the other processes' events reach this one's engines through the log
-            self.tailer = self.manager.tailer = LogTailer(self.event_log, self.manager)
+            self.tailer = self.manager.tailer = LogTailer(self.event_log, self.manager,
+                                                          on_tailed=self.metrics.events_tailed.inc)
         self.private_port: int | None = None
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None

@@ -68,6 +68,8 @@ def wait_for(predicate, timeout=10.0):
 
 def test_an_event_logged_by_one_process_reaches_the_other_and_own_events_apply_once(members):
     a, b = members(), members()
+    seen = []
+    b.tailer.on_tailed = seen.append  # the server counts them in tandem_events_tailed_total
     a.manager.record([Event("zoe", "i01", BUILT_AT), Event("zoe", "i02", BUILT_AT)])
     assert b.manager.engine.histories.get("zoe") is None  # nobody tails yet
     with b.manager.ingest_lock:
@@ -77,6 +79,7 @@ def test_an_event_logged_by_one_process_reaches_the_other_and_own_events_apply_o
     a.manager.record([Event("zoe", "i04", BUILT_AT)])
     seq, applied, dup = b.manager.record([Event("zoe", "i05", BUILT_AT)])
     assert (seq, applied, dup) == (4, 1, 0) and b.tailer.position == 4
+    assert b.tailer.tailed == 3 and seen == [2, 1]  # the other process's events only
     assert b.manager.engine.histories["zoe"] == ["i01", "i02", "i04", "i05"]
     # a has not tailed b's event yet; its tailer thread brings it, once
     assert a.manager.engine.histories["zoe"] == ["i01", "i02", "i04"]
