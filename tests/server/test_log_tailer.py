@@ -138,3 +138,26 @@ def test_a_tail_interval_must_be_positive(members):
     a = members()
     with pytest.raises(ValueError, match="interval_s must be > 0"):
         LogTailer(a.log, a.manager, 0)
+
+
+def test_a_swap_to_a_bundle_that_includes_part_of_the_log_replays_the_rest_once_with_the_tailer(members, tmp_path):
+    """The new bundle was built from the log's first 3 events (its manifest's event_log mark):
+    after b swaps to it, b's engine holds exactly the later events, in order, whichever process
+    logged them and whether they came before the swap (replay) or after it (tailer, own)."""
+    from tandem.index_builder.event_log_reader import event_log_mark
+
+    a, b = members(), members()
+    b.tailer.start()
+    a.manager.record([Event("zoe", "i01", BUILT_AT), Event("zoe", "i02", BUILT_AT)])
+    b.manager.record([Event("yan", "i05", BUILT_AT)])
+    mark = event_log_mark(a.log.path)
+    assert mark["seq"] == 3
+    a.manager.record([Event("zoe", "i03", BUILT_AT)])  # logged after the build read the log
+    write_fake_bundle(tmp_path / "bundles", version="v2", built_at=BUILT_AT,
+                      histories={**SHOP, "zoe": ["i01", "i02"], "yan": ["i05"]}, event_log=mark)
+    assert b.manager.reload() == (True, "") and b.manager.engine.version == "v2"
+    a.manager.record([Event("zoe", "i04", BUILT_AT)])
+    b.manager.record([Event("yan", "i06", BUILT_AT)])
+    assert wait_for(lambda: b.tailer.position == 6)
+    assert b.manager.engine.recorded == logged(b.log)[3:]
+    assert b.manager.engine.histories == {**SHOP, "zoe": ["i01", "i02", "i03", "i04"], "yan": ["i05", "i06"]}
