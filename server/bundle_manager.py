@@ -19,6 +19,10 @@ replayed log or applied to the engine that serves after the swap.
 What is replayed goes by sequence number, never by time: a bundle's manifest records, as
 ``event_log.seq``, the newest logged event it was built from (``tandem build --events-log``; 0
 when it includes none), and every event after it is replayed, once (:meth:`BundleManager._replay_from`).
+
+When other processes append to the same log (``tandem serve --processes N``), :attr:`BundleManager.tailer`
+(a :class:`~tandem.server.log_tailer.LogTailer`) applies their events; the manager tells it what
+it applied itself, so that every engine sees each logged event once, in sequence order.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tandem.ranking.api import CannotAnswerError, Engine, RecommendRequest, SearchRequest, SimilarRequest
 from tandem.ranking.live_catalog import CatalogChange
@@ -36,6 +41,9 @@ from tandem.retrieval.bundle import current_bundle, list_bundles, read_manifest
 from tandem.retrieval.data import Event
 from tandem.server.event_log import CatalogRow, EventLog
 from tandem.server.live_catalog import CatalogUnsupported, apply_changes, catalog_rows, commit, replay_entries
+
+if TYPE_CHECKING:
+    from tandem.server.log_tailer import LogTailer
 
 __all__ = ["BundleManager", "check_version_name", "warm_request_paths"]
 
@@ -110,6 +118,8 @@ class BundleManager:
         self.pinned: dict[str, Engine] = {}
         #: called with each batch of newly logged events (duplicates left out), after they are applied
         self.on_logged: Callable[[Sequence[Event]], None] | None = None
+        #: follows what other processes append to the log (see tandem.server.log_tailer); None: nobody else writes
+        self.tailer: LogTailer | None = None
         self._ingest_lock = threading.Lock()
         self._reload_lock = threading.Lock()
         self._stop = threading.Event()
@@ -129,6 +139,8 @@ class BundleManager:
             if self.event_log is not None:
                 seq, fresh = self.event_log.append_unique(events, event_ids, before_commit)
                 new = events if len(fresh) == len(events) else [events[k] for k in fresh]
+                if self.tailer is not None:  # other processes' earlier events first, in log order (and a
+                    self.tailer.advance(seq - len(new))  # duplicate's original is applied when it is acknowledged)
             else:
                 if before_commit is not None:
                     before_commit()
@@ -138,6 +150,8 @@ class BundleManager:
             if new:
                 for other in self.pinned.values():
                     other.record_events(new)
+                if self.tailer is not None:
+                    self.tailer.applied(seq)
         if new and self.on_logged is not None:
             try:  # counters must never fail an acknowledged batch
                 self.on_logged(new)
@@ -185,6 +199,9 @@ class BundleManager:
                 raise CatalogUnsupported(f"live catalog changes cannot be logged on {type(self.event_log).__name__} "
                                          "(the Redis event bus carries events only, so far): change the catalog "
                                          "with a rebuild, or serve with the SQLite event log")
+            if self.tailer is not None:  # what the group's other processes logged so far comes first
+                self.tailer.advance()
+                engine = self.engine
             new, counts = apply_changes(engine, changes)
             pinned = {v: apply_changes(e, changes)[0] for v, e in self.pinned.items()}
             if self.event_log is not None:
@@ -195,6 +212,12 @@ class BundleManager:
                 seq = 0
             self.engine = commit(new, engine)
             self.pinned.update({v: commit(e, self.pinned[v]) for v, e in pinned.items()})
+            if self.tailer is not None:
+                # entries another process committed between the advance above and this append are
+                # applied now, after the change (the one reordering a group allows: they were
+                # concurrent with it); then the position moves past the change's own rows
+                self.tailer.advance(seq - len(changes))
+                self.tailer.applied(seq)
         return seq, counts
 
     def bundle_folder(self, version: str) -> Path:
@@ -279,16 +302,21 @@ class BundleManager:
     def _catch_up(self, engine: Engine, since_ts: int | None, received: float | None, after: int,
                   mark: int) -> tuple[Engine, int]:
         """Apply the events and catalog changes logged after ``mark`` (call under the ingestion lock),
-        up to the log's position: what the serving engine holds (a shared log may hold more, which
-        its follower applies)."""
+        up to the log's position: what the serving engine holds. With a tailer (``--processes``),
+        the engines serving now are first brought to the log's end, and ``engine`` to that same
+        position, so the tailer goes on from there for all of them; a shared stream (the event bus)
+        may hold more, which its follower applies."""
         if self.event_log is None:
             return engine, 0
-        apply_through = getattr(self.event_log, "apply_through", None)
-        if apply_through is not None and after > self.event_log.position():
-            # a shared log's follower is behind what the bundle includes: the engines serving now
-            # get those entries first, so that the log's position covers the bundle's
-            apply_through(after)
-        end = self.event_log.position()
+        if self.tailer is not None:
+            end = self.tailer.advance()
+        else:
+            apply_through = getattr(self.event_log, "apply_through", None)
+            if apply_through is not None and after > self.event_log.position():
+                # a shared log's follower is behind what the bundle includes: the engines serving now
+                # get those entries first, so that the log's position covers the bundle's
+                apply_through(after)
+            end = self.event_log.position()
         self.event_log.check_range(mark, end)
         return self._apply(engine, self._entries(since_ts, received, max(mark, after), end))
 

@@ -76,6 +76,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="... and close it unless the ping is answered within this (default 20)")
     s.add_argument("--min-ping-interval", type=float, dest="min_ping_interval_s", metavar="SECONDS",
                    help="clients may ping at most this often; faster ones get GOAWAY (default 10)")
+    s.add_argument("--processes", type=int, metavar="N",
+                   help="server processes sharing the port (SO_REUSEPORT) and the event log, started and "
+                   "supervised by this one; each client connection goes to one of them (default 1; see "
+                   "docs/operations.md, Several processes per host)")
     s.set_defaults(handler=serve)
 
     def client(name: str, help_: str, description: str) -> argparse.ArgumentParser:
@@ -183,6 +187,7 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
     """``tandem serve``: the bundle's pipeline (``engine_loader(bundle_folder)`` when given, as
     the process tests pass a stand-in engine) behind the gRPC server, until SIGTERM or SIGINT."""
     from tandem.server.logs import use_json_logs
+    from tandem.server.process_group import GroupMember, supervise
     from tandem.server.service import TandemServer
 
     config = serve_config(args)  # before anything else: a bad setting exits 2 at once
@@ -191,6 +196,14 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
 
         load_experiment(config.experiment)  # a bad experiment file too
     use_json_logs(logging.DEBUG if args.verbose else logging.INFO)
+    member = GroupMember.from_environ()
+    if member is None and config.processes > 1:
+        from tandem.server.event_log import EventLog
+
+        EventLog(config.event_log_path).close()  # checked (and created) once, before any process opens it
+        return supervise(config)
+    if member is not None:
+        config = member.config(config)
     import torch
 
     # request-time work is small: intra-op threads (torch, OpenBLAS, FAISS's OpenMP) only add
@@ -203,7 +216,7 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
     threadpool_limits(1)
     if engine_loader is None:
         from tandem.ranking.loader import load_engine as engine_loader
-    server = TandemServer(config, engine_loader)
+    server = TandemServer(config, engine_loader, member)
     done = threading.Event()
 
     def on_signal(signum, frame):  # noqa: ARG001
@@ -217,8 +230,13 @@ def serve(args: argparse.Namespace, engine_loader: Callable[[Path], Any] | None 
         print(f"tandem serve: error: {exc}", file=sys.stderr)
         return 2
     print(f"tandem serving {server.manager.engine.version} on {config.host}:{port}"
-          + (f", metrics on {config.host}:{server.metrics_port}" if server.metrics_port is not None else ""),
+          + (f", metrics on {config.host}:{server.metrics_port}" if server.metrics_port is not None else "")
+          + (f" (process {member.index}, private port {server.private_port})" if member is not None else ""),
           flush=True)
+    if member is not None:
+        member.report_ready(pid=os.getpid(), private_port=server.private_port, metrics_port=server.metrics_port,
+                            bundle=server.manager.engine.version)
+        member.listen(server.group_serving, done.set)
     done.wait()
     server.stop()  # drains in-flight requests, then closes the event log
     return 0

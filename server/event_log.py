@@ -12,10 +12,18 @@ the ``lost`` table records them), and the newest sequence number against the sid
 every WAL frame from the first damaged one on without a word; the side file is how the loss of
 acknowledged events shows. Any failure raises :class:`EventLogDamaged` naming the file and the
 commands that salvage it (:mod:`tandem.server.event_commands`).
+
+Several processes may append to one log (``tandem serve --processes N``; open it with
+``shared=True``): SQLite serialises their write transactions, so sequence numbers stay in commit
+order and ``event_id`` deduplication (checked inside the write transaction) holds across
+processes; the side file is only ever raised, under an ``fcntl`` lock, so a process whose commit
+is older never overwrites a newer one's position; :meth:`EventLog.position` reads the log's
+newest sequence number, whoever wrote it; and the open-time checks read one snapshot.
 """
 
 from __future__ import annotations
 
+import fcntl
 import os
 import sqlite3
 import threading
@@ -126,8 +134,11 @@ def inspect_log(path: str | Path) -> dict:
         out["acked"] = read_acked(path)
     except EventLogDamaged as exc:
         problems.append(str(exc))
-    conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
+    conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True, isolation_level=None)
     try:
+        # one read transaction: another process may append between the statements below, and the
+        # counter of one snapshot compared with the rows of another would look like lost events
+        conn.execute("BEGIN")
         verdict = [" ".join(str(r[0]).split()) for r in conn.execute("PRAGMA quick_check(20)").fetchall()]
         if verdict != ["ok"]:
             problems.append("PRAGMA quick_check: " + "; ".join(verdict))
@@ -161,10 +172,12 @@ def inspect_log(path: str | Path) -> dict:
 
 
 class EventLog:
-    """Append-only, thread-safe (one writer connection under a lock)."""
+    """Append-only, thread-safe (one writer connection under a lock). ``shared``: other processes
+    append to the same file too (see the module docstring)."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, shared: bool = False) -> None:
         self.path = Path(path)
+        self.shared = shared
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if self.path.exists() and self.path.stat().st_size > 0:
             found = inspect_log(self.path)
@@ -189,17 +202,38 @@ class EventLog:
     def _migrate(self) -> None:
         """Add what older logs lack (the event_id column and its index, the lost table)."""
         conn = self._conn
-        if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
-            columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-            if "event_id" not in columns:
-                conn.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
-            if "payload" not in columns:
-                conn.execute("ALTER TABLE events ADD COLUMN payload TEXT")
-        conn.executescript(SCHEMA)
+        # one write transaction for the look and the change: the processes of a group open the same
+        # log at once, and two that both saw a column missing would both add it (the second fails)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'events'").fetchone():
+                columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+                if "event_id" not in columns:
+                    conn.execute("ALTER TABLE events ADD COLUMN event_id TEXT")
+                if "payload" not in columns:
+                    conn.execute("ALTER TABLE events ADD COLUMN payload TEXT")
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def _write_acked(self, seq: int) -> None:
         # no fsync: the file only has to survive the process (kill -9); it is never ahead of a commit
-        os.pwrite(self._acked_fd, f"{seq:>{_ACKED_WIDTH}}\n".encode("ascii"), 0)
+        line = f"{seq:>{_ACKED_WIDTH}}\n".encode("ascii")
+        if not self.shared:
+            os.pwrite(self._acked_fd, line, 0)
+            return
+        # another process may have committed (and written) a newer position since this one's commit
+        fcntl.flock(self._acked_fd, fcntl.LOCK_EX)
+        try:
+            text = os.pread(self._acked_fd, _ACKED_WIDTH + 1, 0).decode("ascii", "replace").strip()
+            if not text.isdigit() or int(text) < seq:
+                os.pwrite(self._acked_fd, line, 0)
+        finally:
+            fcntl.flock(self._acked_fd, fcntl.LOCK_UN)
 
     def append(self, events: Sequence[Event], event_ids: Sequence[str | None] | None = None) -> int:
         """Durably append; returns the sequence number of the last event (0 if none ever)."""
@@ -286,8 +320,12 @@ class EventLog:
             self._write_acked(self._last)
 
     def position(self) -> int:
-        """The sequence number of the newest event (0 when empty)."""
+        """The sequence number of the newest event (0 when empty); of a shared log, whichever
+        process appended it."""
         with self._lock:
+            if self.shared and not self._closed:
+                row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
+                self._last = max(self._last, int(row[0]) if row else 0)
             return self._last
 
     def check_range(self, after_seq: int, upto_seq: int) -> None:
@@ -412,7 +450,8 @@ class EventLog:
                 return
             self._closed = True
             try:
-                self._conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+                # a shared log's other processes still read and write it: checkpoint what is free now
+                self._conn.execute(f"PRAGMA wal_checkpoint({'PASSIVE' if self.shared else 'TRUNCATE'})")
             finally:
                 self._conn.close()
                 os.close(self._acked_fd)

@@ -40,6 +40,9 @@ class ServiceMetrics:
                                         "events acknowledged but not logged again: their event_id was already logged",
                                         registry=r)
         self.events_applied = Counter("tandem_events_applied_total", "logged events on known items", registry=r)
+        self.events_tailed = Counter("tandem_events_tailed_total",
+                                     "events the other processes of the group logged, applied here (--processes)",
+                                     registry=r)
         self.event_lag = Histogram("tandem_event_visible_lag_seconds",
                                    "time from an event's timestamp to its effect being visible", registry=r,
                                    buckets=(0.01, 0.1, 1, 10, 60, 600, 3600, 86400))

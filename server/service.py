@@ -39,8 +39,10 @@ from tandem.server.event_log import EventLog
 from tandem.server.experiment import Experiment, load_experiment
 from tandem.server.exposure_log import ExposureLog
 from tandem.server.live_catalog import CatalogUnsupported
+from tandem.server.log_tailer import LogTailer
 from tandem.server.logs import log_fields
 from tandem.server.metrics import ServiceMetrics
+from tandem.server.process_group import GroupMember
 
 __all__ = ["ServerConfig", "TandemServer", "TandemServicer", "AdminServicer", "SERVICE_NAMES"]
 
@@ -110,6 +112,8 @@ class ServerConfig:
     keepalive_timeout_s: float = 20.0
     #: clients may ping at most this often (a client pinging faster gets GOAWAY)
     min_ping_interval_s: float = 10.0
+    #: server processes on this host sharing the port and the event log (server/process_group.py)
+    processes: int = 1
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -147,6 +151,11 @@ class ServerConfig:
             raise ValueError("--event-stream must not be empty")
         if not self.event_id_retention_s >= 1:
             raise ValueError(f"event_id_retention_s must be >= 1 second, got {self.event_id_retention_s}")
+        if self.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {self.processes}")
+        if self.processes > 1 and self.experiment is not None:
+            raise ValueError("--experiment runs in one process only: leave out --processes (or set it to 1); each "
+                             "process would keep its own exposure counters")
         if self.watch_interval_s <= 0 or self.grace_s < 0:
             raise ValueError("watch_interval_s must be > 0 and grace_s >= 0")
 
@@ -154,7 +163,8 @@ class ServerConfig:
         """The gRPC server channel arguments these settings stand for."""
         ms = lambda seconds: max(1, round(seconds * 1000))  # noqa: E731
         return [("grpc.max_receive_message_length", self.max_message_bytes),
-                ("grpc.so_reuseport", 0),
+                # one process: a second server on the same port is an error, not a silent share
+                ("grpc.so_reuseport", int(self.processes > 1)),
                 ("grpc.server_handshake_timeout_ms", ms(self.handshake_timeout_s)),
                 ("grpc.max_connection_idle_ms", ms(self.idle_timeout_s)),
                 ("grpc.keepalive_time_ms", ms(self.keepalive_time_s)),
@@ -576,12 +586,15 @@ def _tls_credentials(cert: Path, key: Path) -> grpc.ServerCredentials:
 class TandemServer:
     """Assembles and runs the service; ``start()`` returns once the first bundle serves."""
 
-    def __init__(self, config: ServerConfig, engine_loader: Callable[[Path], Engine]) -> None:
+    def __init__(self, config: ServerConfig, engine_loader: Callable[[Path], Engine],
+                 member: GroupMember | None = None) -> None:
         self.config = config
+        #: this server's place in a group of processes (tandem serve --processes N), or None
+        self.member = member
         self.metrics = ServiceMetrics()
         # a bad experiment file fails before anything is opened or loaded
         self.experiment: Experiment | None = load_experiment(config.experiment) if config.experiment else None
-        self.event_log = self._open_event_log(config)
+        self.event_log = self._open_event_log(config, shared=member is not None)
         self.exposure_log: ExposureLog | None = None
         self.experiment_runner = None
 
@@ -603,16 +616,24 @@ class TandemServer:
                                      warm_users=config.user_memos)
         if config.event_bus is not None:
             self.event_log.bind(self.manager.ingest_lock, self.manager.apply_logged)
+        self.tailer: LogTailer | None = None
+        if member is not None and config.event_bus is None:
+            # the other processes' events reach this one's engines through the log (with a bus, each
+            # process is a replica that follows the stream)
+            self.tailer = self.manager.tailer = LogTailer(self.event_log, self.manager,
+                                                          on_tailed=self.metrics.events_tailed.inc)
+        self.private_port: int | None = None
         self.health = health.HealthServicer()
         self.server: grpc.Server | None = None
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
 
-    def _open_event_log(self, config: ServerConfig):
-        """The SQLite event log, or with ``--event-bus`` the replica's view of the shared stream."""
+    def _open_event_log(self, config: ServerConfig, shared: bool = False):
+        """The SQLite event log (``shared``: appended to by the other processes of a ``--processes``
+        group too), or with ``--event-bus`` the replica's view of the shared stream."""
         if config.event_bus is None:
-            return EventLog(config.event_log_path)
+            return EventLog(config.event_log_path, shared=shared)
         import socket
 
         from tandem.server.bus_log import BusEventLog, BusMetrics
@@ -684,6 +705,10 @@ class TandemServer:
             error = str(exc)
         else:
             error = "add_port returned 0"
+        if self.port and self.member is not None:  # where only this process answers (tests, probes)
+            private = f"{cfg.host}:0"
+            self.private_port = (self.server.add_secure_port(private, creds) if creds is not None
+                                 else self.server.add_insecure_port(private))
         if not self.port:
             self._close_logs()
             raise RuntimeError(f"could not bind {address} ({error}); is another server on that port?")
@@ -691,12 +716,22 @@ class TandemServer:
             self.metrics_port = self.metrics.serve(cfg.metrics_port, cfg.host)
         self.server.start()
         self.manager.watch(cfg.watch_interval_s)
+        if self.tailer is not None:
+            self.tailer.start()
+        # a group's process says SERVING once every process is ready (group_serving)
+        status = health_pb2.HealthCheckResponse.NOT_SERVING if self.member else health_pb2.HealthCheckResponse.SERVING
         for service in ("", *SERVICE_NAMES):
-            self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(service, status)
         log_fields(log, logging.INFO, "serving", address=f"{cfg.host}:{self.port}",
                    bundle=self.manager.engine.version, metrics_port=self.metrics_port, tls=cfg.tls_cert is not None,
                    auth=bool(cfg.token), event_log=str(self.event_log.path), replayed=self.manager.replayed)
         return self.port
+
+    def group_serving(self) -> None:
+        """Every process of this one's group is ready: say SERVING."""
+        if not self._stopped.is_set():
+            for service in ("", *SERVICE_NAMES):
+                self.health.set(service, health_pb2.HealthCheckResponse.SERVING)
 
     def stop(self, grace_s: float | None = None) -> None:
         """Drain: report NOT_SERVING, stop accepting, let in-flight requests finish (up to the
@@ -708,6 +743,8 @@ class TandemServer:
         self.manager.stop()
         if self.server is not None:
             self.server.stop(self.config.grace_s if grace_s is None else grace_s).wait()
+        if self.tailer is not None:
+            self.tailer.stop()
         self._close_logs()
         self.metrics.close()
         log_fields(log, logging.INFO, "stopped", event_log_sequence=self.event_log.position())

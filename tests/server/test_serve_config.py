@@ -96,3 +96,19 @@ def test_example_config_serve_section_is_the_defaults(tmp_path):
     text = EXAMPLE.read_text()
     for f in dataclasses.fields(ServerConfig):
         assert f"\n{f.name} = " in text or f"\n# {f.name} = " in text, f"serve.{f.name} is not in the example"
+
+
+def test_processes_from_flag_file_and_environment_and_its_errors(tmp_path):
+    f = tmp_path / "tandem.toml"
+    f.write_text(f'[serve]\nbundles = "{tmp_path}"\nprocesses = 3\n')
+    assert serve_config(parse("--config", str(f)), environ={}).processes == 3
+    assert serve_config(parse("--config", str(f)), environ={"TANDEM_SERVE__PROCESSES": "2"}).processes == 2
+    assert serve_config(parse("--config", str(f), "--processes", "1"), environ={}).processes == 1
+    assert serve_config(parse("--bundles", str(tmp_path)), environ={}).processes == 1
+    with pytest.raises(ValueError, match="--processes must be >= 1, got 0"):
+        ServerConfig(bundles=tmp_path, processes=0)
+    with pytest.raises(ValueError, match="--experiment runs in one process only"):
+        ServerConfig(bundles=tmp_path, processes=2, experiment=tmp_path / "exp.toml")
+    # one process refuses to share its port; a group's processes share it
+    assert ("grpc.so_reuseport", 0) in ServerConfig(bundles=tmp_path).grpc_options()
+    assert ("grpc.so_reuseport", 1) in ServerConfig(bundles=tmp_path, processes=2).grpc_options()
