@@ -99,6 +99,16 @@ def stubs(port: int):
     return channel, pb_grpc.TandemStub(channel)
 
 
+def _has_item(stub, item_id: str) -> bool:
+    try:
+        stub.GetItem(pb.GetItemRequest(item_id=item_id), timeout=10)
+    except grpc.RpcError as exc:
+        if exc.code() == grpc.StatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
+
+
 def visible_within(stub, user: str, timeout: float) -> float:
     t0 = time.monotonic()
     while time.monotonic() - t0 < timeout:
@@ -126,6 +136,14 @@ def test_two_processes_share_the_port_and_the_events_and_are_supervised(tiny_bun
             writer.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id=user, item_id=item)]), timeout=10)
             assert not writer.Recommend(pb.RecommendRequest(user_id=user, k=5), timeout=10).cold_start
             assert visible_within(reader, user, 2.0) < 2.0
+        # live catalog changes travel the same way: upserted through process 0, found by process 1;
+        # deleted through process 1, gone from process 0
+        new_item = pb.Item(item_id="xproc-item", title="Xylophone mallet brass polish", in_stock=True)
+        pb_grpc.TandemAdminStub(ch0).UpsertItems(pb.UpsertItemsRequest(items=[new_item]), timeout=120)
+        group.wait(lambda: _has_item(s1, "xproc-item"), 10, "the item upserted through process 0 on process 1")
+        assert s1.Search(pb.SearchRequest(query=new_item.title, k=3), timeout=30).items[0].item_id == "xproc-item"
+        pb_grpc.TandemAdminStub(ch1).DeleteItems(pb.DeleteItemsRequest(item_ids=["xproc-item"]), timeout=120)
+        group.wait(lambda: not _has_item(s0, "xproc-item"), 10, "the item deleted through process 1 gone from process 0")
 
         # kill -9 one child: it is reported and restarted, and replays the log; the other serves on
         old_pid = members[1][0]
