@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -143,13 +143,17 @@ def bundle_source(folder: str | Path, events_log: str | Path) -> SourceData:
 
 
 def train_candidate(serving_folder: str | Path, events_log: str | Path, out: str | Path, *, upto_seq: int,
-                    config_overrides: Mapping[str, Any] | None = None) -> Path:
+                    config_overrides: Mapping[str, Any] | None = None, incremental: bool = True) -> Path:
     """Build a candidate bundle into the scratch root ``out`` from what the serving bundle was
-    built from (its data folder and build config, :func:`bundle_source`) plus every event of
-    ``events_log`` with ``seq <= upto_seq``; its manifest records ``event_log.seq = upto_seq``.
+    built from (its data folder and build config, :func:`bundle_source`) plus every event and live
+    catalog change of ``events_log`` with ``seq <= upto_seq``; its manifest records
+    ``event_log.seq = upto_seq``. ``incremental`` (the default): an incremental build from the
+    serving bundle (``tandem build --from``: text vectors of unchanged texts reused, two-tower and
+    ranker warm-started and trained for fewer epochs; docs/operations.md); False: a full build.
     ``config_overrides``: ``[build]`` settings changed for the candidate (nested dicts).
     Returns the candidate's folder (under ``out``)."""
     from tandem.index_builder.build import build
+    from tandem.index_builder.event_log_reader import read_catalog_changes
 
     source = bundle_source(serving_folder, events_log)
     config = source.config
@@ -157,6 +161,10 @@ def train_candidate(serving_folder: str | Path, events_log: str | Path, out: str
         from tandem.index_builder.config import config_to_dict
 
         config = _build(BuildConfig, _deep_merge(config_to_dict(config), config_overrides), "build")
+    if incremental:
+        config = replace(config, from_bundle=Path(serving_folder))
     mark = log_mark_at(events_log, upto_seq)
     events = read_event_log(events_log, upto_seq=mark["seq"])
-    return build(source.data_dir, Path(out), config, extra_events=events, event_log=mark).folder
+    edits = read_catalog_changes(events_log, upto_seq=mark["seq"])
+    return build(source.data_dir, Path(out), config, extra_events=events, event_log=mark,
+                 catalog_edits=edits or None).folder

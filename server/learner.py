@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -41,6 +42,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from tandem.index_builder.candidate import bundle_source, log_position, read_log_range, train_candidate
 from tandem.index_builder.holdout import choose_holdout, history_items, holdout_targets, score_engine
 from tandem.retrieval.bundle import current_bundle, read_manifest, write_bundle
+from tandem.retrieval.data import EVENT_TYPES, Event
+from tandem.server.event_log import CatalogRow, sqlite_uri
+from tandem.server.live_catalog import replay_entries
 
 __all__ = ["DECISIONS", "LearnConfig", "LearnMetrics", "Learner", "Trainer"]
 
@@ -142,6 +146,24 @@ class _Stopped(Exception):
 
 def _default_trainer(serving: Path, events_log: Path, out: Path, upto_seq: int) -> Path:
     return train_candidate(serving, events_log, out, upto_seq=upto_seq)
+
+
+def _replay(engine, log_path: Path, after: int, upto: int):
+    """``engine`` given the log's events and live catalog changes in ``(after, upto]``, in log order,
+    as the server's replay gives them (a catalog change makes a new engine: the one returned)."""
+    if upto <= after:
+        return engine
+    conn = sqlite3.connect(sqlite_uri(log_path, "ro"), uri=True)
+    try:
+        columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
+        payload = "payload" if "payload" in columns else "NULL"
+        rows = conn.execute(f"SELECT user_id, item_id, ts, event, value, {payload} FROM events "
+                            "WHERE seq > ? AND seq <= ? ORDER BY seq", (int(after), int(upto))).fetchall()
+    finally:
+        conn.close()
+    entries = [CatalogRow(ev, i, p) if p is not None else Event(u, i, int(ts), ev, v)
+               for u, i, ts, ev, v, p in rows if p is not None or ev in EVENT_TYPES]
+    return replay_entries(engine, entries)[0]
 
 
 def _load(folder: Path):
@@ -247,17 +269,13 @@ class Learner:
         on the held-out events. One engine is loaded at a time."""
         log_path, upto = self.config.events_log, holdout.train_upto
         users = sorted({le.event.user_id for le in holdout.held})
-        engine = _load(serving)
-        replay = [le.event for le in read_log_range(log_path, serving_seq, upto)]
-        if replay:
-            engine.record_events(replay)
+        engine = _replay(_load(serving), log_path, serving_seq, upto)
         targets = holdout_targets(holdout.held, history_items(engine, users))
         before = score_engine(engine, (), targets, self.config.k)
         del engine
         self._check_stop()
-        engine = _load(candidate)
-        replay = [le.event for le in read_log_range(log_path, cand_seq, upto)] if cand_seq < upto else []
-        after = score_engine(engine, replay, targets, self.config.k)
+        engine = _replay(_load(candidate), log_path, cand_seq, upto)
+        after = score_engine(engine, (), targets, self.config.k)
         del engine
         return {"serving": before, "candidate": after}, len(targets)
 
