@@ -17,12 +17,14 @@ Vectors (``--vectors``):
 * ``random``: i.i.d. Gaussian, unit norm: no structure at all, the worst case for quantisation.
 
 Queries are drawn from the same generator with another seed (not indexed): 500 tune the index to
-``--recall-target`` (Tandem's build-time tuning of nprobe and the re-scoring depth), another 500
-measure it. Exact top-k comes from ``faiss.knn``. Each index is saved with ``AnnIndex.save`` and
-measured in a fresh subprocess that loads it with ``AnnIndex.load`` (IVF float vectors memory-mapped,
-as ``tandem serve`` does): resident memory (anonymous and file-backed) after loading and after the
-searches, then single-query latency (wall and the thread's CPU time; one thread) at k = 10 and k = 200 (the pipeline's
-``per_source_k``), recall@10 with and without the exact re-scoring, and the codes scanned per query.
+``--recall-target`` at depth ``--k-tune`` (Tandem's build-time tuning of nprobe and the re-scoring
+depth; ``tandem build`` tunes at the pipeline's ``per_source_k``, 200), another 500 measure it.
+Exact top-k comes from ``faiss.knn``. Each index is saved with ``AnnIndex.save`` and measured in a
+fresh subprocess that loads it with ``AnnIndex.load`` (IVF float vectors memory-mapped, as
+``tandem serve`` does): resident memory (anonymous and file-backed) after loading and after the
+searches, then single-query latency (wall and the thread's CPU time; one thread) at k = 10 and
+k = 200 (the pipeline's ``per_source_k``), recall@k against exact search, recall of the codes
+alone (no exact re-scoring), and the codes scanned per query.
 The formula sizes (``formula_bytes``) are printed beside the measured ones. Large files go under
 ``--work`` (default /tmp/faiss_sizing) and are removed at the end unless ``--keep``.
 """
@@ -111,7 +113,6 @@ def measure(folder: Path, queries: np.ndarray, truth: np.ndarray) -> dict:
     load_s = time.perf_counter() - t
     loaded = _status_kb()
     res: dict = {"load_s": round(load_s, 2), "rss_before_load_kb": before, "rss_after_load_kb": loaded}
-    k_truth = truth.shape[1]
     for k in (10, 200):
         for q in queries[:50]:  # warm-up: first touches of the lists and of the mapped floats
             ann.search(q[None, :], k)
@@ -125,21 +126,24 @@ def measure(folder: Path, queries: np.ndarray, truth: np.ndarray) -> dict:
             _, ids = ann.search(q[None, :], k)
             lat.append(time.perf_counter() - t)
             cpu.append(time.thread_time() - c)
-            found.append(ids[0, :k_truth])
+            found.append(ids[0, :k])
         lat_ms = np.array(lat) * 1e3
+        found_k = np.array(found)
         entry = {"p50_ms": round(float(np.percentile(lat_ms, 50)), 3),
                  "p99_ms": round(float(np.percentile(lat_ms, 99)), 3),
                  "mean_ms": round(float(lat_ms.mean()), 3),
                  # CPU time of the searching thread: what a busy machine's preemption does not inflate
                  "cpu_mean_ms": round(float(np.mean(cpu)) * 1e3, 3),
                  "cpu_p50_ms": round(float(np.percentile(cpu, 50)) * 1e3, 3),
-                 "recall_at_10": round(_recall(np.array(found)[:, :10], truth[:, :10]), 4)}
+                 f"recall_at_{k}": round(_recall(found_k, truth[:, :k]), 4),
+                 "recall_at_10": round(_recall(found_k[:, :10], truth[:, :10]), 4)}
         if ann.kind.startswith("ivf"):
             entry["codes_scanned_per_query"] = round(stats.ndis / len(queries))
         res[f"k{k}"] = entry
     if ann.kind.startswith("ivf"):
-        _, raw = ann._index.search(queries, 10)  # the codes alone, no exact re-scoring
-        res["recall_at_10_codes_only"] = round(_recall(raw, truth[:, :10]), 4)
+        for k in (10, 200):  # the codes alone at the tuned nprobe, no exact re-scoring
+            _, raw = ann._index.search(queries, k)
+            res[f"recall_at_{k}_codes_only"] = round(_recall(raw, truth[:, :k]), 4)
         invlists = faiss.extract_index_ivf(ann._index).invlists
         sizes = np.array([invlists.list_size(i) for i in range(invlists.nlist)])
         res["list_size"] = {"mean": round(float(sizes.mean()), 1), "max": int(sizes.max()),
@@ -175,7 +179,7 @@ def run(args: argparse.Namespace) -> dict:
     eval_q = make_vectors(args.vectors, args.queries, args.dim, base, args.noise, args.seed + 2)
     gen_s = time.perf_counter() - t
     t = time.perf_counter()
-    _, truth = faiss.knn(eval_q, vectors, 10, metric=faiss.METRIC_INNER_PRODUCT)
+    _, truth = faiss.knn(eval_q, vectors, 200, metric=faiss.METRIC_INNER_PRODUCT)
     exact_s = time.perf_counter() - t
     qfile, tfile = work / "queries.npy", work / "truth.npy"
     np.save(qfile, eval_q, allow_pickle=False)
@@ -185,12 +189,12 @@ def run(args: argparse.Namespace) -> dict:
                     "faiss": faiss.__version__, "generate_s": round(gen_s, 1),
                     "exact_search_s_per_query": round(exact_s / args.queries, 4),
                     "flat_formula_bytes": 4.0 * args.n * args.dim, "indexes": {}}
-    print(f"{args.n} x {args.dim} {args.vectors} vectors in {gen_s:.1f} s; exact top-10 of "
+    print(f"{args.n} x {args.dim} {args.vectors} vectors in {gen_s:.1f} s; exact top-200 of "
           f"{args.queries} queries in {exact_s:.1f} s", flush=True)
     for kind in args.kinds:
         t = time.perf_counter()
-        ann = AnnIndex.build(vectors, AnnConfig(kind=kind, recall_target=args.recall_target, seed=args.seed),
-                             tune_queries=tune_q)
+        config = AnnConfig(kind=kind, recall_target=args.recall_target, k_tune=args.k_tune, seed=args.seed)
+        ann = AnnIndex.build(vectors, config, tune_queries=tune_q)
         build_s = time.perf_counter() - t
         folder = work / kind
         shutil.rmtree(folder, ignore_errors=True)
@@ -199,11 +203,11 @@ def run(args: argparse.Namespace) -> dict:
         del ann
         sizes = {p.name: p.stat().st_size for p in files}
         entry = {"factory": info["factory"], "params": info["params"], "build_s": round(build_s, 1),
-                 "tuned_recall_at_10": info["tuning"]["recall"], "target_met": info["tuning"]["met"],
+                 "k_tune": info["tuning"]["k"], "tuned_recall": info["tuning"]["recall"], "target_met": info["tuning"]["met"],
                  "tuning_curve": info["tuning"]["curve"], "file_bytes": sizes,
                  "formula_bytes": formula_bytes(kind, args.n, args.dim, info["factory"])}
         print(f"{kind}: {info['factory']} built and tuned in {build_s:.1f} s, {info['params']}, "
-              f"tuned recall@10 {info['tuning']['recall']}; files {sizes}", flush=True)
+              f"tuned recall@{info['tuning']['k']} {info['tuning']['recall']}; files {sizes}", flush=True)
         out = subprocess.run([sys.executable, __file__, "--measure", str(folder), "--query-file", str(qfile),
                               "--truth-file", str(tfile)], check=True, capture_output=True, text=True)
         entry["serving"] = json.loads(out.stdout.strip().splitlines()[-1])
@@ -227,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kinds", nargs="+", default=["ivf_pq", "ivf_sq8"],
                     choices=("flat", "hnsw", "ivf_sq8", "ivf_pq"))
     ap.add_argument("--recall-target", type=float, default=0.95)
+    ap.add_argument("--k-tune", type=int, default=200, help="depth the index is tuned at (default 200, "
+                    "the pipeline's per_source_k, as tandem build tunes it)")
     ap.add_argument("--queries", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--work", type=Path, default=Path("/tmp/faiss_sizing"))
