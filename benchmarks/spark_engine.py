@@ -6,7 +6,9 @@ peak memory, and (``--engine both``) a parity check of every result.
     python benchmarks/spark_engine.py --data /tmp/shop --engine spark --master local[2] --json out.json
 
 Stages: clean (read, validate, clean), split (leave-last-out), popularity and item-CF (the
-default transition similarity, top 200) fitted on the split's training part. Peak memory is the
+default transition similarity, top 200) fitted on the split's training part. Each stage's wall
+seconds and CPU seconds (user + system of the whole process tree; on a shared machine the CPU
+time is the steadier figure) are printed as it ends. Peak memory is the
 largest sum of resident memory over this process and its children (the Spark JVM and its Python
 workers), sampled every 0.2 s. The parity check needs both engines in one process and prints
 the first difference it finds; timings of a ``both`` run are not comparable (the engines share
@@ -31,10 +33,12 @@ from tandem.retrieval.item_cf import ItemCF, ItemCFConfig
 from tandem.retrieval.popularity import Popularity, PopularityConfig
 
 
-def _tree_rss(pid: int) -> int:
-    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+def _tree_stat(pid: int, rss_field: bool = True) -> int | float:
+    """Resident bytes (``rss_field``) or CPU seconds (user + system, including reaped children) of
+    ``pid`` and all its descendants (Linux /proc)."""
     children: dict[int, list[int]] = {}
-    rss: dict[int, int] = {}
+    value: dict[int, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -42,15 +46,47 @@ def _tree_rss(pid: int) -> int:
             with open(f"/proc/{entry}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
             children.setdefault(int(fields[1]), []).append(int(entry))
-            rss[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            if rss_field:
+                value[int(entry)] = int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+            else:  # utime, stime, cutime, cstime
+                value[int(entry)] = sum(int(v) for v in fields[11:15]) / tick
         except (OSError, IndexError, ValueError):
             continue
-    total, todo = 0, [pid]
+    total, todo = 0.0, [pid]
     while todo:
         p = todo.pop()
-        total += rss.get(p, 0)
+        total += value.get(p, 0)
         todo.extend(children.get(p, []))
-    return total
+    return int(total) if rss_field else total
+
+
+def _tree_rss(pid: int) -> int:
+    """Resident bytes of ``pid`` and all its descendants (Linux /proc)."""
+    return int(_tree_stat(pid))
+
+
+def _tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of ``pid`` and its descendants, the reaped ones included."""
+    return float(_tree_stat(pid, rss_field=False))
+
+
+class Stage:
+    """Times one stage: wall seconds into ``times[name]``, CPU seconds of the process tree (this
+    process, the Spark JVM and its Python workers) into ``cpu[name]``; prints a line when it ends,
+    so a run stopped part way still reports the stages it finished."""
+
+    def __init__(self, times: dict, cpu: dict, name: str) -> None:
+        self.times, self.cpu, self.name = times, cpu, name
+
+    def __enter__(self) -> Stage:
+        self._t, self._c = time.perf_counter(), _tree_cpu(os.getpid())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.times[self.name] = time.perf_counter() - self._t
+        self.cpu[self.name] = _tree_cpu(os.getpid()) - self._c
+        print(f"stage {self.name}: {self.times[self.name]:.1f} s wall, {self.cpu[self.name]:.1f} CPU-s, "
+              f"tree RSS now {_tree_rss(os.getpid()) / 2**20:.0f} MB", flush=True)
 
 
 class PeakMemory:
@@ -71,41 +107,32 @@ class PeakMemory:
         return self.peak
 
 
-def run_local(data: Path, times: dict) -> dict:
-    t = time.perf_counter()
-    clean = load_dataset(data)
-    times["clean"] = time.perf_counter() - t
-    t = time.perf_counter()
-    split = make_split(clean.interactions, "leave-last-out")
-    times["split"] = time.perf_counter() - t
-    t = time.perf_counter()
-    pop = Popularity(PopularityConfig()).fit(clean.catalog, split.train)
-    times["popularity"] = time.perf_counter() - t
-    t = time.perf_counter()
-    cf = ItemCF(ItemCFConfig()).fit(clean.catalog, split.train)
-    times["item_cf"] = time.perf_counter() - t
+def run_local(data: Path, times: dict, cpu: dict) -> dict:
+    with Stage(times, cpu, "clean"):
+        clean = load_dataset(data)
+    with Stage(times, cpu, "split"):
+        split = make_split(clean.interactions, "leave-last-out")
+    with Stage(times, cpu, "popularity"):
+        pop = Popularity(PopularityConfig()).fit(clean.catalog, split.train)
+    with Stage(times, cpu, "item_cf"):
+        cf = ItemCF(ItemCFConfig()).fit(clean.catalog, split.train)
     return {"clean": clean, "split": split, "popularity": pop, "item_cf": cf}
 
 
-def run_spark(data: Path, times: dict, master: str, driver_memory: str) -> dict:
+def run_spark(data: Path, times: dict, cpu: dict, master: str, driver_memory: str) -> dict:
     from tandem.index_builder.spark_engine import SparkEngine
 
-    t = time.perf_counter()
-    engine = SparkEngine(master, driver_memory=driver_memory)
-    times["session_start"] = time.perf_counter() - t
-    t = time.perf_counter()
-    clean = engine.load_dataset(data)
-    times["clean"] = time.perf_counter() - t
-    t = time.perf_counter()
-    split = engine.make_split(clean.interactions, "leave-last-out")
-    times["split"] = time.perf_counter() - t
+    with Stage(times, cpu, "session_start"):
+        engine = SparkEngine(master, driver_memory=driver_memory)
+    with Stage(times, cpu, "clean"):
+        clean = engine.load_dataset(data)
+    with Stage(times, cpu, "split"):
+        split = engine.make_split(clean.interactions, "leave-last-out")
     n = len(clean.catalog)
-    t = time.perf_counter()
-    pop = engine.fit_source("popularity", PopularityConfig(), n, split.train)
-    times["popularity"] = time.perf_counter() - t
-    t = time.perf_counter()
-    cf = engine.fit_source("item_cf", ItemCFConfig(), n, split.train)
-    times["item_cf"] = time.perf_counter() - t
+    with Stage(times, cpu, "popularity"):
+        pop = engine.fit_source("popularity", PopularityConfig(), n, split.train)
+    with Stage(times, cpu, "item_cf"):
+        cf = engine.fit_source("item_cf", ItemCFConfig(), n, split.train)
     return {"clean": clean, "split": split, "popularity": pop, "item_cf": cf, "engine": engine}
 
 
@@ -159,12 +186,14 @@ def main() -> int:
     result: dict = {"data": str(args.data), "engine": args.engine}
     runs = {}
     if args.engine in ("local", "both"):
-        result["local_s"] = {}
-        runs["local"] = run_local(args.data, result["local_s"])
+        result["local_s"], result["local_cpu_s"] = {}, {}
+        runs["local"] = run_local(args.data, result["local_s"], result["local_cpu_s"])
     if args.engine in ("spark", "both"):
-        result["spark_s"] = {}
-        runs["spark"] = run_spark(args.data, result["spark_s"], args.master, args.driver_memory)
+        result["spark_s"], result["spark_cpu_s"] = {}, {}
+        runs["spark"] = run_spark(args.data, result["spark_s"], result["spark_cpu_s"], args.master,
+                                  args.driver_memory)
     result["wall_s"] = time.perf_counter() - t0
+    result["cpu_s"] = _tree_cpu(os.getpid())
     result["peak_rss_mb"] = round(mem.stop() / 2**20)
     first = next(iter(runs.values()))
     result["events"] = len(first["clean"].interactions)
@@ -177,7 +206,7 @@ def main() -> int:
         print("parity:", "the same cleaning report, interactions, split, popularity and item-CF" if not diffs
               else "\n  ".join(["DIFFERENT", *diffs]))
         status = 1 if diffs else 0
-    for key in ("local_s", "spark_s"):
+    for key in ("local_s", "spark_s", "local_cpu_s", "spark_cpu_s"):
         if key in result:
             result[key] = {k: round(v, 2) for k, v in result[key].items()}
     print(json.dumps(result, indent=2))
