@@ -80,7 +80,11 @@ def start_spark(master: str = DEFAULT_MASTER, *, driver_memory: str = "2g", app_
                .config("spark.sql.shuffle.partitions", "8" if local else "200")
                .config("spark.sql.adaptive.enabled", "true")
                .config("spark.python.worker.reuse", "true")
-               .config("spark.ui.showConsoleProgress", "false"))
+               .config("spark.ui.showConsoleProgress", "false")
+               # the engine collects the item-CF neighbour table and the cleaned interactions to the
+               # driver by design (the bundle is written there); Spark's default 1 GiB guard stopped
+               # item-CF on the 10M-event shop at 1,035 MiB. The driver's memory is the real bound.
+               .config("spark.driver.maxResultSize", "0"))
     if local:
         builder = builder.config("spark.driver.host", "127.0.0.1").config("spark.driver.bindAddress", "127.0.0.1")
     for key, value in (conf or {}).items():

@@ -212,8 +212,8 @@ def spark_item_cf(events: Any, n_items: int, config: ItemCFConfig | None = None)
         else:
             val = F.col("c") / (F.col("di") + F.col("dj") - F.col("c"))
         sim = _top_k(co.select("src", "dst", val.alias("v")), c.n_neighbours)
-    got = _collect_frame(sim.withColumn("key", F.col("src").cast("long") * (1 << 32) + F.col("dst")),
-                         ["key", "src", "dst", "v"], "key")
+    # no sort key collected (a third less to move): the csr conversion orders the entries itself
+    got = _collect_frame(sim, ["src", "dst", "v"], "src")
     matrix = sp.csr_matrix((got["v"].astype(np.float64), (got["src"].astype(np.int64), got["dst"].astype(np.int64))),
                            shape=(n_items, n_items))
     pairs.unpersist()
