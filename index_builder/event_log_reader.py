@@ -82,8 +82,6 @@ def read_catalog_changes(path: str | Path, upto_seq: int | None = None) -> list[
     order: rows whose ``event`` is "catalog.upsert" (``payload`` the item row as JSON, checked
     again like a catalog file row) or "catalog.delete". A log without a ``payload`` column (written
     before live catalog changes existed) has none."""
-    from tandem.index_builder.row_parsing import BadField, parse_item
-
     path = Path(path)
     conn = _connect(path)
     try:
@@ -96,16 +94,25 @@ def read_catalog_changes(path: str | Path, upto_seq: int | None = None) -> list[
             raise ValueError(f"{path} is not a Tandem event log ({exc})") from None
     finally:
         conn.close()
+    return catalog_edits((event, item_id, payload, f"{path}: the catalog row at sequence {seq}")
+                         for seq, event, item_id, payload in rows)
+
+
+def catalog_edits(records: Iterable[tuple[str, str, str, str]]) -> list[CatalogEdit]:
+    """``(event, item_id, payload, where)`` records of live catalog changes (an event log's rows,
+    a stream's catalog entries) as the build's edits; a row that does not parse raises ValueError
+    naming ``where``."""
+    from tandem.index_builder.row_parsing import BadField, parse_item
+
     out: list[CatalogEdit] = []
-    for seq, event, item_id, payload in rows:
+    for event, item_id, payload, where in records:
         if event == "catalog.delete":
             out.append(("delete", str(item_id), None))
         elif event == "catalog.upsert":
             try:
                 item = parse_item(json.loads(payload))
             except (BadField, json.JSONDecodeError, TypeError) as exc:
-                raise ValueError(f"{path}: the catalog row at sequence {seq} cannot be read ({exc}); "
-                                 "see `tandem events check`") from None
+                raise ValueError(f"{where} cannot be read ({exc}); see `tandem events check`") from None
             out.append(("upsert", item.item_id, item))
     return out
 

@@ -27,12 +27,16 @@ from urllib.parse import urlsplit, urlunsplit
 
 from tandem.retrieval.data import EVENT_TYPES, Event
 
-__all__ = ["DEFAULT_STREAM", "ENTRY_VERSION", "EVENTS_KIND", "SEQ_BITS", "decode_events", "encode_event",
+__all__ = ["CATALOG_KIND", "DEFAULT_STREAM", "ENTRY_VERSION", "EVENTS_KIND", "SEQ_BITS", "decode_catalog",
+           "decode_events", "encode_catalog", "encode_event", "read_stream_catalog",
            "position_of", "read_stream", "redact_url", "stream_id_of", "stream_mark"]
 
 DEFAULT_STREAM = "tandem:events"
 ENTRY_VERSION = "1"
 EVENTS_KIND = "events"
+#: an entry of live catalog changes (UpsertItems / DeleteItems): records [event, item_id, payload],
+#: ``event`` "catalog.upsert" (``payload`` the item row as JSON) or "catalog.delete" (``payload`` "")
+CATALOG_KIND = "catalog"
 SEQ_BITS = 20
 _SEQ_MASK = (1 << SEQ_BITS) - 1
 
@@ -74,6 +78,26 @@ def decode_events(data: str | bytes) -> list[Event]:
                 and isinstance(r[2], int) and r[3] in EVENT_TYPES and (r[4] is None or isinstance(r[4], (int, float)))):
             raise ValueError(f"data[{n}] is not [user_id, item_id, ts, event, value, event_id]: {str(r)[:120]}")
         out.append(Event(r[0], r[1], r[2], r[3], None if r[4] is None else float(r[4])))
+    return out
+
+
+def encode_catalog(event: str, item_id: str, payload: str) -> str:
+    """One record of a ``catalog`` entry's ``data`` array, as JSON text."""
+    return json.dumps([event, item_id, payload], ensure_ascii=False, separators=(",", ":"))
+
+
+def decode_catalog(data: str | bytes) -> list[tuple[str, str, str]]:
+    """The ``(event, item_id, payload)`` records of a ``catalog`` entry's ``data`` field; ValueError
+    names what is wrong."""
+    records = json.loads(data)
+    if not isinstance(records, list):
+        raise ValueError("data is not a JSON array")
+    out = []
+    for n, r in enumerate(records):
+        if not (isinstance(r, list) and len(r) == 3 and r[0] in ("catalog.upsert", "catalog.delete")
+                and isinstance(r[1], str) and isinstance(r[2], str)):
+            raise ValueError(f"data[{n}] is not [event, item_id, payload]: {str(r)[:120]}")
+        out.append((r[0], r[1], r[2]))
     return out
 
 
@@ -129,6 +153,18 @@ def read_stream(url: str, stream: str = DEFAULT_STREAM, upto_seq: int | None = N
     """The events of the stream's ``events`` entries in stream order, up to position ``upto_seq``
     (None: the end). Entries of other kinds are skipped; an entry that does not decode raises
     ValueError naming its id."""
+    for _kind, records in _read_entries(url, stream, upto_seq, batch, (EVENTS_KIND,)):
+        yield from records
+
+
+def read_stream_catalog(url: str, stream: str = DEFAULT_STREAM, upto_seq: int | None = None,
+                        batch: int = 1000) -> list[tuple[str, str, str]]:
+    """The live catalog changes of the stream's ``catalog`` entries up to ``upto_seq``, in stream
+    order, as ``(event, item_id, payload)`` records (what the build applies to the catalog rows)."""
+    return [r for _, records in _read_entries(url, stream, upto_seq, batch, (CATALOG_KIND,)) for r in records]
+
+
+def _read_entries(url: str, stream: str, upto_seq: int | None, batch: int, kinds: tuple[str, ...]):
     import redis
 
     client = _client(url)
@@ -142,10 +178,12 @@ def read_stream(url: str, stream: str = DEFAULT_STREAM, upto_seq: int | None = N
                 raise _failed(url, exc) from None
             for entry_id, fields in entries:
                 fields = {_text(k): v for k, v in fields.items()}
-                if _text(fields.get("kind", b"")) != EVENTS_KIND:
+                kind = _text(fields.get("kind", b""))
+                if kind not in kinds:
                     continue
                 try:
-                    yield from decode_events(fields.get("data", b""))
+                    data = fields.get("data", b"")
+                    yield kind, (decode_events(data) if kind == EVENTS_KIND else decode_catalog(data))
                 except ValueError as exc:
                     raise ValueError(f"stream {stream} entry {_text(entry_id)}: {exc}") from None
             if len(entries) < batch:

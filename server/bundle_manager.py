@@ -165,9 +165,25 @@ class BundleManager:
         bus) takes it to apply theirs, so that every engine sees one order."""
         return self._ingest_lock
 
-    def apply_logged(self, events: Sequence[Event]) -> int:
-        """Apply events another writer logged to the serving and pinned engines (hold
-        :attr:`ingest_lock`); returns how many the serving engine applied."""
+    def apply_logged(self, entries: Sequence[Event | CatalogRow]) -> int:
+        """Apply events and live catalog changes another writer logged (the event bus's other
+        replicas) to the serving and pinned engines, in order (hold :attr:`ingest_lock`); a catalog
+        change gives an engine a successor, which replaces it. Returns how many events the serving
+        engine applied."""
+        if any(isinstance(e, CatalogRow) for e in entries):
+            applied = 0
+            if self.engine is not None:
+                self.engine, applied = self._apply(self.engine, entries)
+            for version, other in list(self.pinned.items()):
+                self.pinned[version] = self._apply(other, entries)[0]
+            events = [e for e in entries if isinstance(e, Event)]
+            if events and self.on_logged is not None:
+                try:
+                    self.on_logged(events)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_logged failed for %d events", len(events))
+            return int(applied)
+        events = entries
         engine = self.engine
         applied = engine.record_events(events) if engine is not None and events else 0
         for other in self.pinned.values():
@@ -195,10 +211,6 @@ class BundleManager:
             engine = self.engine
             if engine is None:
                 raise CatalogUnsupported("no bundle is loaded yet; retry shortly")
-            if self.event_log is not None and not hasattr(self.event_log, "append_catalog"):
-                raise CatalogUnsupported(f"live catalog changes cannot be logged on {type(self.event_log).__name__} "
-                                         "(the Redis event bus carries events only, so far): change the catalog "
-                                         "with a rebuild, or serve with the SQLite event log")
             if self.tailer is not None:  # what the group's other processes logged so far comes first
                 self.tailer.advance()
                 engine = self.engine
@@ -210,6 +222,12 @@ class BundleManager:
                 if before_commit is not None:
                     before_commit()
                 seq = 0
+            if self.engine is not engine:
+                # a shared log (the event bus) applied another replica's catalog change that came
+                # before this one: make the change again on top of it (the log's order)
+                engine = self.engine
+                new = apply_changes(engine, changes)[0]
+                pinned = {v: apply_changes(e, changes)[0] for v, e in self.pinned.items()}
             self.engine = commit(new, engine)
             self.pinned.update({v: commit(e, self.pinned[v]) for v, e in pinned.items()})
             if self.tailer is not None:

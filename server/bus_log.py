@@ -32,10 +32,18 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from tandem.index_builder.event_stream import EVENTS_KIND, decode_events, encode_event, stream_id_of
+from tandem.index_builder.event_stream import (
+    CATALOG_KIND,
+    EVENTS_KIND,
+    decode_catalog,
+    decode_events,
+    encode_catalog,
+    encode_event,
+    stream_id_of,
+)
 from tandem.retrieval.data import Event
 from tandem.server.event_bus import BusEntry, BusUnavailable, EventBus
-from tandem.server.event_log import EventLogDamaged
+from tandem.server.event_log import CatalogRow, EventLogDamaged
 from tandem.server.logs import log_fields
 
 __all__ = ["BusEventLog", "BusMetrics"]
@@ -77,14 +85,15 @@ class BusEventLog:
         self.metrics = metrics
         self._cursor = 0
         self._lock: threading.Lock | None = None
-        self._apply: Callable[[Sequence[Event]], int] | None = None
+        self._apply: Callable[[Sequence[Event | CatalogRow]], int] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._down_since: float | None = None
 
-    def bind(self, lock: threading.Lock, apply: Callable[[Sequence[Event]], int]) -> None:
-        """``apply`` puts events on the serving (and pinned) engines; it is called holding ``lock``,
-        the lock every write holds while it calls :meth:`append_unique`."""
+    def bind(self, lock: threading.Lock, apply: Callable[[Sequence[Event | CatalogRow]], int]) -> None:
+        """``apply`` puts events and live catalog changes, in stream order, on the serving (and
+        pinned) engines; it is called holding ``lock``, the lock every write holds while it calls
+        :meth:`append_unique` or :meth:`append_catalog`."""
         self._lock, self._apply = lock, apply
 
     def open(self) -> int:
@@ -119,8 +128,22 @@ class BusEventLog:
         if not events:
             return self._cursor, []
         records = [encode_event(e, i) for e, i in zip(events, ids, strict=True)]
+        return self._append(EVENTS_KIND, records, ids)
+
+    def append_catalog(self, rows: Sequence[CatalogRow], before_commit: Callable[[], None] | None = None) -> int:
+        """:meth:`EventLog.append_catalog` on the bus (call holding the bound lock): the live catalog
+        changes as one ``catalog`` entry, after applying the entries of others that precede it;
+        returns its position. Raises :class:`BusUnavailable` as :meth:`append_unique` does."""
+        if before_commit is not None:
+            before_commit()
+        if not rows:
+            return self._cursor
+        records = [encode_catalog(r.kind, r.item_id, r.payload) for r in rows]
+        return self._append(CATALOG_KIND, records, [None] * len(records))[0]
+
+    def _append(self, kind: str, records: list[str], ids: list[str | None]) -> tuple[int, list[int]]:
         try:
-            done = self.bus.append(EVENTS_KIND, records, ids, self._cursor, _READ)
+            done = self.bus.append(kind, records, ids, self._cursor, _READ)
         except BusUnavailable as exc:
             self._down("append", exc)
             if "connecting to" in str(exc):  # no connection: the script never ran
@@ -148,33 +171,45 @@ class BusEventLog:
 
     def _apply_entries(self, entries: Sequence[BusEntry], follower: bool = True) -> int:
         """Apply the entries after the cursor, in order, and move the cursor (hold the bound lock)."""
-        events: list[Event] = []
+        items: list[Event | CatalogRow] = []
+        n_events = 0
         now = time.time()
         fresh = [e for e in entries if e.position > self._cursor]
         for entry in fresh:
-            if entry.kind != EVENTS_KIND:
-                self._skip(entry, "unknown kind", f"kind {entry.kind!r} is not one this server applies")
+            got = self._decode(entry)
+            if got is None:
                 continue
-            try:
-                got = decode_events(entry.data)
-            except ValueError as exc:
-                self._skip(entry, "undecodable", str(exc))
-                continue
-            events += got
+            items += got
+            n = sum(1 for g in got if isinstance(g, Event))
+            n_events += n
             if self.metrics is not None:
                 self.metrics.entries.inc()
-                self.metrics.events.inc(len(got))
+                self.metrics.events.inc(n)
                 if follower:
                     self.metrics.visibility.observe(max(0.0, now - entry.at))
         if not fresh:
             return 0
         try:
-            if events and self._apply is not None:
-                self._apply(events)
+            if items and self._apply is not None:
+                self._apply(items)
         except Exception:  # noqa: BLE001 - they are logged; the engine's failure must not stop the stream
-            log.exception("applying %d events of the event bus failed", len(events))
+            log.exception("applying %d entries of the event bus failed", len(items))
         self._cursor = max(self._cursor, fresh[-1].position)
-        return len(events)
+        return n_events
+
+    def _decode(self, entry: BusEntry) -> list[Event | CatalogRow] | None:
+        """An entry's events or live catalog changes; None (counted and logged) when it is of an
+        unknown kind or does not decode."""
+        try:
+            if entry.kind == EVENTS_KIND:
+                return list(decode_events(entry.data))
+            if entry.kind == CATALOG_KIND:
+                return [CatalogRow(*r) for r in decode_catalog(entry.data)]
+        except ValueError as exc:
+            self._skip(entry, "undecodable", str(exc))
+            return None
+        self._skip(entry, "unknown kind", f"kind {entry.kind!r} is not one this server applies")
+        return None
 
     def _skip(self, entry: BusEntry, reason: str, detail: str) -> None:
         if self.metrics is not None:
@@ -294,6 +329,30 @@ class BusEventLog:
                 for e in found:
                     if everything or recent or (since_ts is not None and e.ts >= since_ts):
                         yield e
+            if len(entries) < batch:
+                return
+            after = entries[-1].position
+
+    def iter_entries(self, since_ts: int | None = None, received_since: float | None = None, *,
+                     after_seq: int = 0, upto_seq: int | None = None,
+                     batch: int = _READ) -> Iterator[Event | CatalogRow]:
+        """What :meth:`iter_events` reads (same selection) and the live catalog changes of the range
+        (whatever their time), in stream order: what a replay applies."""
+        if self.bus.trimmed_through() > after_seq:
+            yield from self.iter_events(since_ts, received_since, after_seq=after_seq, upto_seq=upto_seq)  # raises
+            return
+        everything = since_ts is None and received_since is None
+        after = after_seq
+        while True:
+            entries = self.bus.read(after, upto_seq, batch)
+            for entry in entries:
+                if entry.kind == CATALOG_KIND:
+                    yield from self._decode(entry) or ()
+                elif entry.kind == EVENTS_KIND:
+                    recent = received_since is not None and entry.at >= received_since
+                    for e in self._decode(entry) or ():
+                        if everything or recent or (since_ts is not None and e.ts >= since_ts):
+                            yield e
             if len(entries) < batch:
                 return
             after = entries[-1].position

@@ -67,10 +67,14 @@ def _run(args: argparse.Namespace) -> int:
             print("tandem build: error: --events-log and --events-bus exclude each other (a fleet's log is its "
                   "stream)", file=sys.stderr)
             return 2
-        from tandem.index_builder.event_stream import read_stream, stream_mark
+        from tandem.index_builder.event_log_reader import catalog_edits
+        from tandem.index_builder.event_stream import read_stream, read_stream_catalog, stream_mark
 
         mark = stream_mark(args.events_bus, args.events_stream)  # the newest entry now, as for --events-log
         extra = read_stream(args.events_bus, args.events_stream, upto_seq=mark["seq"])
+        edits = catalog_edits((event, item_id, payload, f"stream {args.events_stream}: a catalog change")
+                              for event, item_id, payload in read_stream_catalog(args.events_bus, args.events_stream,
+                                                                                  upto_seq=mark["seq"]))
     engine = None
     if args.engine == "spark":
         from tandem.index_builder.spark_session import spark_problem
