@@ -152,11 +152,7 @@ class BundleManager:
                     other.record_events(new)
                 if self.tailer is not None:
                     self.tailer.applied(seq)
-        if new and self.on_logged is not None:
-            try:  # counters must never fail an acknowledged batch
-                self.on_logged(new)
-            except Exception:  # noqa: BLE001
-                log.exception("on_logged failed for %d events", len(new))
+        self._notify(new)
         return seq, int(applied), len(events) - len(new)
 
     @property
@@ -166,34 +162,30 @@ class BundleManager:
         return self._ingest_lock
 
     def apply_logged(self, entries: Sequence[Event | CatalogRow]) -> int:
+        """:meth:`apply_entries`, then :attr:`on_logged` for the events among ``entries`` (the event
+        bus's other replicas: every replica counts the fleet's events)."""
+        applied = self.apply_entries(entries)
+        self._notify([e for e in entries if isinstance(e, Event)])
+        return applied
+
+    def apply_entries(self, entries: Sequence[Event | CatalogRow]) -> int:
         """Apply events and live catalog changes another writer logged (the event bus's other
-        replicas) to the serving and pinned engines, in order (hold :attr:`ingest_lock`); a catalog
-        change gives an engine a successor, which replaces it. Returns how many events the serving
-        engine applied."""
-        if any(isinstance(e, CatalogRow) for e in entries):
-            applied = 0
-            if self.engine is not None:
-                self.engine, applied = self._apply(self.engine, entries)
-            for version, other in list(self.pinned.items()):
-                self.pinned[version] = self._apply(other, entries)[0]
-            events = [e for e in entries if isinstance(e, Event)]
-            if events and self.on_logged is not None:
-                try:
-                    self.on_logged(events)
-                except Exception:  # noqa: BLE001
-                    log.exception("on_logged failed for %d events", len(events))
-            return int(applied)
-        events = entries
-        engine = self.engine
-        applied = engine.record_events(events) if engine is not None and events else 0
-        for other in self.pinned.values():
-            other.record_events(events)
+        replicas, a process group's other processes) to the serving and pinned engines, in order
+        (hold :attr:`ingest_lock`); a catalog change gives an engine a successor, which replaces
+        it. Returns how many events the serving engine applied."""
+        applied = 0
+        if self.engine is not None and entries:
+            self.engine, applied = self._apply(self.engine, entries)
+        for version, other in list(self.pinned.items()):
+            self.pinned[version] = self._apply(other, entries)[0]
+        return int(applied)
+
+    def _notify(self, events: Sequence[Event]) -> None:
         if events and self.on_logged is not None:
-            try:
+            try:  # counters must never fail an acknowledged batch
                 self.on_logged(events)
             except Exception:  # noqa: BLE001
                 log.exception("on_logged failed for %d events", len(events))
-        return int(applied)
 
     # -- loading --------------------------------------------------------------------------
     @staticmethod
@@ -339,12 +331,9 @@ class BundleManager:
         return self._apply(engine, self._entries(since_ts, received, max(mark, after), end))
 
     def _entries(self, since_ts: int | None, received: float | None, after: int, upto: int | None):
-        """The log's events and catalog changes after ``after`` (a log without catalog changes,
-        the event bus: its events)."""
-        entries = getattr(self.event_log, "iter_entries", None)
-        if entries is None:
-            return self.event_log.iter_events(since_ts, received, after_seq=after, upto_seq=upto)
-        return entries(since_ts, received, after_seq=after, upto_seq=upto)
+        """The log's events and live catalog changes after ``after``, up to ``upto``."""
+        assert self.event_log is not None
+        return self.event_log.iter_entries(since_ts, received, after_seq=after, upto_seq=upto)
 
     def load_pinned(self, version: str) -> Engine:
         """Load the bundle ``version`` beside the serving one, for good (an experiment arm's): the

@@ -307,6 +307,15 @@ class BusEventLog:
         """:meth:`EventLog.iter_events` on the stream: the events of entries ``after_seq < position
         <= upto_seq``. Raises :class:`EventLogDamaged` when entries after ``after_seq`` were trimmed
         away (a replay would miss them)."""
+        for entry in self.iter_entries(since_ts, received_since, after_seq=after_seq, upto_seq=upto_seq, batch=batch):
+            if isinstance(entry, Event):
+                yield entry
+
+    def iter_entries(self, since_ts: int | None = None, received_since: float | None = None, *,
+                     after_seq: int = 0, upto_seq: int | None = None,
+                     batch: int = _READ) -> Iterator[Event | CatalogRow]:
+        """What :meth:`iter_events` reads (same selection) and the live catalog changes of the range
+        (whatever their time), in stream order: what a replay applies."""
         trimmed = self.bus.trimmed_through()
         if trimmed > after_seq:
             raise EventLogDamaged(
@@ -318,41 +327,12 @@ class BusEventLog:
         while True:
             entries = self.bus.read(after, upto_seq, batch)
             for entry in entries:
-                if entry.kind != EVENTS_KIND:
-                    continue
-                recent = received_since is not None and entry.at >= received_since
-                try:
-                    found = decode_events(entry.data)
-                except ValueError as exc:  # skipped here as by the follower of every replica
-                    self._skip(entry, "undecodable", str(exc))
-                    continue
-                for e in found:
-                    if everything or recent or (since_ts is not None and e.ts >= since_ts):
-                        yield e
-            if len(entries) < batch:
-                return
-            after = entries[-1].position
-
-    def iter_entries(self, since_ts: int | None = None, received_since: float | None = None, *,
-                     after_seq: int = 0, upto_seq: int | None = None,
-                     batch: int = _READ) -> Iterator[Event | CatalogRow]:
-        """What :meth:`iter_events` reads (same selection) and the live catalog changes of the range
-        (whatever their time), in stream order: what a replay applies."""
-        if self.bus.trimmed_through() > after_seq:
-            yield from self.iter_events(since_ts, received_since, after_seq=after_seq, upto_seq=upto_seq)  # raises
-            return
-        everything = since_ts is None and received_since is None
-        after = after_seq
-        while True:
-            entries = self.bus.read(after, upto_seq, batch)
-            for entry in entries:
-                if entry.kind == CATALOG_KIND:
-                    yield from self._decode(entry) or ()
-                elif entry.kind == EVENTS_KIND:
-                    recent = received_since is not None and entry.at >= received_since
-                    for e in self._decode(entry) or ():
-                        if everything or recent or (since_ts is not None and e.ts >= since_ts):
-                            yield e
+                if entry.kind not in (EVENTS_KIND, CATALOG_KIND):
+                    continue  # the follower logs and counts those
+                recent = everything or (received_since is not None and entry.at >= received_since)
+                for item in self._decode(entry) or ():  # an entry that does not decode is skipped, as by every replica
+                    if recent or isinstance(item, CatalogRow) or (since_ts is not None and item.ts >= since_ts):
+                        yield item
             if len(entries) < batch:
                 return
             after = entries[-1].position

@@ -36,7 +36,7 @@ from urllib.parse import quote
 from tandem.retrieval.data import Event
 
 __all__ = ["EventLog", "EventLogDamaged", "FINGERPRINT_COLUMNS", "SCHEMA", "acked_path", "read_acked", "sqlite_uri",
-           "inspect_log", "lost_count", "CATALOG_KINDS", "CatalogRow"]
+           "inspect_log", "lost_count", "CATALOG_KINDS", "CatalogRow", "ENTRY_COLUMNS", "entry_of", "read_entries"]
 
 #: the ``event`` of a live catalog change's row (its ``payload`` holds the item row as JSON for an
 #: upsert, "{}" for a delete; ``user_id`` is ""). Event readers skip them (not an event type).
@@ -169,6 +169,41 @@ def inspect_log(path: str | Path) -> dict:
                         f"{out['last_seq']}: {out['acked'] - out['last_seq']} acknowledged events are missing "
                         "(SQLite drops a damaged WAL's frames from the first bad one on)")
     return out
+
+
+#: the columns :func:`entry_of` reads, in its order
+ENTRY_COLUMNS = "user_id, item_id, ts, event, value, payload"
+
+
+def entry_of(row: Sequence) -> Event | CatalogRow:
+    """An event or a live catalog change from a row of :data:`ENTRY_COLUMNS`."""
+    u, i, ts, ev, v, payload = row
+    return CatalogRow(ev, i, payload) if payload is not None else Event(u, i, int(ts), ev, v)
+
+
+def read_entries(path: str | Path, since_ts: int | None = None, received_since: float | None = None, *,
+                 after_seq: int = 0, upto_seq: int | None = None, batch: int = 10_000) -> Iterator[Event | CatalogRow]:
+    """The events and live catalog changes of the log at ``path`` with ``after_seq < seq <= upto_seq``
+    in sequence order, read-only on a connection of its own (:meth:`EventLog.iter_entries`; other
+    processes, e.g. ``tandem learn``, call it directly). With ``since_ts`` or ``received_since``,
+    only events with ``ts >= since_ts`` or received at or after ``received_since`` (catalog changes
+    always). A read error raises :class:`EventLogDamaged`."""
+    path = Path(path)
+    conn = sqlite3.connect(sqlite_uri(path, "ro"), uri=True)
+    everything = since_ts is None and received_since is None
+    try:
+        cur = conn.execute(
+            f"SELECT {ENTRY_COLUMNS} FROM events "
+            "WHERE seq > ? AND seq <= ? AND (? OR payload IS NOT NULL OR ts >= ? OR received_at >= ?) ORDER BY seq",
+            (int(after_seq), 2**62 if upto_seq is None else int(upto_seq), everything,
+             since_ts if since_ts is not None else 2**62,
+             received_since if received_since is not None else float(2**62)))
+        while rows := cur.fetchmany(batch):
+            yield from map(entry_of, rows)
+    except sqlite3.DatabaseError as exc:
+        raise _damaged(path, f"reading it failed ({exc})") from None
+    finally:
+        conn.close()
 
 
 class EventLog:
@@ -372,22 +407,9 @@ class EventLog:
         after ``received_since`` (epoch seconds) when either is given; always restricted to
         ``after_seq < seq <= upto_seq`` (``upto_seq`` None = the end). Reads on its own connection,
         so appends go on meanwhile. A read error raises :class:`EventLogDamaged`."""
-        conn = sqlite3.connect(sqlite_uri(self.path, "ro"), uri=True)
-        everything = since_ts is None and received_since is None
-        try:
-            cur = conn.execute(
-                "SELECT user_id, item_id, ts, event, value FROM events "
-                "WHERE seq > ? AND seq <= ? AND (? OR ts >= ? OR received_at >= ?) AND payload IS NULL ORDER BY seq",
-                (int(after_seq), 2**62 if upto_seq is None else int(upto_seq), everything,
-                 since_ts if since_ts is not None else 2**62,
-                 received_since if received_since is not None else float(2**62)))
-            while rows := cur.fetchmany(batch):
-                for u, i, ts, ev, v in rows:
-                    yield Event(u, i, int(ts), ev, v)
-        except sqlite3.DatabaseError as exc:
-            raise _damaged(self.path, f"reading it failed ({exc})") from None
-        finally:
-            conn.close()
+        for entry in self.iter_entries(since_ts, received_since, after_seq=after_seq, upto_seq=upto_seq, batch=batch):
+            if isinstance(entry, Event):
+                yield entry
 
     def append_catalog(self, rows: Sequence[CatalogRow], before_commit: Callable[[], None] | None = None) -> int:
         """Durably append live catalog changes in one transaction, in order; returns the log position.
@@ -423,25 +445,7 @@ class EventLog:
                      batch: int = 10_000) -> Iterator[Event | CatalogRow]:
         """What :meth:`iter_events` reads (same selection) and the live catalog changes in the
         range (whatever their time), in one sequence order: what a replay applies."""
-        conn = sqlite3.connect(sqlite_uri(self.path, "ro"), uri=True)
-        everything = since_ts is None and received_since is None
-        try:
-            cur = conn.execute(
-                "SELECT user_id, item_id, ts, event, value, payload FROM events "
-                "WHERE seq > ? AND seq <= ? AND (? OR payload IS NOT NULL OR ts >= ? OR received_at >= ?) ORDER BY seq",
-                (int(after_seq), 2**62 if upto_seq is None else int(upto_seq), everything,
-                 since_ts if since_ts is not None else 2**62,
-                 received_since if received_since is not None else float(2**62)))
-            while rows := cur.fetchmany(batch):
-                for u, i, ts, ev, v, payload in rows:
-                    if payload is not None:
-                        yield CatalogRow(ev, i, payload)
-                    else:
-                        yield Event(u, i, int(ts), ev, v)
-        except sqlite3.DatabaseError as exc:
-            raise _damaged(self.path, f"reading it failed ({exc})") from None
-        finally:
-            conn.close()
+        return read_entries(self.path, since_ts, received_since, after_seq=after_seq, upto_seq=upto_seq, batch=batch)
 
     def close(self) -> None:
         """Checkpoint the WAL into the main file and close; later calls do nothing."""

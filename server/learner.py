@@ -29,7 +29,6 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -37,14 +36,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tandem.index_builder.candidate import bundle_source, log_position, read_log_range, train_candidate
 from tandem.index_builder.holdout import choose_holdout, history_items, holdout_targets, score_engine
 from tandem.retrieval.bundle import current_bundle, read_manifest, write_bundle
-from tandem.retrieval.data import EVENT_TYPES, Event
-from tandem.server.event_log import CatalogRow, sqlite_uri
+from tandem.server.event_log import read_entries
 from tandem.server.live_catalog import replay_entries
+from tandem.server.metrics import MetricsEndpoint
 
 __all__ = ["DECISIONS", "LearnConfig", "LearnMetrics", "Learner", "Trainer"]
 
@@ -94,7 +93,7 @@ class LearnConfig:
         return self.work_dir if self.work_dir is not None else self.bundles / ".learn"
 
 
-class LearnMetrics:
+class LearnMetrics(MetricsEndpoint):
     """The learner's Prometheus metrics, on their own registry."""
 
     def __init__(self) -> None:
@@ -112,7 +111,6 @@ class LearnMetrics:
                                 registry=r)
         self.last_published = Gauge("tandem_learn_last_published_timestamp_seconds",
                                     "when the learner last published a bundle", registry=r)
-        self._http = None
 
     def observe(self, record: dict) -> None:
         self.cycles.labels(record["decision"]).inc()
@@ -128,17 +126,6 @@ class LearnMetrics:
             if part in events:
                 self.events.labels(part.removesuffix("_events")).set(events[part])
 
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._http = httpd
-        return int(httpd.server_address[1])
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
-
 
 class _Stopped(Exception):
     pass
@@ -153,17 +140,7 @@ def _replay(engine, log_path: Path, after: int, upto: int):
     as the server's replay gives them (a catalog change makes a new engine: the one returned)."""
     if upto <= after:
         return engine
-    conn = sqlite3.connect(sqlite_uri(log_path, "ro"), uri=True)
-    try:
-        columns = {r[1] for r in conn.execute("PRAGMA table_info(events)")}
-        payload = "payload" if "payload" in columns else "NULL"
-        rows = conn.execute(f"SELECT user_id, item_id, ts, event, value, {payload} FROM events "
-                            "WHERE seq > ? AND seq <= ? ORDER BY seq", (int(after), int(upto))).fetchall()
-    finally:
-        conn.close()
-    entries = [CatalogRow(ev, i, p) if p is not None else Event(u, i, int(ts), ev, v)
-               for u, i, ts, ev, v, p in rows if p is not None or ev in EVENT_TYPES]
-    return replay_entries(engine, entries)[0]
+    return replay_entries(engine, read_entries(log_path, after_seq=after, upto_seq=upto))[0]
 
 
 def _load(folder: Path):

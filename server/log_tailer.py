@@ -32,8 +32,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tandem.retrieval.data import Event
-from tandem.server.event_log import CatalogRow, EventLog, sqlite_uri
-from tandem.server.live_catalog import replay_entries
+from tandem.server.event_log import ENTRY_COLUMNS, EventLog, entry_of, sqlite_uri
 
 if TYPE_CHECKING:
     from tandem.server.bundle_manager import BundleManager
@@ -45,7 +44,6 @@ log = logging.getLogger("tandem.server.tailer")
 #: how often the tailer asks SQLite whether another connection committed (seconds); a poll is one
 #: ``PRAGMA data_version``, a few microseconds
 TAIL_INTERVAL_S = 0.005
-_BATCH = 10_000
 
 
 class LogTailer:
@@ -85,8 +83,8 @@ class LogTailer:
         try:
             if manager.engine is not None or manager.pinned:  # before the first engine there is nothing to apply to
                 rows = self._conn.execute(
-                    "SELECT user_id, item_id, ts, event, value, payload FROM events WHERE seq > ? AND seq <= ? "
-                    "ORDER BY seq", (self.position, bound)).fetchall()
+                    f"SELECT {ENTRY_COLUMNS} FROM events WHERE seq > ? AND seq <= ? ORDER BY seq",
+                    (self.position, bound)).fetchall()
             row = self._conn.execute("SELECT seq FROM sqlite_sequence WHERE name = 'events'").fetchone()
         finally:
             self._conn.execute("COMMIT")
@@ -94,12 +92,8 @@ class LogTailer:
         if rows:
             # events and live catalog changes, in log order: a change gives an engine a successor
             # (tandem.server.live_catalog), which replaces it where it serves
-            entries = [CatalogRow(ev, i, payload) if payload is not None else Event(u, i, int(ts), ev, v)
-                       for u, i, ts, ev, v, payload in rows]
-            if manager.engine is not None:
-                manager.engine = replay_entries(manager.engine, entries, _BATCH)[0]
-            for version, engine in list(manager.pinned.items()):
-                manager.pinned[version] = replay_entries(engine, entries, _BATCH)[0]
+            entries = [entry_of(row) for row in rows]
+            manager.apply_entries(entries)
             events = sum(1 for e in entries if isinstance(e, Event))
             self.tailed += events
             if self.on_tailed is not None and events:

@@ -14,7 +14,26 @@ _LATENCY_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 
                     2.5, 5.0)
 
 
-class ServiceMetrics:
+class MetricsEndpoint:
+    """A Prometheus ``registry`` served over HTTP on demand (the server's and the learner's)."""
+
+    registry: CollectorRegistry
+    _http: Any = None
+
+    def serve(self, port: int, host: str = "127.0.0.1") -> int:
+        """Serve ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one)."""
+        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
+        self._http = httpd
+        return int(httpd.server_address[1])
+
+    def close(self) -> None:
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+            self._http = None
+
+
+class ServiceMetrics(MetricsEndpoint):
     """Every metric the server exports. Names start with ``tandem_`` (see docs/operations.md)."""
 
     def __init__(self) -> None:
@@ -64,25 +83,12 @@ class ServiceMetrics:
                                           ["experiment", "arm"], registry=r)
         self.experiment_log_errors = Counter("tandem_experiment_exposure_log_errors_total",
                                              "exposures that could not be written to the exposure log", registry=r)
-        self._http = None
         self._stat_children: dict[str, Histogram | bool] = {}
 
     def watch_item_cf(self, engine: Callable[[], Any]) -> None:
         """Export the serving engine's live item-CF counters (its ``live_item_cf_stats()``), read at
         each scrape; they restart from 0 with each bundle, as the live state does."""
         self.registry.register(_LiveItemCFCollector(engine))
-
-    def serve(self, port: int, host: str = "127.0.0.1") -> int:
-        """Serve ``/metrics`` over HTTP; returns the bound port (``port`` 0 picks a free one)."""
-        httpd, _ = start_http_server(port, addr=host, registry=self.registry)
-        self._http = httpd
-        return int(httpd.server_address[1])
-
-    def close(self) -> None:
-        if self._http is not None:
-            self._http.shutdown()
-            self._http.server_close()
-            self._http = None
 
     def observe_stats(self, stats: Mapping[str, float]) -> None:
         """Read an engine's per-request stats: ``<stage>_seconds`` and ``<source>_candidates``
