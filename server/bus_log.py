@@ -8,7 +8,9 @@ under the bundle manager's ingestion lock, by two paths that both move the curso
 
 - a write (:meth:`BusEventLog.append_unique`, under the lock): the append script also returns the
   entries between the cursor and the new entry (other replicas'), which are applied first; then
-  the manager applies the batch itself (read your writes) and the cursor is the new entry;
+  the manager applies the batch itself (read your writes) and the cursor is the new entry; a batch
+  of duplicates only (sent again after an UNAVAILABLE whose append had happened) appends nothing:
+  the entries up to the end of the stream, its originals among them, are applied before its ack;
 - the follower thread (:meth:`BusEventLog.follow`): ``XREAD BLOCK`` after the cursor, then, under
   the lock, applies the entries still after the cursor (a write may have applied some meanwhile).
 
@@ -151,14 +153,15 @@ class BusEventLog:
             raise BusUnavailable(f"{exc}; the batch is not acknowledged, and if Redis ran the append before it failed "
                                  "the replicas apply it once it answers: send it again with the same event_ids") from None
         self._up()
-        before = done.before
+        before = last = done.before
+        # the entries up to the new one; when every record was a duplicate (a batch sent again after
+        # an UNAVAILABLE whose append had happened), the originals are somewhere after the cursor:
+        # read to the end, so that they are applied here before the duplicates are acknowledged
+        upto = done.position or None
         try:
-            while done.position and len(before) >= _READ and before[-1].position < done.position:
-                more = [e for e in self.bus.read(before[-1].position, done.position, _READ)
-                        if e.position < done.position]
-                if not more:
-                    break
-                before = before + more
+            while len(last) >= _READ and (upto is None or last[-1].position < upto):
+                last = [e for e in self.bus.read(last[-1].position, upto, _READ) if upto is None or e.position < upto]
+                before = before + last
         except BusUnavailable as exc:
             self._apply_entries(before, follower=False)
             self._down("read", exc)

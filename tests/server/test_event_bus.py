@@ -120,6 +120,29 @@ def test_bus_log_applies_others_first_and_moves_its_cursor(redis_server):  # noq
     other.close()
 
 
+def test_a_batch_sent_again_is_applied_here_before_its_ack_however_far_behind(redis_server):  # noqa: F811
+    # a client sends again a batch that got UNAVAILABLE although Redis had appended it (its answer
+    # was lost); its original lies more than one read (1000 entries) after this replica's cursor
+    applied = []
+    lock = threading.Lock()
+    log_a = BusEventLog(bus(redis_server.url, "a"))
+    log_a.bind(lock, lambda events: applied.extend(events) or len(events))
+    log_a.open()
+    other = bus(redis_server.url, "b")
+    pos = 0
+    for n in range(1100):
+        pos = other.append("events", records(Event(f"u{n}", "i1", n)), [None], after=pos).position
+    original = other.append("events", records(Event("me", "i9", 7)), ["evt-9"], after=pos).position
+    with lock:  # a duplicate: acknowledged, nothing appended, and the original applied here first
+        assert log_a.append_unique([Event("me", "i9", 7)], ["evt-9"]) == (original, [])
+    assert len(applied) == 1101 and applied[-1] == Event("me", "i9", 7) and log_a.position() == original
+    with lock:  # a batch with a duplicate and a new event: the original is applied once, before the new entry
+        pos, fresh = log_a.append_unique([Event("me", "i9", 7), Event("me", "i3", 8)], ["evt-9", "evt-10"])
+    assert fresh == [1] and pos > original and len(applied) == 1101
+    log_a.close()
+    other.close()
+
+
 def test_replay_refuses_a_stream_trimmed_past_its_start(redis_server):  # noqa: F811
     b = bus(redis_server.url)
     first = b.append("events", records(Event("u", "i1", 1)), [None], after=0).position
