@@ -10,11 +10,13 @@ its own share of the batch. Rank 0 validates, keeps the best state and decides w
 (patience, time budget); the decision is broadcast so every rank stops after the same epoch.
 Rank 0 writes the best weights (safetensors) and the training log (JSON) to a temporary folder
 the parent reads. A worker that fails makes the parent raise (the others are terminated); the
-process group's timeout bounds any wait on a rank that hangs.
+process group's timeout bounds any wait on a rank that hangs. A worker killed by a signal (a C++
+``std::terminate`` is SIGABRT) first prints every thread's Python stack to its stderr.
 """
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import socket
@@ -71,7 +73,8 @@ def train_distributed(
     with tempfile.TemporaryDirectory(prefix="tandem-two-tower-ddp-") as tmp:
         args = (n, _free_port(), threads, c, catalog, interactions, valid, text_vectors, progress, tmp,
                 model.warm_from)
-        ctx = mp.start_processes(_worker or _worker_main, args=args, nprocs=n, join=False, start_method="spawn")
+        ctx = mp.start_processes(_run_worker, args=(_worker or _worker_main, *args), nprocs=n, join=False,
+                                 start_method="spawn")
         try:
             while not ctx.join(timeout=0.5):
                 pass
@@ -98,6 +101,14 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _run_worker(rank: int, fn: Callable[..., None], *args: Any) -> None:
+    """Every worker process: ``fn(rank, *args)``, with :mod:`faulthandler` on, so that a fatal
+    signal (SIGABRT from a C++ ``std::terminate`` in gloo or torch, SIGSEGV) prints where each
+    thread was before the parent reports only 'terminated with signal SIGABRT'."""
+    faulthandler.enable(all_threads=True)
+    fn(rank, *args)
 
 
 def _worker_main(

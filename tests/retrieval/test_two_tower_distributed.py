@@ -5,6 +5,7 @@ train_procs = 1 trains exactly as the single-process loop."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import numpy as np
@@ -85,6 +86,23 @@ def test_a_failing_worker_raises_in_the_parent_quickly() -> None:
                               _worker=_worker_failing_on_rank_1)
     # process start-up (importing torch twice) dominates; the group's timeout is 30 minutes
     assert time.perf_counter() - t0 < 120
+
+
+def _worker_aborting_on_rank_1(rank: int, *args) -> None:
+    if rank == 1:
+        os.abort()  # what a C++ std::terminate in gloo or torch does
+
+
+@pytest.mark.slow  # starts worker processes: 30-140 s on a busy 2-core machine
+def test_a_worker_killed_by_sigabrt_says_where_it_was(capfd) -> None:
+    from tandem.retrieval.two_tower_distributed import train_distributed
+
+    catalog, split = _catalog(), _split()
+    model = TwoTower(dataclasses.replace(SMALL, train_procs=2))
+    with pytest.raises(RuntimeError, match="worker 1 failed: process 1 terminated with signal SIGABRT"):
+        train_distributed(model, catalog, split.train, split.valid, None, False, _worker=_worker_aborting_on_rank_1)
+    err = capfd.readouterr().err  # the worker's stderr: its Python stack when it died
+    assert "Fatal Python error: Aborted" in err and "_worker_aborting_on_rank_1" in err
 
 
 def test_one_process_is_the_single_process_loop() -> None:
