@@ -236,9 +236,12 @@ def _neighbour_csr(sim: Any, n_items: int) -> sp.csr_matrix:
 
 
 def _top_k(sim: Any, k: int) -> Any:
-    """The ``k`` largest ``v`` of every ``src`` (ties: lower ``dst`` first)."""
+    """The ``k`` largest ``v`` of every ``src`` (ties: lower ``dst`` first), ranked on ``v`` as
+    float32, what the similarity stores and what the local engine ranks on (``_top_k_rows``):
+    sums in another order differ in the last float64 bits, and must keep the same neighbours."""
     from pyspark.sql import Window
     from pyspark.sql import functions as F
 
-    rank = F.row_number().over(Window.partitionBy("src").orderBy(F.col("v").desc(), F.col("dst").asc()))
+    rank = F.row_number().over(Window.partitionBy("src").orderBy(F.col("v").cast("float").desc(),
+                                                                   F.col("dst").asc()))
     return sim.withColumn("rank", rank).filter(F.col("rank") <= k).drop("rank")
