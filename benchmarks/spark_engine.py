@@ -7,12 +7,19 @@ peak memory, and (``--engine both``) a parity check of every result.
 
 Stages: clean (read, validate, clean), split (leave-last-out), popularity and item-CF (the
 default transition similarity, top 200) fitted on the split's training part. Each stage's wall
-seconds and CPU seconds (user + system of the whole process tree; on a shared machine the CPU
-time is the steadier figure) are printed as it ends. Peak memory is the
-largest sum of resident memory over this process and its children (the Spark JVM and its Python
-workers), sampled every 0.2 s. The parity check needs both engines in one process and prints
-the first difference it finds; timings of a ``both`` run are not comparable (the engines share
-the machine and the page cache), run each engine alone for those (see benchmarks/README.md).
+seconds and CPU seconds are printed as it ends (on a shared machine the CPU time is the steadier
+figure), with the load average at its start and end. CPU seconds: the own user + system time of
+every process ever seen in this process's tree (this Python driver, the Spark JVM, which on a
+``local[N]`` master runs the driver and the executors' tasks as threads, and Spark's Python
+workers), each at its last 0.2 s sample, by kind (driver / jvm / python); a process that exits
+keeps its time in the sum, which the children's times of /proc or ``time -v`` do not give (a
+JVM or worker nobody waits for never reaches them). Peak memory is the largest sum of resident
+memory over the tree at one sample, per stage, overall and by kind. ``--json`` is written even
+when a stage fails, with what the finished stages measured.
+
+The parity check needs both engines in one process and prints the first difference it finds;
+timings of a ``both`` run are not comparable (the engines share the machine and the page cache),
+run each engine alone for those (see benchmarks/README.md).
 """
 
 from __future__ import annotations
