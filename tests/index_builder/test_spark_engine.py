@@ -209,3 +209,25 @@ def test_the_session_lets_the_driver_collect_more_than_a_gib(spark):
     """Item-CF's neighbour table is collected to the driver; on the 10M-event shop it was 1,035 MiB,
     over Spark's default ``spark.driver.maxResultSize`` of 1 GiB, and the build failed."""
     assert spark.conf.get("spark.driver.maxResultSize") == "0"
+
+
+def test_top_k_ranks_on_float32_weights_as_the_local_engine(spark):
+    """Two weights equal as float32 but not as float64 (sums in another order do that): both engines
+    keep the lower column, as the local ``_top_k_rows`` ranks on float32. Spark ranked on float64
+    and kept the higher column."""
+    import scipy.sparse as sp
+
+    from tandem.index_builder.spark_sources import _neighbour_csr, _top_k
+    from tandem.retrieval.item_cf import _top_k_rows
+
+    rows = [(0, 1, 0.5), (0, 3, 0.5 + 1e-12), (0, 2, 0.25),
+            (1, 0, 1.0), (1, 2, 1.0 + 1e-13), (1, 3, 0.125),
+            (2, 0, 0.75), (2, 1, 0.875), (2, 3, 0.75 + 1e-14)]
+    src, dst, v = (list(c) for c in zip(*rows, strict=True))
+    for k in (1, 2):
+        want = _top_k_rows(sp.csr_matrix((v, (src, dst)), shape=(4, 4)), k).astype(np.float32)
+        got = _neighbour_csr(_top_k(spark.createDataFrame(rows, "src int, dst int, v double"), k), 4)
+        assert got.indptr.tolist() == want.indptr.tolist()
+        assert got.indices.tolist() == want.indices.tolist(), k
+        assert np.array_equal(got.data, want.data)
+    assert want.indices.tolist() == [1, 3, 0, 2, 0, 1]  # k = 2: row 2 keeps 0.875 and the lower 0.75
