@@ -163,7 +163,17 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     t, admin = pb_grpc.TandemStub(channel), pb_grpc.TandemAdminStub(channel)
-    learner = Learner(LearnConfig(root, root / "events.sqlite3", **(learn or {}))) if arm == "online" else None
+    learner = None
+    if arm == "online":
+        learn = dict(learn or {})
+        overrides = learn.pop("candidate", None)  # [build] settings of the candidates (nested dicts)
+        trainer = None
+        if overrides:
+            from tandem.index_builder.candidate import train_candidate
+
+            def trainer(serving, log_path, out, upto):
+                return train_candidate(serving, log_path, out, upto_seq=upto, config_overrides=overrides)
+        learner = Learner(LearnConfig(root, root / "events.sqlite3", **learn), trainer=trainer)
     if arm == "rebuilt":
         learner = _Rebuilder(root, root / "events.sqlite3")
     per_point: list[float] = []  # NDCG@k of each point, in order (paired across arms)
@@ -239,7 +249,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--k", type=int, default=10)
     p.add_argument("--learn", action="append", default=[], metavar="KEY=VALUE",
                    help="online arm: a LearnConfig setting other than its default (tolerance=0.02, "
-                        "holdout_share=0.1, ...; repeatable)")
+                        "holdout_share=0.1, ...; repeatable); candidate=JSON: [build] settings of the "
+                        "candidates, e.g. candidate='{\"incremental\": {\"warm_start\": false}}'")
     p.add_argument("--score-share", type=float, default=1.0, metavar="F",
                    help="score only the purchases of a deterministic share F of the users (a hash of the id); "
                         "every event is still streamed (default 1: all)")
