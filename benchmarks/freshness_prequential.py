@@ -283,7 +283,10 @@ def main(argv: list[str] | None = None) -> int:
     learn: dict = {}
     for item in args.learn:
         key, _, value = item.partition("=")
-        learn[key.strip().replace("-", "_")] = json.loads(value) if value.strip() else None
+        try:
+            learn[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: schedule=incremental
+            learn[key.strip().replace("-", "_")] = value.strip()
     if not 0 < args.score_share <= 1:
         print(f"--score-share must be in (0, 1], got {args.score_share}", file=sys.stderr)
         return 2
