@@ -285,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         key, _, value = item.partition("=")
         try:
             learn[key.strip().replace("-", "_")] = json.loads(value)
-        except json.JSONDecodeError:  # a bare word: schedule=incremental
+        except json.JSONDecodeError:  # a bare word (a string setting)
             learn[key.strip().replace("-", "_")] = value.strip()
     if not 0 < args.score_share <= 1:
         print(f"--score-share must be in (0, 1], got {args.score_share}", file=sys.stderr)
