@@ -22,7 +22,10 @@ for three arms, each with its own copy of the bundle, its own event log and its 
   pauses for one ``tandem learn`` cycle (none in the last N/2 events: it would judge nothing) (:class:`tandem.server.learner.Learner`, default settings:
   the newest 20% of the new events held out, tolerance 1%); a published candidate is waited for
   until the server has swapped to it. Pausing is the best case for freshness: in production the
-  stream goes on while the candidate trains.
+  stream goes on while the candidate trains;
+* ``rebuilt`` (only when named in ``--arms``): at the online arm's cycle points, a full build on
+  every event logged so far (cold models, nothing held out, no judge), published at once: the
+  ceiling of retraining at those moments.
 
 Prints one row per arm (points scored, R@10, NDCG@10, NDCG@10 relative to ``live``, learner cycles
 by decision, wall time) and each arm's NDCG@10 gain over ``live`` with a 95% paired bootstrap
