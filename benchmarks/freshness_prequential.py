@@ -22,7 +22,10 @@ for three arms, each with its own copy of the bundle, its own event log and its 
   pauses for one ``tandem learn`` cycle (none in the last N/2 events: it would judge nothing) (:class:`tandem.server.learner.Learner`, default settings:
   the newest 20% of the new events held out, tolerance 1%); a published candidate is waited for
   until the server has swapped to it. Pausing is the best case for freshness: in production the
-  stream goes on while the candidate trains.
+  stream goes on while the candidate trains;
+* ``rebuilt`` (only when named in ``--arms``): at the online arm's cycle points, a full build on
+  every event logged so far (cold models, nothing held out, no judge), published at once: the
+  ceiling of retraining at those moments.
 
 Prints one row per arm (points scored, R@10, NDCG@10, NDCG@10 relative to ``live``, learner cycles
 by decision, wall time) and each arm's NDCG@10 gain over ``live`` with a 95% paired bootstrap
@@ -34,9 +37,11 @@ from __future__ import annotations
 
 import argparse
 import gzip
+import hashlib
 import json
 import logging
 import math
+import os
 import shutil
 import sys
 import tempfile
@@ -75,16 +80,29 @@ def _split_shop(data: Path, out: Path, share: float) -> tuple[list[dict], int]:
     out.mkdir(parents=True, exist_ok=True)
     for p in data.iterdir():
         if p.name.startswith("items."):
-            shutil.copy2(p, out / p.name)
-    with gzip.open(out / "events.jsonl.gz", "wt", encoding="utf-8") as f:
-        for r in rows[:cut]:
-            f.write(json.dumps(r) + "\n")
+            shutil.copy2(p, out / f".{p.name}.{os.getpid()}")
+            os.replace(out / f".{p.name}.{os.getpid()}", out / p.name)
+    # written aside, then renamed: a run sharing --work (--reuse-build) never reads half a file
+    tmp = out / f".events-{os.getpid()}.jsonl.gz"
+    with gzip.GzipFile(tmp, "wb", mtime=0) as f:
+        f.write("".join(json.dumps(r) + "\n" for r in rows[:cut]).encode("utf-8"))
+    os.replace(tmp, out / "events.jsonl.gz")
     return rows[cut:], cut
 
 
-def _score_points(train_rows_file: Path, stream: list[dict]) -> dict[int, list[tuple[str, str]]]:
+def _scored_user(user: str, share: float) -> bool:
+    """A deterministic ``share`` of the users (by a hash of the id, the same on every run and
+    machine): ``--score-share`` scores only their purchases."""
+    if share >= 1.0:
+        return True
+    digest = hashlib.sha1(user.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") < share * 2**64
+
+
+def _score_points(train_rows_file: Path, stream: list[dict], share: float = 1.0) -> dict[int, list[tuple[str, str]]]:
     """``{stream index: [(user, purchased item)]}``: each purchase is scored at the user's first
-    event on that item in the stream; items the user touched before the stream are left out."""
+    event on that item in the stream; items the user touched before the stream are left out, and
+    users outside the scored ``share`` (:func:`_scored_user`)."""
     touched: set[tuple[str, str]] = {(str(r["user_id"]), str(r["item_id"])) for r in _read_rows(train_rows_file)}
     first: dict[tuple[str, str], int] = {}
     for j, r in enumerate(stream):
@@ -93,7 +111,8 @@ def _score_points(train_rows_file: Path, stream: list[dict]) -> dict[int, list[t
     done: set[tuple[str, str]] = set()
     for r in stream:
         key = (str(r["user_id"]), str(r["item_id"]))
-        if r.get("event", "purchase") in ("purchase", "") and key not in touched and key not in done:
+        if (r.get("event", "purchase") in ("purchase", "") and key not in touched and key not in done
+                and _scored_user(key[0], share)):
             done.add(key)
             points.setdefault(first[key], []).append(key)
     return points
@@ -107,8 +126,29 @@ def _pb_event(pb, r: dict):
     return pb.Event(**kw)
 
 
+class _Rebuilder:
+    """The ``rebuilt`` arm's stand-in for the learner: a full build (no warm start, nothing held
+    out, no judge; only the text vectors of unchanged texts are reused) on the serving bundle's data plus every logged event, published at once: what
+    retraining at the same moments can give at most, at a full build's cost."""
+
+    def __init__(self, root: Path, events_log: Path) -> None:
+        self.root, self.events_log = root, events_log
+
+    def cycle(self) -> dict:
+        from tandem.index_builder.candidate import log_position, train_candidate
+        from tandem.retrieval.bundle import current_bundle
+
+        serving = current_bundle(self.root)
+        upto = log_position(self.events_log)
+        # text vectors of unchanged texts reused (the same vectors a full build computes), both
+        # models trained from scratch on the full schedule
+        folder = train_candidate(serving, self.events_log, self.root, upto_seq=upto,
+                                 config_overrides={"incremental": {"warm_start": False}})
+        return {"decision": "published", "candidate": folder.name, "metrics": None, "upto_seq": upto}
+
+
 def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dict, learn_every: int,
-             k: int) -> dict:
+             k: int, learn: dict | None = None) -> dict:
     import grpc
 
     from tandem.ranking.loader import load_engine
@@ -118,7 +158,7 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
     from tandem.server.learner import LearnConfig, Learner
     from tandem.server.service import ServerConfig, TandemServer
 
-    root = work / f"arm-{arm}"
+    root = work / f"arm-{arm}-{os.getpid()}"  # runs sharing --work (--reuse-build) keep apart
     shutil.rmtree(root, ignore_errors=True)
     shutil.copytree(bundle, root / bundle.name)
     set_current(root, bundle.name)
@@ -126,12 +166,24 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
     port = server.start()
     channel = grpc.insecure_channel(f"127.0.0.1:{port}")
     t, admin = pb_grpc.TandemStub(channel), pb_grpc.TandemAdminStub(channel)
-    learner = Learner(LearnConfig(root, root / "events.sqlite3")) if arm == "online" else None
+    learner = None
+    if arm == "online":
+        learn = dict(learn or {})
+        overrides = learn.pop("candidate", None)  # [build] settings of the candidates (nested dicts)
+        trainer = None
+        if overrides:
+            from tandem.index_builder.candidate import train_candidate
+
+            def trainer(serving, log_path, out, upto):
+                return train_candidate(serving, log_path, out, upto_seq=upto, config_overrides=overrides)
+        learner = Learner(LearnConfig(root, root / "events.sqlite3", **learn), trainer=trainer)
+    if arm == "rebuilt":
+        learner = _Rebuilder(root, root / "events.sqlite3")
     per_point: list[float] = []  # NDCG@k of each point, in order (paired across arms)
     hits = ndcg = n = 0.0
     decisions: dict[str, int] = {}
     learn_s = 0.0
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     pending: list = []
     since_learn = 0
 
@@ -173,15 +225,17 @@ def _run_arm(arm: str, bundle: Path, work: Path, stream: list[dict], points: dic
                             raise RuntimeError(f"the server did not swap to {record['candidate']}")
                         time.sleep(0.1)
                 learn_s += time.perf_counter() - t0
-                log.info("arm online: %d/%d events streamed, cycle %s (%s)", j + 1, len(stream),
+                log.info("arm %s: %d/%d events streamed, cycle %s (%s)", arm, j + 1, len(stream),
                          record["decision"], json.dumps(record.get("metrics")))
         flush()
     finally:
         channel.close()
         server.stop(0)
+        shutil.rmtree(root, ignore_errors=True)
     return {"arm": arm, "points": int(n), f"recall@{k}": hits / max(n, 1), f"ndcg@{k}": ndcg / max(n, 1),
             "learn_cycles": decisions, "learn_seconds": round(learn_s, 1),
-            "seconds": round(time.perf_counter() - started, 1), "per_point_ndcg": per_point}
+            "seconds": round(time.perf_counter() - started, 1),
+            "cpu_seconds": round(time.process_time() - cpu0, 1), "per_point_ndcg": per_point}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -196,6 +250,16 @@ def main(argv: list[str] | None = None) -> int:
                    help="online arm: a learner cycle after every N streamed events (default: a fifth of the stream)")
     p.add_argument("--arms", default="frozen,live,online")
     p.add_argument("--k", type=int, default=10)
+    p.add_argument("--learn", action="append", default=[], metavar="KEY=VALUE",
+                   help="online arm: a LearnConfig setting other than its default (tolerance=0.02, "
+                        "holdout_share=0.1, ...; repeatable); candidate=JSON: [build] settings of the "
+                        "candidates, e.g. candidate='{\"incremental\": {\"warm_start\": false}}'")
+    p.add_argument("--score-share", type=float, default=1.0, metavar="F",
+                   help="score only the purchases of a deterministic share F of the users (a hash of the id); "
+                        "every event is still streamed (default 1: all)")
+    p.add_argument("--reuse-build", action="store_true",
+                   help="use the bundle a previous run left in --work/built (same data, split and config) "
+                        "instead of building it again")
     p.add_argument("--config", type=Path, help="TOML build config (default: a small one, see _SMALL_CONFIG)")
     p.add_argument("--work", type=Path, help="work folder (default: a temporary one, removed)")
     p.add_argument("--json", type=Path, help="write the rows here")
@@ -219,20 +283,37 @@ def main(argv: list[str] | None = None) -> int:
             generate(data, SyntheticConfig(items=args.items, users=args.users, seed=args.seed, queries=0,
                                            events_per_user=args.events_per_user, dirt=False))
     stream, n_train = _split_shop(data.resolve(), work / "train-shop", args.train_share)
-    points = _score_points(work / "train-shop" / "events.jsonl.gz", stream)
+    learn: dict = {}
+    for item in args.learn:
+        key, _, value = item.partition("=")
+        try:
+            learn[key.strip().replace("-", "_")] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word (a string setting)
+            learn[key.strip().replace("-", "_")] = value.strip()
+    if not 0 < args.score_share <= 1:
+        print(f"--score-share must be in (0, 1], got {args.score_share}", file=sys.stderr)
+        return 2
+    points = _score_points(work / "train-shop" / "events.jsonl.gz", stream, args.score_share)
     learn_every = args.learn_every or max(1, len(stream) // 5)
     config = load_config(args.config, overrides=None if args.config else _SMALL_CONFIG, environ={})
-    t1 = time.perf_counter()
-    built = build(work / "train-shop", work / "built", config).folder
-    build_s = time.perf_counter() - t1
+    t1, c1 = time.perf_counter(), time.process_time()
+    if args.reuse_build and (work / "built" / "CURRENT").is_file():
+        from tandem.retrieval.bundle import current_bundle
+
+        built = current_bundle(work / "built")
+    else:
+        shutil.rmtree(work / "built", ignore_errors=True)
+        built = build(work / "train-shop", work / "built", config).folder
+    build_s, build_cpu_s = time.perf_counter() - t1, time.process_time() - c1
     print(f"shop {data}: {n_train} events to build on, {len(stream)} streamed, {sum(map(len, points.values()))} "
-          f"purchases scored; build {build_s:.0f}s; online arm learns every {learn_every} events", flush=True)
+          f"purchases scored; build {build_s:.0f}s ({build_cpu_s:.0f} CPU-s); online arm learns every {learn_every} "
+          "events", flush=True)
     rows = []
     for arm in [a.strip() for a in args.arms.split(",") if a.strip()]:
-        if arm not in ("frozen", "live", "online"):
-            print(f"--arms: unknown arm {arm!r} (frozen, live, online)", file=sys.stderr)
+        if arm not in ("frozen", "live", "online", "rebuilt"):
+            print(f"--arms: unknown arm {arm!r} (frozen, live, online, rebuilt)", file=sys.stderr)
             return 2
-        rows.append(_run_arm(arm, built, work, stream, points, learn_every, args.k))
+        rows.append(_run_arm(arm, built, work, stream, points, learn_every, args.k, learn))
         print(json.dumps({k: v for k, v in rows[-1].items() if k != "per_point_ndcg"}), flush=True)
     live = next((r for r in rows if r["arm"] == "live"), None)
     k = args.k
@@ -253,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"total {time.perf_counter() - t0:.0f}s")
     if args.json:
         args.json.write_text(json.dumps({"data": str(data), "train_events": n_train, "stream_events": len(stream),
-                                         "learn_every": learn_every, "build_s": round(build_s, 1), "rows": rows},
+                                         "learn_every": learn_every, "build_s": round(build_s, 1),
+                                         "build_cpu_s": round(build_cpu_s, 1), "score_share": args.score_share, "learn": learn,
+                                         "rows": rows},
                                         indent=2))
     if args.work is None:
         shutil.rmtree(work, ignore_errors=True)

@@ -25,9 +25,10 @@ import numpy as np
 from tandem.index_builder.candidate import LoggedEvent
 from tandem.ranking.api import CannotAnswerError, Engine, RecommendRequest
 from tandem.retrieval.data import Event
-from tandem.retrieval.metrics import ranking_metrics
+from tandem.retrieval.metrics import ndcg_at_k, recall_at_k
 
-__all__ = ["Holdout", "choose_holdout", "history_items", "holdout_targets", "score_engine"]
+__all__ = ["Holdout", "UserScores", "choose_holdout", "history_items", "holdout_targets", "score_engine",
+           "score_users"]
 
 
 @dataclass(frozen=True)
@@ -80,11 +81,35 @@ def history_items(engine: Engine, user_ids: Sequence[str]) -> dict[str, set[str]
     return {u: {catalog.item_ids[int(i)] for i in histories.get(u).items} for u in user_ids}
 
 
+@dataclass(frozen=True)
+class UserScores:
+    """Per-user scores of one engine on held-out targets: ``users`` sorted ids, ``recall`` and
+    ``ndcg`` float64 (len(users),) R@k and NDCG@k of each user's answer, in ``users`` order."""
+
+    k: int
+    users: tuple[str, ...]
+    recall: np.ndarray
+    ndcg: np.ndarray
+
+    def means(self) -> dict[str, float]:
+        """``{"recall@k", "ndcg@k", "users"}`` averaged over the users (0 when there are none)."""
+        n = len(self.users)
+        return {f"recall@{self.k}": float(self.recall.mean()) if n else 0.0,
+                f"ndcg@{self.k}": float(self.ndcg.mean()) if n else 0.0, "users": float(n)}
+
+
 def score_engine(engine: Engine, replay: Sequence[Event], targets: dict[str, list[str]],
                  k: int = 10) -> dict[str, float]:
     """Apply ``replay`` to ``engine`` (as the server's replay would), then ask ``Recommend(user, k)``
     for every user of ``targets`` and score the answers: ``{"recall@k", "ndcg@k", "users"}``.
     A user the engine cannot answer (a search-only bundle) counts as a miss."""
+    return score_users(engine, replay, targets, k).means()
+
+
+def score_users(engine: Engine, replay: Sequence[Event], targets: dict[str, list[str]],
+                k: int = 10) -> UserScores:
+    """:func:`score_engine`, each user's scores kept (for a paired comparison of two engines on
+    the same ``targets``)."""
     if replay:
         engine.record_events(list(replay))
     ids: dict[str, int] = {}
@@ -101,6 +126,7 @@ def score_engine(engine: Engine, replay: Sequence[Event], targets: dict[str, lis
         items += [ids.setdefault(t, len(ids)) for t in targets[user]]
         indptr.append(len(items))
     if not users:
-        return {f"recall@{k}": 0.0, f"ndcg@{k}": 0.0, "users": 0.0}
-    m = ranking_metrics(ranked, (np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64)), [k])
-    return {f"recall@{k}": float(m[f"recall@{k}"]), f"ndcg@{k}": float(m[f"ndcg@{k}"]), "users": float(len(users))}
+        return UserScores(k, (), np.zeros(0), np.zeros(0))
+    csr = (np.asarray(indptr, dtype=np.int64), np.asarray(items, dtype=np.int64))
+    return UserScores(k, tuple(users), np.asarray(recall_at_k(ranked, csr, k, per_user=True), dtype=np.float64),
+                      np.asarray(ndcg_at_k(ranked, csr, k, per_user=True), dtype=np.float64))

@@ -43,6 +43,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tolerance", type=float, default=0.01, metavar="X",
                    help="relative drop of NDCG@k or R@k still published (default 0.01 = 1%%; negative: "
                         "demand a gain)")
+    p.add_argument("--confidence", type=float, default=0.0, metavar="C",
+                   help="0 (default): worse means a mean below the serving bundle's beyond --tolerance; "
+                        "C in (0.5, 1): only when it is so with confidence C (paired bootstrap over the judged "
+                        "users), so a small held-out set's noise does not reject an equal candidate")
     p.add_argument("--k", type=int, default=10, metavar="N", help="list length judged (default 10)")
     p.add_argument("--work-dir", type=Path, metavar="DIR",
                    help="scratch root for candidates (default ROOT/.learn)")
@@ -57,7 +61,7 @@ def _run(args: argparse.Namespace) -> int:
     config = LearnConfig(bundles=args.bundles, events_log=args.events_log or args.bundles / "events.sqlite3",
                          every_s=parse_duration(args.every) if args.every else 3600.0,
                          holdout_share=args.holdout_share, min_new_events=args.min_new_events,
-                         tolerance=args.tolerance, k=args.k, work_dir=args.work_dir)
+                         tolerance=args.tolerance, confidence=args.confidence, k=args.k, work_dir=args.work_dir)
     if args.metrics_port is not None and not 0 <= args.metrics_port <= 65535:
         raise ValueError(f"--metrics-port must be 0..65535, got {args.metrics_port}")
     learner = Learner(config)

@@ -14,8 +14,9 @@ Each cycle (:meth:`Learner.cycle`):
 4. scores the serving bundle and the candidate on the held-out events (final-stage Recommend,
    R@k and NDCG@k, the same users and targets) and publishes the candidate as a new bundle
    version (written like ``tandem build`` writes one, then CURRENT) only when neither metric is
-   worse than the serving bundle's by more than ``tolerance`` (relative): the server's watcher
-   swaps to it. Otherwise the candidate is discarded. A CURRENT changed meanwhile (an operator's
+   worse than the serving bundle's by more than ``tolerance`` (relative; with ``confidence`` set,
+   worse with that confidence, paired bootstrap over the judged users): the server's watcher
+   swaps to it. Every judged decision records the per-user gain and its 90% interval (``gain``). Otherwise the candidate is discarded. A CURRENT changed meanwhile (an operator's
    build) wins: the candidate is discarded as superseded.
 
 Every decision is one log line (``learn decision {...}``, JSON), the ``learn`` section of a
@@ -39,13 +40,20 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from tandem.index_builder.candidate import bundle_source, log_position, read_log_range, train_candidate
-from tandem.index_builder.holdout import choose_holdout, history_items, holdout_targets, score_engine
+from tandem.index_builder.holdout import (
+    UserScores,
+    choose_holdout,
+    history_items,
+    holdout_targets,
+    score_users,
+)
+from tandem.ranking.bootstrap import paired_bootstrap
 from tandem.retrieval.bundle import current_bundle, read_manifest, write_bundle
 from tandem.server.event_log import read_entries
 from tandem.server.live_catalog import replay_entries
 from tandem.server.metrics import MetricsEndpoint
 
-__all__ = ["DECISIONS", "LearnConfig", "LearnMetrics", "Learner", "Trainer"]
+__all__ = ["DECISIONS", "LearnConfig", "LearnMetrics", "Learner", "Trainer", "judge_gains"]
 
 log = logging.getLogger("tandem.learn")
 
@@ -72,6 +80,11 @@ class LearnConfig:
     min_new_events: int = 20
     #: relative drop of R@k or NDCG@k still published (0.01: at most 1% worse); negative demands a gain
     tolerance: float = 0.01
+    #: 0: the candidate is worse when its mean over the judged users is below the serving bundle's
+    #: beyond ``tolerance``; in (0.5, 1): only when it is so with this confidence (the upper end of
+    #: a one-sided paired bootstrap bound of the per-user gain), so that the judge's sampling noise
+    #: on a small held-out set does not reject a candidate that is as good
+    confidence: float = 0.0
     k: int = 10
     #: scratch root of candidates (default BUNDLES/.learn; hidden, so never listed as a bundle)
     work_dir: Path | None = None
@@ -85,6 +98,8 @@ class LearnConfig:
             raise ValueError(f"--min-new-events must be >= 2 (one to train on, one to judge), got {self.min_new_events}")
         if not -1 < self.tolerance < 1:
             raise ValueError(f"--tolerance must be a relative drop between -1 and 1, got {self.tolerance}")
+        if not (self.confidence == 0 or 0.5 < self.confidence < 1):
+            raise ValueError(f"--confidence must be 0 (judge on the means) or between 0.5 and 1, got {self.confidence}")
         if not 1 <= self.k <= 1000:
             raise ValueError(f"--k must be 1..1000, got {self.k}")
 
@@ -129,6 +144,30 @@ class LearnMetrics(MetricsEndpoint):
 
 class _Stopped(Exception):
     pass
+
+
+def judge_gains(serving: UserScores, candidate: UserScores, confidence: float) -> dict[str, dict[str, float]]:
+    """The candidate's mean per-user gain over the serving bundle on each metric, with the upper
+    end of its one-sided ``confidence`` paired bootstrap bound over the judged users (the gain
+    itself when ``confidence`` is 0): ``{"ndcg@k": {"gain", "upper", "low", "high"}, ...}``, where
+    ``[low, high]`` is the 90% interval, recorded whatever the rule, so that a decision shows
+    how much of it the judge's own noise could explain."""
+    if serving.users != candidate.users:
+        raise ValueError("judge_gains: the two engines were scored on different users")
+    out: dict[str, dict[str, float]] = {}
+    for name, a, b in ((f"ndcg@{serving.k}", candidate.ndcg, serving.ndcg),
+                       (f"recall@{serving.k}", candidate.recall, serving.recall)):
+        shown = paired_bootstrap(a, b, level=0.9)
+        upper = shown.mean if confidence == 0 else paired_bootstrap(a, b, level=2 * confidence - 1).high
+        out[name] = {"gain": shown.mean, "upper": upper, "low": shown.low, "high": shown.high}
+    return out
+
+
+def _worse(gain: dict[str, float], serving_mean: float, tolerance: float, confidence: float) -> bool:
+    """Worse beyond ``tolerance`` (relative to ``serving_mean``): the mean gain below
+    ``-tolerance * serving_mean`` (``confidence`` 0), else even the upper end of the one-sided
+    bound there."""
+    return gain["upper"] < -tolerance * serving_mean - 1e-12
 
 
 def _default_trainer(serving: Path, events_log: Path, out: Path, upto_seq: int) -> Path:
@@ -211,7 +250,9 @@ class Learner:
         self._check_stop()
         cand_manifest = read_manifest(candidate)
         cand_seq = int(cand_manifest.get("event_log", {}).get("seq", 0))
-        metrics, n_targets = self._judge(serving, source.event_log_seq, candidate, cand_seq, holdout)
+        before, after = self._judge(serving, source.event_log_seq, candidate, cand_seq, holdout)
+        metrics = {"serving": before.means(), "candidate": after.means()}
+        n_targets = len(before.users)
         events["target_users"] = n_targets
         base["metrics"] = metrics
         if n_targets == 0:
@@ -219,14 +260,18 @@ class Learner:
             return {**base, "decision": "no_targets",
                     "reason": "every held-out item was already in its user's history: nothing to judge on"}
         k = cfg.k
+        base["gain"] = gains = judge_gains(before, after, cfg.confidence)
         worse = [m for m in (f"ndcg@{k}", f"recall@{k}")
-                 if metrics["candidate"][m] < metrics["serving"][m] * (1 - cfg.tolerance) - 1e-12]
+                 if _worse(gains[m], metrics["serving"][m], cfg.tolerance, cfg.confidence)]
         if worse:
             shutil.rmtree(scratch, ignore_errors=True)
+            why = ("beyond tolerance" if cfg.confidence == 0 else
+                   f"beyond tolerance with {100 * cfg.confidence:g}% confidence (upper end of the gain "
+                   + ", ".join(f"{m} {gains[m]['upper']:+.4f}" for m in worse) + ")")
             return {**base, "decision": "rejected",
                     "reason": "candidate worse than the serving bundle on " + " and ".join(
-                        f"{m} ({metrics['candidate'][m]:.4f} < {metrics['serving'][m]:.4f} beyond tolerance "
-                        f"{cfg.tolerance:g})" for m in worse)}
+                        f"{m} ({metrics['candidate'][m]:.4f} < {metrics['serving'][m]:.4f})" for m in worse)
+                    + f" {why}, tolerance {cfg.tolerance:g}"}
         self._check_stop()
         record = {**base, "decision": "published",
                   "reason": f"candidate not worse than the serving bundle on ndcg@{k} and recall@{k} "
@@ -241,20 +286,20 @@ class Learner:
         return record
 
     def _judge(self, serving: Path, serving_seq: int, candidate: Path, cand_seq: int,
-               holdout) -> tuple[dict[str, dict[str, float]], int]:
+               holdout) -> tuple[UserScores, UserScores]:
         """Both engines given the logged events they lack up to ``holdout.train_upto``, then scored
         on the held-out events. One engine is loaded at a time."""
         log_path, upto = self.config.events_log, holdout.train_upto
         users = sorted({le.event.user_id for le in holdout.held})
         engine = _replay(_load(serving), log_path, serving_seq, upto)
         targets = holdout_targets(holdout.held, history_items(engine, users))
-        before = score_engine(engine, (), targets, self.config.k)
+        before = score_users(engine, (), targets, self.config.k)
         del engine
         self._check_stop()
         engine = _replay(_load(candidate), log_path, cand_seq, upto)
-        after = score_engine(engine, (), targets, self.config.k)
+        after = score_users(engine, (), targets, self.config.k)
         del engine
-        return {"serving": before, "candidate": after}, len(targets)
+        return before, after
 
     def _publish(self, candidate: Path, manifest: dict, record: dict) -> str:
         """Write the candidate into the bundle root as a new version, its manifest carrying the

@@ -83,6 +83,9 @@ def test_better_candidate_is_published_and_served_worse_one_is_not(tiny_bundles,
         assert manifest["event_log"]["seq"] == 160  # the server replays the held-out events into it
         assert manifest["learn"]["decision"] == "published" and manifest["learn"]["serving"] == first
         assert manifest["learn"]["metrics"] == r1["metrics"] and manifest["learn"]["events"] == ev
+        gain = r1["gain"]["ndcg@10"]  # the judge's noise is recorded with the decision
+        assert gain["low"] <= gain["gain"] <= gain["high"] and gain["gain"] == pytest.approx(
+            after["ndcg@10"] - before["ndcg@10"])
 
         _wait_version(admin, published)  # the server's watcher swapped to it
         t.RecordEvents(pb.RecordEventsRequest(events=[pb.Event(user_id="probe", item_id=pairs[0][0],

@@ -41,6 +41,66 @@ def test_targets_are_the_items_first_touched_in_the_window():
     assert holdout_targets(held, {"a": {"w"}, "b": {"z"}}) == {"a": ["x", "y"]}
 
 
+def _scores(ndcg, recall=None):
+    import numpy as np
+
+    from tandem.index_builder.holdout import UserScores
+
+    ndcg = np.asarray(ndcg, dtype=float)
+    return UserScores(10, tuple(f"u{i:03d}" for i in range(len(ndcg))), ndcg if recall is None else
+                      np.asarray(recall, dtype=float), ndcg)
+
+
+def test_score_users_keeps_each_users_scores_and_their_means_are_score_engine():
+    import numpy as np
+
+    from tandem.index_builder.holdout import score_engine, score_users
+    from tandem.retrieval.metrics import ranking_metrics
+
+    class Fixed:  # fixed answers (the scoring is what is tested): u0 hits one target at rank 2, u1 misses
+        def __init__(self, answers):
+            self.answers = answers
+
+        def recommend(self, request):
+            from types import SimpleNamespace
+
+            return SimpleNamespace(items=[SimpleNamespace(item_id=i) for i in self.answers[request.user_id]])
+
+    engine = Fixed({"u0": ["a", "b", "c"], "u1": ["d", "e"]})
+    targets = {"u0": ["b", "z"], "u1": ["y"]}
+    got = score_users(engine, (), targets, k=3)
+    assert got.users == ("u0", "u1")
+    assert got.recall.tolist() == [0.5, 0.0]
+    ideal = 1 + 1 / 1.584962500721156
+    assert got.ndcg[0] == pytest.approx((1 / 1.584962500721156) / ideal) and got.ndcg[1] == 0.0
+    # the means are what ranking_metrics gives for the same lists (the aggregate the judge reported before)
+    m = ranking_metrics(np.asarray([[0, 1, 2], [4, 5, -1]]), (np.asarray([0, 2, 3]), np.asarray([1, 3, 6])), [3])
+    assert score_engine(engine, (), targets, k=3) == {"recall@3": pytest.approx(m["recall@3"]),
+                                                       "ndcg@3": pytest.approx(m["ndcg@3"]), "users": 2.0}
+
+
+def test_the_judge_rejects_on_the_mean_and_with_confidence_only_beyond_its_noise():
+    from tandem.server.learner import _worse, judge_gains
+
+    serving = _scores([0.5, 0.0, 1.0, 0.0, 0.5, 0.0, 1.0, 0.0] * 3)
+    # one user of 24 loses half a point: 4% worse on the mean, well inside the judge's noise
+    slightly = _scores([0.0, 0.0, 1.0, 0.0, 0.5, 0.0, 1.0, 0.0] + [0.5, 0.0, 1.0, 0.0, 0.5, 0.0, 1.0, 0.0] * 2)
+    broken = _scores([0.0] * 24)  # every hit lost
+    base = float(serving.ndcg.mean())
+    on_mean = judge_gains(serving, slightly, 0.0)["ndcg@10"]
+    assert on_mean["gain"] == pytest.approx(-0.5 / 24) and on_mean["upper"] == on_mean["gain"]
+    assert on_mean["low"] < on_mean["gain"] < on_mean["high"]
+    assert _worse(on_mean, base, 0.01, 0.0)  # the old rule: 4% below, beyond 1% tolerance
+    confident = judge_gains(serving, slightly, 0.9)["ndcg@10"]
+    assert confident["upper"] >= 0.0 and not _worse(confident, base, 0.01, 0.9)
+    for confidence in (0.0, 0.9, 0.99):  # a clearly worse candidate is rejected whatever the rule
+        assert _worse(judge_gains(serving, broken, confidence)["ndcg@10"], base, 0.01, confidence)
+    same = judge_gains(serving, serving, 0.9)["recall@10"]
+    assert same["gain"] == 0.0 and not _worse(same, base, 0.0, 0.9) and not _worse(same, base, 0.0, 0.0)
+    with pytest.raises(ValueError, match="different users"):
+        judge_gains(serving, _scores([0.5]), 0.0)
+
+
 def test_durations_and_config_are_validated():
     assert parse_duration("90") == 90 and parse_duration("15m") == 900 and parse_duration("1.5h") == 5400
     for bad in ("0", "-1m", "soon", "5w"):
@@ -52,6 +112,9 @@ def test_durations_and_config_are_validated():
         LearnConfig("b", "l", tolerance=1.0)
     with pytest.raises(ValueError, match="--min-new-events"):
         LearnConfig("b", "l", min_new_events=1)
+    for bad in (0.5, 1.0, -0.1):
+        with pytest.raises(ValueError, match="--confidence"):
+            LearnConfig("b", "l", confidence=bad)
 
 
 @pytest.fixture
