@@ -6,8 +6,9 @@
 For every variant (torch fp32 sentence-transformers, its ONNX export on ONNX Runtime in fp32, and
 int8 dynamic quantisations of that export with several recipes):
 
-- quality: encode every item text and every evaluation-half query of a search data folder (the
-  texts and the half of ``../shared/tools/searcheval.py``), exhaustive inner-product top-100, one
+- quality: encode every item text (batches of 128, as the build does) and every evaluation-half
+  query (one at a time, as the server does) of a search data folder (the texts and the half of
+  ``../shared/tools/searcheval.py``), exhaustive inner-product top-100, one
   ``{"query", "items"}`` line per query into ``OUT/<variant>.jsonl``, scored by ``searcheval.py``
   (graded NDCG@10, Recall@100 of grade >= 2); the torch row is the scorer's "minilm_dense" anchor.
   Also the mean and the minimum cosine of each item vector to the torch one.
@@ -173,7 +174,9 @@ def main() -> None:
             else:
                 iv = enc.encode(texts)
                 np.save(vec_path, iv)
-            qv = enc.encode(queries)
+            # one query at a time, as the server encodes them (int8 activations are quantised per
+            # batch: a batch of queries would not give the served vectors)
+            qv = np.concatenate([enc.encode([q], batch_size=1) for q in queries])
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             top = _top100(qv, iv)
             run = out / f"{v}.jsonl"
