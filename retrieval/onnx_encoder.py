@@ -23,9 +23,13 @@ graph, weights int8 and activations quantised per batch at run time. The recipe
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import logging
+import os
+import re
+import shutil
 import tempfile
 import threading
 import time
@@ -38,8 +42,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BACKENDS", "Int8Recipe", "DEFAULT_INT8", "OnnxEncoderSession", "export_encoder", "onnx_missing",
-           "read_export_meta"]
+__all__ = ["BACKENDS", "Int8Recipe", "DEFAULT_INT8", "OnnxEncoderSession", "cached_export", "default_cache_dir",
+           "export_encoder", "export_key", "export_to_temp", "onnx_missing", "read_export_meta"]
 
 log = logging.getLogger(__name__)
 
@@ -57,11 +61,12 @@ class Int8Recipe:
     """How the fp32 graph is quantised: ``per_channel`` int8 weight scales (one per output column)
     rather than one per tensor; ``optimize`` runs ONNX Runtime's transformer fusions (attention,
     layer norm, GELU) before quantising, so the fused attention's matrix products are quantised
-    too; ``exclude_ops`` are operator types left in fp32."""
+    too; nodes whose name matches the regular expression ``keep_fp32`` stay in fp32 (e.g. the
+    feed-forward output projections, whose GELU inputs have the widest range)."""
 
     per_channel: bool = True
     optimize: bool = False
-    exclude_ops: tuple[str, ...] = ()
+    keep_fp32: str = ""
 
 
 #: The recipe of ``backend = "onnx-int8"``.
@@ -130,6 +135,11 @@ def _export_fp32(model_path: Path, max_seq_length: int, out: Path) -> dict[str, 
             "dim": int((getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension)())}
 
 
+class _DropAdvice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
 def _quantize(folder: Path, recipe: Int8Recipe) -> None:
     """Replace ``folder/model.onnx`` by its int8 (dynamic) quantisation."""
     import onnx
@@ -145,13 +155,19 @@ def _quantize(folder: Path, recipe: Int8Recipe) -> None:
         optimized = optimize_model(str(fp32), model_type="bert", num_heads=0, hidden_size=0, opt_level=1)
         optimized.save_model_to_file(str(fp32))
     exclude = []
-    if recipe.exclude_ops:
-        graph = onnx.load(str(fp32))
-        exclude = [n.name for n in graph.graph.node if n.op_type in recipe.exclude_ops]
-    quantize_dynamic(str(fp32), str(src), weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
-                     nodes_to_exclude=exclude,
-                     # the fused operators (com.microsoft domain) have no shape inference
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    if recipe.keep_fp32:
+        pattern = re.compile(recipe.keep_fp32)
+        exclude = [n.name for n in onnx.load(str(fp32)).graph.node if pattern.search(n.name)]
+    root = logging.getLogger()
+    quiet = _DropAdvice()
+    root.addFilter(quiet)  # its advice to pre-process is for static quantisation of vision models
+    try:
+        quantize_dynamic(str(fp32), str(src), weight_type=QuantType.QInt8, per_channel=recipe.per_channel,
+                         nodes_to_exclude=exclude,
+                         # the fused operators (com.microsoft domain) have no shape inference
+                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    finally:
+        root.removeFilter(quiet)
     fp32.unlink()
 
 
@@ -248,3 +264,56 @@ def export_to_temp(model_path: Path, backend: str, max_seq_length: int,
     tmp = tempfile.TemporaryDirectory(prefix="tandem-onnx-")
     export_encoder(model_path, Path(tmp.name), backend, max_seq_length, recipe)
     return tmp
+
+
+def default_cache_dir() -> Path:
+    """Where exports are kept between builds: ``$TANDEM_CACHE_DIR/text_encoders``, else
+    ``$XDG_CACHE_HOME/tandem/text_encoders`` (``~/.cache`` when unset)."""
+    explicit = os.environ.get("TANDEM_CACHE_DIR")
+    if explicit:
+        return Path(explicit) / "text_encoders"
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tandem" / "text_encoders"
+
+
+def export_key(model_path: Path, backend: str, max_seq_length: int, recipe: Int8Recipe = DEFAULT_INT8) -> str:
+    """sha256 over the model folder's content (every file's path and bytes), the backend, the
+    truncation, the int8 recipe, this export's format and the library versions that make it."""
+    h = hashlib.sha256()
+    folder = Path(model_path)
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):  # noqa: B023 - f is this iteration's file
+                h.update(chunk)
+    settings = {"backend": backend, "max_seq_length": int(max_seq_length), "format": _FORMAT_VERSION,
+                "int8": asdict(recipe) if backend == "onnx-int8" else None, "opset": _OPSET, "versions": _versions()}
+    h.update(json.dumps(settings, sort_keys=True).encode())
+    return h.hexdigest()[:32]
+
+
+def cached_export(model_path: Path, backend: str, max_seq_length: int, recipe: Int8Recipe = DEFAULT_INT8,
+                  cache_dir: Path | None = None) -> Path | None:
+    """The exported folder for these settings from the export cache (:func:`default_cache_dir`),
+    exported into it on a miss (written beside, then renamed: a reader never sees half an export).
+    None when the cache folder cannot be written; the caller then exports to a temporary folder."""
+    root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    folder = root / export_key(model_path, backend, max_seq_length, recipe)
+    if (folder / META_FILE).is_file():
+        return folder
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".export-", dir=root))
+    except OSError as exc:
+        log.warning("text encoder export cache %s is not writable (%s): exporting to a temporary folder", root, exc)
+        return None
+    try:
+        export_encoder(model_path, tmp, backend, max_seq_length, recipe)
+        try:
+            os.rename(tmp, folder)
+        except OSError:  # another process renamed its export there first
+            if not (folder / META_FILE).is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder

@@ -27,7 +27,13 @@ from tandem.retrieval.ann import AnnConfig, AnnIndex
 from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
 from tandem.retrieval.item_ranks import rank_items
-from tandem.retrieval.onnx_encoder import BACKENDS, OnnxEncoderSession, export_to_temp, onnx_missing
+from tandem.retrieval.onnx_encoder import (
+    BACKENDS,
+    OnnxEncoderSession,
+    cached_export,
+    export_to_temp,
+    onnx_missing,
+)
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
 
@@ -104,7 +110,9 @@ class TextEncoder:
     threads ask at the same time).
 
     For an ONNX backend, ``exported`` is the folder of the exported model (a bundle's copy); without
-    it the model is exported on first use into a temporary folder (:meth:`exported_folder`)."""
+    it the model is exported on first use (:meth:`exported_folder`), into the export cache
+    (``onnx_encoder.cached_export``, keyed by the model's content) or, where that cannot be written,
+    a temporary folder."""
 
     def __init__(self, config: TextEncoderConfig | None = None, exported: Path | None = None) -> None:
         self.config = config or TextEncoderConfig()
@@ -141,9 +149,12 @@ class TextEncoder:
             with self._load_lock:
                 if self._exported is None:
                     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-                    self._tmp = export_to_temp(self.config.resolved_path(), self.config.backend,
-                                               self.config.max_seq_length)
-                    self._exported = Path(self._tmp.name)
+                    cfg = self.config
+                    cached = cached_export(cfg.resolved_path(), cfg.backend, cfg.max_seq_length)
+                    if cached is None:
+                        self._tmp = export_to_temp(cfg.resolved_path(), cfg.backend, cfg.max_seq_length)
+                        cached = Path(self._tmp.name)
+                    self._exported = cached
         return self._exported
 
     def _load(self) -> Any:

@@ -128,3 +128,32 @@ def test_text_vectors_are_not_reused_across_backends(onnx_encoder, int8_encoder)
                     {k: v for k, v in torch_cache.identity.items() if k != "backend"})
     _, report = reuse_vectors(TextEncoder(), texts, old)
     assert (report.reused, report.full_reason) == (2, None)
+
+
+def test_exports_are_cached_by_content_and_settings(tmp_path) -> None:
+    import shutil
+    import time
+
+    from tandem.retrieval.onnx_encoder import cached_export, export_key
+    from tandem.retrieval.text_tower import default_model_path
+
+    model = tmp_path / "model"
+    shutil.copytree(default_model_path(), model)
+    cache = tmp_path / "cache"
+    first = cached_export(model, "onnx", 128, cache_dir=cache)
+    assert first is not None and read_export_meta(first)["backend"] == "onnx"
+    stamp = (first / MODEL_FILE).stat().st_mtime_ns
+    time.sleep(0.01)
+    assert cached_export(model, "onnx", 128, cache_dir=cache) == first  # a hit: not exported again
+    assert (first / MODEL_FILE).stat().st_mtime_ns == stamp
+    assert [p.name for p in cache.iterdir()] == [first.name]  # no half-written export left beside it
+    # another backend, truncation or model content is another entry
+    key = export_key(model, "onnx", 128)
+    assert len({key, export_key(model, "onnx-int8", 128), export_key(model, "onnx", 64)}) == 3
+    (model / "config_sentence_transformers.json").write_text((model / "config_sentence_transformers.json")
+                                                              .read_text() + "\n")
+    assert export_key(model, "onnx", 128) != key
+    # a cache that cannot be written: None, and the encoder exports to a temporary folder instead
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    assert cached_export(model, "onnx", 128, cache_dir=blocked / "sub") is None
