@@ -98,6 +98,28 @@ def _export(variant: str, root: Path) -> Path | None:
     return folder
 
 
+def _bundle_vectors(bundle: Path, ids: list[str], texts: list[str], enc) -> np.ndarray:
+    """The torch item vectors a torch fp32 bundle of the same data already holds, in ``ids`` order
+    (items the bundle lacks are encoded); checked against a fresh encode of 256 random items."""
+    from tandem.retrieval.catalog_io import load_catalog
+
+    catalog = load_catalog(bundle / "catalog")
+    held = np.load(bundle / "sources/text/text_vectors.npy", mmap_mode="r")
+    out = np.empty((len(ids), held.shape[1]), dtype=np.float32)
+    rows = np.array([catalog.index.get(i, -1) for i in ids], dtype=np.int64)
+    out[rows >= 0] = held[rows[rows >= 0]]
+    missing = np.flatnonzero(rows < 0)
+    if missing.size:
+        out[missing] = enc.encode([texts[i] for i in missing])
+    sample = np.random.default_rng(0).choice(np.flatnonzero(rows >= 0), size=256, replace=False)
+    diff = float(np.abs(enc.encode([texts[i] for i in sample]) - out[sample]).max())
+    print(f"torch item vectors from {bundle}: {len(ids) - missing.size} held, {missing.size} encoded; "
+          f"max abs difference to a fresh encode of 256 of them {diff:.1e}", flush=True)
+    if diff > 1e-4:
+        raise SystemExit(f"--torch-items {bundle}: its vectors are not this model's encode of these texts")
+    return out
+
+
 def _top100(qv: np.ndarray, iv: np.ndarray) -> np.ndarray:
     out = np.empty((qv.shape[0], 100), dtype=np.int64)
     for s in range(0, qv.shape[0], 256):
@@ -149,6 +171,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--speed-variants", help="variants timed (default: --variants)")
+    ap.add_argument("--torch-items", help="a torch fp32 bundle folder of the same data: take the torch item "
+                                          "vectors from it (checked on a sample) instead of encoding them")
     ap.add_argument("--fresh", action="store_true")
     ap.add_argument("--json", help="also write the table here")
     args = ap.parse_args()
@@ -169,17 +194,24 @@ def main() -> None:
     rows: dict[str, dict] = {v: {} for v in variants}
     if not args.skip_quality:
         for v in variants:
-            vec_path = out / f"{v}.items.npy"
+            vec_path, q_path = out / f"{v}.items.npy", out / f"{v}.queries.npy"
             enc = _make(v, folders[v], args.threads)
             c0, w0 = time.process_time(), time.perf_counter()
             if vec_path.is_file() and not args.fresh:
                 iv = np.load(vec_path)
+            elif v == "torch" and args.torch_items:
+                iv = _bundle_vectors(Path(args.torch_items), ids, texts, enc)
+                np.save(vec_path, iv)
             else:
                 iv = enc.encode(texts)
                 np.save(vec_path, iv)
-            # one query at a time, as the server encodes them (int8 activations are quantised per
-            # batch: a batch of queries would not give the served vectors)
-            qv = np.concatenate([enc.encode([q], batch_size=1) for q in queries])
+            if q_path.is_file() and not args.fresh:
+                qv = np.load(q_path)
+            else:
+                # one query at a time, as the server encodes them (int8 activations are quantised per
+                # batch: a batch of queries would not give the served vectors)
+                qv = np.concatenate([enc.encode([q], batch_size=1) for q in queries])
+                np.save(q_path, qv)
             cpu, wall = time.process_time() - c0, time.perf_counter() - w0
             top = _top100(qv, iv)
             run = out / f"{v}.jsonl"
@@ -197,19 +229,23 @@ def main() -> None:
                 cos = (np.load(out / f"{v}.items.npy") * ref).sum(axis=1)
                 rows[v].update({"cos_mean": float(cos.mean()), "cos_min": float(cos.min())})
     load0 = os.getloadavg()
-    encoders = {v: {t: _make(v, folders[v], t) for t in (1, 2)} for v in variants}
+    timed = [v.strip() for v in (args.speed_variants or args.variants).split(",") if v.strip()]
+    for v in timed:
+        folders.setdefault(v, _export(v, out / "models"))
+        rows.setdefault(v, {})
+    encoders = {v: {t: _make(v, folders[v], t) for t in (1, 2)} for v in timed}
     speed = _speed(encoders, texts[:args.speed_n], queries[:args.queries], args.repeats)
     load1 = os.getloadavg()
-    for v in variants:
+    for v in timed:
         rows[v].update(speed[v])
-    base = rows[variants[0]]
+    base = rows[timed[0]]
     print(f"\nspeed on {args.speed_n} item texts (mean {np.mean([len(t) for t in texts[:args.speed_n]]):.0f} chars), "
           f"{args.queries} one-query encodes, best of {args.repeats}; load average {load0[0]:.2f} before, "
           f"{load1[0]:.2f} after\n")
     print("| variant | NDCG@10 | Recall@100 | cosine to torch (mean / min) | texts/s 1 thread | texts per CPU-s "
           "| texts/s 2 threads | query p50 ms | query p99 ms | speed vs first |")
     print("|---|---|---|---|---|---|---|---|---|---|")
-    for v in variants:
+    for v in timed:
         r = rows[v]
         cos = "-" if r.get("cos_mean") is None else f"{r['cos_mean']:.4f} / {r['cos_min']:.4f}"
         print(f"| {v} | {r.get('ndcg@10', '-')} | {r.get('recall@100', '-')} | {cos} | {r['texts_s_1t']:,.0f} | "

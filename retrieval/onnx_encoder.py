@@ -224,6 +224,8 @@ class OnnxEncoderSession:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.intra_op_num_threads = max(0, int(threads))
         options.inter_op_num_threads = 1
+        # threads that spin while waiting take cores from other work on a shared machine
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         options.log_severity_level = 3
         self.session = ort.InferenceSession(str(self.folder / MODEL_FILE), options,
                                             providers=["CPUExecutionProvider"])
