@@ -120,6 +120,19 @@ def _bundle_vectors(bundle: Path, ids: list[str], texts: list[str], enc) -> np.n
     return out
 
 
+def _borrowed(path: Path, texts: list[str], enc, variant: str, lender: str, n: int = 2000) -> np.ndarray:
+    """Another variant's item vectors, for a variant that gives the same vectors (fp32 ONNX and
+    torch), after checking that on ``n`` random items; saves a whole-catalog encode."""
+    vectors = np.load(path)
+    sample = np.sort(np.random.default_rng(1).choice(len(texts), size=min(n, len(texts)), replace=False))
+    diff = float(np.abs(enc.encode([texts[i] for i in sample]) - vectors[sample]).max())
+    print(f"{variant}: item vectors of {lender}; max abs difference on {len(sample)} random items {diff:.1e}",
+          flush=True)
+    if diff > 1e-4:
+        raise SystemExit(f"--borrow-items {variant}:{lender}: the two do not give the same vectors ({diff:.1e})")
+    return vectors
+
+
 def _top100(qv: np.ndarray, iv: np.ndarray) -> np.ndarray:
     out = np.empty((qv.shape[0], 100), dtype=np.int64)
     for s in range(0, qv.shape[0], 256):
@@ -171,6 +184,8 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=300)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--borrow-items", default="", help="VARIANT:LENDER,...: VARIANT takes LENDER's item vectors "
+                                                        "after a check on 2,000 items (fp32 ONNX and torch)")
     ap.add_argument("--speed-variants", help="variants timed (default: --variants)")
     ap.add_argument("--torch-items", help="a torch fp32 bundle folder of the same data: take the torch item "
                                           "vectors from it (checked on a sample) instead of encoding them")
@@ -183,6 +198,7 @@ def main() -> None:
         ap.error(f"--variants: unknown {unknown}; known: {', '.join(VARIANTS)}")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    borrow = dict(pair.split(":", 1) for pair in args.borrow_items.split(",") if pair)
     scorer = _scorer(Path(args.scorer))
     items, qrels = scorer.load(args.data)
     ids = list(items)
@@ -202,6 +218,8 @@ def main() -> None:
             elif v == "torch" and args.torch_items:
                 iv = _bundle_vectors(Path(args.torch_items), ids, texts, enc)
                 np.save(vec_path, iv)
+            elif v in borrow:
+                iv = _borrowed(out / f"{borrow[v]}.items.npy", texts, enc, v, borrow[v])
             else:
                 iv = enc.encode(texts)
                 np.save(vec_path, iv)
@@ -225,7 +243,7 @@ def main() -> None:
         ref_path = out / "torch.items.npy"
         if ref_path.is_file():
             ref = np.load(ref_path)
-            for v in variants:
+            for v in (v for v in variants if (out / f"{v}.items.npy").is_file()):
                 cos = (np.load(out / f"{v}.items.npy") * ref).sum(axis=1)
                 rows[v].update({"cos_mean": float(cos.mean()), "cos_min": float(cos.min())})
     load0 = os.getloadavg()

@@ -30,7 +30,7 @@ TEXTS = [
 
 @pytest.fixture(scope="module")
 def torch_vectors() -> np.ndarray:
-    return TextEncoder(TextEncoderConfig(batch_size=3)).encode(TEXTS)
+    return TextEncoder(TextEncoderConfig(batch_size=3, backend="torch")).encode(TEXTS)
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,8 @@ def test_a_missing_onnxruntime_is_named_with_the_fix(monkeypatch) -> None:
 
 def test_text_vectors_are_not_reused_across_backends(onnx_encoder, int8_encoder) -> None:
     texts = ["red shoe", "blue shirt"]
-    torch_cache, _ = reuse_vectors(TextEncoder(), texts, None)
+    torch_encoder = TextEncoder(TextEncoderConfig(backend="torch"))
+    torch_cache, _ = reuse_vectors(torch_encoder, texts, None)
     assert torch_cache.identity["backend"] == "torch"
     cache, report = reuse_vectors(int8_encoder, texts, torch_cache)
     assert report.reused == 0 and "backend: 'torch' -> 'onnx-int8'" in report.full_reason
@@ -126,7 +127,7 @@ def test_text_vectors_are_not_reused_across_backends(onnx_encoder, int8_encoder)
     # a cache written before backends existed was torch's, and is reused by torch
     old = TextCache(torch_cache.hashes, torch_cache.vectors,
                     {k: v for k, v in torch_cache.identity.items() if k != "backend"})
-    _, report = reuse_vectors(TextEncoder(), texts, old)
+    _, report = reuse_vectors(torch_encoder, texts, old)
     assert (report.reused, report.full_reason) == (2, None)
 
 
@@ -157,3 +158,19 @@ def test_exports_are_cached_by_content_and_settings(tmp_path) -> None:
     blocked = tmp_path / "file"
     blocked.write_text("not a folder")
     assert cached_export(model, "onnx", 128, cache_dir=blocked / "sub") is None
+
+
+def test_a_bundle_from_before_backends_loads_as_torch(tmp_path) -> None:
+    import json
+
+    catalog = Catalog.from_items([Item("a", "Stainless steel kitchen knife"), Item("b", "Red leather running shoes")])
+    torch_config = TextEncoderConfig(backend="torch")
+    TextSource(TextSourceConfig(encoder=torch_config)).fit(catalog).save(tmp_path)
+    meta_path = tmp_path / "text_source.json"
+    meta = json.loads(meta_path.read_text())
+    del meta["config"]["encoder"]["backend"]  # what bundles wrote before the setting existed
+    meta_path.write_text(json.dumps(meta))
+    loaded = TextSource.load(tmp_path, catalog)
+    assert loaded.encoder.config.backend == "torch" and TextEncoderConfig().backend == "onnx-int8"
+    np.testing.assert_allclose(loaded.encode_query("red shoes"), TextEncoder(torch_config).encode(["red shoes"])[0],
+                               atol=1e-6)
