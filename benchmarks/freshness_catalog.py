@@ -131,7 +131,9 @@ def _encode_floor(bundle: Path, n: int = 20) -> dict[str, float]:
     from tandem.retrieval.text_tower import TextEncoder, TextEncoderConfig
 
     meta = json.loads((bundle / "sources" / "text" / "text_source.json").read_text())
-    encoder = TextEncoder(TextEncoderConfig(**meta["config"]["encoder"]))
+    config = TextEncoderConfig.from_saved(meta["config"]["encoder"])
+    exported = bundle / "sources" / "text" / "encoder"  # an ONNX backend's model, as the server runs it
+    encoder = TextEncoder(config, exported=exported if config.backend != "torch" else None)
     encoder.encode(["warm up"])
     rng, times = random.Random(5), []
     for _ in range(n):

@@ -125,6 +125,11 @@ def main() -> None:
     engine = load_engine(args.bundles)
     text = engine.sources["text"]
     model = text.encoder._load()  # noqa: SLF001 - the bare SentenceTransformer, on purpose
+    if text.encoder.config.backend != "torch":  # the floor stays one bare sentence-transformers encode
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(text.encoder.config.resolved_path()), device="cpu")
+        model.max_seq_length = text.encoder.config.max_seq_length
     index = text._index  # noqa: SLF001 - the raw FAISS index, on purpose
     bare_queries = Once(training)
 

@@ -33,7 +33,7 @@ def main() -> None:
 
     cat = load_dataset(args.data).catalog
     texts = [cat.text(i) for i in range(min(args.n, len(cat)))]
-    enc = TextEncoder(TextEncoderConfig(batch_size=args.batch_size))
+    enc = TextEncoder(TextEncoderConfig(batch_size=args.batch_size, backend="torch"))  # the wrapper over the same model
     bare = SentenceTransformer(str(default_model_path()), device="cpu")
     bare.max_seq_length = enc.config.max_seq_length
     enc.encode(texts[:64])  # load + warm up both

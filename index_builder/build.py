@@ -320,7 +320,7 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
     metrics: dict[str, dict[str, float]] = {}
     if config.split != "none" and len(split.test):
         metrics = evaluate_pipeline(pipeline, split, config.eval_ks, timer=timer)
-    info["text_model"] = {"id": encoder.model_id, "dim": int(text_vectors.shape[1])}
+    info["text_model"] = {"id": encoder.model_id, "backend": encoder.config.backend, "dim": int(text_vectors.shape[1])}
     info["incremental"] = _incremental_record(warm, reuse.to_dict(), sources, info)
     return BuildResult(None, pipeline, split, metrics, timer.seconds, info=info, text_cache=text_cache)
 

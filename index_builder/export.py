@@ -67,7 +67,8 @@ def export_metadata(pipeline: Pipeline, what: str, vectors: np.ndarray) -> dict[
     meta = {"what": what, "bundle_version": str(pipeline.version), "built_at": str(pipeline.built_at),
             "dimension": str(vectors.shape[1]), "count": str(vectors.shape[0])}
     if what == "text":
-        meta.update(model=pipeline.sources["text"].encoder.model_id, metric="cosine")
+        encoder = pipeline.sources["text"].encoder
+        meta.update(model=encoder.model_id, backend=encoder.config.backend, metric="cosine")
     else:
         config = pipeline.sources["two_tower"].config
         meta.update(model="two_tower", metric=config.similarity,

@@ -70,10 +70,12 @@ def encoder_identity(encoder: TextEncoder) -> dict[str, Any]:
     """What must be equal for a cached vector to be the one ``encoder`` would produce now
     (without the dimension, which :class:`TextCache` records from the vectors): the model id,
     a fingerprint of a local model folder, ``max_seq_length`` (truncation) and
-    :data:`TEXT_PREP_VERSION`. The batch size and device do not change the vectors' meaning."""
+    :data:`TEXT_PREP_VERSION`, and the backend (torch, onnx, onnx-int8: int8 vectors differ from
+    fp32 ones). The batch size and device do not change the vectors' meaning."""
     cfg = encoder.config
     return {
         "model": encoder.model_id,
+        "backend": cfg.backend,
         "fingerprint": None if cfg.model_path is None else _folder_fingerprint(Path(cfg.model_path)),
         "max_seq_length": int(cfg.max_seq_length),
         "text_prep": TEXT_PREP_VERSION,
@@ -162,11 +164,12 @@ def reuse_vectors(encoder: TextEncoder, texts: Sequence[str], previous: TextCach
     reason = None
     if previous is None:
         reason = why_none or "no earlier text cache"
-    elif previous.identity != identity:
-        changed = sorted(k for k in set(identity) | set(previous.identity)
-                         if identity.get(k) != previous.identity.get(k))
-        reason = ("the text encoder differs from the earlier bundle's ("
-                  + ", ".join(f"{k}: {previous.identity.get(k)!r} -> {identity.get(k)!r}" for k in changed) + ")")
+    else:
+        before = {"backend": "torch", **previous.identity}  # caches from before backends: torch
+        if before != identity:
+            changed = sorted(k for k in set(identity) | set(before) if identity.get(k) != before.get(k))
+            reason = ("the text encoder differs from the earlier bundle's ("
+                      + ", ".join(f"{k}: {before.get(k)!r} -> {identity.get(k)!r}" for k in changed) + ")")
     if reason is not None or previous is None:
         vectors = encoder.encode(list(texts), progress=progress)
         return TextCache(hashes, vectors, identity), ReuseReport(0, len(texts), reason)

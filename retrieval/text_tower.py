@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -26,6 +27,13 @@ from tandem.retrieval.ann import AnnConfig, AnnIndex
 from tandem.retrieval.base import Candidates, IdSet, RetrievalRequest, read_source_meta
 from tandem.retrieval.data import Catalog, Interactions
 from tandem.retrieval.item_ranks import rank_items
+from tandem.retrieval.onnx_encoder import (
+    BACKENDS,
+    OnnxEncoderSession,
+    cached_export,
+    export_to_temp,
+    onnx_missing,
+)
 
 __all__ = ["TextEncoderConfig", "TextEncoder", "TextSourceConfig", "TextSource", "default_model_path"]
 
@@ -33,6 +41,8 @@ _FORMAT_VERSION = 1
 _VECTORS = "text_vectors.npy"
 _META = "text_source.json"
 _INDEX_DIR = "text_index"
+#: the exported encoder of an ONNX backend, inside the text source's folder
+_ENCODER_DIR = "encoder"
 
 
 def default_model_path() -> Path:
@@ -47,13 +57,19 @@ class TextEncoderConfig:
     """Which local sentence encoder to run, and how.
 
     ``model_path`` None means the package model (:func:`default_model_path`); any other value
-    must be an existing local folder holding a sentence-transformers model.
+    must be an existing local folder holding a sentence-transformers model. ``backend``: "torch"
+    runs the model as it is; "onnx" its ONNX export on ONNX Runtime (fp32, the same vectors);
+    "onnx-int8" the export with int8 weights (retrieval/onnx_encoder.py). A bundle keeps the
+    exported model, and its server encodes queries with the backend its items were encoded with.
     """
 
     model_path: str | None = None
     batch_size: int = 128
     max_seq_length: int = 128
     device: str = "cpu"
+    #: int8 by default: the fastest variant within 1% NDCG@10 of fp32 on Home Depot search
+    #: (benchmarks/README.md, "Text encoder variants")
+    backend: str = "onnx-int8"
 
     def __post_init__(self) -> None:
         if self.model_path is not None:
@@ -77,19 +93,40 @@ class TextEncoderConfig:
             )
         if not self.device:
             raise ValueError("TextEncoderConfig.device must be a torch device string such as 'cpu' or 'cuda'")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"TextEncoderConfig.backend must be one of {', '.join(map(repr, BACKENDS))}, "
+                             f"got {self.backend!r}")
+        problem = onnx_missing(self.backend)
+        if problem:
+            raise ValueError(f"TextEncoderConfig.backend: {problem}")
+        if self.backend != "torch" and self.device != "cpu":
+            raise ValueError(f"TextEncoderConfig.backend={self.backend!r} runs on the CPU; set device = 'cpu' "
+                             f"(got {self.device!r}) or backend = 'torch'")
 
     def resolved_path(self) -> Path:
         return Path(self.model_path) if self.model_path is not None else default_model_path()
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> TextEncoderConfig:
+        """The config a bundle recorded; one from before backends existed was encoded with torch."""
+        return cls(**{"backend": "torch", **saved})
+
 
 class TextEncoder:
     """A frozen sentence encoder; the model is loaded on first use (once, even when several
-    threads ask at the same time)."""
+    threads ask at the same time).
 
-    def __init__(self, config: TextEncoderConfig | None = None) -> None:
+    For an ONNX backend, ``exported`` is the folder of the exported model (a bundle's copy); without
+    it the model is exported on first use (:meth:`exported_folder`), into the export cache
+    (``onnx_encoder.cached_export``, keyed by the model's content) or, where that cannot be written,
+    a temporary folder."""
+
+    def __init__(self, config: TextEncoderConfig | None = None, exported: Path | None = None) -> None:
         self.config = config or TextEncoderConfig()
         self._model: Any = None
         self._load_lock = threading.Lock()
+        self._exported = None if exported is None else Path(exported)
+        self._tmp: Any = None  # the temporary folder of an export made here
 
     @property
     def model_id(self) -> str:
@@ -106,11 +143,37 @@ class TextEncoder:
     def dim(self) -> int:
         """Output dimension (loads the model)."""
         model = self._load()
+        if isinstance(model, OnnxEncoderSession):
+            return model.dim
         getter = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
         return int(getter())
 
+    def exported_folder(self) -> Path | None:
+        """The exported model of an ONNX backend (exported now if need be); None for torch."""
+        if self.config.backend == "torch":
+            return None
+        if self._exported is None:
+            with self._load_lock:
+                if self._exported is None:
+                    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+                    cfg = self.config
+                    cached = cached_export(cfg.resolved_path(), cfg.backend, cfg.max_seq_length)
+                    if cached is None:
+                        self._tmp = export_to_temp(cfg.resolved_path(), cfg.backend, cfg.max_seq_length)
+                        cached = Path(self._tmp.name)
+                    self._exported = cached
+        return self._exported
+
     def _load(self) -> Any:
         if self._model is not None:
+            return self._model
+        if self.config.backend != "torch":
+            folder = self.exported_folder()
+            with self._load_lock:
+                if self._model is None:
+                    import torch  # the build sets torch's thread count per stage (index_builder/threads.py)
+
+                    self._model = OnnxEncoderSession(folder, threads=torch.get_num_threads())
             return self._model
         with self._load_lock:  # without it, every thread that arrives first loads its own copy
             if self._model is not None:
@@ -131,6 +194,8 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._load()
+        if isinstance(model, OnnxEncoderSession):
+            return model.encode(texts, self.config.batch_size)
         out = model.encode(
             texts,
             batch_size=self.config.batch_size,
@@ -314,8 +379,9 @@ class TextSource:
 
     # -- persistence ---------------------------------------------------------------------
     def save(self, folder: Path) -> list[Path]:
-        """Write ``text_vectors.npy``, the index folder and ``text_source.json`` (the model is
-        referenced by id and path, not copied)."""
+        """Write ``text_vectors.npy``, the index folder and ``text_source.json`` (the torch model is
+        referenced by id and path, not copied; an ONNX backend's exported model is copied into
+        ``encoder/``, so that queries are encoded by the very model that encoded the items)."""
         if self.vectors is None:
             raise RuntimeError("TextSource.save called before fit()")
         folder = Path(folder)
@@ -325,6 +391,11 @@ class TextSource:
         written = [vec_path]
         if self._index is not None:
             written += list(self._index.save(folder / _INDEX_DIR))
+        exported = self.encoder.exported_folder()
+        if exported is not None and exported.resolve() != (folder / _ENCODER_DIR).resolve():
+            shutil.copytree(exported, folder / _ENCODER_DIR, dirs_exist_ok=True)
+        if exported is not None:
+            written += sorted(p for p in (folder / _ENCODER_DIR).rglob("*") if p.is_file())
         meta = {
             "format_version": _FORMAT_VERSION,
             "name": self.name,
@@ -344,8 +415,15 @@ class TextSource:
         meta_path = folder / _META
         meta = read_source_meta(meta_path, "TextSource", _FORMAT_VERSION, catalog)
         cfg = dict(meta["config"])
-        cfg["encoder"] = TextEncoderConfig(**cfg["encoder"])
-        source = cls(TextSourceConfig(**cfg))
+        encoder_config = TextEncoderConfig.from_saved(cfg["encoder"])
+        cfg["encoder"] = encoder_config
+        exported = None
+        if encoder_config.backend != "torch":
+            exported = folder / _ENCODER_DIR
+            if not exported.is_dir():
+                raise ValueError(f"{meta_path}: the text encoder's backend is {encoder_config.backend!r} but the "
+                                 f"bundle has no exported model in {exported}; rebuild the bundle")
+        source = cls(TextSourceConfig(**cfg), encoder=TextEncoder(encoder_config, exported=exported))
         source.vectors = np.load(folder / _VECTORS, allow_pickle=False)
         index_dir = folder / _INDEX_DIR
         source._index = _load_index(index_dir) if index_dir.exists() else None

