@@ -174,3 +174,15 @@ def test_a_bundle_from_before_backends_loads_as_torch(tmp_path) -> None:
     assert loaded.encoder.config.backend == "torch" and TextEncoderConfig().backend == "onnx-int8"
     np.testing.assert_allclose(loaded.encode_query("red shoes"), TextEncoder(torch_config).encode(["red shoes"])[0],
                                atol=1e-6)
+
+
+def test_the_int8_export_does_not_flood_the_log(tmp_path, caplog) -> None:
+    import logging
+
+    from tandem.retrieval.onnx_encoder import cached_export
+    from tandem.retrieval.text_tower import default_model_path
+
+    with caplog.at_level(logging.INFO):
+        assert cached_export(default_model_path(), "onnx-int8", 128, cache_dir=tmp_path / "cache") is not None
+    from_quantiser = [r.getMessage() for r in caplog.records if r.name == "root"]
+    assert from_quantiser == [], from_quantiser[:3]
