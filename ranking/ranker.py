@@ -24,6 +24,7 @@ from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from tandem.retrieval.early_stopping import Patience
+from tandem.retrieval.fast_dropout import FastDropout
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower import deterministic_training
 
@@ -152,7 +153,7 @@ class DCNRanker(nn.Module):
         layers: list[nn.Module] = []
         d = n_features
         for h in config.hidden:
-            layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(config.dropout)]
+            layers += [nn.Linear(d, h), nn.ReLU(), FastDropout(config.dropout)]
             d = h
         self.deep = nn.Sequential(*layers)
         self.head = nn.Linear(d + n_features, 1)

@@ -22,7 +22,7 @@ from tandem.retrieval.two_tower_warm import warm_start_state
 from tandem.retrieval.two_tower_windows import _Batch, _training_windows
 
 if TYPE_CHECKING:
-    from tandem.retrieval.two_tower import TwoTower
+    from tandem.retrieval.two_tower import EvalBatches, TwoTower
 
 __all__ = ["EvalTargets", "train"]
 
@@ -100,12 +100,15 @@ class EpochTracker:
         self.evals: list[tuple[int, float, float]] = []
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._prepared: EvalBatches | None = None
 
     def end_epoch(self, epoch: int, loss: float, out_of_time: bool) -> dict[str, float]:
         c = self.model.config
         shown: dict[str, float] = {"loss": loss}
         if self.valid is not None and (epoch % c.eval_every == 0 or out_of_time):
-            recall, ndcg = self.model.evaluate(self.valid, c.eval_k)
+            if self._prepared is None:  # the same users every time: their windows once
+                self._prepared = self.model.prepare_eval(self.valid)
+            recall, ndcg = self.model.evaluate(self.valid, c.eval_k, prepared=self._prepared)
             self.evals.append((epoch, recall, ndcg))
             shown[f"valid recall@{c.eval_k}"] = recall
             shown[f"ndcg@{c.eval_k}"] = ndcg
