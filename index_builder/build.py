@@ -217,6 +217,7 @@ def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer
     with timer.stage("ranker_train"):
         ranker.fit(lists, init=init)
     info["epochs"] = len(ranker.history)
+    info["max_epochs"] = ranker.max_epochs
     info["best_valid_ndcg@10"] = max((h["valid_ndcg@10"] for h in ranker.history), default=0.0)
     info["best_epoch"] = max(ranker.history, key=lambda h: h["valid_ndcg@10"])["epoch"] if ranker.history else None
     if warm is not None:
@@ -329,7 +330,8 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         # validation set, so this first fit is the only record of it (`tandem report` plots it)
         info[name] = {"best_epoch": tlog.best_epoch, "epochs_run": tlog.epochs_run,
                       "seconds": round(tlog.seconds, 1),
-                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]],
+                      "stopped": getattr(tlog, "stopped", None), "max_epochs": getattr(tlog, "max_epochs", None),
+                      "valid": [list(e) for e in tlog.evals[-3:]],
                       "history": {"loss": [round(float(x), 6) for x in tlog.losses],
                                   "valid": [list(e) for e in tlog.evals]}}
     if config.split == "none" and config.refit_on_all and not search_only:
