@@ -95,15 +95,20 @@ class _Timer:
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
-def format_stage_table(timings: dict[str, float], total_s: float | None = None) -> str:
-    """The build's stages in the order they ran, with seconds and share of the total, and the
-    stages that took most of it ("where the time went")."""
+def format_stage_table(timings: dict[str, float], total_s: float | None = None,
+                       cpu: dict[str, float] | None = None) -> str:
+    """The build's stages in the order they ran, with seconds and share of the total (and the
+    CPU seconds of each, all threads, when ``cpu`` is given: on a busy machine the steadier
+    measure of a stage's work), and the stages that took most of it ("where the time went")."""
     total = total_s if total_s is not None else sum(timings.values())
     width = max([len(n) for n in timings] + [len("stage"), len("total")])
-    lines = [f"{'stage':<{width}}  {'seconds':>8}  {'share':>6}"]
+    extra = "" if cpu is None else f"  {'cpu s':>8}"
+    lines = [f"{'stage':<{width}}  {'seconds':>8}  {'share':>6}{extra}"]
     for name, sec in timings.items():
-        lines.append(f"{name:<{width}}  {sec:>8.1f}  {100 * sec / max(total, 1e-9):>5.1f}%")
-    lines.append(f"{'total':<{width}}  {total:>8.1f}  {'':>6}")
+        col = "" if cpu is None else f"  {cpu.get(name, 0.0):>8.1f}"
+        lines.append(f"{name:<{width}}  {sec:>8.1f}  {100 * sec / max(total, 1e-9):>5.1f}%{col}")
+    col = "" if cpu is None else f"  {sum(cpu.values()):>8.1f}"
+    lines.append(f"{'total':<{width}}  {total:>8.1f}  {'':>6}{col}")
     top = sorted(timings.items(), key=lambda kv: -kv[1])[:3]
     lines.append("most time: " + ", ".join(f"{n} {100 * sec / max(total, 1e-9):.0f}%" for n, sec in top))
     return "\n".join(lines)
@@ -507,6 +512,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "event_log": event_log if event_log is not None else {"seq": 0},
             "incremental": result.info.get("incremental"),
             "timings_s": timer.seconds,
+            "cpu_s_per_stage": timer.cpu_seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),
             **({} if engine is None else {"engine": engine.describe()}),
@@ -519,5 +525,5 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     result.info["wall_s"] = round(time.perf_counter() - started, 2)
     result.info["cpu_s_per_stage"] = timer.cpu_seconds
     log.info("build %s done in %.1fs; where the time went:\n%s", folder.name, result.info["wall_s"],
-             format_stage_table(timer.seconds, result.info["wall_s"]))
+             format_stage_table(timer.seconds, result.info["wall_s"], timer.cpu_seconds))
     return result
