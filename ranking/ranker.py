@@ -24,7 +24,6 @@ from threadpoolctl import ThreadpoolController
 from torch import nn
 
 from tandem.retrieval.early_stopping import Patience, epoch_cap
-from tandem.retrieval.fast_dropout import FastDropout
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower import deterministic_training
 
@@ -160,7 +159,7 @@ class DCNRanker(nn.Module):
         layers: list[nn.Module] = []
         d = n_features
         for h in config.hidden:
-            layers += [nn.Linear(d, h), nn.ReLU(), FastDropout(config.dropout)]
+            layers += [nn.Linear(d, h), nn.ReLU(), nn.Dropout(config.dropout)]
             d = h
         self.deep = nn.Sequential(*layers)
         self.head = nn.Linear(d + n_features, 1)

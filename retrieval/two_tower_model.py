@@ -17,7 +17,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from tandem.retrieval.data import EVENT_TYPES, Catalog
-from tandem.retrieval.fast_dropout import FastDropout
 from tandem.retrieval.two_tower_config import TwoTowerConfig
 
 __all__ = [
@@ -203,8 +202,8 @@ class _Block(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
         self.ln2 = nn.LayerNorm(dim)
-        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), FastDropout(dropout), nn.Linear(dim, dim))
-        self.drop = FastDropout(dropout)
+        self.ff = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.drop = nn.Dropout(dropout)
         self.p = dropout
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -236,7 +235,7 @@ class UserTower(nn.Module):
         self.recency = nn.Embedding(N_GAP_BUCKETS, dim)
         for emb in (self.pos, self.events, self.gaps, self.length, self.recency):
             nn.init.normal_(emb.weight, std=0.02)
-        self.drop = FastDropout(dropout)
+        self.drop = nn.Dropout(dropout)
         if kind == "sasrec":
             self.blocks = nn.ModuleList(_Block(dim, heads, dropout) for _ in range(layers))
         else:
