@@ -25,7 +25,7 @@ def epoch_cap(epochs: int, units: int, per_thousand: float | None, floor: int) -
     patience alone trains it for as many epochs as a large shop (the 5,000-item quick-start shop's
     two-tower ran 31 epochs of 22 steps, still creeping up 0.002 Recall@10 per epoch); the cap
     stops it after a number of epochs proportional to its size, while a large shop (Amazon
-    Beauty's 22k windows: cap 112 at 5 per 1,000) stops on patience long before the cap."""
+    Beauty's 22,512 windows: cap 113 at 5 per 1,000) stops on patience long before the cap."""
     if per_thousand is None:
         return int(epochs)
     return int(min(epochs, max(floor, math.ceil(per_thousand * units / 1000.0))))

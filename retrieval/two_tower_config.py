@@ -52,8 +52,8 @@ class TwoTowerConfig:
     ``epochs_per_1k_windows``: effort that grows with the data: at most that many epochs per
     1,000 training windows (rounded up), never fewer than ``min_epochs`` and never more than
     ``epochs`` (``retrieval.early_stopping.epoch_cap``; None: ``epochs`` only). At 5 the
-    5,000-item quick-start shop (2,748 windows) trains at most 14 epochs; Amazon Beauty (22k
-    windows, cap 112) still stops on patience.
+    5,000-item quick-start shop (2,748 windows) trains at most 14 epochs; Amazon Beauty (22,512
+    windows, cap 113) still stops on patience.
     ``train_procs`` processes train together (torch DistributedDataParallel over gloo, see
     ``two_tower_distributed``), each on ``batch_size / train_procs`` windows of every batch, so
     the global batch and the learning rate stay those of one process; 1 trains in this process.

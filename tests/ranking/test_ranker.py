@@ -192,3 +192,13 @@ def test_the_epoch_cap_follows_the_number_of_training_lists(caplog):
     assert RankerConfig().epochs_per_1k_lists is not None  # on by default
     with pytest.raises(ValueError, match="epochs_per_1k_lists"):
         RankerConfig(epochs_per_1k_lists=-1.0)
+
+
+def test_default_ranker_cap_binds_on_a_small_shop_and_not_on_amazon_beauty():
+    from tandem.retrieval.early_stopping import epoch_cap
+
+    c = RankerConfig()
+    # the quick-start shop's 2,409 training lists: 5 (patience alone ran it 10-17 epochs); Amazon
+    # Beauty's ~20,100 (90% of 22,363 validation users): all 30, where patience stops it at 6
+    assert epoch_cap(c.epochs, 2_409, c.epochs_per_1k_lists, c.min_epochs) == 5
+    assert epoch_cap(c.epochs, 20_126, c.epochs_per_1k_lists, c.min_epochs) == c.epochs == 30

@@ -285,7 +285,7 @@ def test_default_config_caps_a_small_shop_and_not_a_large_one() -> None:
 
     c = TwoTowerConfig()
     assert max_epochs(c, 2_748) == 14  # the quick-start shop: was 200 (patience stopped it at 28-31)
-    assert max_epochs(c, 22_363) == 112  # Amazon Beauty stops on patience (epoch 27) well before
+    assert max_epochs(c, 22_512) == 113  # Amazon Beauty stops on patience (epoch 27) well before
     assert max_epochs(c, 100) == c.min_epochs == 10
     with pytest.raises(ValueError, match="epochs_per_1k_windows"):
         TwoTowerConfig(epochs_per_1k_windows=0)
