@@ -44,7 +44,7 @@ class RankerConfig:
     #: effort that grows with the data: at most this many epochs per 1,000 training lists (rounded
     #: up), never fewer than ``min_epochs`` nor more than ``epochs``; None: ``epochs`` only
     #: (``retrieval.early_stopping.epoch_cap``)
-    epochs_per_1k_lists: float | None = 2.0
+    epochs_per_1k_lists: float | None = 4.0
     min_epochs: int = 5
     patience: int = 4
     #: the least rise of validation NDCG@10 that resets patience; None: half the standard error

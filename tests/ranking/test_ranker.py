@@ -198,7 +198,7 @@ def test_default_ranker_cap_binds_on_a_small_shop_and_not_on_amazon_beauty():
     from tandem.retrieval.early_stopping import epoch_cap
 
     c = RankerConfig()
-    # the quick-start shop's 2,409 training lists: 5 (patience alone ran it 10-17 epochs); Amazon
+    # the quick-start shop's 2,409 training lists: 10 (patience alone ran it 10-17 epochs); Amazon
     # Beauty's ~20,100 (90% of 22,363 validation users): all 30, where patience stops it at 6
-    assert epoch_cap(c.epochs, 2_409, c.epochs_per_1k_lists, c.min_epochs) == 5
+    assert epoch_cap(c.epochs, 2_409, c.epochs_per_1k_lists, c.min_epochs) == 10
     assert epoch_cap(c.epochs, 20_126, c.epochs_per_1k_lists, c.min_epochs) == c.epochs == 30
