@@ -42,7 +42,7 @@ class RankerConfig:
     weight_decay: float = 1e-5
     epochs: int = 30
     #: effort that grows with the data: at most this many epochs per 1,000 training lists (rounded
-    #: up), never fewer than ``min_epochs`` nor more than ``epochs``; None: ``epochs`` only
+    #: up), never fewer than ``min_epochs`` nor more than ``epochs``; 0 or None: ``epochs`` only
     #: (``retrieval.early_stopping.epoch_cap``)
     epochs_per_1k_lists: float | None = 4.0
     min_epochs: int = 5
@@ -67,8 +67,8 @@ class RankerConfig:
             raise ValueError(f"ranker.dropout must be in [0, 1), got {self.dropout}")
         if self.lr <= 0 or self.epochs < 1 or self.patience < 1 or self.batch_lists < 1 or self.min_epochs < 1:
             raise ValueError("ranker.lr, epochs, min_epochs, patience and batch_lists must be positive")
-        if self.epochs_per_1k_lists is not None and not self.epochs_per_1k_lists > 0:
-            raise ValueError(f"ranker.epochs_per_1k_lists must be > 0 or unset, got {self.epochs_per_1k_lists}")
+        if self.epochs_per_1k_lists is not None and not self.epochs_per_1k_lists >= 0:
+            raise ValueError(f"ranker.epochs_per_1k_lists must be >= 0 (0: no cap), got {self.epochs_per_1k_lists}")
         if self.min_improvement is not None and not self.min_improvement >= 0:
             raise ValueError(f"ranker.min_improvement must be >= 0 or unset, got {self.min_improvement}")
         if not 0.0 < self.valid_fraction < 0.5:

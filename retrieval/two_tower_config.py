@@ -51,7 +51,7 @@ class TwoTowerConfig:
     ``time_budget_s`` stops training after that many seconds (None: no limit).
     ``epochs_per_1k_windows``: effort that grows with the data: at most that many epochs per
     1,000 training windows (rounded up), never fewer than ``min_epochs`` and never more than
-    ``epochs`` (``retrieval.early_stopping.epoch_cap``; None: ``epochs`` only). At 5 the
+    ``epochs`` (``retrieval.early_stopping.epoch_cap``; 0 or None: ``epochs`` only). At 5 the
     5,000-item quick-start shop (2,748 windows) trains at most 14 epochs; Amazon Beauty (22,512
     windows, cap 113) still stops on patience.
     ``train_procs`` processes train together (torch DistributedDataParallel over gloo, see
@@ -132,9 +132,9 @@ class TwoTowerConfig:
                 f"TwoTowerConfig.train_procs={self.train_procs} must be <= batch_size={self.batch_size} "
                 "(each process trains on batch_size / train_procs windows of every batch)"
             )
-        if self.epochs_per_1k_windows is not None and not self.epochs_per_1k_windows > 0:
+        if self.epochs_per_1k_windows is not None and not self.epochs_per_1k_windows >= 0:
             raise ValueError(
-                f"TwoTowerConfig.epochs_per_1k_windows must be > 0 or None, got {self.epochs_per_1k_windows}"
+                f"TwoTowerConfig.epochs_per_1k_windows must be >= 0 (0: no cap) or None, got {self.epochs_per_1k_windows}"
             )
         if self.time_budget_s is not None and self.time_budget_s <= 0:
             raise ValueError(f"TwoTowerConfig.time_budget_s must be > 0 or None, got {self.time_budget_s}")

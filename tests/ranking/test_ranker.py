@@ -192,6 +192,8 @@ def test_the_epoch_cap_follows_the_number_of_training_lists(caplog):
     assert RankerConfig().epochs_per_1k_lists is not None  # on by default
     with pytest.raises(ValueError, match="epochs_per_1k_lists"):
         RankerConfig(epochs_per_1k_lists=-1.0)
+    assert len(Ranker(["noise", "signal", "other"], replace(cfg, epochs=7, epochs_per_1k_lists=0)).fit(
+        _lists(100), _lists(20, seed=1)).history) == 7  # 0: no cap
 
 
 def test_default_ranker_cap_binds_on_a_small_shop_and_not_on_amazon_beauty():

@@ -55,6 +55,6 @@ def test_epoch_cap_grows_with_the_data():
     assert epoch_cap(200, 300, 5.0, 10) == 10
     assert epoch_cap(200, 100_000, 5.0, 10) == 200  # never above the configured epochs
     assert epoch_cap(8, 300, 5.0, 10) == 8  # nor above a count asked for below the floor (a refit)
-    assert epoch_cap(200, 2748, None, 10) == 200  # None: no cap
+    assert epoch_cap(200, 2748, None, 10) == epoch_cap(200, 2748, 0.0, 10) == 200  # None or 0: no cap
     small, large = (epoch_cap(30, n, 2.0, 5) for n in (2_409, 20_000))
     assert small < large

@@ -288,4 +288,5 @@ def test_default_config_caps_a_small_shop_and_not_a_large_one() -> None:
     assert max_epochs(c, 22_512) == 113  # Amazon Beauty stops on patience (epoch 27) well before
     assert max_epochs(c, 100) == c.min_epochs == 10
     with pytest.raises(ValueError, match="epochs_per_1k_windows"):
-        TwoTowerConfig(epochs_per_1k_windows=0)
+        TwoTowerConfig(epochs_per_1k_windows=-1)
+    assert max_epochs(TwoTowerConfig(epochs_per_1k_windows=0), 2_748) == 200  # 0: no cap
