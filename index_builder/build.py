@@ -13,7 +13,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -23,7 +23,7 @@ import numpy as np
 
 from tandem.index_builder.cleaning import CleanResult, load_dataset, load_queries
 from tandem.index_builder.config import BuildConfig, config_to_dict
-from tandem.index_builder.evaluate import evaluate_source
+from tandem.index_builder.evaluate import evaluate_source, evaluate_together
 from tandem.index_builder.incremental import PreviousBundle, WarmStart, cold_schedule
 from tandem.index_builder.splits import Split, Targets, leave_last_out, make_split
 from tandem.index_builder.threads import threads_for_stage
@@ -35,7 +35,7 @@ from tandem.ranking.loader import save_pipeline
 from tandem.ranking.pipeline import KINDS, Pipeline
 from tandem.ranking.ranker import Ranker, RankingLists, ndcg_per_list
 from tandem.retrieval.ann import AnnConfig
-from tandem.retrieval.base import CandidateSource
+from tandem.retrieval.base import CandidateSource, IdSet, RetrievalRequest
 from tandem.retrieval.bundle import write_bundle
 from tandem.retrieval.data import Catalog, Event, Interactions
 from tandem.retrieval.progress import Progress
@@ -95,15 +95,20 @@ class _Timer:
         log.info("stage %s done in %.1fs", name, self.seconds[name])
 
 
-def format_stage_table(timings: dict[str, float], total_s: float | None = None) -> str:
-    """The build's stages in the order they ran, with seconds and share of the total, and the
-    stages that took most of it ("where the time went")."""
+def format_stage_table(timings: dict[str, float], total_s: float | None = None,
+                       cpu: dict[str, float] | None = None) -> str:
+    """The build's stages in the order they ran, with seconds and share of the total (and the
+    CPU seconds of each, all threads, when ``cpu`` is given: on a busy machine the steadier
+    measure of a stage's work), and the stages that took most of it ("where the time went")."""
     total = total_s if total_s is not None else sum(timings.values())
     width = max([len(n) for n in timings] + [len("stage"), len("total")])
-    lines = [f"{'stage':<{width}}  {'seconds':>8}  {'share':>6}"]
+    extra = "" if cpu is None else f"  {'cpu s':>8}"
+    lines = [f"{'stage':<{width}}  {'seconds':>8}  {'share':>6}{extra}"]
     for name, sec in timings.items():
-        lines.append(f"{name:<{width}}  {sec:>8.1f}  {100 * sec / max(total, 1e-9):>5.1f}%")
-    lines.append(f"{'total':<{width}}  {total:>8.1f}  {'':>6}")
+        col = "" if cpu is None else f"  {cpu.get(name, 0.0):>8.1f}"
+        lines.append(f"{name:<{width}}  {sec:>8.1f}  {100 * sec / max(total, 1e-9):>5.1f}%{col}")
+    col = "" if cpu is None else f"  {sum(cpu.values()):>8.1f}"
+    lines.append(f"{'total':<{width}}  {total:>8.1f}  {'':>6}{col}")
     top = sorted(timings.items(), key=lambda kv: -kv[1])[:3]
     lines.append("most time: " + ", ".join(f"{n} {100 * sec / max(total, 1e-9):.0f}%" for n, sec in top))
     return "\n".join(lines)
@@ -217,6 +222,7 @@ def _train_ranker(config: BuildConfig, pipeline: Pipeline, valid: Targets, timer
     with timer.stage("ranker_train"):
         ranker.fit(lists, init=init)
     info["epochs"] = len(ranker.history)
+    info["max_epochs"] = ranker.max_epochs
     info["best_valid_ndcg@10"] = max((h["valid_ndcg@10"] for h in ranker.history), default=0.0)
     info["best_epoch"] = max(ranker.history, key=lambda h: h["valid_ndcg@10"])["epoch"] if ranker.history else None
     if warm is not None:
@@ -235,13 +241,36 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
     if sources:
         for name in pipeline.available("recommend"):
             stages[name] = pipeline.sources[name]
-    stages["fused"] = lambda reqs, k: pipeline.rank_requests(reqs, k, use_ranker=False)
-    if pipeline.rankers.get("recommend") is not None:
-        stages["final"] = lambda reqs, k: pipeline.rank_requests(reqs, k)
+    together = pipeline.rankers.get("recommend") is not None
+    if not together:
+        stages["fused"] = lambda reqs, k: pipeline.rank_requests(reqs, k, use_ranker=False)
     for name, stage in stages.items():
         with timer.stage(f"eval_{name}"):
             out[name] = evaluate_source(stage, split, n, ks, "test", desc=name)
+    if together:
+        # the re-ranker's input is the fused list: one pass over the test users gives both rows
+        with timer.stage("eval_final"):
+            out.update(evaluate_together(_fused_and_final(pipeline), ("fused", "final"), split, n, ks, "test"))
     return out
+
+
+def _fused_and_final(pipeline: Pipeline) -> Callable[[Sequence[RetrievalRequest], int], tuple[np.ndarray, np.ndarray]]:
+    """``rank(requests, k)`` -> (fused, final) int64 (b, k), history excluded, -1 padded: what
+    ``pipeline.rank_requests`` gives with and without the ranker, from one retrieval per request."""
+
+    def rank(requests: Sequence[RetrievalRequest], k: int) -> tuple[np.ndarray, np.ndarray]:
+        fused = np.full((len(requests), k), -1, dtype=np.int64)
+        final = np.full((len(requests), k), -1, dtype=np.int64)
+        for r, req in enumerate(requests):
+            ranked = pipeline.rank(req, "recommend")
+            for rows, items in ((fused, ranked.fused.items), (final, ranked.items)):
+                if len(req.history):
+                    items = items[~IdSet(req.history, pipeline.n_items).contains(items)]
+                items = items[:k]
+                rows[r, : items.shape[0]] = items
+        return fused, final
+
+    return rank
 
 
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,
@@ -306,7 +335,8 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
         # validation set, so this first fit is the only record of it (`tandem report` plots it)
         info[name] = {"best_epoch": tlog.best_epoch, "epochs_run": tlog.epochs_run,
                       "seconds": round(tlog.seconds, 1),
-                      "stopped": getattr(tlog, "stopped", None), "valid": [list(e) for e in tlog.evals[-3:]],
+                      "stopped": getattr(tlog, "stopped", None), "max_epochs": getattr(tlog, "max_epochs", None),
+                      "valid": [list(e) for e in tlog.evals[-3:]],
                       "history": {"loss": [round(float(x), 6) for x in tlog.losses],
                                   "valid": [list(e) for e in tlog.evals]}}
     if config.split == "none" and config.refit_on_all and not search_only:
@@ -482,6 +512,7 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
             "event_log": event_log if event_log is not None else {"seq": 0},
             "incremental": result.info.get("incremental"),
             "timings_s": timer.seconds,
+            "cpu_s_per_stage": timer.cpu_seconds,
             "threads_per_stage": timer.threads,
             "library_versions": _library_versions(),
             **({} if engine is None else {"engine": engine.describe()}),
@@ -494,5 +525,5 @@ def build(data_dir: Path, out_root: Path, config: BuildConfig | None = None, *,
     result.info["wall_s"] = round(time.perf_counter() - started, 2)
     result.info["cpu_s_per_stage"] = timer.cpu_seconds
     log.info("build %s done in %.1fs; where the time went:\n%s", folder.name, result.info["wall_s"],
-             format_stage_table(timer.seconds, result.info["wall_s"]))
+             format_stage_table(timer.seconds, result.info["wall_s"], timer.cpu_seconds))
     return result

@@ -39,6 +39,7 @@ __all__ = [
     "StageFactory",
     "rank_targets",
     "evaluate_source",
+    "evaluate_together",
     "evaluate_stages",
     "format_table",
     "evaluate_dataset",
@@ -147,6 +148,43 @@ def evaluate_source(source: Any, split: Split, n_items: int, ks: Sequence[int] =
     log.info("evaluated %s on %d %s users in %.1fs", desc or _stage_name(source), len(t), targets,
              time.perf_counter() - t0)
     return out
+
+
+def evaluate_together(rank: Callable[[Sequence[RetrievalRequest], int], tuple[np.ndarray, ...]],
+                      names: Sequence[str], split: Split, n_items: int, ks: Sequence[int] = DEFAULT_KS,
+                      targets: str = "test", *, batch_size: int = 1024, coverage_k: int = 10,
+                      desc: str | None = None) -> dict[str, dict[str, float]]:
+    """:func:`evaluate_source` for several stages that one call ranks together: ``rank(requests,
+    k)`` returns one int64 (len(requests), k) array per name of ``names`` (-1 padded; history
+    items are dropped here as for a plain callable). Used for the fused and the final list, which
+    one pass of the pipeline gives both of (the fused list is the re-ranker's input): ranking the
+    test users once instead of twice."""
+    ks = _check_ks(ks)
+    t = _stage_targets(split, targets)
+    k = max(max(ks), coverage_k)
+    u = len(t)
+    ranked = [np.full((u, k), -1, dtype=np.int64) for _ in names]
+    t0 = time.perf_counter()
+    bar = Progress(f"eval {desc or ' + '.join(names)} on {targets}", u, unit="user", logger=log)
+    for lo in range(0, u, batch_size):
+        hi = min(lo + batch_size, u)
+        got = rank(t.requests(lo, hi), k)
+        if len(got) != len(names):
+            raise ValueError(f"the ranking callable returned {len(got)} arrays, expected one per stage {list(names)}")
+        for out, g in zip(ranked, got, strict=True):
+            g = np.asarray(g)
+            if g.ndim != 2 or g.shape[0] != hi - lo or not np.issubdtype(g.dtype, np.integer):
+                raise ValueError(f"the ranking callable returned {g.dtype} {g.shape}; expected int64 "
+                                 f"({hi - lo}, <= {k}) item indices padded with -1")
+            out[lo:hi] = _drop_history(g[:, :k], t, lo, k)
+        bar.update(hi - lo)
+    bar.close()
+    metrics = {}
+    for name, r in zip(names, ranked, strict=True):
+        metrics[name] = ranking_metrics(r, t, ks, n_items=n_items, coverage_k=coverage_k)
+        metrics[name]["users"] = float(u)
+    log.info("evaluated %s on %d %s users in %.1fs", " + ".join(names), u, targets, time.perf_counter() - t0)
+    return metrics
 
 
 def evaluate_stages(stages: Mapping[str, Any], split: Split, n_items: int, ks: Sequence[int] = DEFAULT_KS,

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from threadpoolctl import ThreadpoolController
 from torch import nn
 
-from tandem.retrieval.early_stopping import Patience
+from tandem.retrieval.early_stopping import Patience, epoch_cap
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower import deterministic_training
 
@@ -41,6 +41,11 @@ class RankerConfig:
     lr: float = 2e-3
     weight_decay: float = 1e-5
     epochs: int = 30
+    #: effort that grows with the data: at most this many epochs per 1,000 training lists (rounded
+    #: up), never fewer than ``min_epochs`` nor more than ``epochs``; 0 or None: ``epochs`` only
+    #: (``retrieval.early_stopping.epoch_cap``)
+    epochs_per_1k_lists: float | None = 4.0
+    min_epochs: int = 5
     patience: int = 4
     #: the least rise of validation NDCG@10 that resets patience; None: half the standard error
     #: of the validation NDCG (the per-list spread over the square root of the number of lists).
@@ -60,8 +65,10 @@ class RankerConfig:
             raise ValueError(f"ranker.cross_layers must be >= 0, got {self.cross_layers}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"ranker.dropout must be in [0, 1), got {self.dropout}")
-        if self.lr <= 0 or self.epochs < 1 or self.patience < 1 or self.batch_lists < 1:
-            raise ValueError("ranker.lr, epochs, patience and batch_lists must be positive")
+        if self.lr <= 0 or self.epochs < 1 or self.patience < 1 or self.batch_lists < 1 or self.min_epochs < 1:
+            raise ValueError("ranker.lr, epochs, min_epochs, patience and batch_lists must be positive")
+        if self.epochs_per_1k_lists is not None and not self.epochs_per_1k_lists >= 0:
+            raise ValueError(f"ranker.epochs_per_1k_lists must be >= 0 (0: no cap), got {self.epochs_per_1k_lists}")
         if self.min_improvement is not None and not self.min_improvement >= 0:
             raise ValueError(f"ranker.min_improvement must be >= 0 or unset, got {self.min_improvement}")
         if not 0.0 < self.valid_fraction < 0.5:
@@ -237,6 +244,8 @@ class Ranker:
             self.model = DCNRanker(len(self.feature_names), config)
         self.model.eval()
         self.history: list[dict] = []
+        #: the most epochs the last fit could run (``epochs`` or the data-size cap below it)
+        self.max_epochs: int | None = None
         self._quantized: nn.Module | None = None
         self._fast: _NumpyDCN | None = None
 
@@ -293,8 +302,12 @@ class Ranker:
         y_all = torch.from_numpy(lists.labels)
         best_state = None
         patience = Patience(cfg.patience, cfg.min_improvement)
-        bar = Progress("ranker epochs", cfg.epochs, unit="epoch", logger=log, interval=0, eta=False)
-        for epoch in range(cfg.epochs):
+        self.max_epochs = epoch_cap(cfg.epochs, len(lists), cfg.epochs_per_1k_lists, cfg.min_epochs)
+        if self.max_epochs < cfg.epochs:
+            log.info("ranker: at most %d epochs for %d training lists (epochs_per_1k_lists = %g, min_epochs = %d)",
+                     self.max_epochs, len(lists), cfg.epochs_per_1k_lists, cfg.min_epochs)
+        bar = Progress("ranker epochs", self.max_epochs, unit="epoch", logger=log, interval=0, eta=False)
+        for epoch in range(self.max_epochs):
             t0 = time.perf_counter()
             self.model.train()
             order = rng.permutation(trainable)

@@ -13,7 +13,22 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["Patience", "recall_standard_error"]
+__all__ = ["Patience", "epoch_cap", "recall_standard_error"]
+
+
+def epoch_cap(epochs: int, units: int, per_thousand: float | None, floor: int) -> int:
+    """The most epochs a model trains for on ``units`` training examples (two-tower windows,
+    ranker lists): ``epochs`` limited to ``per_thousand`` epochs per 1,000 units (rounded up),
+    but never fewer than ``floor``. ``per_thousand`` None or 0: ``epochs`` (no cap).
+
+    Effort that grows with the data: an epoch over a small shop is a few optimiser steps, and
+    patience alone trains it for as many epochs as a large shop (the 5,000-item quick-start shop's
+    two-tower ran 31 epochs of 22 steps, still creeping up 0.002 Recall@10 per epoch); the cap
+    stops it after a number of epochs proportional to its size, while a large shop (Amazon
+    Beauty's 22,512 windows: cap 113 at 5 per 1,000) stops on patience long before the cap."""
+    if not per_thousand:
+        return int(epochs)
+    return int(min(epochs, max(floor, math.ceil(per_thousand * units / 1000.0))))
 
 
 def recall_standard_error(recall: float, n_users: int) -> float:

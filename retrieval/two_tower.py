@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +37,9 @@ from tandem.retrieval.two_tower_distributed import train_distributed
 from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
 from tandem.retrieval.two_tower_training import EvalTargets, train
 from tandem.retrieval.two_tower_warm import PreviousTwoTower, WarmStartReport
-from tandem.retrieval.two_tower_windows import _request_arrays, _stack, _window
+from tandem.retrieval.two_tower_windows import _Batch, _request_arrays, _stack, _window
 
-__all__ = ["TwoTowerConfig", "TwoTower", "TrainingLog", "deterministic_training"]
+__all__ = ["TwoTowerConfig", "TwoTower", "EvalBatches", "TrainingLog", "deterministic_training"]
 
 _FORMAT_VERSION = 1
 _WEIGHTS = "two_tower.safetensors"
@@ -50,6 +50,15 @@ _INDEX_DIR = "two_tower_index"
 
 #: The user vector's key in a request's memo (see ``RetrievalRequest.memo``).
 _MEMO_KEY = "two_tower.user"
+
+
+@dataclass
+class EvalBatches:
+    """:meth:`TwoTower.evaluate`'s inputs for one set of targets: per batch, the target rows
+    int64 (b,), their user-tower windows and their histories as CSR (offsets int64 (b + 1,),
+    items int64) to exclude from the ranking."""
+
+    batches: list[tuple[np.ndarray, _Batch, tuple[np.ndarray, np.ndarray]]]
 
 
 class TwoTower:
@@ -106,28 +115,42 @@ class TwoTower:
         return self
 
     @torch.no_grad()
-    def evaluate(self, targets: EvalTargets, k: int = 10, batch_size: int = 1024) -> tuple[float, float]:
+    def evaluate(self, targets: EvalTargets, k: int = 10, batch_size: int = 1024,
+                 prepared: EvalBatches | None = None) -> tuple[float, float]:
         """Mean Recall@k and NDCG@k over ``targets`` (e.g. ``Split.valid``): full ranking
-        over the catalog with each user's visible history excluded."""
+        over the catalog with each user's visible history excluded. ``prepared``: the model
+        inputs of the same ``targets`` from :meth:`prepare_eval` (training validates every
+        epoch on the same users: their windows are made once)."""
         table = self._table()
-        items = torch.from_numpy(self.encode_items())
+        final = getattr(self, "_vectors_final", False)  # grown by live catalog changes
+        items = torch.from_numpy(self.encode_items() if final else self._item_out(table))
+        prepared = prepared or self.prepare_eval(targets, batch_size)
+        n = len(targets)
+        ranked = np.full((n, k), -1, dtype=np.int64)
+        for idx, batch, exclude in prepared.batches:
+            scores = torch.from_numpy(self._encode_batch(batch, table)) @ items.T
+            ranked[idx] = top_k_excluding(scores.numpy(), exclude, k)
+        csr = (targets.indptr, targets.items)
+        return float(recall_at_k(ranked, csr, k)), float(ndcg_at_k(ranked, csr, k))
+
+    def prepare_eval(self, targets: EvalTargets, batch_size: int = 1024) -> EvalBatches:
+        """The user-tower inputs and history exclusions of every row of ``targets`` for
+        :meth:`evaluate`, in batches of similar history lengths (less padding)."""
         n = len(targets)
         reqs = [targets.request(i) for i in range(n)]
-        # similar lengths together: less padding in the user tower
         order = np.argsort(np.diff(targets.history_indptr), kind="stable")
-        ranked = np.full((n, k), -1, dtype=np.int64)
+        batches = []
         for lo in range(0, n, batch_size):
             idx = order[lo : lo + batch_size]
-            scores = torch.from_numpy(self.encode_users([reqs[i] for i in idx], _table=table)) @ items.T
+            batch = self._windows([reqs[i] for i in idx])
             hist = [np.asarray(reqs[i].history, dtype=np.int64) for i in idx]
             counts = np.array([h.size for h in hist], dtype=np.int64)
             exclude = (
                 np.concatenate([[0], np.cumsum(counts)]),
                 np.concatenate([np.zeros(0, np.int64), *hist]),
             )
-            ranked[idx] = top_k_excluding(scores.numpy(), exclude, k)
-        csr = (targets.indptr, targets.items)
-        return float(recall_at_k(ranked, csr, k)), float(ndcg_at_k(ranked, csr, k))
+            batches.append((idx, batch, exclude))
+        return EvalBatches(batches)
 
     def _finish(self, index: bool = True) -> None:
         """Cache item vectors (and build the ANN index) from the current weights."""
@@ -156,8 +179,13 @@ class TwoTower:
         """float32 (n_items, dim): every catalog item's vector, row = catalog index."""
         if getattr(self, "_vectors_final", False):  # grown by live catalog changes (retrieval.live_items)
             return self._item_vectors  # type: ignore[return-value]
+        return self._item_out(self._table())
+
+    @torch.no_grad()
+    def _item_out(self, table: torch.Tensor) -> np.ndarray:
+        """float32 (n_items, dim): the item vectors from an item-tower table (:meth:`_table`)."""
         net = self._require()
-        return np.ascontiguousarray(net.item_out(self._table()[1:]).numpy(), dtype=np.float32)
+        return np.ascontiguousarray(net.item_out(table[1:]).numpy(), dtype=np.float32)
 
     def encode_users(
         self, requests: Sequence[RetrievalRequest], _table: torch.Tensor | None = None
@@ -187,12 +215,27 @@ class TwoTower:
             table = self._table_cache
         else:
             table = self._table()
+        out = self._encode_batch(self._windows(requests), table)
+        if _table is None and not net.training:
+            for r, vec in zip(requests, out, strict=True):
+                if r.memo is not None:
+                    r.memo[_MEMO_KEY] = vec.copy()
+            if len(requests) == 1:
+                self._last_user = (requests[0], out[0].copy())
+        return out
+
+    def _windows(self, requests: Sequence[RetrievalRequest]) -> _Batch:
+        """The requests' left-padded user-tower inputs, as wide as the longest."""
+        wins = [_window(*_request_arrays(r, self.n_items), r.now, self.config.max_len) for r in requests]
+        return _stack(wins, max([1] + [w[0].shape[0] for w in wins]))
+
+    @torch.no_grad()
+    def _encode_batch(self, b: _Batch, table: torch.Tensor) -> np.ndarray:
+        """float32 (b, dim): the user vectors of a batch of windows, in eval mode."""
+        net = self._require()
         was = net.training
         if was:  # eval()/train() walk every submodule: skip when already in eval mode
             net.eval()
-        wins = [_window(*_request_arrays(r, self.n_items), r.now, self.config.max_len) for r in requests]
-        width = max([1] + [w[0].shape[0] for w in wins])
-        b = _stack(wins, width)
         items = torch.from_numpy(b.items)
         h = net.user.infer_last(
             table[items],
@@ -205,12 +248,6 @@ class TwoTower:
         out = net.user_out(h).numpy().astype(np.float32)
         if was:
             net.train(was)
-        if _table is None and not was:
-            for r, vec in zip(requests, out, strict=True):
-                if r.memo is not None:
-                    r.memo[_MEMO_KEY] = vec.copy()
-            if len(requests) == 1:
-                self._last_user = (requests[0], out[0].copy())
         return out
 
     def score_all(self, requests: Sequence[RetrievalRequest]) -> np.ndarray:
@@ -311,7 +348,7 @@ class TwoTower:
             t = meta["training"]
             model.log = TrainingLog(
                 [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"],
-                t.get("stopped", "epochs"),
+                t.get("stopped", "epochs"), t.get("max_epochs"),
             )
         model._item_vectors = np.load(folder / _ITEMS, allow_pickle=False)
         model._table_cache = model._table()

@@ -37,9 +37,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tandem.retrieval.data import Catalog, Interactions
+from tandem.retrieval.early_stopping import epoch_cap
 from tandem.retrieval.progress import Progress
 from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig, deterministic_training
-from tandem.retrieval.two_tower_training import EpochTracker, EvalTargets, _batches, _network, _prepare, _step
+from tandem.retrieval.two_tower_training import (
+    EpochTracker,
+    EvalTargets,
+    _batches,
+    _network,
+    _prepare,
+    _step,
+    capped,
+    max_epochs,
+)
 from tandem.retrieval.two_tower_windows import _Batch
 
 if TYPE_CHECKING:
@@ -94,7 +104,7 @@ def train_distributed(
         t = json.loads((out / _LOG).read_text())
     net.eval()
     return TrainingLog([tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"],
-                       t["seconds"], t["stopped"])
+                       t["seconds"], t["stopped"], t.get("max_epochs"))
 
 
 def _free_port() -> int:
@@ -177,9 +187,11 @@ def _train_rank(
     track = EpochTracker(model, net, valid if lead else None)  # rank 0 validates and decides
     stopped = "epochs"
     epoch = 0
-    bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0,
+    most = max_epochs(c, windows.items.shape[0]) if lead else epoch_cap(
+        c.epochs, windows.items.shape[0], c.epochs_per_1k_windows, c.min_epochs)
+    bar = Progress("two-tower epochs", most, unit="epoch", logger=log, interval=0,
                    enabled=progress and lead, eta=False)
-    for epoch in range(1, c.epochs + 1):
+    for epoch in range(1, most + 1):
         net.train()
         total = torch.zeros(2, dtype=torch.float64)
         for rows in _batches(c.batch_size, lengths, rng):
@@ -204,13 +216,14 @@ def _train_rank(
             stopped = reason
             break
     bar.close(summary=progress and lead)
+    stopped = capped(stopped, epoch, most, c) if lead else stopped
     _check_same_weights(net)
     best_state, best_epoch = track.best_state, track.best_epoch
     if best_state is None:
         best_epoch = epoch
         best_state = {k: v.detach().clone() for k, v in net.state_dict().items()}
     state: dict[str, Any] = {k: v.contiguous() for k, v in best_state.items()} if lead else {}
-    return state, TrainingLog(track.evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped)
+    return state, TrainingLog(track.evals, losses, best_epoch, epoch, time.perf_counter() - start, stopped, most)
 
 
 def _check_same_weights(net: nn.Module) -> None:

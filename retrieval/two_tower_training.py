@@ -14,17 +14,17 @@ import torch.nn.functional as F
 
 from tandem.retrieval.base import RetrievalRequest
 from tandem.retrieval.data import Catalog, Interactions
-from tandem.retrieval.early_stopping import Patience, recall_standard_error
+from tandem.retrieval.early_stopping import Patience, epoch_cap, recall_standard_error
 from tandem.retrieval.progress import Progress
-from tandem.retrieval.two_tower_config import TrainingLog
+from tandem.retrieval.two_tower_config import TrainingLog, TwoTowerConfig
 from tandem.retrieval.two_tower_model import ItemFeatures, TwoTowerNet
 from tandem.retrieval.two_tower_warm import warm_start_state
 from tandem.retrieval.two_tower_windows import _Batch, _training_windows
 
 if TYPE_CHECKING:
-    from tandem.retrieval.two_tower import TwoTower
+    from tandem.retrieval.two_tower import EvalBatches, TwoTower
 
-__all__ = ["EvalTargets", "train"]
+__all__ = ["EvalTargets", "max_epochs", "train"]
 
 log = logging.getLogger(__name__)
 
@@ -56,9 +56,10 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
     track = EpochTracker(model, net, valid)
     stopped = "epochs"
     epoch = 0
-    bar = Progress("two-tower epochs", c.epochs, unit="epoch", logger=log, interval=0, enabled=progress,
+    most = max_epochs(c, windows.items.shape[0])
+    bar = Progress("two-tower epochs", most, unit="epoch", logger=log, interval=0, enabled=progress,
                    eta=False)
-    for epoch in range(1, c.epochs + 1):
+    for epoch in range(1, most + 1):
         net.train()
         total, steps = 0.0, 0
         for rows in _batches(c.batch_size, lengths, rng):
@@ -79,12 +80,31 @@ def train(model: TwoTower, catalog: Catalog, interactions: Interactions, valid: 
             log.info("two-tower: time budget of %.0fs spent after epoch %d", c.time_budget_s, epoch)
             break
     bar.close(summary=progress)
+    stopped = capped(stopped, epoch, most, c)
     if track.best_state is not None:
         net.load_state_dict(track.best_state)
     else:
         track.best_epoch = epoch
     net.eval()
-    return TrainingLog(track.evals, losses, track.best_epoch, epoch, time.perf_counter() - start, stopped)
+    return TrainingLog(track.evals, losses, track.best_epoch, epoch, time.perf_counter() - start, stopped, most)
+
+
+def max_epochs(c: TwoTowerConfig, n_windows: int) -> int:
+    """The most epochs a fit on ``n_windows`` training windows runs (``c.epochs`` limited by the
+    data-size cap ``c.epochs_per_1k_windows``); logs the cap when it is below ``c.epochs``."""
+    most = epoch_cap(c.epochs, n_windows, c.epochs_per_1k_windows, c.min_epochs)
+    if most < c.epochs:
+        log.info("two-tower: at most %d epochs for %d training windows (epochs_per_1k_windows = %g, "
+                 "min_epochs = %d)", most, n_windows, c.epochs_per_1k_windows, c.min_epochs)
+    return most
+
+
+def capped(stopped: str, epoch: int, most: int, c: TwoTowerConfig) -> str:
+    """``stopped``, or "epoch cap" when the run ended at the data-size cap below ``c.epochs``."""
+    if stopped == "epochs" and epoch == most < c.epochs:
+        log.info("two-tower: stopped at the data-size cap of %d epochs", most)
+        return "epoch cap"
+    return stopped
 
 
 class EpochTracker:
@@ -100,12 +120,15 @@ class EpochTracker:
         self.evals: list[tuple[int, float, float]] = []
         self.best_epoch = 0
         self.best_state: dict[str, torch.Tensor] | None = None
+        self._prepared: EvalBatches | None = None
 
     def end_epoch(self, epoch: int, loss: float, out_of_time: bool) -> dict[str, float]:
         c = self.model.config
         shown: dict[str, float] = {"loss": loss}
         if self.valid is not None and (epoch % c.eval_every == 0 or out_of_time):
-            recall, ndcg = self.model.evaluate(self.valid, c.eval_k)
+            if self._prepared is None:  # the same users every time: their windows once
+                self._prepared = self.model.prepare_eval(self.valid)
+            recall, ndcg = self.model.evaluate(self.valid, c.eval_k, prepared=self._prepared)
             self.evals.append((epoch, recall, ndcg))
             shown[f"valid recall@{c.eval_k}"] = recall
             shown[f"ndcg@{c.eval_k}"] = ndcg

@@ -105,7 +105,7 @@ def _run(args: argparse.Namespace) -> int:
         by_reason.setdefault(reason, []).append(name)
     for reason, names in by_reason.items():
         print(f"skipped {', '.join(names)}: {reason}")
-    print(format_stage_table(result.timings, result.info.get("wall_s")))
+    print(format_stage_table(result.timings, result.info.get("wall_s"), result.info.get("cpu_s_per_stage")))
     if result.metrics:
         print(format_table(result.metrics))
     if result.search_metrics:

@@ -57,13 +57,14 @@ def test_build_logs_progress_and_ends_with_a_stage_table(built):
         having("two-tower epochs: 1/3")[0]
     assert having("tandem.ranking.ranker: ranker epochs: 1/3 epoch")
     assert having("tandem.index_builder.build: ranker lists: 1/") and having("ranker lists: done")
-    for stage in ("two_tower", "item_cf", "fused", "final"):
+    for stage in ("two_tower", "item_cf", "fused + final"):  # fused and final: one pass over the users
         assert having(f"tandem.index_builder.evaluate: eval {stage} on test: "), stage
     table = [m for m in lines if "where the time went" in m]
     assert len(table) == 1 and lines[-1] == table[0]  # the build's last word
     for stage in ("clean", "text_encode", "two_tower", "ranker_lists", "ranker_train", "eval_final", "write",
                   "total", "most time: "):
         assert f"\n{stage}" in table[0], stage
+    assert "cpu s" in table[0].splitlines()[1]  # the CPU seconds of each stage beside its wall time
     assert having("tandem.index_builder.build: stage two_tower ... (") and "thread" in having("stage two_tower ...")[0]
 
 
@@ -92,6 +93,10 @@ def test_manifest_describes_everything(built):
     assert m["search_metrics"]["final"]["queries"] == halves["eval_queries"] > 0
     assert m["timings_s"]["two_tower"] > 0 and m["cleaning"]["events_kept"] > 0
     assert set(m["threads_per_stage"]) == set(m["timings_s"]) and min(m["threads_per_stage"].values()) >= 1
+    assert set(m["cpu_s_per_stage"]) == set(m["timings_s"]) and m["cpu_s_per_stage"]["two_tower"] > 0
+    assert "eval_fused" not in m["timings_s"]  # the fused row comes from eval_final's pass
+    assert m["models"]["ranker"]["max_epochs"] >= m["models"]["ranker"]["epochs"]
+    assert m["models"]["two_tower"]["max_epochs"] >= m["models"]["two_tower"]["epochs_run"]
     assert m["event_log"] == {"seq": 0}  # built without --events-log: the server replays its whole log
     assert "engine" not in m  # the default local engine: the manifest is as before the Spark engine
 
@@ -106,6 +111,28 @@ def test_eval_bundle_matches_build_and_dumps(built, tiny_shop):
     rows = [json.loads(x) for x in dump.read_text().splitlines()]
     assert len(rows) == report["protocol"]["counts"]["test_users"] and 0 < len(rows[0]["items"]) <= 200
     assert report["metrics"]["search"] == m["search_metrics"]  # the build and eval measure the same thing
+
+
+def test_fused_and_final_from_one_pass_equal_two_separate_passes(built, tiny_shop):
+    # the build ranks the test users once for both rows (the final list re-orders the fused one);
+    # each row must be what rank_requests gives with and without the ranker, pass by pass
+    from tandem.index_builder.cleaning import load_dataset
+    from tandem.index_builder.evaluate import evaluate_source
+    from tandem.index_builder.splits import make_split
+    from tandem.ranking.loader import load_pipeline
+    from tandem.retrieval.bundle import current_bundle
+
+    folder = current_bundle(built / "bundles")
+    m = json.loads((folder / "manifest.json").read_text())
+    pipeline = load_pipeline(folder)
+    split = make_split(load_dataset(tiny_shop).interactions, m["split"]["name"], **m["split"].get("parameters", {}))
+    ks = m["config"]["eval_ks"]
+    fused = evaluate_source(lambda reqs, k: pipeline.rank_requests(reqs, k, use_ranker=False), split,
+                            pipeline.n_items, ks)
+    final = evaluate_source(lambda reqs, k: pipeline.rank_requests(reqs, k), split, pipeline.n_items, ks)
+    assert fused == pytest.approx(m["metrics"]["fused"], abs=1e-12)
+    assert final == pytest.approx(m["metrics"]["final"], abs=1e-12)
+    assert fused != final  # the ranker re-orders: two different rows, not one copied
 
 
 def test_search_dump_is_the_served_search_and_the_independent_scorer_agrees(built, tiny_shop):

@@ -33,7 +33,8 @@ def _lists(fused_knows: bool, n_lists: int = 60, m: int = 12, seed: int = 0) -> 
 
 def _config():
     # enough small steps for the ranker to learn a marker feature on 48 lists
-    return load_config(overrides={"ranker": {"epochs": 80, "patience": 80, "hidden": [16], "batch_lists": 8}},
+    return load_config(overrides={"ranker": {"epochs": 80, "patience": 80, "hidden": [16], "batch_lists": 8,
+                                                 "epochs_per_1k_lists": 0}},
                        environ={})
 
 

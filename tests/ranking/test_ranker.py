@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -34,7 +36,7 @@ def test_ndcg_of_lists_hand_values():
 
 def test_ranker_learns_signal_and_explains_it(tmp_path):
     train, valid = _lists(seed=0), _lists(n_lists=100, seed=1)
-    r = Ranker(["noise_a", "signal", "noise_b"], RankerConfig(epochs=15, patience=5, hidden=(16,)))
+    r = Ranker(["noise_a", "signal", "noise_b"], RankerConfig(epochs=15, patience=5, hidden=(16,), epochs_per_1k_lists=None))
     r.fit(train, valid)
     random_ndcg = ndcg_of_lists(np.random.default_rng(3).normal(size=valid.mask.shape), valid)
     learned = ndcg_of_lists(r.score_lists(valid), valid)
@@ -170,3 +172,35 @@ def test_warm_start_needs_the_same_features_and_shape():
     assert Ranker(["a", "b"], RankerConfig(hidden=(16,), epochs=2)).warm_start_problem(prev) is None
     with pytest.raises(ValueError, match="cannot warm-start"):
         Ranker(["b", "a"], RankerConfig(hidden=(16,))).fit(_lists(), init=prev)
+
+
+def test_the_epoch_cap_follows_the_number_of_training_lists(caplog):
+    # at 20 epochs per 1,000 lists: 100 training lists get 2 epochs, 400 get 8, where patience
+    # (30) and ``epochs`` (30) alone would run all 30; the build records the cap
+    import logging
+
+    caplog.set_level(logging.INFO, logger="tandem.ranking.ranker")
+    cfg = RankerConfig(hidden=(8,), epochs=30, patience=30, epochs_per_1k_lists=20.0, min_epochs=2)
+    small = Ranker(["noise", "signal", "other"], cfg).fit(_lists(100), _lists(20, seed=1))
+    large = Ranker(["noise", "signal", "other"], cfg).fit(_lists(400), _lists(20, seed=1))
+    assert len(small.history) == small.max_epochs == 2
+    assert len(large.history) == large.max_epochs == 8
+    assert any("at most 2 epochs for 100 training lists" in r.getMessage() for r in caplog.records)
+    free = Ranker(["noise", "signal", "other"], replace(cfg, epochs=12, epochs_per_1k_lists=None)).fit(
+        _lists(100), _lists(20, seed=1))
+    assert len(free.history) == free.max_epochs == 12
+    assert RankerConfig().epochs_per_1k_lists is not None  # on by default
+    with pytest.raises(ValueError, match="epochs_per_1k_lists"):
+        RankerConfig(epochs_per_1k_lists=-1.0)
+    assert len(Ranker(["noise", "signal", "other"], replace(cfg, epochs=7, epochs_per_1k_lists=0)).fit(
+        _lists(100), _lists(20, seed=1)).history) == 7  # 0: no cap
+
+
+def test_default_ranker_cap_binds_on_a_small_shop_and_not_on_amazon_beauty():
+    from tandem.retrieval.early_stopping import epoch_cap
+
+    c = RankerConfig()
+    # the quick-start shop's 2,409 training lists: 10 (patience alone ran it 10-17 epochs); Amazon
+    # Beauty's ~20,100 (90% of 22,363 validation users): all 30, where patience stops it at 6
+    assert epoch_cap(c.epochs, 2_409, c.epochs_per_1k_lists, c.min_epochs) == 10
+    assert epoch_cap(c.epochs, 20_126, c.epochs_per_1k_lists, c.min_epochs) == c.epochs == 30

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from tandem.retrieval.early_stopping import Patience, recall_standard_error
+from tandem.retrieval.early_stopping import Patience, epoch_cap, recall_standard_error
 
 # a curve that rises, then wanders on a plateau by about its noise (standard error 0.008)
 RISE = [0.05, 0.09, 0.12, 0.14, 0.15]
@@ -45,3 +45,16 @@ def test_recall_standard_error():
         Patience(0)
     with pytest.raises(ValueError, match="min_improvement"):
         Patience(3, min_improvement=-1.0)
+
+
+def test_epoch_cap_grows_with_the_data():
+    # the quick-start shop's 2,748 two-tower windows at 5 per 1,000: 14 epochs; Amazon Beauty's
+    # 22,512: 113, above where patience stops it (epoch 27); a demo shop: the floor
+    assert epoch_cap(200, 2748, 5.0, 10) == 14
+    assert epoch_cap(200, 22_512, 5.0, 10) == 113
+    assert epoch_cap(200, 300, 5.0, 10) == 10
+    assert epoch_cap(200, 100_000, 5.0, 10) == 200  # never above the configured epochs
+    assert epoch_cap(8, 300, 5.0, 10) == 8  # nor above a count asked for below the floor (a refit)
+    assert epoch_cap(200, 2748, None, 10) == epoch_cap(200, 2748, 0.0, 10) == 200  # None or 0: no cap
+    small, large = (epoch_cap(30, n, 2.0, 5) for n in (2_409, 20_000))
+    assert small < large

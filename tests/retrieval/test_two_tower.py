@@ -26,6 +26,7 @@ SMALL = TwoTowerConfig(
     epochs=12,
     lr=5e-3,
     seed=3,
+    epochs_per_1k_windows=None,  # these tests ask for their epoch counts (the cap has its own test)
 )
 
 
@@ -254,3 +255,38 @@ def test_training_progress_goes_to_the_log(caplog) -> None:
     caplog.clear()
     TwoTower(dataclasses.replace(SMALL, epochs=2)).fit(catalog, split.train)  # progress off: quiet
     assert not [r for r in caplog.records if r.name == "tandem.retrieval.two_tower_training"]
+
+
+def test_the_epoch_cap_follows_the_number_of_training_windows(caplog) -> None:
+    # effort that grows with the data: at 10 epochs per 1,000 windows, ~240 windows get 3 epochs
+    # and ~960 get 10, where patience (40 evaluations) and ``epochs`` (40) would run all 40
+    catalog = _catalog()
+    caplog.set_level(logging.INFO, logger="tandem.retrieval.two_tower_training")
+    cfg = dataclasses.replace(SMALL, epochs=40, patience=40, epochs_per_1k_windows=10.0, min_epochs=2)
+    runs = {}
+    for users in (240, 960):
+        split = leave_last_out(_chain_interactions(n_users=users))
+        model = TwoTower(cfg).fit(catalog, split.train, valid=split.valid)
+        runs[users] = model.log
+    small, large = runs[240], runs[960]
+    assert small.stopped == large.stopped == "epoch cap"
+    assert small.epochs_run == small.max_epochs == 3 and len(small.losses) == 3
+    assert large.epochs_run == large.max_epochs == 10
+    assert any("at most 3 epochs for 240 training windows" in r.getMessage() for r in caplog.records)
+    assert any("stopped at the data-size cap of 3 epochs" in r.getMessage() for r in caplog.records)
+    # the cap is part of what a saved model says about its training
+    unbounded = TwoTower(dataclasses.replace(cfg, epochs=4, epochs_per_1k_windows=None)).fit(
+        catalog, leave_last_out(_chain_interactions(n_users=240)).train)
+    assert unbounded.log.epochs_run == 4 and unbounded.log.stopped == "epochs"
+
+
+def test_default_config_caps_a_small_shop_and_not_a_large_one() -> None:
+    from tandem.retrieval.two_tower_training import max_epochs
+
+    c = TwoTowerConfig()
+    assert max_epochs(c, 2_748) == 14  # the quick-start shop: was 200 (patience stopped it at 28-31)
+    assert max_epochs(c, 22_512) == 113  # Amazon Beauty stops on patience (epoch 27) well before
+    assert max_epochs(c, 100) == c.min_epochs == 10
+    with pytest.raises(ValueError, match="epochs_per_1k_windows"):
+        TwoTowerConfig(epochs_per_1k_windows=-1)
+    assert max_epochs(TwoTowerConfig(epochs_per_1k_windows=0), 2_748) == 200  # 0: no cap
