@@ -42,6 +42,8 @@ from typing import Any
 
 import numpy as np
 
+from .progress import Progress
+
 __all__ = ["BACKENDS", "Int8Recipe", "DEFAULT_INT8", "OnnxEncoderSession", "cached_export", "default_cache_dir",
            "export_encoder", "export_key", "export_to_temp", "onnx_missing", "read_export_meta"]
 
@@ -248,17 +250,20 @@ class OnnxEncoderSession:
         feeds = {n: np.ascontiguousarray(tok[n], dtype=np.int64) for n in self.inputs}
         return self.session.run(None, feeds)[0]
 
-    def encode(self, texts: Sequence[str], batch_size: int) -> np.ndarray:
+    def encode(self, texts: Sequence[str], batch_size: int, progress: bool = False) -> np.ndarray:
         """float32 (n, dim), rows of unit L2 norm, in the order of ``texts``. Texts are stripped
-        (and lower-cased where the model says so) and batched by length, as sentence-transformers does."""
+        (and lower-cased where the model says so) and batched by length, as sentence-transformers does.
+        ``progress``: a bar on a terminal, periodic log lines elsewhere (a build's text stage)."""
         prepared = [str(t).strip() for t in texts]
         if self.meta.get("do_lower_case"):
             prepared = [t.lower() for t in prepared]
         out = np.empty((len(prepared), self.dim), dtype=np.float32)
         order = np.argsort([-len(t) for t in prepared], kind="stable")
-        for start in range(0, len(order), batch_size):
-            rows = order[start:start + batch_size]
-            out[rows] = self._batch([prepared[i] for i in rows])
+        with Progress("text encoding", len(order), unit="text", logger=log, enabled=progress) as bar:
+            for start in range(0, len(order), batch_size):
+                rows = order[start:start + batch_size]
+                out[rows] = self._batch([prepared[i] for i in rows])
+                bar.update(len(rows))
         norms = np.linalg.norm(out, axis=1, keepdims=True)
         np.divide(out, norms, out=out, where=norms > 0)
         return out

@@ -195,7 +195,7 @@ class TextEncoder:
             return np.zeros((0, self.dim), dtype=np.float32)
         model = self._load()
         if isinstance(model, OnnxEncoderSession):
-            return model.encode(texts, self.config.batch_size)
+            return model.encode(texts, self.config.batch_size, progress=progress)
         out = model.encode(
             texts,
             batch_size=self.config.batch_size,

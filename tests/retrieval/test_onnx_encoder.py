@@ -186,3 +186,16 @@ def test_the_int8_export_does_not_flood_the_log(tmp_path, caplog) -> None:
         assert cached_export(default_model_path(), "onnx-int8", 128, cache_dir=tmp_path / "cache") is not None
     from_quantiser = [r.getMessage() for r in caplog.records if r.name == "root"]
     assert from_quantiser == [], from_quantiser[:3]
+
+
+def test_an_onnx_encode_shows_its_progress_in_the_log(int8_encoder, caplog, monkeypatch) -> None:
+    import logging
+
+    monkeypatch.setenv("TQDM_MININTERVAL", "0")  # a line per batch, not every 30 s
+    with caplog.at_level(logging.INFO, logger="tandem.retrieval.onnx_encoder"):
+        quiet = int8_encoder.encode(TEXTS)
+        assert not [r for r in caplog.records if "text encoding" in r.getMessage()]
+        loud = int8_encoder.encode(TEXTS, progress=True)
+    lines = [r.getMessage() for r in caplog.records if "text encoding" in r.getMessage()]
+    assert lines and lines[-1].startswith(f"text encoding: done, {len(TEXTS)} text"), lines
+    np.testing.assert_array_equal(quiet, loud)
