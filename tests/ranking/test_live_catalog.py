@@ -65,7 +65,7 @@ def test_a_price_change_alone_keeps_text_vectors_and_reaches_filters(engine):
 def test_the_content_vector_is_the_trained_item_tower_without_its_id_part(engine):
     """Oracle: the trained tower's own forward pass (``net.items(rows)``). Re-upserting a known item
     unchanged but for nothing gives its trained row back (id part kept); the same attributes under a
-    new id give that row minus the id embedding."""
+    new id give that row minus the id embedding (and with the text part of the twin's own text vector)."""
     tt = engine.sources["two_tower"]
     net = tt.net
     with torch.no_grad():
@@ -84,7 +84,13 @@ def test_the_content_vector_is_the_trained_item_tower_without_its_id_part(engine
     with torch.no_grad():
         id_part = net.items.ids(torch.tensor([i + 1]))[0]
         assert torch.allclose(table[i + 1], trained[i + 1], atol=1e-5)
-        assert torch.allclose(table[j + 1], trained[i + 1] - id_part, atol=1e-5)
+        # the twin's text is encoded on arrival, alone, where the build encoded item 11 in a batch:
+        # with the int8 encoder (activations quantised per batch) the two vectors are close, not equal
+        text_built = torch.from_numpy(np.ascontiguousarray(engine.sources["text"].vectors[i]))
+        text_twin = torch.from_numpy(np.ascontiguousarray(new.sources["text"].vectors[j]))
+        assert float(text_built @ text_twin) > 0.98
+        proj = net.items.text_proj
+        assert torch.allclose(table[j + 1], trained[i + 1] - id_part - proj(text_built) + proj(text_twin), atol=1e-5)
         expected = net.item_out(table[j + 1][None, :])[0].numpy()
     assert np.allclose(grown.encode_items()[j], expected, atol=1e-5)
     assert grown.encode_items().shape[0] == new.n_items
