@@ -124,7 +124,13 @@ def test_two_processes_share_the_port_and_the_events_and_are_supervised(tiny_bun
     channels = []
     try:
         group.wait(group.serving, 240, "the group SERVING")
-        members = group.members()
+        # SERVING on the shared port is the answer of the first ready process; the other may still be
+        # loading (and each writes its ready line to the group log when it is)
+        def both_ready() -> dict[int, tuple[int, int]] | None:
+            found = group.members()
+            return found if len(found) == 2 else None
+
+        members = group.wait(both_ready, 240, "both processes ready")
         assert sorted(members) == [0, 1] and members[0][0] != members[1][0]
         assert listeners(group.port) == 2  # both processes accept on the shared port
         (ch0, s0), (ch1, s1) = stubs(members[0][1]), stubs(members[1][1])
