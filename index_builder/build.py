@@ -13,7 +13,7 @@ import logging
 import math
 import platform
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -35,7 +35,7 @@ from tandem.ranking.loader import save_pipeline
 from tandem.ranking.pipeline import KINDS, Pipeline
 from tandem.ranking.ranker import Ranker, RankingLists, ndcg_per_list
 from tandem.retrieval.ann import AnnConfig
-from tandem.retrieval.base import CandidateSource, IdSet, RetrievalRequest
+from tandem.retrieval.base import CandidateSource
 from tandem.retrieval.bundle import write_bundle
 from tandem.retrieval.data import Catalog, Event, Interactions
 from tandem.retrieval.progress import Progress
@@ -250,27 +250,9 @@ def evaluate_pipeline(pipeline: Pipeline, split: Split, ks: Iterable[int], *, so
     if together:
         # the re-ranker's input is the fused list: one pass over the test users gives both rows
         with timer.stage("eval_final"):
-            out.update(evaluate_together(_fused_and_final(pipeline), ("fused", "final"), split, n, ks, "test"))
+            out.update(evaluate_together(pipeline.rank_requests_fused_and_final, ("fused", "final"), split, n, ks,
+                                          "test"))
     return out
-
-
-def _fused_and_final(pipeline: Pipeline) -> Callable[[Sequence[RetrievalRequest], int], tuple[np.ndarray, np.ndarray]]:
-    """``rank(requests, k)`` -> (fused, final) int64 (b, k), history excluded, -1 padded: what
-    ``pipeline.rank_requests`` gives with and without the ranker, from one retrieval per request."""
-
-    def rank(requests: Sequence[RetrievalRequest], k: int) -> tuple[np.ndarray, np.ndarray]:
-        fused = np.full((len(requests), k), -1, dtype=np.int64)
-        final = np.full((len(requests), k), -1, dtype=np.int64)
-        for r, req in enumerate(requests):
-            ranked = pipeline.rank(req, "recommend")
-            for rows, items in ((fused, ranked.fused.items), (final, ranked.items)):
-                if len(req.history):
-                    items = items[~IdSet(req.history, pipeline.n_items).contains(items)]
-                items = items[:k]
-                rows[r, : items.shape[0]] = items
-        return fused, final
-
-    return rank
 
 
 def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None = None,

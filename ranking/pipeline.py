@@ -325,12 +325,27 @@ class Pipeline:
         """int64 (b, k) top-k per request, history excluded, -1 padded: the evaluator's entry."""
         out = np.full((len(requests), k), -1, dtype=np.int64)
         for r, req in enumerate(requests):
-            items = self.rank(req, kind, use_ranker=use_ranker).items
-            if len(req.history):
-                items = items[~IdSet(req.history, self.n_items).contains(items)]
-            items = items[:k]
-            out[r, : items.shape[0]] = items
+            self._put_row(out, r, self.rank(req, kind, use_ranker=use_ranker).items, req)
         return out
+
+    def rank_requests_fused_and_final(self, requests: Sequence[RetrievalRequest], k: int, *,
+                                      kind: str = "recommend") -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`rank_requests` without and with the ranker, from one retrieval per request (the
+        ranker's input is the fused list): what a build evaluates, at the cost of one pass."""
+        fused = np.full((len(requests), k), -1, dtype=np.int64)
+        final = np.full((len(requests), k), -1, dtype=np.int64)
+        for r, req in enumerate(requests):
+            ranked = self.rank(req, kind)
+            self._put_row(fused, r, ranked.fused.items, req)
+            self._put_row(final, r, ranked.items, req)
+        return fused, final
+
+    def _put_row(self, out: np.ndarray, r: int, items: np.ndarray, req: RetrievalRequest) -> None:
+        """Row ``r`` of ``out``: ``items`` without the request's history, cut to the row's width."""
+        if len(req.history):
+            items = items[~IdSet(req.history, self.n_items).contains(items)]
+        items = items[: out.shape[1]]
+        out[r, : items.shape[0]] = items
 
     def _respond(self, ranked: Ranked, filters: Filters, k: int, explain: bool, exclude: IdSet | None,
                  cold: bool, kind: str) -> Response:
