@@ -9,9 +9,14 @@ learning rate are unchanged). Each worker draws its own sampled-softmax negative
 its own share of the batch. Rank 0 validates, keeps the best state and decides when to stop
 (patience, time budget); the decision is broadcast so every rank stops after the same epoch.
 Rank 0 writes the best weights (safetensors) and the training log (JSON) to a temporary folder
-the parent reads. A worker that fails makes the parent raise (the others are terminated); the
-process group's timeout bounds any wait on a rank that hangs. A worker killed by a signal (a C++
-``std::terminate`` is SIGABRT) first prints every thread's Python stack to its stderr.
+the parent reads. The parent hosts the rendezvous store (a TCPStore listening on a port the
+system picks, so no other process can take it between choosing and binding, and it outlives every
+worker); the ranks meet in it once more after their last collective before leaving the group, so
+no rank tears its connections down while another still uses them. A worker that fails makes the
+parent raise (the others are terminated); the process group's timeout bounds any wait on a rank
+that hangs. A worker killed by a signal (a C++ ``std::terminate`` is SIGABRT) first prints every
+thread's Python stack; ranks above 0 write their stderr to a file the parent copies to its own
+stderr, and the parent's error quotes the end of the failing rank's file.
 """
 
 from __future__ import annotations
@@ -19,7 +24,8 @@ from __future__ import annotations
 import faulthandler
 import json
 import logging
-import socket
+import os
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -81,22 +87,27 @@ def train_distributed(
     log.info("two-tower: %d training processes (gloo), each with %d torch thread(s) and ~%d windows of "
              "every batch of %d", n, threads, c.batch_size // n, c.batch_size)
     with tempfile.TemporaryDirectory(prefix="tandem-two-tower-ddp-") as tmp:
-        args = (n, _free_port(), threads, c, catalog, interactions, valid, text_vectors, progress, tmp,
+        out = Path(tmp)
+        # the parent's store: port 0 lets the system pick a free port while the store already holds it
+        store = dist.TCPStore("127.0.0.1", 0, n, True, timedelta(seconds=PROCESS_GROUP_TIMEOUT_S),
+                              wait_for_workers=False)
+        args = (n, store.port, threads, c, catalog, interactions, valid, text_vectors, progress, tmp,
                 model.warm_from)
-        ctx = mp.start_processes(_run_worker, args=(_worker or _worker_main, *args), nprocs=n, join=False,
+        ctx = mp.start_processes(_run_worker, args=(_worker or _worker_main, tmp, *args), nprocs=n, join=False,
                                  start_method="spawn")
         try:
             while not ctx.join(timeout=0.5):
                 pass
         except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
             raise RuntimeError(f"two-tower distributed training (train_procs={n}): worker {e.error_index} "
-                               f"failed: {e}") from e
+                               f"failed: {e}{_stderr_tail(out, e.error_index)}") from e
         finally:
             for p in ctx.processes:  # an interrupt in the parent leaves no worker behind
                 if p.is_alive():
                     p.terminate()
                     p.join()
-        out = Path(tmp)
+            _replay_stderr(out, n)
+            del store
         runs = {json.loads((out / f"rank{r}.json").read_text())["epochs_run"] for r in range(n)}
         if len(runs) != 1:
             raise RuntimeError(f"two-tower distributed training: the ranks stopped after different epochs {runs}")
@@ -107,16 +118,39 @@ def train_distributed(
                        t["seconds"], t["stopped"], t.get("max_epochs"))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+def _stderr_file(folder: Path, rank: int) -> Path:
+    return folder / f"rank{rank}.stderr"
 
 
-def _run_worker(rank: int, fn: Callable[..., None], *args: Any) -> None:
+def _replay_stderr(folder: Path, world: int) -> None:
+    """Copy what the ranks above 0 wrote to their stderr files to the parent's stderr."""
+    for rank in range(1, world):
+        path = _stderr_file(folder, rank)
+        if path.exists() and path.stat().st_size:
+            sys.stderr.write(path.read_text(errors="replace"))
+            sys.stderr.flush()
+
+
+def _stderr_tail(folder: Path, rank: int | None, lines: int = 25) -> str:
+    """The last ``lines`` lines of rank ``rank``'s stderr file, as the end of an error message
+    (empty for rank 0, whose stderr is the parent's, or when the file is empty)."""
+    path = _stderr_file(folder, rank) if rank else None
+    if path is None or not path.exists():
+        return ""
+    text = path.read_text(errors="replace").strip().splitlines()
+    return "; the end of its stderr:\n" + "\n".join(text[-lines:]) if text else ""
+
+
+def _run_worker(rank: int, fn: Callable[..., None], folder: str, *args: Any) -> None:
     """Every worker process: ``fn(rank, *args)``, with :mod:`faulthandler` on, so that a fatal
     signal (SIGABRT from a C++ ``std::terminate`` in gloo or torch, SIGSEGV) prints where each
-    thread was before the parent reports only 'terminated with signal SIGABRT'."""
+    thread was before the parent reports only 'terminated with signal SIGABRT'. Ranks above 0
+    write their stderr (C++ messages included) to a file in ``folder``; rank 0's progress stays live."""
+    if rank:
+        sys.stderr.flush()
+        fd = os.open(_stderr_file(Path(folder), rank), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.dup2(fd, 2)
+        os.close(fd)
     faulthandler.enable(all_threads=True)
     fn(rank, *args)
 
@@ -128,8 +162,9 @@ def _worker_main(
 ) -> None:
     """One training process (``rank`` of ``world``): joins the group, trains, writes its results."""
     torch.set_num_threads(threads)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world,
-                            timeout=timedelta(seconds=PROCESS_GROUP_TIMEOUT_S))
+    timeout = timedelta(seconds=PROCESS_GROUP_TIMEOUT_S)
+    store = dist.TCPStore("127.0.0.1", port, world, False, timeout)
+    dist.init_process_group("gloo", store=store, rank=rank, world_size=world, timeout=timeout)
     try:
         with deterministic_training():
             result = _train_rank(rank, world, config, catalog, interactions, valid, text_vectors, progress,
@@ -140,6 +175,10 @@ def _worker_main(
             save_file(state, str(folder / _WEIGHTS))
             (folder / _LOG).write_text(json.dumps(asdict(training)))
         (folder / f"rank{rank}.json").write_text(json.dumps({"epochs_run": result[1].epochs_run}))
+        # meet in the parent's store, not over gloo: nobody closes its connections while another
+        # rank may still be reading the last collective's messages from them
+        store.set(f"done/{rank}", "1")
+        store.wait([f"done/{r}" for r in range(world)])
     finally:
         dist.destroy_process_group()
 

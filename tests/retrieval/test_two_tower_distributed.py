@@ -99,10 +99,12 @@ def test_a_worker_killed_by_sigabrt_says_where_it_was(capfd) -> None:
 
     catalog, split = _catalog(), _split()
     model = TwoTower(dataclasses.replace(SMALL, train_procs=2))
-    with pytest.raises(RuntimeError, match="worker 1 failed: process 1 terminated with signal SIGABRT"):
+    with pytest.raises(RuntimeError, match="worker 1 failed: process 1 terminated with signal SIGABRT") as info:
         train_distributed(model, catalog, split.train, split.valid, None, False, _worker=_worker_aborting_on_rank_1)
-    err = capfd.readouterr().err  # the worker's stderr: its Python stack when it died
+    err = capfd.readouterr().err  # the worker's stderr, copied to the parent's: its Python stack when it died
     assert "Fatal Python error: Aborted" in err and "_worker_aborting_on_rank_1" in err
+    # and the error itself quotes it, so a log that keeps only the exception still says where
+    assert "the end of its stderr" in str(info.value) and "Fatal Python error: Aborted" in str(info.value)
 
 
 def test_one_process_is_the_single_process_loop() -> None:
