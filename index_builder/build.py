@@ -321,6 +321,8 @@ def fit_pipeline(clean: CleanResult, config: BuildConfig, timer: _Timer | None =
                       "valid": [list(e) for e in tlog.evals[-3:]],
                       "history": {"loss": [round(float(x), 6) for x in tlog.losses],
                                   "valid": [list(e) for e in tlog.evals]}}
+        if getattr(tlog, "restarts", 0):  # training processes started again after a worker crashed
+            info[name]["restarts"] = tlog.restarts
     if config.split == "none" and config.refit_on_all and not search_only:
         # every event this time; sources trained in epochs rerun their best epoch count
         context = replace(context, train=interactions, valid=None,

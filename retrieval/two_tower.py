@@ -348,7 +348,7 @@ class TwoTower:
             t = meta["training"]
             model.log = TrainingLog(
                 [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"],
-                t.get("stopped", "epochs"), t.get("max_epochs"),
+                t.get("stopped", "epochs"), t.get("max_epochs"), t.get("restarts", 0),
             )
         model._item_vectors = np.load(folder / _ITEMS, allow_pickle=False)
         model._table_cache = model._table()

@@ -57,6 +57,11 @@ class TwoTowerConfig:
     ``train_procs`` processes train together (torch DistributedDataParallel over gloo, see
     ``two_tower_distributed``), each on ``batch_size / train_procs`` windows of every batch, so
     the global batch and the learning rate stay those of one process; 1 trains in this process.
+    ``train_restarts``: when a worker of several dies by a signal (a crash in native code, such
+    as a C++ abort in gloo, not a Python exception), the whole group starts again from the
+    beginning at most that many times, like torchrun's ``--max-restarts``; each restart is
+    logged with the worker's stderr and counted in the training log. A Python exception in a
+    worker (bad data, a bug) fails at once.
     """
 
     dim: int = 64
@@ -87,6 +92,7 @@ class TwoTowerConfig:
     time_budget_s: float | None = None
     seed: int = 0
     train_procs: int = 1
+    train_restarts: int = 1
 
     def __post_init__(self) -> None:
         positive = (
@@ -117,6 +123,8 @@ class TwoTowerConfig:
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"TwoTowerConfig.{name}={getattr(self, name)!r}; choose one of {allowed}")
+        if self.train_restarts < 0:
+            raise ValueError(f"TwoTowerConfig.train_restarts must be >= 0, got {self.train_restarts}")
         if self.n_negatives < 0:
             raise ValueError(f"TwoTowerConfig.n_negatives must be >= 0, got {self.n_negatives}")
         if self.lr <= 0 or self.weight_decay < 0:
@@ -145,7 +153,8 @@ class TrainingLog:
     """What :meth:`TwoTower.fit` did: per validation run ``(epoch, recall, ndcg)``, the best
     epoch, the number of epochs run, the mean training loss per epoch, seconds, why it
     stopped ("patience", "time budget", "epoch cap": the cap the data size sets, see
-    ``TwoTowerConfig.epochs_per_1k_windows``, or "epochs"), and the most epochs it could run."""
+    ``TwoTowerConfig.epochs_per_1k_windows``, or "epochs"), the most epochs it could run, and how often a group of training processes was restarted
+    after a worker crashed (``TwoTowerConfig.train_restarts``)."""
 
     evals: list[tuple[int, float, float]]
     losses: list[float]
@@ -154,3 +163,4 @@ class TrainingLog:
     seconds: float
     stopped: str = "epochs"
     max_epochs: int | None = None
+    restarts: int = 0

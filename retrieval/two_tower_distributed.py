@@ -13,8 +13,9 @@ the parent reads. The parent hosts the rendezvous store (a TCPStore listening on
 system picks, so no other process can take it between choosing and binding, and it outlives every
 worker); the ranks meet in it once more after their last collective before leaving the group, so
 no rank tears its connections down while another still uses them. A worker that fails makes the
-parent raise (the others are terminated); the process group's timeout bounds any wait on a rank
-that hangs. A worker killed by a signal (a C++ ``std::terminate`` is SIGABRT) first prints every
+parent raise (the others are terminated), except a worker killed by a signal (a native crash): then
+the whole group starts again, at most ``train_restarts`` times, like torchrun's ``--max-restarts``.
+The process group's timeout bounds any wait on a rank that hangs. A worker killed by a signal (a C++ ``std::terminate`` is SIGABRT) first prints every
 thread's Python stack; ranks above 0 write their stderr to a file the parent copies to its own
 stderr, and the parent's error quotes the end of the failing rank's file.
 """
@@ -86,6 +87,38 @@ def train_distributed(
     threads = max(1, torch.get_num_threads() // n)
     log.info("two-tower: %d training processes (gloo), each with %d torch thread(s) and ~%d windows of "
              "every batch of %d", n, threads, c.batch_size // n, c.batch_size)
+    restarts = 0
+    while True:
+        try:
+            t = _run_group(model, catalog, interactions, valid, text_vectors, progress, _worker, net, threads,
+                           restarts)
+            break
+        except _WorkerCrashed as e:
+            if restarts >= c.train_restarts:
+                raise RuntimeError(str(e)) from e
+            restarts += 1
+            log.warning("two-tower distributed training: %s; starting the %d processes again from the beginning "
+                        "(restart %d of at most %d, train_restarts)", e, n, restarts, c.train_restarts)
+    net.eval()
+    return TrainingLog([tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"],
+                       t["seconds"], t["stopped"], t.get("max_epochs"), restarts)
+
+
+class _WorkerCrashed(RuntimeError):
+    """A worker died by a signal (a native crash): the group may start again (``train_restarts``)."""
+
+
+def _run_group(
+    model: TwoTower, catalog: Catalog, interactions: Interactions, valid: EvalTargets | None,
+    text_vectors: np.ndarray | None, progress: bool, worker: Callable[..., None] | None, net: nn.Module,
+    threads: int, restarts: int,
+) -> dict[str, Any]:
+    """One start of the group of workers: loads the best state into ``net`` and returns rank 0's
+    training log (a dict). Raises :class:`_WorkerCrashed` when a worker died by a signal and
+    RuntimeError when one raised."""
+    c = model.config
+    n = c.train_procs
+    what = f"two-tower distributed training (train_procs={n}" + (f", restart {restarts})" if restarts else ")")
     with tempfile.TemporaryDirectory(prefix="tandem-two-tower-ddp-") as tmp:
         out = Path(tmp)
         # the parent's store: port 0 lets the system pick a free port while the store already holds it
@@ -93,13 +126,16 @@ def train_distributed(
                               wait_for_workers=False)
         args = (n, store.port, threads, c, catalog, interactions, valid, text_vectors, progress, tmp,
                 model.warm_from)
-        ctx = mp.start_processes(_run_worker, args=(_worker or _worker_main, tmp, *args), nprocs=n, join=False,
+        ctx = mp.start_processes(_run_worker, args=(worker or _worker_main, tmp, *args), nprocs=n, join=False,
                                  start_method="spawn")
         try:
             while not ctx.join(timeout=0.5):
                 pass
-        except (mp.ProcessRaisedException, mp.ProcessExitedException) as e:
-            raise RuntimeError(f"two-tower distributed training (train_procs={n}): worker {e.error_index} "
+        except mp.ProcessExitedException as e:
+            raise _WorkerCrashed(f"{what}: worker {e.error_index} "
+                                 f"failed: {e}{_stderr_tail(out, e.error_index)}") from e
+        except mp.ProcessRaisedException as e:
+            raise RuntimeError(f"{what}: worker {e.error_index} "
                                f"failed: {e}{_stderr_tail(out, e.error_index)}") from e
         finally:
             for p in ctx.processes:  # an interrupt in the parent leaves no worker behind
@@ -112,10 +148,7 @@ def train_distributed(
         if len(runs) != 1:
             raise RuntimeError(f"two-tower distributed training: the ranks stopped after different epochs {runs}")
         net.load_state_dict(load_file(str(out / _WEIGHTS)))
-        t = json.loads((out / _LOG).read_text())
-    net.eval()
-    return TrainingLog([tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"],
-                       t["seconds"], t["stopped"], t.get("max_epochs"))
+        return dict(json.loads((out / _LOG).read_text()))
 
 
 def _stderr_file(folder: Path, rank: int) -> Path:

@@ -105,6 +105,38 @@ def test_a_worker_killed_by_sigabrt_says_where_it_was(capfd) -> None:
     assert "Fatal Python error: Aborted" in err and "_worker_aborting_on_rank_1" in err
     # and the error itself quotes it, so a log that keeps only the exception still says where
     assert "the end of its stderr" in str(info.value) and "Fatal Python error: Aborted" in str(info.value)
+    # a crash that happens every time fails after the one restart train_restarts allows by default
+    assert "(train_procs=2, restart 1): worker 1 failed" in str(info.value)
+    assert err.count("Fatal Python error: Aborted") == 2
+
+
+def _worker_aborting_once(rank: int, *args) -> None:
+    flag = os.environ["TANDEM_TEST_ABORT_FLAG"]
+    if rank == 1 and not os.path.exists(flag):
+        open(flag, "w").close()
+        os.abort()  # the first start only: a crash that bad luck causes
+    _worker_main(rank, *args)
+
+
+@pytest.mark.slow  # starts worker processes twice: 60-280 s on a busy 2-core machine
+def test_a_crashed_group_starts_again_and_trains(tmp_path, monkeypatch, caplog) -> None:
+    from tandem.retrieval.two_tower_distributed import train_distributed
+
+    monkeypatch.setenv("TANDEM_TEST_ABORT_FLAG", str(tmp_path / "aborted"))
+    catalog, split = _catalog(), _split()
+    model = TwoTower(dataclasses.replace(SMALL, epochs=2, train_procs=2))
+    with deterministic_training():
+        training = train_distributed(model, catalog, split.train, split.valid, None, False,
+                                     _worker=_worker_aborting_once)
+    assert (tmp_path / "aborted").exists()
+    assert training.restarts == 1 and training.epochs_run == 2
+    assert "worker 1 failed: process 1 terminated with signal SIGABRT" in caplog.text
+    assert "restart 1 of at most 1" in caplog.text
+    # with no restarts allowed, the same crash fails the training
+    (tmp_path / "aborted").unlink()
+    model = TwoTower(dataclasses.replace(SMALL, epochs=2, train_procs=2, train_restarts=0))
+    with pytest.raises(RuntimeError, match=r"\(train_procs=2\): worker 1 failed: process 1 terminated"):
+        train_distributed(model, catalog, split.train, split.valid, None, False, _worker=_worker_aborting_once)
 
 
 def test_one_process_is_the_single_process_loop() -> None:
@@ -128,6 +160,8 @@ def test_train_procs_validation_names_the_field() -> None:
         TwoTowerConfig(train_procs=0)
     with pytest.raises(ValueError, match="train_procs=200 must be <= batch_size=128"):
         TwoTowerConfig(train_procs=200)
+    with pytest.raises(ValueError, match="train_restarts must be >= 0"):
+        TwoTowerConfig(train_restarts=-1)
 
 
 def test_build_flag_and_environment_set_train_procs() -> None:
