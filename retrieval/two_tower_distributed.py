@@ -15,9 +15,10 @@ worker); the ranks meet in it once more after their last collective before leavi
 no rank tears its connections down while another still uses them. A worker that fails makes the
 parent raise (the others are terminated), except a worker killed by a signal (a native crash): then
 the whole group starts again, at most ``train_restarts`` times, like torchrun's ``--max-restarts``.
-The process group's timeout bounds any wait on a rank that hangs. A worker killed by a signal (a C++ ``std::terminate`` is SIGABRT) first prints every
-thread's Python stack; ranks above 0 write their stderr to a file the parent copies to its own
-stderr, and the parent's error quotes the end of the failing rank's file.
+The process group's timeout bounds any wait on a rank that hangs. A worker killed by a signal
+(a C++ ``std::terminate`` is SIGABRT) first prints every thread's Python stack; ranks above 0
+write their stderr to a file the parent copies to its own stderr, and the parent's error quotes
+the end of the failing rank's file.
 """
 
 from __future__ import annotations
