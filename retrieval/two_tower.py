@@ -345,11 +345,7 @@ class TwoTower:
         model.net.load_state_dict(load_file(str(folder / _WEIGHTS)))
         model.net.eval()
         if meta.get("training"):
-            t = meta["training"]
-            model.log = TrainingLog(
-                [tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"], t["seconds"],
-                t.get("stopped", "epochs"), t.get("max_epochs"), t.get("restarts", 0),
-            )
+            model.log = TrainingLog.from_dict(meta["training"])
         model._item_vectors = np.load(folder / _ITEMS, allow_pickle=False)
         model._table_cache = model._table()
         model._index = _load_index(folder / _INDEX_DIR)

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from typing import Any
 
 import torch
 
@@ -153,8 +154,9 @@ class TrainingLog:
     """What :meth:`TwoTower.fit` did: per validation run ``(epoch, recall, ndcg)``, the best
     epoch, the number of epochs run, the mean training loss per epoch, seconds, why it
     stopped ("patience", "time budget", "epoch cap": the cap the data size sets, see
-    ``TwoTowerConfig.epochs_per_1k_windows``, or "epochs"), the most epochs it could run, and how often a group of training processes was restarted
-    after a worker crashed (``TwoTowerConfig.train_restarts``)."""
+    ``TwoTowerConfig.epochs_per_1k_windows``, or "epochs"), the most epochs it could run, and
+    how often a group of training processes was restarted after a worker crashed
+    (``TwoTowerConfig.train_restarts``)."""
 
     evals: list[tuple[int, float, float]]
     losses: list[float]
@@ -164,3 +166,12 @@ class TrainingLog:
     stopped: str = "epochs"
     max_epochs: int | None = None
     restarts: int = 0
+
+    @classmethod
+    def from_dict(cls, t: dict[str, Any], **changes: Any) -> TrainingLog:
+        """A log from its ``asdict`` form (JSON: the evaluations come back as lists); fields an
+        older writer did not know take their defaults; ``changes`` replace fields."""
+        known = {f.name for f in fields(cls)}
+        values = {k: v for k, v in t.items() if k in known}
+        values["evals"] = [tuple(e) for e in values.get("evals", [])]
+        return cls(**{**values, **changes})

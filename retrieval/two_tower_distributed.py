@@ -101,8 +101,7 @@ def train_distributed(
             log.warning("two-tower distributed training: %s; starting the %d processes again from the beginning "
                         "(restart %d of at most %d, train_restarts)", e, n, restarts, c.train_restarts)
     net.eval()
-    return TrainingLog([tuple(e) for e in t["evals"]], t["losses"], t["best_epoch"], t["epochs_run"],
-                       t["seconds"], t["stopped"], t.get("max_epochs"), restarts)
+    return TrainingLog.from_dict(t, restarts=restarts)
 
 
 class _WorkerCrashed(RuntimeError):

@@ -16,8 +16,9 @@ Each cycle (:meth:`Learner.cycle`):
    version (written like ``tandem build`` writes one, then CURRENT) only when neither metric is
    worse than the serving bundle's by more than ``tolerance`` (relative; with ``confidence`` set,
    worse with that confidence, paired bootstrap over the judged users): the server's watcher
-   swaps to it. Every judged decision records the per-user gain and its 90% interval (``gain``). Otherwise the candidate is discarded. A CURRENT changed meanwhile (an operator's
-   build) wins: the candidate is discarded as superseded.
+   swaps to it. Otherwise the candidate is discarded. A CURRENT changed meanwhile (an operator's
+   build) wins: the candidate is discarded as superseded. Every judged decision records the
+   per-user gain and its 90% interval (``gain``).
 
 Every decision is one log line (``learn decision {...}``, JSON), the ``learn`` section of a
 published manifest, and Prometheus metrics on their own registry (``--metrics-port``). A cycle

@@ -290,3 +290,20 @@ def test_default_config_caps_a_small_shop_and_not_a_large_one() -> None:
     with pytest.raises(ValueError, match="epochs_per_1k_windows"):
         TwoTowerConfig(epochs_per_1k_windows=-1)
     assert max_epochs(TwoTowerConfig(epochs_per_1k_windows=0), 2_748) == 200  # 0: no cap
+
+
+def test_training_log_round_trips_and_reads_older_logs() -> None:
+    """A bundle's training log (JSON of ``asdict``) reads back equal; one written before
+    ``max_epochs`` and ``restarts`` existed gets their defaults."""
+    import json
+    from dataclasses import asdict
+
+    from tandem.retrieval.two_tower_config import TrainingLog
+
+    log_ = TrainingLog([(1, 0.5, 0.25), (2, 0.6, 0.3)], [2.0, 1.5], 2, 2, 3.5, "epoch cap", 2, 1)
+    assert TrainingLog.from_dict(json.loads(json.dumps(asdict(log_)))) == log_
+    older = {"evals": [[1, 0.5, 0.25]], "losses": [2.0], "best_epoch": 1, "epochs_run": 1, "seconds": 1.0}
+    read = TrainingLog.from_dict(older)
+    assert read.evals == [(1, 0.5, 0.25)] and read.stopped == "epochs"
+    assert read.max_epochs is None and read.restarts == 0
+    assert TrainingLog.from_dict(older, restarts=2).restarts == 2
